@@ -1,0 +1,1 @@
+"""Shipped weights (package data); see weights.default_weights_path()."""

@@ -1,0 +1,240 @@
+"""Typer command line: parses arguments and calls the core; nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__, log
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Remove out-of-focus blur from bright-field microscopy images (disentangled blur/identity codes).",
+)
+
+DeviceOpt = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs.")
+WeightsOpt = typer.Option(None, "--weights", "-w", help="Weights file (default: shipped manifold-1d).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"microdeblur {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """microdeblur command line."""
+    log.set_verbosity(0 if quiet else 2 if verbose else 1)
+
+
+def _user_errors(fn):
+    """Turn UserError (and a few OS errors) into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            log.console.print(f"error: {e}", markup=False, style="red")
+            raise typer.Exit(1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+            log.console.print(f"error: {e.strerror or e}: {e.filename}", markup=False, style="red")
+            raise typer.Exit(1)
+        except MemoryError:
+            log.console.print("error: out of memory (try a smaller --batch-size)", markup=False, style="red")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size must look like WIDTHxHEIGHT (e.g. 2048x1536), got {text!r}")
+    return w, h
+
+
+@app.command()
+@_user_errors
+def prepare(
+    raw: List[Path] = typer.Argument(..., help="Day folders (one image per plane), multi-page z-stacks, or folders of those."),
+    data: Path = typer.Argument(..., help="Prepared output folder (created, or appended to)."),
+    focus_plane: Optional[int] = typer.Option(None, "--focus-plane", help="In-focus plane index for every day (else focus.txt marker, else auto)."),
+    scale: float = typer.Option(0.5, "--scale", help="Resize factor applied to raw frames (2048x1536 -> 1024x768)."),
+    tile: int = typer.Option(128, "--tile", help="Crop size in pixels."),
+    z_step: Optional[float] = typer.Option(None, "--z-step", help="Plane spacing in um (default: from metadata)."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Downsize raw through-focus days and cut them into per-crop z-stacks for training."""
+    from .prepare import prepare_days
+
+    prepare_days(raw, data, focus_plane=focus_plane, scale=scale, tile=tile, z_step_um=z_step, overwrite=overwrite)
+
+
+@app.command()
+@_user_errors
+def simulate(
+    out: Path = typer.Argument(..., help="Output folder for the simulated raw days."),
+    days: int = typer.Option(1, "--days", help="Number of days (fields) to simulate."),
+    planes: int = typer.Option(100, "--planes", help="Planes per day."),
+    size: str = typer.Option("2048x1536", "--size", help="Frame size WIDTHxHEIGHT in camera pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
+    z_step: float = typer.Option(1.0, "--z-step", help="Plane spacing in um."),
+    cells: Optional[int] = typer.Option(None, "--cells", help="Cells per field (default: crowded, scaled to the area)."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Simulate bright-field through-focus days of plant protoplasts (raw layout that prepare reads)."""
+    from .simulate import simulate_days
+
+    w, h = _parse_size(size)
+    simulate_days(out, days=days, planes=planes, size=(w, h), seed=seed, z_step_um=z_step, cells=cells, overwrite=overwrite)
+
+
+@app.command()
+@_user_errors
+def train(
+    data: Path = typer.Argument(..., help="Folder written by prepare."),
+    output: Path = typer.Option(..., "--output", "-o", help="Weights file to write (.safetensors)."),
+    variant: str = typer.Option("manifold-1d", "--variant", help="manifold-1d, manifold or ml-vae."),
+    epochs: int = typer.Option(40, "--epochs", help="Epochs (one epoch = every training identity seen once per pair kind)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much wall time."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per pair kind per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (x0.98 every 5 epochs)."),
+    seed: int = typer.Option(0, "--seed"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of identities held out."),
+    dz_range: Optional[float] = typer.Option(30.0, "--dz-range", help="Use planes with |dz| <= this (um, or planes if z-step unknown)."),
+    widths: str = typer.Option("16,32,64", "--widths", help="Encoder trunk widths."),
+    id_channels: int = typer.Option(16, "--id-channels", help="Identity code channels (x 8 x 8)."),
+    no_consistency: bool = typer.Option(False, "--no-consistency"),
+    no_contrastive: bool = typer.Option(False, "--no-contrastive"),
+    no_cross: bool = typer.Option(False, "--no-cross"),
+    dz_weight: float = typer.Option(0.0, "--dz-weight", help="Weight of the optional term tying the 1-D code to known dz."),
+    perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning)."),
+    workers: int = typer.Option(0, "--workers", help="Torch threads (0: all cores)."),
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Train a disentangling autoencoder on a prepared folder and write safetensors weights."""
+    from .training import TrainConfig, train as run_train
+
+    cfg = TrainConfig(
+        variant=variant, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size,
+        lr=lr, seed=seed, val_fraction=val_fraction, dz_range=dz_range,
+        widths=tuple(int(v) for v in widths.split(",")), id_channels=id_channels,
+        consistency=not no_consistency, contrastive=not no_contrastive, cross=not no_cross, dz_weight=dz_weight,
+        perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, resume=resume, init=init,
+        workers=workers, device=device, overwrite=overwrite,
+    )
+    run_train(data, output, cfg)
+
+
+@app.command()
+@_user_errors
+def deblur(
+    inputs: List[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file (one input) or folder (several)."),
+    weights: Optional[Path] = WeightsOpt,
+    reference: Optional[Path] = typer.Option(None, "--reference", help="In-focus image whose blur code is used instead of the stored one."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Resize factor before the network (default: from the weights; 1 = already at working pixel size)."),
+    overlap: int = typer.Option(48, "--overlap", help="Tile overlap in pixels (at working scale)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Tiles per network call."),
+    dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um) instead of focus (calibrated manifold-1d weights)."),
+    save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Deblur images or z-stacks; outputs keep shape, dtype, axes and metadata."""
+    from .inference import deblur_paths
+
+    deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
+                 batch_size=batch_size, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite)
+
+
+@app.command()
+@_user_errors
+def interpolate(
+    a: Path = typer.Argument(..., help="Image at the first focus level."),
+    b: Optional[Path] = typer.Argument(None, help="Image of the same field at the second focus level (not needed with --dz-from/--dz-to)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output Z-stack (ImageJ TIFF)."),
+    steps: int = typer.Option(6, "--steps", help="Number of planes in the output."),
+    dz_from: Optional[float] = typer.Option(None, "--dz-from", help="Start dz in um (calibrated manifold-1d weights)."),
+    dz_to: Optional[float] = typer.Option(None, "--dz-to", help="End dz in um."),
+    weights: Optional[Path] = WeightsOpt,
+    scale: Optional[float] = typer.Option(None, "--scale"),
+    overlap: int = typer.Option(48, "--overlap"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Walk the blur code from A's focus level to B's (or between two dz) and write the stack."""
+    from .inference import interpolate_paths
+
+    interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
+                      overlap=overlap, batch_size=batch_size, device=device, overwrite=overwrite)
+
+
+@app.command()
+@_user_errors
+def focus(
+    inputs: List[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
+    output: Path = typer.Option(..., "--output", "-o", help="Defocus map TIFF (one input) or folder (several)."),
+    weights: Optional[Path] = WeightsOpt,
+    scale: Optional[float] = typer.Option(None, "--scale"),
+    overlap: int = typer.Option(48, "--overlap"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write a per-image summary table."),
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Estimate the defocus (dz, um) of every tile from the calibrated 1-D blur code."""
+    from .inference import focus_paths
+
+    focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size,
+                csv=csv, device=device, overwrite=overwrite)
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    data: Path = typer.Argument(..., help="Folder written by prepare."),
+    report_dir: Path = typer.Option(..., "--output", "-o", help="Report folder (metrics.json, report.md, figures)."),
+    weights: List[Path] = typer.Option([], "--weights", "-w", help="Weights to compare (repeatable; default: shipped)."),
+    unet: Optional[Path] = typer.Option(None, "--unet", help="CARE-style U-Net baseline weights (benchmarks/train_unet.py)."),
+    split: str = typer.Option("val", "--split", help="val or all."),
+    quick: bool = typer.Option(False, "--quick", help="Small subset, few classifier epochs (about a minute)."),
+    classifier_epochs: int = typer.Option(300, "--classifier-epochs", help="Epochs of the ML-VAE score classifiers."),
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Measure reconstruction, deblurring and disentanglement against baselines."""
+    from .evaluation import evaluate as run_evaluate
+
+    run_evaluate(data, report_dir, weights=weights, unet=unet, split=split, quick=quick,
+                 classifier_epochs=classifier_epochs, device=device, overwrite=overwrite)
+
+
+def run() -> None:
+    """Entry point for `python -m microdeblur`."""
+    app(prog_name="microdeblur")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

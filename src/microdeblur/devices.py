@@ -1,0 +1,29 @@
+"""Torch device selection: auto picks cuda, then mps, then cpu; an unavailable request is an error."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Return the torch device for 'auto', 'cpu', 'cuda' or 'mps' (never a silent fallback)."""
+    name = name.lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA GPU is available (use --device cpu or auto)")
+        return torch.device("cuda")
+    if name == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise UserError("--device mps was asked for but Apple MPS is not available")
+        return torch.device("mps")
+    raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or mps")

@@ -1,0 +1,1 @@
+"""Shipped example images (package data), made by benchmarks/make_example.py."""
