@@ -1,0 +1,151 @@
+"""Deblurring baselines on normalised tiles: unsharp masking, Richardson-Lucy, Wiener, CARE-style U-Net."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from skimage.filters import unsharp_mask
+from skimage.restoration import richardson_lucy, uft, wiener
+from torch import Tensor, nn
+
+from .errors import UserError
+from .io import atomic_path
+from .networks import conv_bn_relu
+from .simulate import Optics, defocus_psf
+
+UNSHARP_RADIUS = 1.0  # px at working scale (skimage defaults)
+UNSHARP_AMOUNT = 1.0
+RL_ITERATIONS = 10
+WIENER_BALANCE = 1.0
+UNET_KIND = "unet-baseline"
+_PREFIX = "microdeblur."
+
+
+def unsharp(tiles: np.ndarray) -> np.ndarray:
+    """Unsharp masking of each [N,H,W] tile (Gaussian radius UNSHARP_RADIUS px, amount UNSHARP_AMOUNT)."""
+    return unsharp_mask(tiles, radius=(0.0, UNSHARP_RADIUS, UNSHARP_RADIUS), amount=UNSHARP_AMOUNT,
+                        preserve_range=True).astype(np.float32)
+
+
+def psf_size(dz_um: float, pixel_um: float, optics: Optics) -> int:
+    """Odd PSF side covering the geometric defocus blur disc (radius |Δz|·tan(asin(NA/n))) with margin."""
+    tan = math.tan(math.asin(min(optics.na / optics.medium_index, 0.99)))
+    return 2 * math.ceil(1.25 * abs(dz_um) * tan / pixel_um) + 9
+
+
+def richardson_lucy_tiles(tiles: np.ndarray, psf: np.ndarray, iterations: int = RL_ITERATIONS) -> np.ndarray:
+    """Richardson-Lucy on each [N,H,W] tile (reflect-padded by the PSF radius; negative inputs clipped to 0)."""
+    r = psf.shape[-1] // 2
+    padded = np.pad(np.maximum(tiles, 0.0), ((0, 0), (r, r), (r, r)), mode="reflect")
+    out = richardson_lucy(padded, psf[None], num_iter=iterations, clip=False)
+    return out[:, r:-r, r:-r].astype(np.float32)
+
+
+def wiener_tiles(tiles: np.ndarray, psf: np.ndarray, balance: float = WIENER_BALANCE) -> np.ndarray:
+    """Wiener-Hunt deconvolution (2-D Laplacian prior) of each [N,H,W] tile, reflect-padded by the PSF radius."""
+    r = psf.shape[-1] // 2
+    padded = np.pad(tiles, ((0, 0), (r, r), (r, r)), mode="reflect")
+    reg, _ = uft.laplacian(2, padded.shape[1:], is_real=True)
+    out = wiener(padded, psf[None], balance, reg=reg, is_real=True, clip=False)
+    return out[:, r:-r, r:-r].astype(np.float32)
+
+
+def deconvolve(tiles: np.ndarray, dz_um: np.ndarray, pixel_um: float,
+               method: Callable[[np.ndarray, np.ndarray], np.ndarray], optics: Optics | None = None) -> np.ndarray:
+    """Apply `method(tiles, psf)` with the reference microscope's defocus PSF at each tile's |Δz| (µm)."""
+    optics = optics or Optics()
+    out = np.empty_like(tiles, dtype=np.float32)
+    abs_dz = np.abs(dz_um)
+    for d in np.unique(abs_dz):
+        idx = np.flatnonzero(abs_dz == d)
+        psf = defocus_psf(optics, float(d), pixel_um, psf_size(float(d), pixel_um, optics))
+        out[idx] = method(tiles[idx], psf)
+    return out
+
+
+@dataclass
+class UNetConfig:
+    """U-Net size: `base` channels at full resolution, doubled at each of `depth` down-samplings."""
+
+    base: int = 16
+    depth: int = 3
+
+    @property
+    def widths(self) -> list[int]:
+        """Channels per level, full resolution first."""
+        return [self.base * 2**i for i in range(self.depth + 1)]
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    """Two conv-BN-ReLU layers."""
+    return nn.Sequential(*conv_bn_relu(cin, cout), *conv_bn_relu(cout, cout))
+
+
+class UNet(nn.Module):
+    """CARE-style residual U-Net: max-pool down, bilinear up, skip concatenation; predicts x + residual."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        w = cfg.widths
+        self.down = nn.ModuleList(_double_conv(cin, cout) for cin, cout in zip([1, *w[:-1]], w))
+        self.up = nn.ModuleList(_double_conv(w[i + 1] + w[i], w[i]) for i in reversed(range(cfg.depth)))
+        self.out = nn.Conv2d(w[0], 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Blurry tiles [B,1,H,W] (H, W multiples of 2**depth) -> estimated in-focus tiles."""
+        skips, h = [], x
+        for i, block in enumerate(self.down):
+            h = block(F.max_pool2d(h, 2) if i else h)
+            skips.append(h)
+        skips.pop()
+        for block in self.up:
+            h = F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False)
+            h = block(torch.cat([h, skips.pop()], dim=1))
+        return x + self.out(h)
+
+
+def unet_config_for(n_params: int, depth: int = 3) -> UNetConfig:
+    """The UNetConfig of the given depth whose parameter count is closest to n_params (base 4..64)."""
+    def count(base: int) -> int:
+        return sum(p.numel() for p in UNet(UNetConfig(base, depth)).parameters())
+    bases = range(4, 65)
+    i = min(bisect.bisect_left(bases, n_params, key=count), len(bases) - 1)  # count grows with base
+    return UNetConfig(min(bases[max(i - 1, 0) : i + 1], key=lambda b: abs(count(b) - n_params)), depth)
+
+
+def save_unet(path: Path, model: UNet, training: dict[str, Any], overwrite: bool = False) -> None:
+    """Write the U-Net state dict with its config and training summary as safetensors metadata (atomic)."""
+    meta = {f"{_PREFIX}format_version": "1", f"{_PREFIX}kind": UNET_KIND,
+            f"{_PREFIX}unet_config": json.dumps(asdict(model.config)), f"{_PREFIX}training": json.dumps(training)}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path, overwrite) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def load_unet(path: Path, device: torch.device | str = "cpu") -> tuple[UNet, dict[str, Any]]:
+    """Load a U-Net written by save_unet, in eval mode on `device`; returns (model, training summary)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"U-Net weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise UserError(f"cannot read U-Net weights {path}: {e}") from e
+    if meta.get(f"{_PREFIX}kind") != UNET_KIND:
+        raise UserError(f"{path} is not a U-Net baseline file (written by benchmarks/train_unet.py)")
+    model = UNet(UNetConfig(**json.loads(meta[f"{_PREFIX}unet_config"])))
+    model.load_state_dict(state)
+    return model.to(device).eval(), json.loads(meta.get(f"{_PREFIX}training", "{}"))

@@ -1,0 +1,133 @@
+"""Relation between a 1-D blur code and defocus dz (um): monotone fit, code -> dz, dz -> code.
+
+The fit is isotonic (pool-adjacent-violators) on per-dz medians of the codes, with dz as the
+exact variable. If the code orders signed dz (|Spearman rho| > 0.8) the relation is 'signed';
+otherwise, if it orders |dz|, it is 'abs' (the sign of the defocus cannot be read from the code).
+The result is a JSON-serialisable dict stored in the weights' metadata.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import log
+
+RHO_MIN = 0.8
+FORMAT_VERSION = 1
+
+
+def pava(y: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-decreasing least-squares fit of y (pool adjacent violators).
+
+    Returns (block values, block weights, block sizes) of the pooled blocks, left to right.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    w = np.ones_like(y) if w is None else np.asarray(w, dtype=np.float64)
+    vals, wts, sizes = [], [], []
+    for yi, wi in zip(y, w):
+        vals.append(yi)
+        wts.append(wi)
+        sizes.append(1)
+        while len(vals) > 1 and vals[-2] >= vals[-1]:
+            wt = wts[-2] + wts[-1]
+            v = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / wt
+            vals[-2:], wts[-2:], sizes[-2:] = [v], [wt], [sizes[-2] + sizes[-1]]
+    return np.array(vals), np.array(wts), np.array(sizes)
+
+
+def isotonic(y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Non-decreasing least-squares fit of y, one value per input point."""
+    vals, _, sizes = pava(y, w)
+    return np.repeat(vals, sizes)
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2.0)[inv.ravel()]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (0 when either input is constant)."""
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / den) if den > 0 else 0.0
+
+
+def _monotone_knots(x: np.ndarray, code: np.ndarray, weight: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (code ascending, x) of the isotonic fit code(x); pooled blocks become one knot."""
+    sign = 1.0 if rho >= 0 else -1.0
+    vals, _, sizes = pava(sign * code, weight)
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    xk = np.array([np.average(x[a:b], weights=weight[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+    ck = sign * vals
+    order = np.argsort(ck)
+    return ck[order], xk[order]
+
+
+def fit_calibration(codes: np.ndarray, dz_um: np.ndarray) -> dict:
+    """Fit the monotone code <-> dz relation; returns a JSON-serialisable dict (see module doc)."""
+    codes = np.asarray(codes, dtype=np.float64)
+    if codes.ndim == 2 and codes.shape[1] == 1:
+        codes = codes[:, 0]
+    dz = np.asarray(dz_um, dtype=np.float64).ravel()
+    if codes.ndim != 1 or codes.shape != dz.shape:
+        raise ValueError(f"need one 1-D code per dz, got codes {codes.shape} and dz {dz.shape}")
+    if len(np.unique(dz)) < 2:
+        raise ValueError("calibration needs at least two distinct dz values")
+    rho, rho_abs = spearman(codes, dz), spearman(codes, np.abs(dz))
+    signed = abs(rho) > RHO_MIN or abs(rho) >= abs(rho_abs)
+    kind = "signed" if signed else "abs"
+    target = dz if signed else np.abs(dz)
+    levels, inv, counts = np.unique(target, return_inverse=True, return_counts=True)
+    medians = np.array([np.median(codes[inv.ravel() == k]) for k in range(len(levels))])
+    used_rho = rho if signed else rho_abs
+    code_k, dz_k = _monotone_knots(levels, medians, counts.astype(np.float64), used_rho)
+    cal = {
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "knots": {"code": code_k.tolist(), "dz_um": dz_k.tolist()},
+        "spearman_rho": rho,
+        "spearman_rho_abs": rho_abs,
+        "ok": bool(abs(used_rho) > RHO_MIN),
+        "dz_range_um": [float(levels.min()), float(levels.max())],
+        "n_samples": int(len(codes)),
+    }
+    err = np.abs(code_to_dz(cal, codes) - target)
+    cal["mae_um"] = float(np.median(err))
+    cal["p90_um"] = float(np.percentile(err, 90))
+    cal["focus_code"] = float(dz_to_code(cal, 0.0))
+    if not signed:
+        cal["note"] = "code follows |dz| only: the sign of the defocus cannot be recovered"
+    return cal
+
+
+def _knots(cal: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(code, dz) knot arrays of a calibration dict."""
+    k = cal["knots"]
+    return np.asarray(k["code"], dtype=np.float64), np.asarray(k["dz_um"], dtype=np.float64)
+
+
+def code_to_dz(cal: dict, codes: np.ndarray) -> np.ndarray:
+    """dz (um) of 1-D blur codes; monotone, clipped to the fitted range ('abs': |dz|)."""
+    code_k, dz_k = _knots(cal)
+    return np.interp(np.asarray(codes, dtype=np.float64), code_k, dz_k)
+
+
+def dz_to_code(cal: dict, dz: np.ndarray | float) -> np.ndarray:
+    """1-D blur code at defocus dz (um), clipped to the fitted range; 'abs' kind uses |dz|."""
+    code_k, dz_k = _knots(cal)
+    dz = np.asarray(dz, dtype=np.float64)
+    if cal["kind"] == "abs":
+        if np.any(dz < 0):
+            log.warn("calibration follows |dz| only: negative dz requests use |dz|")
+        dz = np.abs(dz)
+    order = np.argsort(dz_k)
+    return np.interp(dz, dz_k[order], code_k[order])
+
+
+def dz_range(cal: dict) -> tuple[float, float]:
+    """Range of dz (um) covered by the calibration knots."""
+    _, dz_k = _knots(cal)
+    return float(dz_k.min()), float(dz_k.max())

@@ -1,0 +1,198 @@
+"""Prepared tiles in memory, identity split, and the two kinds of training pairs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from .errors import UserError
+
+INDEX = "index.json"
+
+
+@dataclass
+class PairBatch:
+    """Same-identity pairs (x1, x2 at dz1, dz2) and same-dz pairs (y1, y2 of two identities)."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    y1: torch.Tensor
+    y2: torch.Tensor
+    dz1: torch.Tensor
+    dz2: torch.Tensor
+
+
+class PreparedData:
+    """All tiles of a prepared folder, normalised per frame, as one float16 array plus per-identity views."""
+
+    def __init__(self, tiles: np.ndarray, owner: np.ndarray, dz: np.ndarray, identities: list[str],
+                 days: list[str], z_step_um: float | None, tile: int, scale: float) -> None:
+        self.tiles, self.owner, self.dz_all = tiles, owner, dz
+        self.identities, self.days = identities, days
+        self.z_step_um, self.tile, self.scale = z_step_um, tile, scale
+        starts = np.searchsorted(owner, np.arange(len(identities) + 1))
+        self.start = starts
+        self.stacks = [tiles[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        self.dz = [dz[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        self.focus_index = [int(np.argmin(np.abs(d))) for d in self.dz]
+
+    @classmethod
+    def load(cls, folder: Path, dz_range: float | None = None) -> "PreparedData":
+        """Read a prepared folder (UserError when it is not one); keep planes with |dz| <= dz_range."""
+        folder = Path(folder)
+        index = read_index(folder)
+        steps = {d.get("z_step_um") for d in index["days"].values()}
+        if len(steps) > 1:
+            raise UserError(f"{folder}: days have different z steps {sorted(map(str, steps))}; prepare them into separate folders")
+        z_step = steps.pop()
+        tiles, owner, dzs, ids, days = [], [], [], [], []
+        for day, info in sorted(index["days"].items()):
+            step = info.get("z_step_um") or 1.0
+            dz_day = np.asarray(info["dz_planes"], np.float32) * np.float32(step)
+            keep = np.ones(len(dz_day), bool) if dz_range is None else np.abs(dz_day) <= dz_range + 1e-6
+            if not np.any(dz_day[keep] == 0):
+                raise UserError(f"{folder}: day {day} has no in-focus plane inside --dz-range {dz_range}")
+            lo = np.asarray(info["lo"], np.float32)[keep, None, None]
+            span = (np.asarray(info["hi"], np.float32) - np.asarray(info["lo"], np.float32))[keep, None, None]
+            for crop in info["crops"]:
+                path = folder / crop["file"]
+                try:
+                    stack = tifffile.imread(path)
+                except Exception as e:  # noqa: BLE001 - any reader failure is a bad prepared folder
+                    raise UserError(f"cannot read prepared tile {path}: {e}") from None
+                if stack.shape[0] != len(dz_day):
+                    raise UserError(f"{path}: {stack.shape[0]} planes, index says {len(dz_day)}")
+                tiles.append(((stack[keep].astype(np.float32) - lo) / span).astype(np.float16))
+                dzs.append(dz_day[keep])
+                owner.append(np.full(int(keep.sum()), len(ids), np.int32))
+                ids.append(f"{day}/{Path(crop['file']).stem}")
+                days.append(day)
+        if not ids:
+            raise UserError(f"{folder}: the prepared folder holds no tiles")
+        return cls(np.concatenate(tiles), np.concatenate(owner), np.concatenate(dzs), ids, days,
+                   z_step, int(index.get("tile", 128)), float(index.get("scale", 0.5)))
+
+    def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+        """Identity indices (train, val); an identity's tiles never cross splits."""
+        if not 0.0 <= val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        order = np.random.default_rng(seed).permutation(len(self.identities))
+        n_val = int(round(val_fraction * len(order)))
+        if val_fraction > 0 and len(order) > 1:
+            n_val = max(n_val, 1)
+        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+    def tile_indices(self, identities: list[int]) -> np.ndarray:
+        """Global tile indices of the given identities."""
+        return np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in identities])
+
+
+def read_index(folder: Path) -> dict:
+    """The index.json of a prepared folder, checked."""
+    if not folder.exists():
+        raise UserError(f"prepared folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder (expected the output of `microdeblur prepare`)")
+    path = folder / INDEX
+    if not path.exists():
+        raise UserError(f"{folder} has no {INDEX}: is it a folder written by `microdeblur prepare`?")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if index.get("format") != "microdeblur-prepared" or not index.get("days"):
+        raise UserError(f"{path} is not a microdeblur prepared index or lists no days")
+    return index
+
+
+class PairSampler:
+    """Vectorised sampler of both pair kinds from a subset of identities, with blur-preserving augmentation."""
+
+    def __init__(self, data: PreparedData, identities: list[int], rng: np.random.Generator, augment: bool = True) -> None:
+        if len(identities) < 2:
+            raise UserError("training needs at least two identities (crops); prepare more data")
+        self.data, self.rng, self.augment = data, rng, augment
+        self.ids = np.asarray(identities)
+        idx = data.tile_indices(identities)
+        levels = np.round(data.dz_all[idx], 3)
+        self.levels: list[np.ndarray] = []
+        for lv in np.unique(levels):
+            members = idx[levels == lv]
+            if len(np.unique(data.owner[members])) >= 2:
+                self.levels.append(members)
+        if not self.levels:
+            raise UserError("no dz level is shared by two identities: cannot form same-dz pairs")
+        self.counts = np.array([data.start[i + 1] - data.start[i] for i in self.ids])
+        if np.any(self.counts < 2):
+            raise UserError("every identity needs at least two planes")
+
+    def _same_identity(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        k = self.rng.integers(0, len(self.ids), n)
+        cnt = self.counts[k]
+        a = (self.rng.random(n) * cnt).astype(np.int64)
+        b = (a + 1 + (self.rng.random(n) * (cnt - 1)).astype(np.int64)) % cnt
+        base = self.data.start[self.ids[k]]
+        return base + a, base + b
+
+    def _same_dz(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        lv = self.rng.integers(0, len(self.levels), n)
+        i1, i2 = np.empty(n, np.int64), np.empty(n, np.int64)
+        for j, l in enumerate(lv):
+            members = self.levels[l]
+            while True:
+                a, b = self.rng.choice(len(members), 2, replace=False)
+                if self.data.owner[members[a]] != self.data.owner[members[b]]:
+                    break
+            i1[j], i2[j] = members[a], members[b]
+        return i1, i2
+
+    def _tensor(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.data.tiles[idx].astype(np.float32))[:, None]
+
+    def _augment(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        """Same random flip/rot90 for both members of each pair (blur and identity pairing preserved)."""
+        n = xs[0].shape[0]
+        rot = self.rng.integers(0, 4, n)
+        flip = self.rng.random(n) < 0.5
+        out = [x.clone() for x in xs]
+        for r in range(4):
+            for f in (False, True):
+                m = torch.from_numpy((rot == r) & (flip == f))
+                if not m.any() or (r == 0 and not f):
+                    continue
+                for o, x in zip(out, xs):
+                    t = torch.rot90(x[m], r, dims=(2, 3))
+                    o[m] = torch.flip(t, dims=(3,)) if f else t
+        return out
+
+    def pairs(self, n: int) -> PairBatch:
+        """n same-identity pairs and n same-dz pairs."""
+        a, b = self._same_identity(n)
+        c, d = self._same_dz(n)
+        x1, x2, y1, y2 = (self._tensor(i) for i in (a, b, c, d))
+        if self.augment:
+            x1, x2 = self._augment(x1, x2)
+            y1, y2 = self._augment(y1, y2)
+        dz = self.data.dz_all
+        return PairBatch(x1, x2, y1, y2, torch.from_numpy(dz[a].copy()), torch.from_numpy(dz[b].copy()))
+
+    def groups(self, g: int, k: int) -> torch.Tensor:
+        """g groups of k planes of one identity each, [g, k, 1, T, T] (ML-VAE)."""
+        ids = self.rng.integers(0, len(self.ids), g)
+        rows = []
+        for i in ids:
+            cnt = self.counts[i]
+            pick = self.rng.choice(cnt, min(k, cnt), replace=False)
+            if len(pick) < k:
+                pick = np.resize(pick, k)
+            rows.append(self.data.start[self.ids[i]] + pick)
+        t = self.data.tile
+        x = self._tensor(np.concatenate(rows)).reshape(g, k, t, t)
+        if self.augment:
+            x = self._augment(x)[0]  # one transform per group: members stay aligned
+        return x.reshape(g, k, 1, t, t)

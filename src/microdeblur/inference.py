@@ -1,0 +1,602 @@
+"""Deblur, interpolate and focus maps on whole images and stacks (tiled, batched, streamed).
+
+Per plane: float32 -> resize by `scale` (prepare.rescale_frame, exactly as training) ->
+per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches ->
+replace the blur code -> decode -> blend-stitch -> revert normalisation -> resize back to the
+input shape (bilinear) -> cast to the input dtype (clip, round).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv as csvlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import calibration, log
+from .errors import UserError
+from .normalize import Normalizer, frame_normalizer
+from .tiling import TileGrid, extract_tiles, stitch, tile_grid
+
+# Idle OpenMP workers sleep instead of spinning: on a CPU shared with other busy processes, spinning
+# threads waiting for a preempted sibling made 2 threads 5x slower than 1 (docs/inference.md). Only
+# effective when this module is the first to import torch, as it is for the CLI commands.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+TIFF_OUT = (".tif", ".tiff")
+IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
+
+
+# ---------------------------------------------------------------- model preparation
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Copy of an eval-mode model with every Conv2d->BatchNorm2d pair folded into one conv."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.Sequential):
+            for i in range(len(mod) - 1):
+                if isinstance(mod[i], nn.Conv2d) and isinstance(mod[i + 1], nn.BatchNorm2d):
+                    mod[i], mod[i + 1] = fuse_conv_bn_eval(mod[i], mod[i + 1]), nn.Identity()
+        for c, b in (("conv", "bn"), ("conv1", "bn1"), ("conv2", "bn2")):
+            conv, bn = getattr(mod, c, None), getattr(mod, b, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(mod, c, fuse_conv_bn_eval(conv, bn))
+                setattr(mod, b, nn.Identity())
+    return model
+
+
+def resize_to(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float32 plane to an exact shape (pixel-centre aligned, edges clamped)."""
+    if plane.shape == tuple(shape):
+        return plane
+    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def rescale(plane: np.ndarray, scale: float) -> np.ndarray:
+    """Plane at working scale, resized exactly as `prepare` resized the training frames."""
+    if scale == 1:
+        return np.asarray(plane, dtype=np.float32)
+    from .prepare import rescale_frame  # skimage/scipy are imported only when a resize is needed
+
+    return rescale_frame(plane, scale)
+
+
+# ---------------------------------------------------------------- the core object
+
+
+@dataclass
+class Encoded:
+    """Codes of every tile of one plane plus what is needed to decode it back to that plane."""
+
+    identity: torch.Tensor  # [N, Di]
+    blur: torch.Tensor  # [N, Db]
+    grid: TileGrid
+    norm: Normalizer
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+
+class Deblurrer:
+    """Tiled, batched encode/decode of whole planes with a loaded model and its metadata."""
+
+    def __init__(self, model: nn.Module, meta, *, device: torch.device | str = "cpu", scale: float | None = None,
+                 overlap: int = 48, batch_size: int = 32) -> None:
+        self.device = torch.device(device)
+        self.tile = int(model.config.tile)
+        if not 0 <= overlap < self.tile // 2:
+            raise UserError(f"--overlap must be between 0 and {self.tile // 2 - 1} px, got {overlap}")
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        self.scale = float(meta.scale if scale is None else scale)
+        if not 0 < self.scale <= 8:
+            raise UserError(f"--scale must be in (0, 8], got {self.scale:g}")
+        self.overlap, self.batch_size, self.meta = overlap, batch_size, meta
+        self.model = fuse_conv_bn(model).to(self.device)
+        self.channels_last = self.device.type == "cpu"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        norm = dict(getattr(meta, "normalization", None) or {})
+        self.pmin, self.pmax = float(norm.get("pmin", 1.0)), float(norm.get("pmax", 99.8))
+        focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
+        self.target = self.as_code(focus) if focus.size == model.config.blur_dim else None
+
+    # -- codes
+
+    def as_code(self, code) -> torch.Tensor:
+        """Blur code(s) as a float32 tensor on the device, [Db] or [N, Db]."""
+        if isinstance(code, torch.Tensor):
+            return code.to(self.device, torch.float32)
+        return torch.as_tensor(np.asarray(code, dtype=np.float32), device=self.device)
+
+    def encode_tiles(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network call: tiles [n,1,T,T] float32 -> (identity [n,Di], blur [n,Db])."""
+        x = torch.from_numpy(tiles).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        codes = self.model.encode(x)
+        return codes.identity, codes.blur
+
+    def decode_tiles(self, identity: torch.Tensor, blur: torch.Tensor) -> np.ndarray:
+        """One network call: codes -> tiles [n,1,T,T] float32 on the host."""
+        return self.model.decode(identity, blur).float().cpu().numpy()
+
+    # -- planes
+
+    def _working(self, plane: np.ndarray) -> tuple[np.ndarray, Normalizer]:
+        """Resized, normalised float32 plane and the normaliser that reverts it."""
+        work = rescale(plane, self.scale)
+        norm = frame_normalizer(work, self.pmin, self.pmax)
+        return norm.before(work), norm
+
+    @torch.inference_mode()
+    def encode(self, plane: np.ndarray) -> Encoded:
+        """Encode every tile of a 2-D plane (any dtype) in batches."""
+        plane = np.asarray(plane)
+        if plane.ndim != 2:
+            raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
+        work, norm = self._working(plane)
+        grid = tile_grid(work.shape, self.tile, self.overlap)
+        tiles = extract_tiles(work, grid)[:, None]
+        parts = [self.encode_tiles(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
+        identity = torch.cat([p[0] for p in parts])
+        blur = torch.cat([p[1] for p in parts])
+        return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype)
+
+    def encode_plane(self, plane2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, TileGrid]:
+        """(identity codes [N,Di], blur codes [N,Db], tile grid) of a 2-D plane."""
+        enc = self.encode(plane2d)
+        return enc.identity.cpu().numpy(), enc.blur.cpu().numpy(), enc.grid
+
+    @torch.inference_mode()
+    def decode(self, enc: Encoded, blur: torch.Tensor | np.ndarray, norm: Normalizer | None = None) -> np.ndarray:
+        """Decode `enc`'s identity codes with blur code(s) [Db] or [N,Db] into a plane of the input shape."""
+        from .io import to_dtype
+
+        blur = self.as_code(blur)
+        n = len(enc.identity)
+        blur = blur.expand(n, -1) if blur.ndim == 1 else blur
+        out = np.concatenate([self.decode_tiles(enc.identity[i:i + self.batch_size], blur[i:i + self.batch_size])
+                              for i in range(0, n, self.batch_size)])
+        plane = (norm or enc.norm).after(stitch(out[:, 0], enc.grid))
+        return to_dtype(resize_to(plane, enc.shape), enc.dtype)
+
+    def deblur_plane(self, plane2d: np.ndarray, blur_code=None) -> np.ndarray:
+        """Plane with every tile's blur code replaced (default: the in-focus code); same shape and dtype."""
+        if blur_code is None and self.target is None:
+            raise UserError("the weights hold no in-focus blur code; use --reference or --dz")
+        return self.decode(self.encode(plane2d), self.target if blur_code is None else blur_code)
+
+    def decode_at(self, plane2d: np.ndarray, blur_codes_list: Sequence) -> list[np.ndarray]:
+        """Encode once, then decode with each blur code ([Db] or per tile [N,Db]); one plane per code."""
+        enc = self.encode(plane2d)
+        return [self.decode(enc, code) for code in blur_codes_list]
+
+    def mean_blur_code(self, plane2d: np.ndarray) -> np.ndarray:
+        """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""
+        return self.encode(plane2d).blur.mean(0).cpu().numpy()
+
+    def focus_map(self, plane2d: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Defocus map (dz um, float32, input size) from each tile's blur code, and its summary."""
+        cal = getattr(self.meta, "calibration", None)
+        if not cal:
+            raise UserError("focus maps need weights with a blur-code calibration")
+        enc = self.encode(plane2d)
+        if enc.blur.shape[1] != 1:
+            raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
+        rows, cols = enc.grid.rows_cols
+        dz = calibration.code_to_dz(cal, enc.blur[:, 0].cpu().numpy()).reshape(rows, cols).astype(np.float32)
+        dmap = upsample_tile_values(dz, enc.grid, enc.shape)
+        summary = {"median_dz_um": float(np.median(dmap)),
+                   "frac_in_focus": float(np.mean(np.abs(dmap) <= IN_FOCUS_UM)), "n_tiles": int(dz.size)}
+        return dmap, summary
+
+
+def tile_centres(grid: TileGrid, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tile centres (row, column pixel coordinates) mapped into an image of `shape`."""
+    out = []
+    for starts, (pad, _), n_work, n_out in zip((grid.ys, grid.xs), grid.pad, grid.shape, shape):
+        c_work = starts + (grid.tile - 1) / 2.0 - pad
+        out.append((c_work + 0.5) * (n_out / n_work) - 0.5)
+    return out[0], out[1]
+
+
+def _interp_matrix(n: int, centres: np.ndarray) -> np.ndarray:
+    """(n, k) linear interpolation weights from k sorted centres to pixels 0..n-1 (ends held flat)."""
+    eye = np.eye(len(centres), dtype=np.float64)
+    pos = np.arange(n, dtype=np.float64)
+    return np.stack([np.interp(pos, centres, e) for e in eye], axis=1).astype(np.float32)
+
+
+def upsample_tile_values(values: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
+    """Per-tile values (rows, cols) placed at tile centres, bilinearly interpolated to `shape`."""
+    cy, cx = tile_centres(grid, shape)
+    return _interp_matrix(shape[0], cy) @ values @ _interp_matrix(shape[1], cx).T
+
+
+# ---------------------------------------------------------------- output staging
+
+
+class Staging:
+    """Outputs written under hidden temporary names and moved into place together (all or nothing)."""
+
+    def __init__(self) -> None:
+        self.moves: list[tuple[Path, Path]] = []
+        self.created: list[Path] = []
+        self.token = secrets.token_hex(4)
+
+    def make_dir(self, folder: Path) -> None:
+        """Create an output folder, remembering it so a failed run removes it again."""
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.created.extend(missing)
+
+    def path(self, final: Path) -> Path:
+        """Temporary path (same folder and suffix) to write `final` to."""
+        self.make_dir(final.parent)
+        tmp = final.with_name(f".{final.stem}.{self.token}.part{final.suffix}")
+        self.moves.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        """Move every staged file onto its final name."""
+        for tmp, final in self.moves:
+            os.replace(tmp, final)
+
+    def discard(self) -> None:
+        """Delete staged files and the folders this run created."""
+        for tmp, _ in self.moves:
+            tmp.unlink(missing_ok=True)
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+# ---------------------------------------------------------------- checks shared by the commands
+
+
+def _infos(paths: Iterable[Path]) -> list:
+    """ImageInfo of every input, refusing arrays that are not 2-D images or single-axis stacks."""
+    from .io import read_info
+
+    infos = []
+    for p in paths:
+        info = read_info(p)
+        if len(info.shape) not in (2, 3):
+            raise UserError(f"{p}: cannot interpret an array of shape {info.shape} (axes {info.axes}); "
+                            "accepted are 2-D images (YX) and stacks with one plane axis (ZYX or TYX)")
+        infos.append(info)
+    return infos
+
+
+def _single_plane_info(path: Path, what: str):
+    """ImageInfo of an input that must be a single 2-D image."""
+    info = _infos([path])[0]
+    if len(info.shape) != 2:
+        raise UserError(f"{path}: {what} must be a single 2-D image, got axes {info.axes} shape {info.shape}")
+    return info
+
+
+def _output_paths(files: list[Path], output: Path, name_for: Callable[[Path], str]) -> list[Path]:
+    """Output path per input: `output` itself for one input (unless a folder), else names inside it."""
+    if len(files) == 1 and not output.is_dir():
+        return [output]
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: is a file; several inputs need an output folder")
+    outs = [output / name_for(f) for f in files]
+    seen: dict[Path, Path] = {}
+    for f, o in zip(files, outs):
+        if o in seen:
+            raise UserError(f"{f} and {seen[o]} would both be written to {o}; rename one or run them separately")
+        seen[o] = f
+    return outs
+
+
+def _check_outputs(outs: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
+    """Every output must be writable under the rules (no input, no folder, overwrite needed)."""
+    from .io import check_output_path
+
+    for o in outs:
+        check_output_path(o, overwrite, files)
+
+
+def _load(weights: Path | None, device: str):
+    """(model, meta, torch device) for the requested weights and device."""
+    from .devices import resolve_device
+    from .weights import load_weights
+
+    dev = resolve_device(device)
+    model, meta = load_weights(weights, device=str(dev))
+    return model, meta, dev
+
+
+def _require_calibration(meta, weights: Path | None, what: str) -> dict:
+    """The weights' calibration dict, or a UserError naming what needs it."""
+    cal = getattr(meta, "calibration", None)
+    if not cal:
+        name = weights or "the default weights"
+        raise UserError(f"{what} needs calibrated manifold-1d weights; {name} has no blur-code calibration")
+    if not cal.get("ok", True):
+        log.warn(f"the calibration of {weights or 'the default weights'} is weak "
+                 f"(Spearman rho {cal.get('spearman_rho', float('nan')):.2f}); dz values are unreliable")
+    return cal
+
+
+def _dz_code(cal: dict, dz: np.ndarray | float) -> np.ndarray:
+    """Blur code(s) at dz (um), warning when dz lies outside the calibrated range."""
+    lo, hi = calibration.dz_range(cal)
+    dzs = np.atleast_1d(np.asarray(dz, dtype=np.float64))
+    probe = np.abs(dzs) if cal["kind"] == "abs" else dzs
+    if np.any(probe < lo - 1e-9) or np.any(probe > hi + 1e-9):
+        log.warn(f"dz outside the calibrated range [{lo:g}, {hi:g}] um is clipped to it")
+    return calibration.dz_to_code(cal, dz)
+
+
+def _display(plane: np.ndarray) -> np.ndarray:
+    """uint8 rendering of a plane (1st-99.8th percentile stretch)."""
+    n = frame_normalizer(plane)
+    return (np.clip(n.before(plane), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _write_png(path: Path, data: np.ndarray) -> None:
+    """Write a 2-D array as PNG."""
+    import imageio.v3 as iio
+
+    iio.imwrite(path, data, extension=".png")
+
+
+# ---------------------------------------------------------------- deblur
+
+
+def _deblur_name(path: Path) -> str:
+    """Output file name for an input inside an output folder (TIFF, same stem)."""
+    return path.name if path.suffix.lower() in TIFF_OUT else path.stem + ".tif"
+
+
+def _check_deblur_output(out: Path, info) -> None:
+    """Output format rules: TIFF always; PNG only for 2-D uint8/uint16."""
+    suffix = out.suffix.lower()
+    if suffix == ".png":
+        if len(info.shape) != 2 or info.dtype not in (np.uint8, np.uint16):
+            raise UserError(f"{out}: PNG output holds only 2-D uint8/uint16 images; "
+                            f"{info.path} is {info.dtype} with shape {info.shape} (use .tif)")
+    elif suffix not in TIFF_OUT:
+        raise UserError(f"{out}: output must end with .tif, .tiff or .png")
+
+
+def _deblur_file(db: Deblurrer, path: Path, info, tmp: Path, code, bar) -> tuple[np.ndarray, np.ndarray]:
+    """Deblur every plane of one input into `tmp`; returns (first input plane, first output plane)."""
+    from .io import StackWriter, iter_planes, read_image
+
+    if tmp.suffix.lower() == ".png":
+        plane = read_image(path).data
+        out = db.deblur_plane(plane, code)
+        _write_png(tmp, out)
+        bar.advance()
+        return plane, out
+    first = None
+    with StackWriter(tmp, info.shape, info.dtype, **info.write_kwargs()) as writer:
+        for i, plane in iter_planes(path):
+            out = db.deblur_plane(plane, code)
+            writer.write(out)
+            if first is None:
+                first = (plane, out)
+            bar.advance()
+            log.debug(f"{path.name}: plane {i + 1}/{info.n_planes}")
+    return first
+
+
+def deblur_paths(inputs: Sequence[str], output: Path, *, weights: Path | None = None, reference: Path | None = None,
+                 scale: float | None = None, overlap: int = 48, batch_size: int = 32, dz: float | None = None,
+                 save_comparison: Path | None = None, device: str = "auto", overwrite: bool = False) -> list[Path]:
+    """Deblur images/stacks into `output` (file for one input, folder for several); returns the outputs."""
+    from .io import expand_inputs
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    files = expand_inputs(inputs)
+    infos = _infos(files)
+    outs = _output_paths(files, output, _deblur_name)
+    for o, info in zip(outs, infos):
+        _check_deblur_output(o, info)
+    _check_outputs(outs, files, overwrite)
+    if save_comparison is not None:
+        if Path(save_comparison).suffix.lower() != ".png":
+            raise UserError(f"{save_comparison}: --save-comparison must name a .png file")
+        _check_outputs([Path(save_comparison)], files + outs, overwrite)
+    if reference is not None:
+        _single_plane_info(Path(reference), "--reference")
+    model, meta, dev = _load(weights, device)
+    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
+    code = None
+    if dz is not None:
+        if reference is not None:
+            raise UserError("--dz and --reference cannot be combined")
+        code = db.as_code(np.atleast_1d(_dz_code(_require_calibration(meta, weights, "--dz"), dz)))
+    elif reference is not None:
+        from .io import read_image
+
+        code = db.as_code(db.mean_blur_code(read_image(reference).data))
+        log.debug(f"reference blur code from {reference}")
+    if code is None and db.target is None:
+        raise UserError(f"{weights or 'the default weights'} hold no in-focus blur code; use --reference or --dz")
+    n_planes = sum(i.n_planes for i in infos)
+    with Staging() as stage, log.progress("deblur", total=n_planes) as bar:
+        firsts = [_deblur_file(db, f, info, stage.path(o), code, bar) for f, info, o in zip(files, infos, outs)]
+        if save_comparison is not None:
+            plane, out = firsts[0]
+            _write_png(stage.path(Path(save_comparison)), np.concatenate([_display(plane), _display(out)], axis=1))
+    log.info(f"deblurred {len(files)} file(s), {n_planes} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")
+    return outs
+
+
+# ---------------------------------------------------------------- interpolate
+
+
+def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, dz_from: float | None = None,
+                      dz_to: float | None = None, weights: Path | None = None, scale: float | None = None,
+                      overlap: int = 48, batch_size: int = 32, device: str = "auto", overwrite: bool = False) -> Path:
+    """Z-stack walking the blur code from A's to B's (per tile) or between two dz, with A's identity code."""
+    from .io import read_image, write_tiff
+
+    output = Path(output)
+    if steps < 2:
+        raise UserError(f"--steps must be at least 2, got {steps}")
+    if (dz_from is None) != (dz_to is None):
+        raise UserError("--dz-from and --dz-to must be given together")
+    by_dz = dz_from is not None
+    if b is None and not by_dz:
+        raise UserError("give image B, or --dz-from and --dz-to")
+    if output.suffix.lower() not in TIFF_OUT:
+        raise UserError(f"{output}: interpolation output must be a .tif or .tiff file")
+    info_a = _single_plane_info(Path(a), "A")
+    if b is not None and by_dz:
+        log.warn(f"{b}: not used with --dz-from/--dz-to")
+        b = None
+    if b is not None:
+        info_b = _single_plane_info(Path(b), "B")
+        if info_b.shape != info_a.shape:
+            raise UserError(f"A and B must show the same field at the same size: {a} is "
+                            f"{info_a.shape[1]}x{info_a.shape[0]}, {b} is {info_b.shape[1]}x{info_b.shape[0]}")
+    inputs = [Path(a)] + ([Path(b)] if b is not None else [])
+    _check_outputs([output], inputs, overwrite)
+    model, meta, dev = _load(weights, device)
+    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
+    plane_a = read_image(a).data
+    if by_dz:
+        planes, z_step = _walk_dz(db, plane_a, _require_calibration(meta, weights, "--dz-from/--dz-to"),
+                                  dz_from, dz_to, steps)
+    else:
+        planes, z_step = walk_codes(db, plane_a, read_image(b).data, steps), None
+    write_tiff(output, np.stack(planes), "ZYX", pixel_size_um=info_a.pixel_size_um, z_step_um=z_step,
+               unit=info_a.unit, overwrite=overwrite, inputs=inputs)
+    log.info(f"wrote {steps} interpolated planes to {output}")
+    return output
+
+
+def walk_codes(db: Deblurrer, plane_a: np.ndarray, plane_b: np.ndarray, steps: int) -> list[np.ndarray]:
+    """Planes decoded with A's identity and blur codes going linearly, per tile, from A's to B's.
+
+    Intensities are reverted with lo/hi interpolated from A's to B's, so the end planes are A's
+    reconstruction and (when A and B share identity codes) B's reconstruction.
+    """
+    enc_a, enc_b = db.encode(plane_a), db.encode(plane_b)
+    if enc_a.grid.shape != enc_b.grid.shape:
+        raise UserError("A and B must have the same size")
+    out = []
+    with log.progress("interpolate", total=steps) as bar:
+        for r in np.linspace(0.0, 1.0, steps):
+            blur = (1 - r) * enc_a.blur + r * enc_b.blur
+            norm = Normalizer((1 - r) * enc_a.norm.lo + r * enc_b.norm.lo, (1 - r) * enc_a.norm.hi + r * enc_b.norm.hi)
+            out.append(db.decode(enc_a, blur, norm))
+            bar.advance()
+    return out
+
+
+def _walk_dz(db: Deblurrer, plane_a: np.ndarray, cal: dict, dz_from: float, dz_to: float,
+             steps: int) -> tuple[list[np.ndarray], float | None]:
+    """Planes at evenly spaced dz from dz_from to dz_to (um) and their spacing."""
+    dzs = np.linspace(dz_from, dz_to, steps)
+    codes = _dz_code(cal, dzs)
+    enc = db.encode(plane_a)
+    out = []
+    with log.progress("interpolate", total=steps) as bar:
+        for c in codes:
+            out.append(db.decode(enc, np.atleast_1d(c)))
+            bar.advance()
+    step = abs(dz_to - dz_from) / (steps - 1)
+    return out, step if step > 0 else None
+
+
+# ---------------------------------------------------------------- focus maps
+
+
+def _focus_name(path: Path) -> str:
+    """Defocus map file name inside an output folder."""
+    return f"{path.stem}_dz.tif"
+
+
+def _focus_file(db: Deblurrer, path: Path, info, tmp: Path, bar) -> Iterator[dict]:
+    """Write the defocus map(s) of one input into `tmp`; yields one summary row per plane."""
+    from .io import StackWriter, iter_planes
+
+    kw = info.write_kwargs()
+    with StackWriter(tmp, info.shape, np.float32, **kw) as writer:
+        for i, plane in iter_planes(path):
+            dmap, s = db.focus_map(plane)
+            writer.write(dmap)
+            bar.advance()
+            if info.n_planes > 1:
+                log.debug(f"{path.name} plane {i}: median dz {s['median_dz_um']:+.2f} um, "
+                          f"{100 * s['frac_in_focus']:.0f}% within +/-{IN_FOCUS_UM:g} um")
+            yield {"file": str(path), "plane": i, **s}
+
+
+def focus_paths(inputs: Sequence[str], output: Path, *, weights: Path | None = None, scale: float | None = None,
+                overlap: int = 48, batch_size: int = 32, csv: Path | None = None, device: str = "auto",
+                overwrite: bool = False) -> list[Path]:
+    """Defocus maps (float32 TIFF, dz in um, input size) of images/stacks from the calibrated blur code."""
+    from .io import expand_inputs
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    files = expand_inputs(inputs)
+    infos = _infos(files)
+    outs = _output_paths(files, output, _focus_name)
+    for o in outs:
+        if o.suffix.lower() not in TIFF_OUT:
+            raise UserError(f"{o}: defocus maps are written as .tif or .tiff")
+    _check_outputs(outs, files, overwrite)
+    if csv is not None:
+        _check_outputs([Path(csv)], files + outs, overwrite)
+    model, meta, dev = _load(weights, device)
+    cal = _require_calibration(meta, weights, "focus")
+    if cal["kind"] == "abs":
+        log.warn("the calibration follows |dz| only: maps hold unsigned defocus")
+    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
+    rows = []
+    with Staging() as stage, log.progress("focus", total=sum(i.n_planes for i in infos)) as bar:
+        for f, info, o in zip(files, infos, outs):
+            file_rows = list(_focus_file(db, f, info, stage.path(o), bar))
+            rows.extend(file_rows)
+            med = float(np.median([r["median_dz_um"] for r in file_rows]))
+            frac = float(np.mean([r["frac_in_focus"] for r in file_rows]))
+            log.info(f"{f.name}: median dz {med:+.2f} um, {100 * frac:.0f}% within +/-{IN_FOCUS_UM:g} um of focus")
+        if csv is not None:
+            _write_csv(stage.path(Path(csv)), rows)
+    log.info(f"focus maps for {len(files)} file(s), {len(rows)} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")
+    return outs
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Per-plane focus summary table."""
+    cols = ["file", "plane", "median_dz_um", "frac_in_focus", "n_tiles"]
+    with open(path, "w", newline="") as fh:
+        w = csvlib.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "median_dz_um": f"{r['median_dz_um']:.4f}", "frac_in_focus": f"{r['frac_in_focus']:.4f}"})

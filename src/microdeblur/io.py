@@ -1,0 +1,564 @@
+"""Reading and writing images and stacks: metadata, plane streaming, atomic writes, dtype restore."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import secrets
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+from . import log
+from .errors import UserError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + (".png", ".jpg", ".jpeg")
+_IMAGEJ_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32")}
+_OME_DTYPES = {np.dtype(t) for t in ("int8", "int32", "uint32")}
+_UNIT_UM = {"um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+_LUMA = np.array([0.2125, 0.7154, 0.0721])  # Rec. 709, as skimage.color.rgb2gray
+_FATAL_TIFF_WARNINGS = ("corrupt", "invalid", "truncat", "failed to reshape")
+_rgb_warned: set[Path] = set()
+
+
+# ---------------------------------------------------------------- names and inputs
+
+
+def natural_key(name: str | Path) -> tuple:
+    """Sort key where digit runs compare as numbers ('z2' < 'z10'), case-insensitive."""
+    parts = re.split(r"(\d+)", str(name).lower())
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file with a supported image suffix."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def images_in(folder: Path) -> list[Path]:
+    """Image files directly inside a folder, natural order."""
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=natural_key)
+
+
+def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
+    """Files, folders (their images, natural order) and globs → unique image paths; UserError if none."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_file():
+            found = [p]
+        elif p.is_dir():
+            found = images_in(p)
+            if not found:
+                raise UserError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif glob.has_magic(str(item)):
+            found = sorted((Path(m) for m in glob.glob(str(item)) if is_image_file(Path(m))), key=natural_key)
+            if not found:
+                raise UserError(f"{item}: pattern matches no images")
+        else:
+            raise UserError(f"{p}: no such file or folder")
+        out.extend(found)
+    if not out:
+        raise UserError("no input images given")
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------- image metadata
+
+
+@dataclass(kw_only=True)
+class ImageInfo:
+    """What a file holds, without its pixels: squeezed axes/shape, source dtype, physical metadata."""
+
+    axes: str
+    shape: tuple[int, ...] = ()
+    dtype: np.dtype | None = None
+    pixel_size_um: float | None = None
+    z_step_um: float | None = None
+    unit: str = "um"
+    metadata: dict = field(default_factory=dict)  # extra ImageJ entries kept on write (e.g. finterval)
+    path: Path | None = None
+    full_axes: str = ""  # before squeezing singleton axes (grey: no 'S')
+    full_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.full_axes = self.full_axes or self.axes
+        self.full_shape = tuple(self.full_shape or self.shape)
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """(Y, X) of one plane."""
+        return self.shape[-2], self.shape[-1]
+
+    @property
+    def n_planes(self) -> int:
+        """Number of 2-D planes (product of all non-YX axes)."""
+        return int(np.prod(self.shape[:-2], dtype=np.int64))
+
+    def unsqueeze(self, x: np.ndarray) -> np.ndarray:
+        """Re-insert the singleton axes removed on reading (x has `shape`)."""
+        return x.reshape(self.full_shape)
+
+    def write_kwargs(self) -> dict:
+        """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata."""
+        return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, z_step_um=self.z_step_um,
+                    unit=self.unit, metadata=dict(self.metadata))
+
+
+@dataclass(kw_only=True)
+class ImageData(ImageInfo):
+    """An image or stack in memory (grey, singleton axes squeezed) with its metadata."""
+
+    data: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(self.shape or self.data.shape)
+        self.dtype = np.dtype(self.dtype or self.data.dtype)
+        super().__post_init__()
+
+
+def _unit_factor(unit: str | None) -> tuple[str, float] | None:
+    """Normalised unit name and its size in µm, or None when not a length unit."""
+    if not unit:
+        return None
+    u = str(unit).strip().lower().replace("\\u00b5", "µ").replace("μ", "µ")
+    u = {"micron": "um", "microns": "um", "µm": "um", "micrometer": "um", "nanometer": "nm"}.get(u, u)
+    return (u, _UNIT_UM[u]) if u in _UNIT_UM else None
+
+
+def _ome_physical(xml: str) -> tuple[float | None, float | None]:
+    """PhysicalSizeX and PhysicalSizeZ of the first OME image, in µm."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None, None
+    pixels = next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None:
+        return None, None
+
+    def size(axis: str) -> float | None:
+        value = pixels.get(f"PhysicalSize{axis}")
+        unit = _unit_factor(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        return float(value) * unit[1] if value and unit else None
+
+    return size("X"), size("Z")
+
+
+def _tidy(value: float | None) -> float | None:
+    """Drop float noise from rational resolution tags (0.2999999999999998 → 0.3)."""
+    return None if value is None else float(f"{value:.10g}")
+
+
+def _tiff_physical(tif: tifffile.TiffFile) -> tuple[float | None, float | None, str, dict]:
+    """(pixel size µm, z step µm, unit, extra ImageJ metadata) from OME, ImageJ or resolution tags."""
+    px, dz, unit, extra = _tiff_physical_raw(tif)
+    return _tidy(px), _tidy(dz), unit, extra
+
+
+def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | None, str, dict]:
+    """Physical metadata as stored."""
+    if tif.is_ome and tif.ome_metadata:
+        px, dz = _ome_physical(tif.ome_metadata)
+        return px, dz, "um", {}
+    page = tif.pages.first
+    xres = page.resolution[0] if page.resolution else 0.0
+    ij = tif.imagej_metadata or {}
+    if tif.is_imagej:
+        unit = _unit_factor(ij.get("unit"))
+        if unit is None:
+            return None, None, "um", {}
+        name, f = unit
+        px = f / xres if xres > 0 and xres != 1 else None
+        dz = abs(float(ij["spacing"])) * f if ij.get("spacing") else None
+        extra = {"finterval": float(ij["finterval"])} if ij.get("finterval") else {}
+        return px, dz, name, extra
+    if page.resolutionunit == tifffile.RESUNIT.CENTIMETER and xres > 0:
+        return 1e4 / xres, None, "um", {}
+    return None, None, "um", {}  # inch-based resolution is display dpi, not a physical size
+
+
+# ---------------------------------------------------------------- reading
+
+
+class _TiffGuard(logging.Handler):
+    """Collects tifffile's warnings while reading; those that mean corruption become UserError."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.WARNING)
+        self.path, self.messages = path, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def check(self) -> None:
+        """Raise UserError for a fatal warning seen so far; others go to log.debug."""
+        for msg in self.messages:
+            if any(w in msg.lower() for w in _FATAL_TIFF_WARNINGS):
+                raise UserError(f"{self.path}: corrupt or truncated TIFF ({_one_line(msg)})")
+            log.debug(f"{self.path}: {_one_line(msg)}")
+        self.messages.clear()
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    """First line of a message, shortened."""
+    line = (str(text).strip().splitlines() or [""])[0].strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[_TiffGuard]:
+    """Check the path, silence tifffile's logger, and turn any read failure into a one-line UserError."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"{path}: unsupported image format (use {', '.join(IMAGE_SUFFIXES)})")
+    logger = logging.getLogger("tifffile")
+    guard, propagate = _TiffGuard(path), logger.propagate
+    logger.addHandler(guard)
+    logger.propagate = False
+    try:
+        yield guard
+        guard.check()
+    except (UserError, MemoryError):
+        raise
+    except Exception as e:  # corrupt files raise anything from struct.error to zlib.error
+        reason = _one_line(e) or type(e).__name__
+        kind = "TIFF" if path.suffix.lower() in TIFF_SUFFIXES else path.suffix.lstrip(".").upper()
+        detail = "" if str(path) in reason or "uri" in reason or "backend" in reason else f" ({reason})"
+        raise UserError(f"{path}: cannot read, corrupt or unsupported {kind} file{detail}") from None
+    finally:
+        logger.removeHandler(guard)
+        logger.propagate = propagate
+
+
+def _rename_sequence_axes(axes: str) -> str:
+    """tifffile's generic page-sequence axes ('I', 'Q') become 'Z' when the file has no Z."""
+    for a in "IQ":
+        if a in axes and "Z" not in axes:
+            axes = axes.replace(a, "Z", 1)
+    return axes
+
+
+def _uniform_plane_series(tif: tifffile.TiffFile) -> bool:
+    """True when a file holds several 2-D series of one shape (single pages appended one by one)."""
+    ss = tif.series
+    return (len(ss) > 1 and not (tif.is_ome or tif.is_imagej)
+            and all(s.ndim == 2 and s.shape == ss[0].shape and s.dtype == ss[0].dtype for s in ss))
+
+
+def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
+    """ImageInfo of the first series (or of a run of uniform 2-D series), RGB counted as grey."""
+    s = tif.series[0]
+    axes, shape = s.axes, tuple(s.shape)
+    full_axes, full_shape = s.get_axes(False), tuple(s.get_shape(False))
+    if _uniform_plane_series(tif):
+        axes, shape = "Z" + axes, (len(tif.series),) + shape
+        full_axes, full_shape = axes, shape
+    if _is_colour(axes, shape):
+        i, j = axes.index("S"), full_axes.index("S")
+        axes, shape = axes[:i] + axes[i + 1:], shape[:i] + shape[i + 1:]
+        full_axes, full_shape = full_axes[:j] + full_axes[j + 1:], full_shape[:j] + full_shape[j + 1:]
+    px, dz, unit, extra = _tiff_physical(tif)
+    return ImageInfo(axes=_rename_sequence_axes(axes), shape=shape, dtype=np.dtype(s.dtype), pixel_size_um=px,
+                     z_step_um=dz, unit=unit, metadata=extra, path=path,
+                     full_axes=_rename_sequence_axes(full_axes), full_shape=full_shape)
+
+
+def _is_colour(axes: str, shape: Sequence[int]) -> bool:
+    """True for a samples axis of 2-4 channels (grey+alpha, RGB, RGBA)."""
+    return "S" in axes and 2 <= shape[axes.index("S")] <= 4
+
+
+def _to_grey(x: np.ndarray, path: Path) -> np.ndarray:
+    """Luminance of an array whose last axis holds 2-4 colour samples, in the source dtype."""
+    first = path.parent not in _rgb_warned
+    (log.warn if first else log.debug)(f"{path}: colour image converted to grey (luminance)"
+                                       + ("; same for further files in this folder" if first else ""))
+    _rgb_warned.add(path.parent)
+    if x.shape[-1] == 2:  # grey + alpha
+        return np.ascontiguousarray(x[..., 0])
+    return to_dtype(x[..., :3].astype(np.float32) @ _LUMA.astype(np.float32), x.dtype)
+
+
+def _samples_last(x: np.ndarray, axes: str) -> np.ndarray:
+    """Move a colour samples axis to the end (planar-separate TIFFs store it first)."""
+    return np.moveaxis(x, axes.index("S"), -1) if _is_colour(axes, x.shape) else x
+
+
+def _page_yx(page) -> tuple[int, int]:
+    """(Y, X) size of a TIFF page whatever its sample layout."""
+    return page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
+
+
+def _tiff_plane_getter(tif: tifffile.TiffFile, info: ImageInfo, path: Path) -> Callable[[int], np.ndarray]:
+    """Function returning raw plane i (Y, X[, S]) without loading the rest of the stack."""
+    n = info.n_planes
+    if _uniform_plane_series(tif):
+        return lambda i: tif.series[i].asarray()
+    s = tif.series[0]
+    pages = s.pages
+    if len(pages) == n and all(p is not None and _page_yx(p) == info.plane_shape for p in pages):
+        return lambda i: _samples_last(pages[i].asarray(), pages[i].axes)
+    whole = tifffile.memmap(path, mode="r") if s.dataoffset is not None else s.asarray()
+    whole = _samples_last(whole.reshape(s.shape), s.axes)
+    samples = whole.shape[-1:] if whole.ndim == len(info.shape) + 1 else ()
+    flat = whole.reshape((n, *info.plane_shape, *samples))
+    return lambda i: flat[i]
+
+
+def read_info(path: str | Path) -> ImageInfo:
+    """Axes, shape, dtype and physical metadata of an image file, reading only its header."""
+    path = Path(path)
+    with _reading(path) as guard:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                info = _tiff_info(tif, path)
+                guard.check()
+                return info
+        props = iio.improps(path, plugin="pillow")
+        shape = tuple(props.shape)
+        axes = "YXS"[: len(shape)]
+        if _is_colour(axes, shape):
+            axes, shape = "YX", shape[:2]
+        return ImageInfo(axes=axes, shape=shape, dtype=np.dtype(props.dtype), path=path)
+
+
+def iter_planes(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (index, 2-D grey plane) one at a time, so huge stacks stream with bounded memory."""
+    path = Path(path)
+    with _reading(path) as guard:
+        if path.suffix.lower() not in TIFF_SUFFIXES:
+            yield 0, read_image(path).data
+            return
+        with tifffile.TiffFile(path) as tif:
+            info = _tiff_info(tif, path)
+            get = _tiff_plane_getter(tif, info, path)
+            guard.check()
+            for i in range(info.n_planes):
+                plane = np.asarray(get(i))
+                guard.check()
+                yield i, _to_grey(plane, path) if plane.ndim == 3 else plane
+
+
+def read_image(path: str | Path) -> ImageData:
+    """Read a TIFF (plain, multi-page, ImageJ, OME) or PNG/JPEG; colour becomes grey; singletons squeezed."""
+    path = Path(path)
+    with _reading(path) as guard:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                info = _tiff_info(tif, path)
+                guard.check()
+                if _uniform_plane_series(tif):
+                    data = np.stack([s.asarray() for s in tif.series])
+                else:
+                    s = tif.series[0]
+                    data = _samples_last(s.asarray(), s.axes)
+        else:
+            data = np.asarray(iio.imread(path, plugin="pillow"))
+            info = ImageInfo(axes="YX", shape=data.shape[:2], dtype=data.dtype, path=path)
+            if data.ndim == 3 and data.shape[-1] not in (2, 3, 4):
+                raise UserError(f"{path}: unsupported image shape {data.shape}")
+        if data.ndim == len(info.shape) + 1:
+            data = _to_grey(data, path)
+        data = data.reshape(info.shape)
+    return ImageData(data=data, **{f.name: getattr(info, f.name) for f in fields(info)})
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+def to_dtype(x: np.ndarray, dtype: np.dtype | type | str) -> np.ndarray:
+    """Cast to dtype; integers are clipped to the dtype range then rounded (never wrap), floats pass."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.asarray(x, dtype=dtype)
+    if dtype.kind == "b":
+        return np.asarray(x) > 0.5
+    info = np.iinfo(dtype)
+    x = np.asarray(x)
+    if x.dtype == dtype:
+        return x
+    if x.dtype.kind == "b":
+        return x.astype(dtype)
+    if x.dtype.kind in "iu":
+        src = np.iinfo(x.dtype)
+        return np.clip(x, max(info.min, src.min), min(info.max, src.max)).astype(dtype)
+    work = np.float32 if dtype.itemsize <= 2 and x.dtype.itemsize <= 4 else np.float64
+    lo, hi = float(info.min), float(info.max)
+    if hi > info.max:  # float rounding of 2**63-1 etc. would wrap
+        hi = float(np.nextafter(hi, -np.inf))
+    y = np.nan_to_num(np.asarray(x, dtype=work), nan=0.0, posinf=hi, neginf=lo)
+    return np.rint(np.clip(y, lo, hi)).astype(dtype)
+
+
+def _storable(dtype: np.dtype) -> np.dtype:
+    """The dtype a TIFF gets for data of this dtype (64-bit and half floats → float32, bool → uint8)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.dtype(np.float32)
+    if dtype.kind == "b":
+        return np.dtype(np.uint8)
+    if dtype.kind in "iu" and dtype.itemsize == 8:
+        return np.dtype(np.int32 if dtype.kind == "i" else np.uint32)
+    return dtype
+
+
+# ---------------------------------------------------------------- output paths and atomic writes
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one file (resolving links)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def check_output_path(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse an input file, a folder, or an existing file without overwrite; return the Path."""
+    p = Path(path)
+    if any(_same_file(p, Path(i)) for i in inputs):
+        raise UserError(f"{p}: refusing to overwrite an input file; choose another output")
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, expected a file name")
+    if p.exists() and not overwrite:
+        raise UserError(f"{p}: already exists (use --overwrite to replace it)")
+    return p
+
+
+@contextmanager
+def atomic_path(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temp path beside `path` (same suffix) for a writer; renamed onto `path` on success, removed on error."""
+    p = check_output_path(path, overwrite, inputs)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.{secrets.token_hex(4)}.tmp{p.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write bytes atomically (temp file + os.replace)."""
+    with atomic_path(path, overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- TIFF writing
+
+
+def _ijorder(axes: str) -> bool:
+    """True when axes are a subsequence of ImageJ's TZCYXS order ending in YX."""
+    it = iter("TZCYXS")
+    return axes.rstrip("S").endswith("YX") and all(a in it for a in axes) and len(set(axes)) == len(axes)
+
+
+def _tiff_kwargs(dtype: np.dtype, axes: str, pixel_size_um: float | None, z_step_um: float | None,
+                 unit: str, metadata: dict | None) -> dict:
+    """tifffile keyword arguments: ImageJ hyperstack when dtype/axes allow, else OME-TIFF."""
+    axes = _rename_sequence_axes(axes)
+    if dtype in _IMAGEJ_DTYPES and _ijorder(axes):
+        name, f = _unit_factor(unit) or ("um", 1.0)
+        md = {"axes": axes, "unit": name, **(metadata or {})}
+        if z_step_um and "Z" in axes:
+            md["spacing"] = z_step_um / f
+        kw: dict = {"imagej": True, "metadata": md}
+        if pixel_size_um:
+            kw["resolution"] = (f / pixel_size_um, f / pixel_size_um)
+        return kw
+    if dtype not in _IMAGEJ_DTYPES | _OME_DTYPES:
+        raise ValueError(f"cannot store dtype {dtype} in a TIFF")
+    md = {"axes": axes}
+    if pixel_size_um:
+        md.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um)
+    if z_step_um and "Z" in axes:
+        md["PhysicalSizeZ"] = z_step_um
+    return {"ome": True, "metadata": md}
+
+
+def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: float | None = None,
+               z_step_um: float | None = None, unit: str = "um", metadata: dict | None = None,
+               overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write an ImageJ-compatible TIFF (OME-TIFF for int8/int32/uint32) atomically; float64 → float32."""
+    data = np.asarray(data)
+    if len(axes) != data.ndim:
+        raise ValueError(f"axes {axes!r} do not match data shape {data.shape}")
+    dtype = _storable(data.dtype)
+    if dtype != data.dtype:
+        if data.dtype.kind in "iu":
+            log.warn(f"{Path(path).name}: {data.dtype} stored as {dtype} (values clipped)")
+        data = to_dtype(data, dtype)
+    kw = _tiff_kwargs(dtype, axes, pixel_size_um, z_step_um, unit, metadata)
+    with atomic_path(path, overwrite, inputs) as tmp:
+        tifffile.imwrite(tmp, data, **kw)
+    return Path(path)
+
+
+class StackWriter:
+    """Write a stack plane by plane (memory-mapped temp TIFF, ImageJ metadata), renamed into place on close.
+
+    Use as a context manager; on an exception the temp file is deleted and `path` is untouched.
+    """
+
+    def __init__(self, path: str | Path, shape: Sequence[int], dtype: np.dtype | type | str, axes: str, *,
+                 pixel_size_um: float | None = None, z_step_um: float | None = None, unit: str = "um",
+                 metadata: dict | None = None, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+        self.path = check_output_path(path, overwrite, inputs)
+        self.shape, self.dtype = tuple(shape), _storable(dtype)
+        if len(axes) != len(self.shape):
+            raise ValueError(f"axes {axes!r} do not match shape {self.shape}")
+        self.n_planes = int(np.prod(self.shape[:-2], dtype=np.int64))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.{secrets.token_hex(4)}.tmp{self.path.suffix}")
+        kw = _tiff_kwargs(self.dtype, axes, pixel_size_um, z_step_um, unit, metadata)
+        mm = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype, **kw)
+        self._mm, self._planes, self._next = mm, mm.reshape((self.n_planes,) + self.shape[-2:]), 0
+
+    def write(self, plane: np.ndarray) -> None:
+        """Store the next 2-D plane (cast with to_dtype when its dtype differs)."""
+        if self._next >= self.n_planes:
+            raise ValueError(f"{self.path}: all {self.n_planes} planes already written")
+        self._planes[self._next] = to_dtype(plane, self.dtype)
+        self._next += 1
+
+    def close(self) -> Path:
+        """Flush and move the finished file into place; all planes must have been written."""
+        if self._next != self.n_planes:
+            self.abort()
+            raise ValueError(f"{self.path}: {self._next} of {self.n_planes} planes written")
+        self._mm.flush()
+        self._mm = self._planes = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the temp file."""
+        self._mm = self._planes = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "StackWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,427 @@
+"""Raw through-focus days → prepared folder (index.json + one Z-stack per crop); bright-field focus detection."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.transform import resize
+
+from . import log
+from .errors import UserError
+from .io import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ImageInfo, atomic_write_bytes, images_in, iter_planes,
+                 natural_key, read_image, read_info, to_dtype, write_tiff)
+from .normalize import frame_normalizer
+
+INDEX_NAME = "index.json"
+FORMAT, VERSION = "microdeblur-prepared", 1
+FOCUS_MARKER = "focus.txt"
+GROUND_TRUTH = "ground_truth.json"
+MIN_VALLEY = 0.1  # a contrast valley must be this deep, relative to the contrast range, to be trusted
+_INFOCUS = re.compile(r"in[-_ ]?focus", re.IGNORECASE)
+_PROJECTION = re.compile(r"projection", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- frames
+
+
+def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, int]:
+    """(Y, X) of a frame after resizing by `scale` (rounded, at least 1 px)."""
+    return max(1, round(shape[-2] * scale)), max(1, round(shape[-1] * scale))
+
+
+def _bin(frame: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k blocks (camera-style binning), float32."""
+    h, w = frame.shape[0] // k, frame.shape[1] // k
+    rows = sum(frame[i::k][:h] for i in range(k))
+    return sum(rows[:, j::k][:, :w] for j in range(k)) / np.float32(k * k)
+
+
+def rescale_frame(frame: np.ndarray, scale: float) -> np.ndarray:
+    """Resize a 2-D frame by `scale` to float32: exact k x k binning when 1/scale is an integer k, else
+    skimage resize (bilinear, anti-aliased)."""
+    f = np.asarray(frame, dtype=np.float32)
+    out = scaled_shape(f.shape, scale)
+    if out == f.shape:
+        return f
+    k = round(1 / scale)
+    if scale < 1 and (out[0] * k, out[1] * k) == f.shape:
+        return _bin(f, k)
+    return resize(f, out, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
+
+
+def tile_grid(shape: Sequence[int], tile: int) -> tuple[int, int, list[int]]:
+    """(rows, cols, [dropped px at bottom, at right]) of non-overlapping tiles."""
+    h, w = shape[-2], shape[-1]
+    return h // tile, w // tile, [h % tile, w % tile]
+
+
+# ---------------------------------------------------------------- focus
+
+
+def plane_contrast(frame: np.ndarray) -> float:
+    """Normalised contrast: std / mean of the frame after light (sigma 1 px) smoothing against noise."""
+    g = ndi.gaussian_filter(np.asarray(frame, dtype=np.float32), 1.0)
+    mean = float(g.mean())
+    return float(g.std()) / mean if mean > 0 else float(g.std())
+
+
+@dataclass(frozen=True)
+class FocusEstimate:
+    """Chosen in-focus plane, the reason in words, and whether the contrast curve supported it clearly."""
+
+    plane: int
+    reason: str
+    reliable: bool
+
+
+def focus_from_contrast(contrast: Sequence[float]) -> FocusEstimate:
+    """Bright-field focus: the deepest contrast valley between two contrast maxima (see docs/prepare.md)."""
+    c = np.asarray(contrast, dtype=np.float64)
+    s = ndi.gaussian_filter1d(c, 1.0, mode="nearest") if len(c) >= 7 else c
+    best, depth = None, 0.0
+    for i in range(1, len(s) - 1):
+        if s[i] <= s[i - 1] and s[i] <= s[i + 1]:
+            d = min(s[:i].max(), s[i + 1:].max()) - s[i]
+            if d > depth:
+                best, depth = i, d
+    if best is not None and depth >= MIN_VALLEY * (s.max() - s.min()):
+        left, right = int(np.argmax(s[:best])), best + 1 + int(np.argmax(s[best + 1:]))
+        return FocusEstimate(best, f"contrast minimum between contrast maxima at planes {left} and {right}", True)
+    i = int(np.argmin(s))
+    return FocusEstimate(i, "lowest contrast, no contrast valley inside the stack (focus may lie outside)", False)
+
+
+def detect_focus(stack: np.ndarray) -> FocusEstimate:
+    """In-focus plane of a (Z, Y, X) bright-field stack: transparent cells have their lowest contrast at focus."""
+    return focus_from_contrast([plane_contrast(p) for p in stack])
+
+
+# ---------------------------------------------------------------- finding days
+
+
+@dataclass
+class Day:
+    """One raw through-focus day: a folder of plane files or one stack file, and what is known about it."""
+
+    name: str
+    source: Path
+    stack: bool
+    files: list[Path]
+    info: ImageInfo  # of the stack, or of the first plane file
+    n_planes: int
+    marker: Path  # focus.txt (folder) or <stem>.focus.txt (stack)
+    ground_truth: Path
+    focus_plane: int | None = None
+    focus_method: str = "auto"
+    focus_reason: str = ""
+    z_step_um: float | None = None
+    z_step_from: str = "unknown"
+
+
+def _stem(path: Path) -> str:
+    """File name without .tif/.tiff (and .ome)."""
+    name = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return name[:-4] if name.lower().endswith(".ome") else name
+
+
+def _stack_day(path: Path) -> Day:
+    """A day held in one multi-page TIFF (planes along its only non-YX axis)."""
+    info = read_info(path)
+    if info.n_planes > 1 and len(info.axes) != 3:
+        raise UserError(f"{path}: expected a through-focus stack with one plane axis (ZYX), "
+                        f"got axes {info.axes} shape {info.shape}")
+    stem = _stem(path)
+    return Day(stem, path, True, [path], info, info.n_planes, path.with_name(f"{stem}.{FOCUS_MARKER}"),
+               path.with_name(f"{stem}.{GROUND_TRUTH}"))
+
+
+def _folder_day(folder: Path, files: list[Path]) -> Day:
+    """A day held as one image per plane in a folder (natural order of file names)."""
+    skipped = [f for f in files if _PROJECTION.search(f.stem)]
+    if skipped:
+        log.info(f"{folder.name}: skipping {', '.join(f.name for f in skipped)} (projection, not a plane)")
+    files = [f for f in files if f not in skipped]
+    return Day(folder.resolve().name, folder, False, files, read_info(files[0]), len(files),
+               folder / FOCUS_MARKER, folder / GROUND_TRUTH)
+
+
+def _days_in_folder(folder: Path, nested: bool) -> list[Day]:
+    """Days in a folder: itself (plane files), its stack files, or (top level only) its sub-folders."""
+    files = images_in(folder)
+    subs = [d for d in sorted(folder.iterdir(), key=natural_key) if d.is_dir() and not d.name.startswith(".")]
+    if files:
+        if subs:
+            log.warn(f"{folder}: holds images, so its sub-folders are ignored")
+        tiffs = [f for f in files if f.suffix.lower() in TIFF_SUFFIXES]
+        if tiffs and read_info(tiffs[0]).n_planes > 1:
+            return [_stack_day(f) for f in tiffs]
+        return [_folder_day(folder, files)]
+    return [d for sub in subs for d in _days_in_folder(sub, nested=False)] if nested else []
+
+
+def find_days(raw: Sequence[Path]) -> list[Day]:
+    """Days from RAW arguments (day folders, stack files, or folders of those); names must be unique."""
+    days: list[Day] = []
+    for p in map(Path, raw):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+        found = [_stack_day(p)] if p.is_file() else _days_in_folder(p, nested=True)
+        if not found:
+            raise UserError(f"{p}: no images found (expected {'/'.join(IMAGE_SUFFIXES)} planes or stacks, "
+                            "or day folders holding them)")
+        days.extend(found)
+    seen: dict[str, Path] = {}
+    for d in days:
+        if d.name in seen:
+            raise UserError(f"two days are named '{d.name}' ({seen[d.name]} and {d.source}); "
+                            "day names come from folder/file names and must be unique")
+        seen[d.name] = d.source
+    return days
+
+
+# ---------------------------------------------------------------- per-day settings
+
+
+def _read_marker(path: Path) -> int:
+    """Plane index on the first line of a focus marker file."""
+    try:
+        first = (path.read_text(errors="replace").splitlines() or [""])[0].strip()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return int(first)
+    except ValueError:
+        raise UserError(f"{path}: first line must be the in-focus plane index, got {first!r}") from None
+
+
+def _set_focus(day: Day, option: int | None) -> None:
+    """Focus from --focus-plane, else the marker file, else an 'infocus' file name; else left to auto."""
+    named = [i for i, f in enumerate(day.files) if _INFOCUS.search(f.stem)] if not day.stack else []
+    if option is not None:
+        day.focus_plane, day.focus_method, day.focus_reason = option, "option", "--focus-plane"
+    elif day.marker.is_file():
+        day.focus_plane, day.focus_method, day.focus_reason = _read_marker(day.marker), "marker", str(day.marker)
+    elif named:
+        if len(named) > 1:
+            raise UserError(f"{day.source}: several files are marked in-focus "
+                            f"({', '.join(day.files[i].name for i in named)})")
+        day.focus_plane, day.focus_method = named[0], "marker"
+        day.focus_reason = f"file name {day.files[named[0]].name}"
+    if day.focus_plane is not None and not 0 <= day.focus_plane < day.n_planes:
+        raise UserError(f"{day.name}: focus plane {day.focus_plane} (from {day.focus_reason}) is out of range "
+                        f"0..{day.n_planes - 1}")
+
+
+def _set_z_step(day: Day, option: float | None) -> None:
+    """z step from --z-step, else image metadata, else ground_truth.json 'z_step_um', else unknown."""
+    if option is not None:
+        day.z_step_um, day.z_step_from = option, "--z-step"
+    elif day.info.z_step_um:
+        day.z_step_um, day.z_step_from = day.info.z_step_um, "metadata"
+    elif day.ground_truth.is_file():
+        try:
+            value = json.loads(day.ground_truth.read_text()).get("z_step_um")
+        except (OSError, ValueError, AttributeError) as e:
+            log.warn(f"{day.ground_truth}: ignored ({e})")
+            value = None
+        if value:
+            day.z_step_um, day.z_step_from = float(value), day.ground_truth.name
+
+
+def _check_day(day: Day, scale: float, tile: int) -> None:
+    """Reject days that cannot give a through-focus crop stack."""
+    if day.n_planes < 2:
+        raise UserError(f"{day.name}: only one plane in {day.source}; a through-focus day needs at least 2")
+    h, w = scaled_shape(day.info.plane_shape, scale)
+    if h < tile or w < tile:
+        y, x = day.info.plane_shape
+        raise UserError(f"{day.name}: frames of {x}x{y} px are {w}x{h} at scale {scale}, smaller than one "
+                        f"{tile}-px tile")
+
+
+# ---------------------------------------------------------------- reading and writing one day
+
+
+def _day_planes(day: Day) -> Iterator[np.ndarray]:
+    """The day's 2-D planes in order, one at a time; all must share the first plane's size."""
+    if day.stack:
+        yield from (p for _, p in iter_planes(day.source))
+        return
+    for f in day.files:
+        plane = _single_plane(f)
+        if plane.shape != day.info.plane_shape:
+            y, x = day.info.plane_shape
+            raise UserError(f"{f}: frame size {plane.shape[1]}x{plane.shape[0]} differs from {x}x{y} "
+                            f"of {day.files[0].name} (all planes of a day must match)")
+        yield plane
+
+
+def _single_plane(path: Path) -> np.ndarray:
+    """The one 2-D plane of a plane file."""
+    img = read_image(path)
+    if img.data.ndim != 2:
+        raise UserError(f"{path}: expected one 2-D plane per file, got axes {img.axes} shape {img.shape}")
+    return img.data
+
+
+def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
+    """Downsize every plane, measure lo/hi and contrast, find focus, write crop stacks into `stage`."""
+    h, w = scaled_shape(day.info.plane_shape, scale)
+    dtype = np.dtype(np.float32) if day.info.dtype.kind == "f" else day.info.dtype
+    rows, cols, dropped = tile_grid((h, w), tile)
+    stack = np.empty((day.n_planes, h, w), dtype=dtype)
+    lo, hi, contrast = [], [], []
+    with log.progress(day.name, total=day.n_planes + rows * cols) as bar:
+        bar.set("reading planes")
+        for i, plane in enumerate(_day_planes(day)):
+            stack[i] = to_dtype(rescale_frame(plane, scale), dtype)
+            norm = frame_normalizer(stack[i])
+            lo.append(norm.lo)
+            hi.append(norm.hi)
+            contrast.append(plane_contrast(stack[i]))
+            bar.advance()
+        if day.focus_plane is None:
+            est = focus_from_contrast(contrast)
+            day.focus_plane, day.focus_reason = est.plane, est.reason
+            if not est.reliable:
+                log.warn(f"{day.name}: auto focus uncertain ({est.reason}); give --focus-plane or {FOCUS_MARKER}")
+        bar.set("writing crops")
+        px = day.info.pixel_size_um / scale if day.info.pixel_size_um else None
+        crops = []
+        for r in range(rows):
+            for c in range(cols):
+                y, x = r * tile, c * tile
+                write_tiff(stage / f"r{r}_c{c}.tif", stack[:, y:y + tile, x:x + tile], "ZYX",
+                           pixel_size_um=px, z_step_um=day.z_step_um)
+                crops.append({"file": f"{day.name}/r{r}_c{c}.tif", "row": r, "col": c, "y": y, "x": x})
+                bar.advance()
+    log.info(f"{day.name}: in-focus plane {day.focus_plane} ({day.focus_method}: {day.focus_reason}); "
+             f"z step {day.z_step_um} um ({day.z_step_from})")
+    if any(dropped):
+        log.info(f"{day.name}: dropped partial tiles, {dropped[0]} px at the bottom and {dropped[1]} px at the right")
+    return {"source": str(day.source.resolve()), "n_planes": day.n_planes, "focus_plane": day.focus_plane,
+            "focus_method": day.focus_method, "z_step_um": day.z_step_um, "pixel_size_um": px,
+            "frame_shape": [h, w], "dz_planes": [i - day.focus_plane for i in range(day.n_planes)],
+            "lo": lo, "hi": hi, "dropped_edge_px": dropped, "crops": crops}
+
+
+# ---------------------------------------------------------------- the prepared folder
+
+
+def load_index(data: Path) -> dict | None:
+    """The prepared folder's index, or None when it has none; UserError when unreadable."""
+    path = Path(data) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable index ({e})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} index")
+    if index.get("version") != VERSION:
+        raise UserError(f"{path}: index version {index.get('version')} is not supported (expected {VERSION})")
+    return index
+
+
+def _open_data(data: Path, scale: float, tile: int, days: list[Day], overwrite: bool) -> dict:
+    """The index to extend (a new one for a new folder); refuse clashes before any work is done."""
+    if data.exists() and not data.is_dir():
+        raise UserError(f"{data}: exists and is not a folder")
+    index = load_index(data) if data.is_dir() else None
+    if index is None:
+        if data.is_dir() and any(not p.name.startswith(".") for p in data.iterdir()):
+            raise UserError(f"{data}: folder is not empty and has no {INDEX_NAME}; use an empty or prepared folder")
+        return {"format": FORMAT, "version": VERSION, "tile": tile, "scale": scale, "days": {}}
+    if index.get("tile") != tile or not math.isclose(index.get("scale", 0), scale):
+        raise UserError(f"{data}: prepared with tile {index.get('tile')} and scale {index.get('scale')}; "
+                        f"got tile {tile} and scale {scale}")
+    for d in days:
+        if (d.name in index["days"] or (data / d.name).exists()) and not overwrite:
+            raise UserError(f"day '{d.name}' already exists in {data} (use --overwrite to replace it)")
+    return index
+
+
+def _rollback(done: list[tuple[Path, Path | None]]) -> None:
+    """Undo _commit: remove new day folders and put replaced ones back."""
+    for target, old in reversed(done):
+        shutil.rmtree(target, ignore_errors=True)
+        if old is not None:
+            old.rename(target)
+
+
+def _commit(data: Path, staged: list[tuple[str, Path]], token: str) -> list[tuple[Path, Path | None]]:
+    """Move staged day folders into place, setting replaced ones aside; returns (target, old) pairs."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for name, stage in staged:
+            target, old = data / name, None
+            if target.exists():
+                old = data / f".replaced-{name}-{token}"
+                target.rename(old)
+            done.append((target, old))
+            stage.rename(target)
+    except BaseException:
+        _rollback(done)
+        raise
+    return done
+
+
+def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale: float, tile: int,
+                 z_step_um: float | None, overwrite: bool) -> dict:
+    """Prepare raw days into DATA (layout in docs/design.md); all-or-nothing; returns a summary dict."""
+    start = time.perf_counter()
+    if not (scale > 0 and math.isfinite(scale)):
+        raise UserError(f"--scale must be a positive number, got {scale}")
+    if tile < 1:
+        raise UserError(f"--tile must be a positive number of pixels, got {tile}")
+    if z_step_um is not None and not z_step_um > 0:
+        raise UserError(f"--z-step must be positive, got {z_step_um}")
+    data = Path(data)
+    days = find_days(raw)
+    for day in days:
+        _check_day(day, scale, tile)
+        _set_focus(day, focus_plane)
+        _set_z_step(day, z_step_um)
+    index = _open_data(data, scale, tile, days, overwrite)
+    created = not data.exists()
+    data.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    staged: list[tuple[str, Path]] = []
+    try:
+        for day in days:
+            stage = data / f".staging-{day.name}-{token}"
+            stage.mkdir()
+            staged.append((day.name, stage))
+            index["days"][day.name] = _prepare_day(day, stage, scale, tile)
+        done = _commit(data, staged, token)
+        index["days"] = {k: index["days"][k] for k in sorted(index["days"], key=natural_key)}
+        try:
+            atomic_write_bytes(data / INDEX_NAME, json.dumps(index, indent=1).encode(), overwrite=True)
+        except BaseException:
+            _rollback(done)
+            raise
+    except BaseException:
+        for _, stage in staged:
+            shutil.rmtree(stage, ignore_errors=True)
+        if created and not any(data.iterdir()):
+            data.rmdir()
+        raise
+    for _, old in done:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    planes = sum(d.n_planes for d in days)
+    crops = sum(len(index["days"][d.name]["crops"]) for d in days)
+    seconds = time.perf_counter() - start
+    log.info(f"prepared {len(days)} day(s): {planes} planes, {crops} crops in {seconds:.1f} s -> {data}")
+    return {"data": str(data), "days": [d.name for d in days], "planes": planes, "crops": crops, "seconds": seconds}

@@ -1,0 +1,176 @@
+"""Tile grid with overlap, raised-cosine blending and stitching (pure numpy).
+
+Tiles are spread evenly so the last one ends at the image border (overlap >= requested).
+Each tile's blend weight is the outer product of two 1-D weights built as a telescoping
+partition of unity: 1 inside the tile, a raised-cosine ramp across the band it shares with a
+neighbour (exactly 0 on the tile's inner edge pixel), no ramp on sides that touch the image
+border. Sum of weights is therefore 1 everywhere (no 0/0), and stitching is sum(w*y) / sum(w).
+Images smaller than a tile in a dimension are reflect-padded (centred) to the tile size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its slice into the padded image and its separable blend weights."""
+
+    y: int
+    x: int
+    wy: np.ndarray  # (T,) float32 weight along rows
+    wx: np.ndarray  # (T,) float32 weight along columns
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """Source/destination slice into the padded image."""
+        return slice(self.y, self.y + len(self.wy)), slice(self.x, self.x + len(self.wx))
+
+    @property
+    def weight(self) -> np.ndarray:
+        """(T, T) float32 blend weight window."""
+        return np.outer(self.wy, self.wx)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Sequence of tiles (row-major) plus what is needed to pad and crop the image."""
+
+    shape: tuple[int, int]
+    tile: int
+    pad: tuple[tuple[int, int], tuple[int, int]]
+    ys: np.ndarray
+    xs: np.ndarray
+    tiles: tuple[Tile, ...]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """Shape of the reflect-padded image the slices index into."""
+        return tuple(n + a + b for n, (a, b) in zip(self.shape, self.pad))
+
+    @property
+    def rows_cols(self) -> tuple[int, int]:
+        """Number of tile rows and columns."""
+        return len(self.ys), len(self.xs)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __iter__(self) -> Iterator[Tile]:
+        return iter(self.tiles)
+
+    def __getitem__(self, i: int) -> Tile:
+        return self.tiles[i]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> np.ndarray:
+    """Evenly spread tile starts so the first begins at 0 and the last ends at `length`."""
+    if length <= tile:
+        return np.zeros(1, dtype=np.int64)
+    n = int(np.ceil((length - overlap) / (tile - overlap)))
+    return np.floor(np.linspace(0, length - tile, n) + 0.5).astype(np.int64)
+
+
+def _raised_cosine(t: np.ndarray) -> np.ndarray:
+    """0 -> 1 raised-cosine of t in [0, 1] (clipped outside)."""
+    return 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0.0, 1.0))
+
+
+def axis_weights(starts: np.ndarray, tile: int) -> list[np.ndarray]:
+    """1-D blend weights (one (tile,) array per start) summing to exactly 1 at every pixel."""
+    n = len(starts)
+    ends = starts + tile
+    centres = (starts[1:] + ends[:-1]) / 2.0  # middle of each shared band
+    bands = (ends[:-1] - starts[1:]).astype(np.float64)
+    gaps = np.diff(centres)
+    half = bands.copy()
+    if n > 2:  # keep consecutive ramps apart where three tiles overlap
+        half[:-1] = np.minimum(half[:-1], gaps)
+        half[1:] = np.minimum(half[1:], gaps)
+    half /= 2.0
+    lo, hi = centres - half, centres + half - 1.0
+    out = []
+    for i, s in enumerate(starts):
+        p = np.arange(s, s + tile, dtype=np.float64)
+        up = _step(p, lo[i - 1], hi[i - 1]) if i > 0 else np.ones(tile)
+        down = _step(p, lo[i], hi[i]) if i < n - 1 else np.zeros(tile)
+        out.append((up - down).astype(np.float32))
+    return out
+
+
+def _step(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Fraction handed to the next tile: 0 up to `lo`, raised-cosine to 1 at `hi`."""
+    if hi < lo:  # tiles only touch: hard cut at the next tile's first pixel
+        return (p >= lo).astype(np.float64)
+    if hi == lo:  # one shared pixel: split it evenly
+        return np.where(p > lo, 1.0, np.where(p == lo, 0.5, 0.0))
+    return _raised_cosine((p - lo) / (hi - lo))
+
+
+def tile_grid(shape: tuple[int, int], tile: int = 128, overlap: int = 48) -> TileGrid:
+    """Grid of overlapping `tile`-px tiles covering an image of `shape` (H, W)."""
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, {tile}), got {overlap}")
+    h, w = (int(v) for v in shape)
+    if h < 1 or w < 1:
+        raise ValueError(f"empty image shape {shape}")
+    pad = tuple(((tile - n) // 2, tile - n - (tile - n) // 2) if n < tile else (0, 0) for n in (h, w))
+    ph, pw = h + sum(pad[0]), w + sum(pad[1])
+    ys, xs = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
+    wys, wxs = axis_weights(ys, tile), axis_weights(xs, tile)
+    tiles = tuple(Tile(int(y), int(x), wy, wx) for y, wy in zip(ys, wys) for x, wx in zip(xs, wxs))
+    return TileGrid((h, w), tile, pad, ys, xs, tiles)
+
+
+def extract_tiles(image: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """(N, T, T) float32 tiles of a 2-D image, in grid order (reflect-padded when needed)."""
+    if tuple(image.shape) != grid.shape:
+        raise ValueError(f"image shape {image.shape} does not match grid shape {grid.shape}")
+    img = np.asarray(image, dtype=np.float32)
+    if any(a or b for a, b in grid.pad):
+        img = np.pad(img, grid.pad, mode="reflect")
+    view = sliding_window_view(img, (grid.tile, grid.tile))
+    return view[grid.ys[:, None], grid.xs[None, :]].reshape(-1, grid.tile, grid.tile)
+
+
+def stitch(tiles_out: np.ndarray, grid: TileGrid, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Blend (N, T, T) tile outputs into one float32 image: sum(w*y) / sum(w), cropped to `shape`."""
+    if shape is not None and tuple(shape) != grid.shape:
+        raise ValueError(f"shape {shape} does not match grid shape {grid.shape}")
+    tiles_out = np.asarray(tiles_out, dtype=np.float32).reshape(len(grid), grid.tile, grid.tile)
+    acc = np.zeros(grid.padded_shape, dtype=np.float32)
+    for t, y in zip(grid, tiles_out):  # O(N) slice adds; the network dominates the cost
+        acc[t.slices] += t.weight * y
+    (t0, _), (l0, _) = grid.pad
+    h, w = grid.shape
+    return acc[t0:t0 + h, l0:l0 + w] / _weight_sum(grid)[t0:t0 + h, l0:l0 + w]
+
+
+def _weight_sum(grid: TileGrid) -> np.ndarray:
+    """Sum of all tile weights over the padded image (separable: outer product of 1-D sums)."""
+    sy = np.zeros(grid.padded_shape[0], dtype=np.float32)
+    sx = np.zeros(grid.padded_shape[1], dtype=np.float32)
+    for t in grid.tiles[:: len(grid.xs)]:
+        sy[t.slices[0]] += t.wy
+    for t in grid.tiles[: len(grid.xs)]:
+        sx[t.slices[1]] += t.wx
+    return np.outer(sy, sx)
+
+
+def predict_tiled(
+    image2d: np.ndarray,
+    fn: Callable[[np.ndarray], np.ndarray],
+    tile: int = 128,
+    overlap: int = 48,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Run `fn` ([n,1,T,T] float32 -> same) on batches of tiles of a 2-D image and stitch."""
+    grid = tile_grid(image2d.shape, tile, overlap)
+    tiles = extract_tiles(image2d, grid)[:, None]
+    out = np.concatenate([fn(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)])
+    return stitch(out[:, 0], grid)

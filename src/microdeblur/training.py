@@ -1,0 +1,338 @@
+"""Training loop for the three variants: pair/group sampling, β warm-up, checkpoints, resume, export."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import log
+from .calibration import fit_calibration, spearman
+from .dataset import PairSampler, PreparedData, read_index
+from .devices import resolve_device
+from .errors import UserError
+from .losses import beta_schedule, manifold_losses, mlvae_losses, reconstruction_loss
+from .networks import DisentangledAE, ModelConfig
+from .weights import WeightsMeta, load_weights, save_weights
+
+NORMALIZATION = {"method": "frame-percentile", "pmin": 1.0, "pmax": 99.8}
+CKPT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `microdeblur train` (defaults = the shipped recipe's architecture)."""
+
+    variant: str = "manifold-1d"
+    epochs: int = 40
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    val_fraction: float = 0.2
+    dz_range: float | None = 30.0
+    widths: tuple[int, ...] = (16, 32, 64)
+    head_width: int = 64
+    id_channels: int = 16
+    consistency: bool = True
+    contrastive: bool = True
+    cross: bool = True
+    dz_weight: float = 0.0
+    perceptual_weights: Path | None = None
+    checkpoint_every: int = 200
+    resume: Path | None = None
+    init: Path | None = None
+    workers: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+    group_size: int = 4
+    beta_delay: float = 0.3
+    margin: float = 0.6
+
+    def recipe(self) -> dict:
+        """The settings that define the result (paths and run controls left out)."""
+        skip = {"resume", "init", "workers", "device", "overwrite", "checkpoint_every", "perceptual_weights"}
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
+        d["widths"] = list(self.widths)
+        return d
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint must carry to continue bit for bit."""
+
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def _check_config(cfg: TrainConfig, output: Path) -> None:
+    if cfg.variant not in ("manifold-1d", "manifold", "ml-vae"):
+        raise UserError(f"unknown --variant {cfg.variant!r}: use manifold-1d, manifold or ml-vae")
+    if output.suffix != ".safetensors":
+        raise UserError(f"output {output} must end in .safetensors")
+    if output.exists() and output.is_dir():
+        raise UserError(f"output {output} is a folder")
+    if output.exists() and not cfg.overwrite and cfg.resume is None:
+        raise UserError(f"output {output} exists (use --overwrite to replace it)")
+    for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--checkpoint-every", cfg.checkpoint_every)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
+    if not cfg.lr > 0:
+        raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.dz_weight and cfg.variant != "manifold-1d":
+        raise UserError("--dz-weight only applies to --variant manifold-1d")
+
+
+def checkpoint_path(output: Path) -> Path:
+    """Where the checkpoint of a run writing `output` lives."""
+    return output.with_suffix(".ckpt")
+
+
+def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: TrainState, cfg: TrainConfig) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": state.step,
+                "elapsed_s": state.elapsed_s, "history": state.history, "recipe": cfg.recipe()}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: TrainConfig) -> TrainState:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file problem
+        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(ck, dict) or ck.get("version") != CKPT_VERSION:
+        raise UserError(f"{path} is not a microdeblur training checkpoint")
+    if ck["recipe"]["variant"] != cfg.variant:
+        raise UserError(f"checkpoint {path} is for variant {ck['recipe']['variant']}, not {cfg.variant}")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    rng.bit_generator.state = ck["rng"]
+    torch.set_rng_state(ck["torch_rng"])
+    return TrainState(step=ck["step"], elapsed_s=ck["elapsed_s"], history=ck["history"])
+
+
+def _encode_all(model, tiles: np.ndarray, device, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Identity and blur codes (means) of float16 tiles [N,T,T]."""
+    ids, blurs = [], []
+    with torch.inference_mode():
+        for s in range(0, len(tiles), batch):
+            x = torch.from_numpy(tiles[s : s + batch].astype(np.float32))[:, None].to(device)
+            c = model.encode(x)
+            ids.append(c.identity.float().cpu().numpy())
+            blurs.append(c.blur.float().cpu().numpy())
+    return np.concatenate(ids), np.concatenate(blurs)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+@dataclass
+class Probe:
+    """Fixed validation tiles: blurry tiles, their in-focus targets and their dz (per epoch metrics)."""
+
+    blurry: np.ndarray
+    target: np.ndarray
+    dz: np.ndarray
+    focus_ref: np.ndarray  # in-focus tiles of training identities (source of the focus blur code)
+
+    @classmethod
+    def build(cls, data: PreparedData, val_ids: list[int], train_ids: list[int], rng: np.random.Generator,
+              n_ids: int = 24, dz_max: float = 15.0) -> "Probe":
+        val = list(rng.permutation(val_ids or train_ids)[:n_ids])
+        b, t, d = [], [], []
+        for i in val:
+            sel = np.flatnonzero(np.abs(data.dz[i]) <= dz_max)
+            sel = sel[np.linspace(0, len(sel) - 1, min(7, len(sel))).astype(int)]
+            b.append(data.stacks[i][sel])
+            t.append(np.repeat(data.stacks[i][data.focus_index[i]][None], len(sel), 0))
+            d.append(data.dz[i][sel])
+        ref = [data.stacks[i][data.focus_index[i]] for i in rng.permutation(train_ids)[:64]]
+        return cls(np.concatenate(b), np.concatenate(t), np.concatenate(d), np.stack(ref))
+
+    def metrics(self, model, device) -> dict:
+        """Reconstruction and deblurring PSNR on the probe, and blur-code order for 1-D codes."""
+        model.eval()
+        _, ref_blur = _encode_all(model, self.focus_ref, device)
+        ids, blur = _encode_all(model, self.blurry, device)
+        focus = torch.from_numpy(ref_blur.mean(0, keepdims=True)).to(device)
+        with torch.inference_mode():
+            idt = torch.from_numpy(ids).to(device)
+            rec = model.decode(idt, torch.from_numpy(blur).to(device)).float().cpu().numpy()[:, 0]
+            deb = model.decode(idt, focus.expand(len(idt), -1)).float().cpu().numpy()[:, 0]
+        model.train()
+        blurry = self.blurry.astype(np.float32)
+        target = self.target.astype(np.float32)
+        out = {"val_rec_psnr": _psnr(rec, blurry), "val_deblur_psnr": _psnr(deb, target),
+               "val_input_psnr": _psnr(blurry, target)}
+        if blur.shape[1] == 1:
+            out["code_dz_rho"] = spearman(blur[:, 0], self.dz)
+            out["code_absdz_rho"] = spearman(blur[:, 0], np.abs(self.dz))
+        return out
+
+
+def _build_model(cfg: TrainConfig, tile: int, device) -> DisentangledAE:
+    mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, head_width=cfg.head_width, id_channels=cfg.id_channels)
+    model = DisentangledAE(mc)
+    if cfg.init is not None:
+        src, meta = load_weights(cfg.init, device="cpu", expect_variant=cfg.variant)
+        if src.config.to_dict() != mc.to_dict():
+            log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
+            model = src
+        else:
+            model.load_state_dict(src.state_dict())
+    return model.to(device).to(memory_format=torch.channels_last).train()
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)
+
+
+def _step(model, sampler: PairSampler, cfg: TrainConfig, rec_fn, beta: float, device) -> dict[str, torch.Tensor]:
+    """Loss terms and the total of one optimiser step."""
+    cl = torch.channels_last
+    if cfg.variant == "ml-vae":
+        g = sampler.groups(cfg.batch_size, cfg.group_size).to(device)
+        parts = mlvae_losses(model, g, rec_fn=rec_fn)
+        parts["total"] = parts["rec"] + parts["kl_id"] + parts["kl_blur"]
+        return parts
+    b = sampler.pairs(cfg.batch_size)
+    x1, x2, y1, y2 = (t.to(device).contiguous(memory_format=cl) for t in (b.x1, b.x2, b.y1, b.y2))
+    scale = float(cfg.dz_range or 30.0)
+    parts = manifold_losses(model, x1, x2, y1, y2, rec_fn=rec_fn, use_consistency=cfg.consistency,
+                            use_contrastive=cfg.contrastive, use_cross=cfg.cross, dz1=b.dz1.to(device),
+                            dz2=b.dz2.to(device), dz_weight=cfg.dz_weight, dz_scale=scale, margin=cfg.margin)
+    parts["total"] = parts["rec"] + beta * (parts["cons"] + parts["cont"] + parts["cross"]) + cfg.dz_weight * parts["dz"]
+    return parts
+
+
+def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, device) -> tuple[np.ndarray, dict | None]:
+    """In-focus blur code (mean over in-focus training tiles) and, for 1-D codes, the dz calibration."""
+    model.eval()
+    focus_tiles = np.stack([data.stacks[i][data.focus_index[i]] for i in train_ids])
+    _, fb = _encode_all(model, focus_tiles, device)
+    cal = None
+    if cfg.variant == "manifold-1d":
+        pick = np.random.default_rng(cfg.seed).permutation(train_ids)[:300]
+        idx = data.tile_indices(sorted(pick.tolist()))
+        _, codes = _encode_all(model, data.tiles[idx], device)
+        cal = fit_calibration(codes[:, 0], data.dz_all[idx])
+        if data.z_step_um is None:
+            cal["note"] = (cal.get("note", "") + "; dz is in planes (z step unknown)").lstrip("; ")
+    return fb.mean(0).astype(np.float32), cal
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
+    """Train on a prepared folder and write safetensors weights (plus .ckpt and .log.csv beside them)."""
+    output = Path(output)
+    _check_config(cfg, output)
+    device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.workers or os.cpu_count() or 1)
+    data = PreparedData.load(data_dir, cfg.dz_range)
+    train_ids, val_ids = data.split(cfg.val_fraction, cfg.seed)
+    log.info(f"data: {len(data.identities)} identities ({len(train_ids)} train, {len(val_ids)} val), "
+             f"{len(data.tiles)} tiles, dz in {'um' if data.z_step_um else 'planes'}")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
+    sampler = PairSampler(data, train_ids, rng)
+    model = _build_model(cfg, data.tile, device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    rec_fn = reconstruction_loss(cfg.perceptual_weights)
+    ckpt = checkpoint_path(output)
+    state = _load_checkpoint(cfg.resume, model, opt, rng, cfg) if cfg.resume else TrainState()
+    steps_per_epoch = max(1, math.ceil(len(train_ids) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch, cfg.max_steps)
+    budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    log_csv = output.with_suffix(".log.csv")
+    run_sums: dict[str, float] = {}
+    n_run = 0
+    t_start = time.perf_counter() - state.elapsed_s
+    if state.step:
+        log.info(f"resuming at step {state.step} of {total}")
+    try:
+        with log.progress(f"train {cfg.variant}", total) as bar:
+            bar.advance(state.step)
+            while state.step < total:
+                state.elapsed_s = time.perf_counter() - t_start
+                if budget_s is not None and state.elapsed_s >= budget_s:
+                    log.info(f"time budget of {cfg.max_minutes} min reached at step {state.step}")
+                    break
+                progress = state.step / total if budget_s is None else max(state.step / total, state.elapsed_s / budget_s)
+                epoch = state.step // steps_per_epoch
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * 0.98 ** (epoch // 5)
+                beta = beta_schedule(progress, delay=cfg.beta_delay)
+                parts = _step(model, sampler, cfg, rec_fn, beta, device)
+                opt.zero_grad(set_to_none=True)
+                parts["total"].backward()
+                opt.step()
+                state.step += 1
+                n_run += 1
+                for k, v in parts.items():
+                    run_sums[k] = run_sums.get(k, 0.0) + float(v.detach())
+                bar.advance()
+                if state.step % 10 == 0:
+                    bar.set(f"loss {run_sums['total'] / n_run:.4f} rec {run_sums['rec'] / n_run:.4f} β {beta:.2f}")
+                if state.step % steps_per_epoch == 0 or state.step == total:
+                    row = {"epoch": epoch + 1, "step": state.step, "minutes": round(state.elapsed_s / 60, 2),
+                           "lr": opt.param_groups[0]["lr"], "beta": round(beta, 4)}
+                    row |= {k: round(v / n_run, 5) for k, v in run_sums.items()}
+                    row |= {k: round(v, 4) for k, v in probe.metrics(model, device).items()}
+                    state.history.append(row)
+                    _write_log(log_csv, state.history)
+                    log.debug(json.dumps(row))
+                    run_sums, n_run = {}, 0
+                if state.step % cfg.checkpoint_every == 0:
+                    state.elapsed_s = time.perf_counter() - t_start
+                    _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+    except KeyboardInterrupt:
+        state.elapsed_s = time.perf_counter() - t_start
+        _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+        raise UserError(f"interrupted at step {state.step}; checkpoint saved, continue with --resume {ckpt}") from None
+    state.elapsed_s = time.perf_counter() - t_start
+    _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+    if not state.history or state.history[-1]["step"] != state.step:
+        row = {"epoch": state.step / steps_per_epoch, "step": state.step, "minutes": round(state.elapsed_s / 60, 2)}
+        state.history.append(row | {k: round(v, 4) for k, v in probe.metrics(model, device).items()})
+        _write_log(log_csv, state.history)
+    focus_code, cal = finalize(model, data, train_ids, cfg, device)
+    index = read_index(Path(data_dir))
+    summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": _hash(index),
+               "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
+               "steps": state.step, "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(),
+               "device": str(device), "last": state.history[-1] if state.history else {}}
+    meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=dict(NORMALIZATION), scale=data.scale,
+                       z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary)
+    save_weights(output, model.to("cpu").to(memory_format=torch.contiguous_format).eval(), meta,
+                 overwrite=cfg.overwrite or cfg.resume is not None)
+    log.info(f"trained {cfg.variant} for {state.step} steps in {state.elapsed_s / 60:.1f} min -> {output}")
+    if cal is not None:
+        log.info(f"blur code vs dz: {cal['kind']} relation, spearman {cal['spearman_rho']:.3f}, median error {cal['mae_um']:.2f}")
+    return output

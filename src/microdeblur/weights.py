@@ -1,0 +1,142 @@
+"""Model weights as safetensors with `microdeblur.*` string metadata; shipped default weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+from .networks import DisentangledAE, ModelConfig
+
+FORMAT_VERSION = "1"
+PREFIX = "microdeblur."
+DEFAULT_WEIGHTS_NAME = "manifold-1d.safetensors"
+DEFAULT_NORMALIZATION = {"method": "frame-percentile", "pmin": 1.0, "pmax": 99.8}
+
+
+@dataclass
+class WeightsMeta:
+    """Everything stored next to the tensors; `focus_blur_code` is the mean blur code of in-focus tiles."""
+
+    variant: str
+    config: ModelConfig
+    normalization: dict = field(default_factory=lambda: dict(DEFAULT_NORMALIZATION))
+    scale: float = 1.0
+    z_step_um: Optional[float] = None
+    focus_blur_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    calibration: Optional[dict] = None
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.focus_blur_code = np.asarray(self.focus_blur_code, dtype=np.float32).reshape(-1)
+        if self.variant != self.config.variant:
+            raise ValueError(f"meta variant {self.variant!r} differs from config variant {self.config.variant!r}")
+
+
+def default_weights_path() -> Path:
+    """The shipped manifold-1d weights inside package data `microdeblur.models` (may not exist)."""
+    return Path(str(resources.files("microdeblur.models") / DEFAULT_WEIGHTS_NAME))
+
+
+def meta_to_strings(meta: WeightsMeta) -> dict[str, str]:
+    """WeightsMeta -> safetensors `str -> str` metadata under the `microdeblur.` prefix."""
+    values: dict[str, Any] = {
+        "variant": meta.variant,
+        "config": meta.config.to_dict(),
+        "normalization": meta.normalization,
+        "scale": float(meta.scale),
+        "z_step_um": None if meta.z_step_um is None else float(meta.z_step_um),
+        "focus_blur_code": [float(v) for v in meta.focus_blur_code],
+        "calibration": meta.calibration,
+        "training": meta.training,
+    }
+    out = {PREFIX + "format_version": FORMAT_VERSION}
+    out.update({PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
+    return out
+
+
+def meta_from_strings(md: dict[str, str]) -> WeightsMeta:
+    """Inverse of `meta_to_strings` (raises KeyError/ValueError on malformed entries)."""
+
+    def get(key: str) -> Any:
+        return json.loads(md[PREFIX + key])
+
+    return WeightsMeta(
+        variant=md[PREFIX + "variant"],
+        config=ModelConfig.from_dict(get("config")),
+        normalization=get("normalization"),
+        scale=get("scale"),
+        z_step_um=get("z_step_um"),
+        focus_blur_code=np.asarray(get("focus_blur_code"), dtype=np.float32),
+        calibration=get("calibration"),
+        training=get("training"),
+    )
+
+
+def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, overwrite: bool = False, half: bool = False) -> None:
+    """Write model tensors (float32, or float16 with `half`) and metadata atomically (temp file + rename)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists (use --overwrite to replace it)")
+    if meta.config != model.config:
+        raise ValueError("meta.config differs from the model's config")
+    dtype = torch.float16 if half else torch.float32
+    tensors = {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in model.state_dict().items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta_to_strings(meta))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(
+    path: str | Path | None = None, device: str | torch.device = "cpu", expect_variant: str | None = None
+) -> tuple[DisentangledAE, WeightsMeta]:
+    """Read a weights file (None -> shipped default) into an eval-mode model on `device` and its metadata."""
+    if path is None:
+        path = default_weights_path()
+        if not path.is_file():
+            raise UserError("no shipped weights found; pass --weights")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            md = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for foreign files
+        raise UserError(f"{path}: not a safetensors weights file") from e
+    version = md.get(PREFIX + "format_version")
+    if version is None:
+        raise UserError(f"{path}: no microdeblur metadata (not a microdeblur weights file)")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{path}: unsupported weights format version {version} (this microdeblur reads {FORMAT_VERSION})")
+    try:
+        meta = meta_from_strings(md)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{path}: damaged microdeblur metadata ({e})") from e
+    if expect_variant is not None and meta.variant != expect_variant:
+        raise UserError(f"{path}: holds a {meta.variant} model, but a {expect_variant} model is needed")
+    model = DisentangledAE(meta.config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{path}: tensors do not match the {meta.variant} architecture in its metadata") from e
+    return model.to(device).eval(), meta

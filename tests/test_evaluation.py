@@ -1,0 +1,164 @@
+"""Evaluation: metrics on known pairs, ML-VAE score sanity, baselines, and `evaluate --quick` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+from skimage.restoration import richardson_lucy, wiener
+from typer.testing import CliRunner
+
+from microdeblur import baselines, metrics
+from microdeblur.cli import app
+from microdeblur.simulate import Optics, defocus_psf
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+
+def _tiles(n: int = 3, size: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, size, size)).astype(np.float32)
+
+
+def test_identical_tiles_give_ssim_one_and_capped_psnr():
+    t = _tiles()
+    assert np.allclose(metrics.ssim_batch(t, t), 1.0)
+    assert np.all(metrics.psnr_batch(t, t) == metrics.PSNR_CAP_DB)
+    assert metrics.json_safe({"a": float("inf"), "b": [np.float32(2.0), float("nan")]}) == {"a": None, "b": [2.0, None]}
+
+
+def test_psnr_of_known_gaussian_noise():
+    rng = np.random.default_rng(1)
+    clean = np.full((4, 256, 256), 0.5, np.float32)
+    sigma = 0.05
+    noisy = clean + rng.normal(0, sigma, clean.shape).astype(np.float32)
+    expected = 10 * math.log10(1.0 / sigma**2)
+    assert abs(metrics.psnr_batch(noisy, clean).mean() - expected) < 0.2
+
+
+def test_ssim_batch_equals_skimage():
+    a, b = _tiles(seed=2), _tiles(seed=3)
+    b = 0.6 * a + 0.4 * b
+    want = [structural_similarity(x, y, data_range=1.0) for x, y in zip(a, b)]
+    assert np.allclose(metrics.ssim_batch(a, b), want, atol=1e-6)
+
+
+def test_bins_and_summary():
+    abs_dz = np.array([0.5, 5.0, 5.5, 15.0, 29.0, 31.0])
+    assert metrics.bin_index(abs_dz).tolist() == [0, 0, 1, 2, 4, 5]
+    s = metrics.deblur_summary(np.ones(6), np.full(6, 20.0), abs_dz)
+    assert s["overall"]["n"] == 6 and s["near_focus"]["n"] == 4
+    assert set(s["bins"]) == {"0-5", "5-10", "10-15", "20-30", ">30"}
+
+
+def test_alternate_holdout_takes_every_second_tile_per_identity():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    assert metrics.alternate_holdout(labels).tolist() == [False, True, False, False, True, False, True]
+
+
+def test_mlvae_score_perfect_and_random_codes():
+    rng = np.random.default_rng(0)
+    k, per = 20, 10
+    labels = np.repeat(np.arange(k), per)
+    perfect = np.eye(k)[labels] + 0.05 * rng.standard_normal((k * per, k))
+    noise = rng.standard_normal((k * per, 8))
+    good = metrics.mlvae_score(perfect, rng.standard_normal((k * per, 1)), labels, epochs=40)
+    assert good["acc_identity"] == 1.0 and good["score"] > 0.85
+    rand = metrics.mlvae_score(noise, rng.standard_normal((k * per, 8)), labels, epochs=40)
+    assert abs(rand["score"]) < 0.15
+
+
+def test_batched_deconvolution_equals_per_tile_skimage():
+    t = _tiles(2, 48)
+    psf = defocus_psf(Optics(), 8.0, 0.65, baselines.psf_size(8.0, 0.65, Optics()))
+    r = psf.shape[0] // 2
+    pad = [np.pad(x, r, mode="reflect") for x in t]
+    rl = [richardson_lucy(p, psf, num_iter=4, clip=False)[r:-r, r:-r] for p in pad]
+    wi = [wiener(p, psf, baselines.WIENER_BALANCE, clip=False)[r:-r, r:-r] for p in pad]
+    assert np.allclose(baselines.richardson_lucy_tiles(t, psf, 4), rl, atol=1e-5)
+    assert np.allclose(baselines.wiener_tiles(t, psf), wi, atol=1e-5)
+
+
+def test_unet_size_and_save_load(tmp_path: Path):
+    cfg = baselines.unet_config_for(359_218)
+    model = baselines.UNet(cfg).eval()
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 359_218) / 359_218 < 0.1
+    path = tmp_path / "unet.safetensors"
+    baselines.save_unet(path, model, {"steps": 0})
+    loaded, info = baselines.load_unet(path)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), loaded(x))
+    assert info == {"steps": 0}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """Two simulated days of 7 planes (5 µm apart), prepared into 4 identities of 128-px tiles."""
+    from microdeblur.prepare import prepare_days
+    from microdeblur.simulate import simulate_days
+
+    root = tmp_path_factory.mktemp("eval")
+    simulate_days(root / "raw", days=2, planes=7, size=(512, 384), seed=1, z_step_um=5.0, cells=None, overwrite=False)
+    prepare_days(sorted((root / "raw").iterdir()), root / "data", focus_plane=None, scale=0.5, tile=128,
+                 z_step_um=None, overwrite=False)
+    return root / "data"
+
+
+def _tiny_weights(path: Path, variant: str, seed: int) -> Path:
+    from microdeblur.networks import DisentangledAE, ModelConfig
+    from microdeblur.weights import WeightsMeta, save_weights
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(variant=variant, widths=(4, 8), head_width=8, id_channels=2)
+    model = DisentangledAE(cfg).eval()
+    code = np.zeros(cfg.blur_dim, np.float32) if variant == "manifold-1d" else np.zeros(0, np.float32)
+    save_weights(path, model, WeightsMeta(variant=variant, config=cfg, scale=0.5, z_step_um=5.0, focus_blur_code=code))
+    return path
+
+
+def test_evaluate_quick_end_to_end(prepared: Path, tmp_path: Path):
+    w1 = _tiny_weights(tmp_path / "one_d.safetensors", "manifold-1d", 0)
+    w2 = _tiny_weights(tmp_path / "full.safetensors", "manifold", 1)
+    unet = tmp_path / "unet.safetensors"
+    baselines.save_unet(unet, baselines.UNet(baselines.UNetConfig(base=4, depth=2)).eval(), {"steps": 0})
+    report = tmp_path / "report"
+    args = ["evaluate", str(prepared), "-o", str(report), "-w", str(w1), "-w", str(w2), "--unet", str(unet),
+            "--split", "all", "--quick", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    def strict(text: str):
+        raise ValueError(f"non-standard JSON constant {text}")
+
+    m = json.loads((report / "metrics.json").read_text(), parse_constant=strict)
+    assert m["protocol"]["n_identities"] == 4 and m["protocol"]["quick"]
+    assert set(m["reconstruction"]) == {"one_d", "full"}
+    methods = set(m["deblurring"])
+    assert {"input", "unsharp mask", "Richardson-Lucy", "Wiener", "U-Net", "one_d (reference)", "one_d (stored)",
+            "full (reference)"} <= methods and "full (stored)" not in methods
+    for res in m["deblurring"].values():
+        assert -1 <= res["overall"]["ssim"] <= 1 and set(res["bins"]) == {"0-5", "5-10", "10-15"}
+    assert -1 <= m["disentanglement"]["one_d"]["score"] <= 1
+    for name in m["figures"]:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"interpolation.png", "blur_codes_one_d.png", "identity_codes_full.png"} <= set(m["figures"])
+    text = (report / "report.md").read_text()
+    assert "| one_d (reference) |" in text and "![interpolation.png](interpolation.png)" in text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "not empty" in again.output
+
+
+def test_evaluate_rejects_bad_split(prepared: Path, tmp_path: Path):
+    result = CliRunner().invoke(app, ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "--split", "test"])
+    assert result.exit_code == 1 and "--split" in result.output
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,254 @@
+"""Deblur / interpolate / focus on whole images and stacks, through the core and the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from microdeblur.calibration import dz_to_code, fit_calibration
+from microdeblur.cli import app
+from microdeblur.inference import Deblurrer, deblur_paths, focus_paths, interpolate_paths
+from microdeblur.io import read_image, write_tiff
+from microdeblur.networks import DisentangledAE, ModelConfig
+from microdeblur.weights import WeightsMeta, load_weights, save_weights
+
+TINY = dict(widths=(4, 8, 8), head_width=8, id_channels=2)
+runner = CliRunner()
+
+
+def _save(path: Path, calibrated: bool, scale: float = 1.0) -> Path:
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(**TINY)).eval()
+    dz = np.linspace(-20, 20, 41)
+    cal = fit_calibration(0.05 * dz, dz) if calibrated else None
+    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale,
+                                          focus_blur_code=np.array([0.1], np.float32), calibration=cal))
+    return path
+
+
+@pytest.fixture(scope="module")
+def wdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="module")
+def cal_weights(wdir) -> Path:
+    return _save(wdir / "cal.safetensors", True)
+
+
+@pytest.fixture(scope="module")
+def plain_weights(wdir) -> Path:
+    return _save(wdir / "plain.safetensors", False)
+
+
+@pytest.fixture(scope="module")
+def half_scale_weights(wdir) -> Path:
+    return _save(wdir / "half.safetensors", True, scale=0.5)
+
+
+@pytest.fixture
+def identity_net(monkeypatch):
+    """Network replaced by an identity: identity code = the tile, decode returns it."""
+    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (torch.from_numpy(t).flatten(1),
+                                                                    torch.zeros(len(t), 1)))
+    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: i.reshape(-1, 1, self.tile, self.tile).numpy())
+
+
+@pytest.fixture
+def blur_is_tile_net(monkeypatch):
+    """Network whose blur code is the whole tile (identity code constant): walks blend A into B."""
+    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (torch.zeros(len(t), 1),
+                                                                    torch.from_numpy(t).flatten(1)))
+    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: b.reshape(-1, 1, self.tile, self.tile).numpy())
+
+
+def _image(shape, dtype, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.random(shape)
+    if np.dtype(dtype).kind == "f":
+        return (x * 3 - 1).astype(dtype)
+    return (x * np.iinfo(dtype).max * 0.8 + 10).astype(dtype)
+
+
+def _cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# ---------------------------------------------------------------- deblur
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("shape", [(50, 70), (131, 257)])
+def test_identity_model_round_trip_keeps_dtype_and_metadata(tmp_path, identity_net, cal_weights, dtype, shape):
+    data = _image(shape, dtype)
+    src = write_tiff(tmp_path / "in.tif", data, "YX", pixel_size_um=0.325)
+    out = deblur_paths([str(src)], tmp_path / "out.tif", weights=cal_weights, device="cpu")[0]
+    img = read_image(out)
+    assert img.dtype == dtype and img.shape == shape and img.axes == "YX"
+    assert img.pixel_size_um == pytest.approx(0.325)
+    tol = 1e-4 * np.abs(data).max() if np.dtype(dtype).kind == "f" else 1
+    assert np.abs(img.data.astype(np.float64) - data).max() <= tol
+
+
+def test_stack_streams_every_plane_and_keeps_axes(tmp_path, identity_net, cal_weights):
+    data = _image((5, 60, 90), np.uint16)
+    src = write_tiff(tmp_path / "stack.tif", data, "ZYX", pixel_size_um=0.5, z_step_um=0.3)
+    out = tmp_path / "o" / "deep" / "stack_out.tif"
+    deblur_paths([str(src)], out, weights=cal_weights, batch_size=3, device="cpu")
+    img = read_image(out)
+    assert img.axes == "ZYX" and img.shape == data.shape and img.z_step_um == pytest.approx(0.3)
+    assert np.abs(img.data.astype(int) - data).max() <= 1
+
+
+def test_real_model_output_and_scale(tmp_path, half_scale_weights):
+    data = _image((75, 101), np.uint16)
+    src = write_tiff(tmp_path / "in.tif", data, "YX")
+    out = deblur_paths([str(src)], tmp_path / "out.tif", weights=half_scale_weights, device="cpu")[0]
+    img = read_image(out).data
+    assert img.shape == data.shape and img.dtype == np.uint16
+    model, meta = load_weights(half_scale_weights)
+    db = Deblurrer(model, meta, device="cpu")
+    assert np.array_equal(img, db.deblur_plane(data))
+    identity, blur, grid = db.encode_plane(data)
+    assert identity.shape == (len(grid), 2 * 8 * 8) and blur.shape == (len(grid), 1)
+    assert grid.shape == (38, 50)  # working scale 0.5
+
+
+def test_several_inputs_go_to_a_folder_keeping_names(tmp_path, identity_net, cal_weights):
+    write_tiff(tmp_path / "a.tif", _image((40, 50), np.uint16), "YX")
+    iio.imwrite(tmp_path / "b.png", _image((30, 20), np.uint8))
+    res = _cli("deblur", tmp_path / "a.tif", tmp_path / "b.png", "-o", tmp_path / "out", "-w", cal_weights,
+               "--device", "cpu", "--save-comparison", tmp_path / "cmp.png")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.tif"]
+    assert read_image(tmp_path / "out" / "b.tif").dtype == np.uint8
+    cmp = iio.imread(tmp_path / "cmp.png")
+    assert cmp.shape == (40, 100) and cmp.dtype == np.uint8
+    assert not list(tmp_path.rglob("*.part*"))
+
+
+def test_png_output_for_2d_uint8(tmp_path, identity_net, cal_weights):
+    data = _image((33, 47), np.uint8)
+    iio.imwrite(tmp_path / "in.png", data)
+    deblur_paths([str(tmp_path / "in.png")], tmp_path / "out.png", weights=cal_weights, device="cpu")
+    assert np.abs(iio.imread(tmp_path / "out.png").astype(int) - data).max() <= 1
+
+
+def test_reference_and_dz_pick_the_blur_code(tmp_path, cal_weights):
+    data, ref = _image((64, 80), np.uint16, 1), _image((70, 60), np.uint16, 2)
+    src = write_tiff(tmp_path / "in.tif", data, "YX")
+    refp = write_tiff(tmp_path / "ref.tif", ref, "YX")
+    model, meta = load_weights(cal_weights)
+    db = Deblurrer(model, meta, device="cpu")
+    deblur_paths([str(src)], tmp_path / "r.tif", weights=cal_weights, reference=refp, device="cpu")
+    assert np.array_equal(read_image(tmp_path / "r.tif").data, db.deblur_plane(data, db.mean_blur_code(ref)))
+    deblur_paths([str(src)], tmp_path / "z.tif", weights=cal_weights, dz=5.0, device="cpu")
+    expected = db.deblur_plane(data, np.atleast_1d(dz_to_code(meta.calibration, 5.0)))
+    assert np.array_equal(read_image(tmp_path / "z.tif").data, expected)
+
+
+def test_failure_leaves_no_partial_outputs(tmp_path, cal_weights):
+    write_tiff(tmp_path / "a.tif", _image((40, 50), np.uint16), "YX")
+    (tmp_path / "b.tif").write_bytes(b"II*\x00" + b"\x00" * 50)
+    res = _cli("deblur", tmp_path / "a.tif", tmp_path / "b.tif", "-o", tmp_path / "out", "-w", cal_weights)
+    assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- interpolate
+
+
+def test_interpolate_end_points_reproduce_a_and_b(tmp_path, blur_is_tile_net, cal_weights):
+    a, b = _image((60, 150), np.uint16, 3), _image((60, 150), np.uint16, 4)
+    pa, pb = write_tiff(tmp_path / "a.tif", a, "YX", pixel_size_um=0.2), write_tiff(tmp_path / "b.tif", b, "YX")
+    out = interpolate_paths(pa, pb, tmp_path / "walk.tif", steps=4, weights=cal_weights, device="cpu")
+    img = read_image(out)
+    assert img.axes == "ZYX" and img.shape == (4, 60, 150) and img.dtype == np.uint16
+    assert img.pixel_size_um == pytest.approx(0.2)
+    assert np.abs(img.data[0].astype(int) - a).max() <= 1 and np.abs(img.data[-1].astype(int) - b).max() <= 1
+    mid = img.data[1].astype(float)  # blend of normalised tiles, reverted with interpolated lo/hi
+    assert np.corrcoef(mid.ravel(), (2 * a.astype(float) + b).ravel())[0, 1] > 0.999
+
+
+def test_interpolate_real_model_start_is_a_reconstruction(tmp_path, cal_weights):
+    a, b = _image((50, 70), np.uint16, 5), _image((50, 70), np.uint16, 6)
+    pa, pb = write_tiff(tmp_path / "a.tif", a, "YX"), write_tiff(tmp_path / "b.tif", b, "YX")
+    out = interpolate_paths(pa, pb, tmp_path / "w.tif", steps=3, weights=cal_weights, device="cpu")
+    db = Deblurrer(*load_weights(cal_weights), device="cpu")
+    enc = db.encode(a)
+    assert np.array_equal(read_image(out).data[0], db.decode(enc, enc.blur))
+
+
+def test_interpolate_by_dz_sets_spacing(tmp_path, cal_weights):
+    pa = write_tiff(tmp_path / "a.tif", _image((50, 70), np.float32), "YX")
+    out = interpolate_paths(pa, None, tmp_path / "w.tif", steps=5, dz_from=-4, dz_to=4, weights=cal_weights,
+                            device="cpu")
+    img = read_image(out)
+    assert img.shape == (5, 50, 70) and img.dtype == np.float32 and img.z_step_um == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- focus
+
+
+def test_focus_maps_for_image_and_stack_with_csv(tmp_path, cal_weights):
+    write_tiff(tmp_path / "img.tif", _image((90, 130), np.uint16), "YX")
+    write_tiff(tmp_path / "stk.tif", _image((3, 64, 64), np.uint16), "ZYX")
+    res = _cli("focus", tmp_path / "img.tif", tmp_path / "stk.tif", "-o", tmp_path / "maps", "-w", cal_weights,
+               "--csv", tmp_path / "s.csv", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    m2, m3 = read_image(tmp_path / "maps" / "img_dz.tif"), read_image(tmp_path / "maps" / "stk_dz.tif")
+    assert m2.shape == (90, 130) and m2.dtype == np.float32 and np.isfinite(m2.data).all()
+    assert m3.shape == (3, 64, 64) and m3.axes == "ZYX"
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [r["plane"] for r in rows] == ["0", "0", "1", "2"]
+    assert set(rows[0]) == {"file", "plane", "median_dz_um", "frac_in_focus", "n_tiles"}
+    assert int(rows[0]["n_tiles"]) == 2 and 0 <= float(rows[0]["frac_in_focus"]) <= 1
+
+
+def test_focus_single_file_and_smooth_map(tmp_path, cal_weights):
+    src = write_tiff(tmp_path / "img.tif", _image((300, 200), np.uint16), "YX")
+    out = focus_paths([str(src)], tmp_path / "m.tif", weights=cal_weights, device="cpu")[0]
+    m = read_image(out).data
+    assert m.shape == (300, 200)
+    assert np.abs(np.diff(m, axis=0)).max() < 0.5 * (np.ptp(m) + 1e-6)  # interpolated, no tile steps
+
+
+# ---------------------------------------------------------------- CLI errors
+
+
+def _fails(res, *words: str) -> None:
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output
+    assert res.output.count("error:") == 1, res.output
+    text = " ".join(res.output.split())  # rich wraps long lines at the console width
+    assert all(w in text for w in words), text
+
+
+def test_cli_errors(tmp_path, cal_weights, plain_weights):
+    good = write_tiff(tmp_path / "good.tif", _image((40, 40), np.uint16), "YX")
+    w = ["-w", cal_weights, "--device", "cpu"]
+    _fails(_cli("deblur", tmp_path / "missing.tif", "-o", tmp_path / "o.tif", *w), "missing.tif")
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage" * 3)
+    _fails(_cli("deblur", tmp_path / "bad.tif", "-o", tmp_path / "o.tif", *w), "bad.tif")
+    four = write_tiff(tmp_path / "four.tif", np.zeros((2, 3, 20, 20), np.uint16), "TZYX")
+    _fails(_cli("deblur", four, "-o", tmp_path / "o.tif", *w), "(2, 3, 20, 20)", "accepted")
+    (tmp_path / "exists.tif").write_bytes(b"keep me")
+    _fails(_cli("deblur", good, "-o", tmp_path / "exists.tif", *w), "--overwrite")
+    assert (tmp_path / "exists.tif").read_bytes() == b"keep me"
+    other = write_tiff(tmp_path / "other.tif", _image((40, 40), np.uint16), "YX")
+    _fails(_cli("deblur", good, other, "-o", tmp_path / "exists.tif", *w), "folder")
+    _fails(_cli("deblur", good, "-o", good, *w, "--overwrite"), "input")
+    (tmp_path / "w.safetensors").write_text("not weights")
+    _fails(_cli("deblur", good, "-o", tmp_path / "o.tif", "-w", tmp_path / "w.safetensors"), "safetensors")
+    _fails(_cli("deblur", good, "-o", tmp_path / "o.tif", "-w", plain_weights, "--dz", "3"), "calibrat")
+    _fails(_cli("focus", good, "-o", tmp_path / "m.tif", "-w", plain_weights), "calibrat")
+    small = write_tiff(tmp_path / "small.tif", _image((30, 40), np.uint16), "YX")
+    _fails(_cli("interpolate", good, small, "-o", tmp_path / "i.tif", *w), "same")
+    _fails(_cli("interpolate", good, "-o", tmp_path / "i.tif", "--dz-from", "1", *w), "together")
+    assert not (tmp_path / "o.tif").exists() and not (tmp_path / "i.tif").exists()

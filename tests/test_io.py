@@ -1,0 +1,194 @@
+"""Image reading/writing, metadata, dtype restore, streaming and atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from microdeblur import io as mdio
+from microdeblur.errors import UserError
+from microdeblur.io import (StackWriter, atomic_write_bytes, check_output_path, expand_inputs, iter_planes,
+                            natural_key, read_image, read_info, to_dtype, write_tiff)
+
+
+def _ramp(shape, dtype) -> np.ndarray:
+    """Deterministic test data of a dtype."""
+    x = np.arange(np.prod(shape)).reshape(shape) % 251
+    return (x * 0.5).astype(dtype) if np.dtype(dtype).kind == "f" else x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("axes,shape", [("YX", (20, 30)), ("ZYX", (4, 20, 30)), ("TZYX", (2, 3, 20, 30))])
+def test_round_trip_keeps_values_axes_and_physical_sizes(tmp_path: Path, dtype, axes, shape):
+    data = _ramp(shape, dtype)
+    out = write_tiff(tmp_path / "a.tif", data, axes, pixel_size_um=0.325, z_step_um=1.5)
+    img = read_image(out)
+    assert img.data.dtype == dtype and img.dtype == dtype
+    assert img.axes == axes and img.shape == shape
+    assert np.array_equal(img.data, data)
+    assert img.pixel_size_um == pytest.approx(0.325)
+    assert img.z_step_um == (pytest.approx(1.5) if "Z" in axes else None)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej
+
+
+def test_write_kwargs_round_trip_and_unit(tmp_path: Path):
+    src = write_tiff(tmp_path / "nm.tif", _ramp((3, 8, 8), np.uint16), "ZYX", pixel_size_um=0.1, z_step_um=0.2,
+                     unit="nm", metadata={"finterval": 2.0})
+    with tifffile.TiffFile(src) as tif:
+        assert tif.imagej_metadata["unit"] == "nm" and tif.imagej_metadata["spacing"] == pytest.approx(200)
+    img = read_image(src)
+    assert (img.unit, img.pixel_size_um, img.z_step_um, img.metadata) == ("nm", 0.1, 0.2, {"finterval": 2.0})
+    again = read_image(write_tiff(tmp_path / "again.tif", img.data, **img.write_kwargs()))
+    assert again.write_kwargs() == img.write_kwargs()
+
+
+def test_float64_becomes_float32_and_int32_kept_in_ome(tmp_path: Path):
+    img = read_image(write_tiff(tmp_path / "f.tif", np.linspace(0, 1, 64).reshape(8, 8), "YX"))
+    assert img.dtype == np.float32
+    big = np.array([[-(2**31), 2**31 - 1], [5, -7]], dtype=np.int32)
+    out = write_tiff(tmp_path / "i.tif", big, "YX", pixel_size_um=0.5)
+    img = read_image(out)
+    assert img.dtype == np.int32 and np.array_equal(img.data, big) and img.pixel_size_um == 0.5
+    wide = read_image(write_tiff(tmp_path / "l.tif", np.array([[2**40, -5]], dtype=np.int64), "YX"))
+    assert wide.dtype == np.int32 and wide.data.tolist() == [[2**31 - 1, -5]]
+
+
+def test_to_dtype_clips_and_rounds_never_wraps():
+    x = np.array([-5.0, 1.4, 1.6, 2.5, 70000.7, np.nan, np.inf])
+    assert to_dtype(x, np.uint16).tolist() == [0, 1, 2, 2, 65535, 0, 65535]
+    assert to_dtype(x, np.uint8).tolist() == [0, 1, 2, 2, 255, 0, 255]
+    assert to_dtype(np.array([-1e12, 1e12]), np.int32).tolist() == [-(2**31), 2**31 - 1]
+    assert to_dtype(np.array([1e30]), np.int64).item() > 0
+    assert to_dtype(np.array([300, -3], dtype=np.int32), np.uint8).tolist() == [255, 0]
+    f = np.array([-1.5, 1e9], dtype=np.float32)
+    assert to_dtype(f, np.float32) is f
+
+
+def test_natural_order_and_expand_inputs(tmp_path: Path):
+    names = ["day1_z10.tif", "day1_z2.tif", "Day1_z1.tif", "day1_z100.tif"]
+    assert sorted(names, key=natural_key) == ["Day1_z1.tif", "day1_z2.tif", "day1_z10.tif", "day1_z100.tif"]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for n in names:
+        tifffile.imwrite(folder / n, np.zeros((4, 4), np.uint8))
+    (folder / "notes.txt").write_text("x")
+    (folder / ".hidden.tif").write_bytes(b"")
+    assert [p.name for p in expand_inputs([str(folder)])] == sorted(names, key=natural_key)
+    assert [p.name for p in expand_inputs([str(folder / "day1_z1*.tif")])] == ["day1_z10.tif", "day1_z100.tif"]
+    single = folder / "day1_z2.tif"
+    assert expand_inputs([single, str(folder)])[0] == single and len(expand_inputs([single, str(folder)])) == 4
+    (tmp_path / "empty").mkdir()
+    for bad in ([str(tmp_path / "missing.tif")], [str(tmp_path / "empty")], [str(tmp_path / "*.png")]):
+        with pytest.raises(UserError):
+            expand_inputs(bad)
+
+
+def test_png_jpeg_and_rgb_become_grey(tmp_path: Path, capsys):
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = 200, 100
+    iio.imwrite(tmp_path / "c.png", rgb)
+    img = read_image(tmp_path / "c.png")
+    assert img.axes == "YX" and img.dtype == np.uint8 and img.shape == (10, 12)
+    assert np.all(img.data == round(0.2125 * 200 + 0.7154 * 100))
+    assert "converted to grey" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    assert read_image(tmp_path / "rgb.tif").data.shape == (10, 12)
+    g16 = _ramp((9, 7), np.uint16) * 200
+    iio.imwrite(tmp_path / "g.png", g16)
+    assert np.array_equal(read_image(tmp_path / "g.png").data, g16)
+    iio.imwrite(tmp_path / "j.jpg", np.full((8, 8), 77, np.uint8))
+    assert abs(int(read_image(tmp_path / "j.jpg").data.mean()) - 77) <= 1
+
+
+@pytest.mark.parametrize("content", [b"", b"not a tiff at all" * 10, "truncated"])
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_corrupt_files_give_one_line_user_error(tmp_path: Path, content, suffix):
+    path = tmp_path / f"bad{suffix}"
+    header_only = [] if content == "truncated" and suffix == ".png" else [read_info]  # PNG header still intact
+    if content == "truncated":
+        good = tmp_path / f"good{suffix}"
+        data = _ramp((5, 32, 40), np.uint16) if suffix == ".tif" else _ramp((32, 40), np.uint8)
+        (tifffile.imwrite(good, data, imagej=True, metadata={"axes": "ZYX"}) if suffix == ".tif"
+         else iio.imwrite(good, data))
+        content = good.read_bytes()[: good.stat().st_size // 2]
+    path.write_bytes(content)
+    for fn in [read_image, lambda p: list(iter_planes(p))] + header_only:
+        with pytest.raises(UserError) as e:
+            fn(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_iter_planes_streams_every_layout(tmp_path: Path):
+    data = _ramp((5, 16, 12), np.uint16)
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "zlib.tif", data, compression="zlib")
+    for plane in data:
+        tifffile.imwrite(tmp_path / "appended.tif", plane, append=True)
+    for name in ("ij.tif", "zlib.tif", "appended.tif"):
+        info = read_info(tmp_path / name)
+        assert (info.axes, info.n_planes, info.plane_shape) == ("ZYX", 5, (16, 12)), name
+        planes = list(iter_planes(tmp_path / name))
+        assert [i for i, _ in planes] == list(range(5))
+        assert np.array_equal(np.stack([p for _, p in planes]), data), name
+        assert np.array_equal(read_image(tmp_path / name).data, data), name
+
+
+def test_singleton_axes_remembered(tmp_path: Path):
+    tifffile.imwrite(tmp_path / "s.tif", _ramp((1, 4, 1, 6, 5), np.uint16), imagej=True, metadata={"axes": "TZCYX"})
+    img = read_image(tmp_path / "s.tif")
+    assert img.axes == "ZYX" and img.shape == (4, 6, 5)
+    assert img.unsqueeze(img.data).shape == img.full_shape and img.full_axes.startswith("TZC")
+
+
+def test_real_stack_metadata(real_stack_paths):
+    info = read_info(real_stack_paths["bfseg_pombe"])
+    assert (info.axes, info.shape, info.dtype) == ("ZYX", (34, 63, 60), np.uint16)
+    assert info.pixel_size_um == pytest.approx(0.1075, abs=1e-4) and info.z_step_um == pytest.approx(0.3)
+
+
+def test_output_path_rules(tmp_path: Path):
+    src = write_tiff(tmp_path / "in.tif", _ramp((4, 4), np.uint8), "YX")
+    with pytest.raises(UserError, match="exists"):
+        write_tiff(src, _ramp((4, 4), np.uint8), "YX")
+    with pytest.raises(UserError, match="input"):
+        check_output_path(tmp_path / "." / "in.tif", overwrite=True, inputs=[src])
+    with pytest.raises(UserError, match="folder"):
+        check_output_path(tmp_path, overwrite=True)
+    write_tiff(src, np.full((4, 4), 9, np.uint8), "YX", overwrite=True)
+    assert read_image(src).data.max() == 9
+    atomic_write_bytes(tmp_path / "sub" / "x.json", b"{}")
+    assert (tmp_path / "sub" / "x.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["in.tif", "sub", "x.json"]
+
+
+def test_stack_writer_streams_and_is_atomic(tmp_path: Path):
+    out = tmp_path / "s.tif"
+    data = np.linspace(-10, 70000, 3 * 8 * 9).reshape(3, 8, 9)
+    with StackWriter(out, data.shape, np.uint16, "ZYX", pixel_size_um=0.2, z_step_um=0.7) as w:
+        for plane in data:
+            w.write(plane)
+    img = read_image(out)
+    assert np.array_equal(img.data, to_dtype(data, np.uint16))
+    assert (img.axes, img.pixel_size_um, img.z_step_um) == ("ZYX", 0.2, 0.7)
+    with pytest.raises(RuntimeError):
+        with StackWriter(tmp_path / "fail.tif", (2, 4, 4), np.float32, "ZYX") as w:
+            w.write(np.zeros((4, 4)))
+            raise RuntimeError("interrupted")
+    with pytest.raises(ValueError):
+        with StackWriter(tmp_path / "short.tif", (2, 4, 4), np.float32, "ZYX") as w:
+            w.write(np.zeros((4, 4)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+    with pytest.raises(UserError):
+        StackWriter(out, (1, 4, 4), np.uint8, "ZYX")
+
+
+def test_iter_planes_memmap_fallback(tmp_path: Path, monkeypatch):
+    data = _ramp((4, 8, 6), np.uint16)
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, metadata={"axes": "ZYX"})
+    monkeypatch.setattr(mdio, "_page_yx", lambda page: (-1, -1))  # as for ImageJ files > 4 GB: one page indexed
+    assert np.array_equal(np.stack([p for _, p in iter_planes(tmp_path / "ij.tif")]), data)

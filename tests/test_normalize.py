@@ -1,0 +1,43 @@
+"""Per-frame percentile normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from microdeblur.io import to_dtype
+from microdeblur.normalize import EXACT_PIXELS, Normalizer, frame_normalizer
+
+
+def test_percentiles_and_exact_round_trip():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(100, 4000, (48, 64)).astype(np.uint16)
+    norm = frame_normalizer(frame)
+    assert (norm.lo, norm.hi) == tuple(np.percentile(frame, [1.0, 99.8]))
+    x = norm.before(frame)
+    assert x.dtype == np.float32
+    assert np.isclose(np.percentile(x, 1.0), 0.0, atol=1e-6) and np.isclose(np.percentile(x, 99.8), 1.0, atol=1e-6)
+    back = norm.after(x)
+    assert back.dtype == np.float32
+    assert np.array_equal(to_dtype(back, np.uint16), frame)
+
+
+def test_flat_frame_guard():
+    norm = frame_normalizer(np.full((16, 16), 1000, np.uint16))
+    assert norm.hi > norm.lo
+    x = norm.before(np.full((4, 4), 1000.0))
+    assert np.all(np.isfinite(x)) and np.allclose(x, 0.0)
+    assert np.allclose(norm.after(x), 1000.0)
+
+
+def test_huge_frame_subsampled_close_to_exact():
+    rng = np.random.default_rng(1)
+    frame = rng.normal(1000, 100, (1536, 2048)).astype(np.float32)
+    assert frame.size > EXACT_PIXELS
+    approx, exact = frame_normalizer(frame), np.percentile(frame, [1.0, 99.8])
+    assert abs(approx.lo - exact[0]) < 5 and abs(approx.hi - exact[1]) < 10
+
+
+def test_normalizer_is_plain_affine():
+    n = Normalizer(10.0, 30.0)
+    assert np.allclose(n.before(np.array([10.0, 20.0, 30.0])), [0.0, 0.5, 1.0])
+    assert np.allclose(n.after(np.array([0.0, 0.5, 1.0])), [10.0, 20.0, 30.0])
