@@ -158,14 +158,21 @@ def deblur(
     batch_size: int = typer.Option(32, "--batch-size", help="Tiles per network call."),
     dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Deblur images or z-stacks; outputs keep shape, dtype, axes and metadata."""
     from .inference import deblur_paths
+    from .io import expand_inputs, read_info
+    from .metrics import compare_to_truth
 
-    deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
-                 batch_size=batch_size, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite)
+    if truth is not None:
+        read_info(truth)  # fail before any work when the truth image is missing or unreadable
+    outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
+                        batch_size=batch_size, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite)
+    if truth is not None:
+        compare_to_truth(expand_inputs(inputs), outs, truth)
 
 
 @app.command()
