@@ -24,6 +24,8 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `microdeblur.inference` sets it for the CLI
+
 FRAME = (768, 1024)
 STACK = (1536, 2048)
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "manifold-1d.safetensors"

@@ -51,6 +51,12 @@ def test_abs_only_codes_detected():
     np.testing.assert_allclose(code_to_dz(cal, dz_to_code(cal, 12.0)), 12.0, atol=1e-6)
 
 
+def test_unordered_codes_are_flagged():
+    codes = np.random.default_rng(3).normal(size=DZ.size)
+    cal = fit_calibration(codes, DZ)
+    assert cal["kind"] == "signed" and not cal["ok"]
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError):
         fit_calibration(np.zeros(5), np.zeros(5))

@@ -243,6 +243,7 @@ def test_cli_errors(tmp_path, cal_weights, plain_weights):
     assert (tmp_path / "exists.tif").read_bytes() == b"keep me"
     other = write_tiff(tmp_path / "other.tif", _image((40, 40), np.uint16), "YX")
     _fails(_cli("deblur", good, other, "-o", tmp_path / "exists.tif", *w), "folder")
+    _fails(_cli("deblur", good, other, "-o", tmp_path / "new.tif", *w), "folder")
     _fails(_cli("deblur", good, "-o", good, *w, "--overwrite"), "input")
     (tmp_path / "w.safetensors").write_text("not weights")
     _fails(_cli("deblur", good, "-o", tmp_path / "o.tif", "-w", tmp_path / "w.safetensors"), "safetensors")

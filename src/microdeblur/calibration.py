@@ -2,7 +2,8 @@
 
 The fit is isotonic (pool-adjacent-violators) on per-dz medians of the codes, with dz as the
 exact variable. If the code orders signed dz (|Spearman rho| > 0.8) the relation is 'signed';
-otherwise, if it orders |dz|, it is 'abs' (the sign of the defocus cannot be read from the code).
+otherwise, if it orders |dz| (|rho| > 0.8), it is 'abs' (the sign of the defocus cannot be read
+from the code); if it orders neither, 'signed' with `ok` false.
 The result is a JSON-serialisable dict stored in the weights' metadata.
 """
 
@@ -77,7 +78,7 @@ def fit_calibration(codes: np.ndarray, dz_um: np.ndarray) -> dict:
     if len(np.unique(dz)) < 2:
         raise ValueError("calibration needs at least two distinct dz values")
     rho, rho_abs = spearman(codes, dz), spearman(codes, np.abs(dz))
-    signed = abs(rho) > RHO_MIN or abs(rho) >= abs(rho_abs)
+    signed = abs(rho) > RHO_MIN or abs(rho_abs) <= RHO_MIN  # neither ordered: signed, flagged not ok
     kind = "signed" if signed else "abs"
     target = dz if signed else np.abs(dz)
     levels, inv, counts = np.unique(target, return_inverse=True, return_counts=True)

@@ -307,6 +307,8 @@ def _output_paths(files: list[Path], output: Path, name_for: Callable[[Path], st
         return [output]
     if output.exists() and not output.is_dir():
         raise UserError(f"{output}: is a file; several inputs need an output folder")
+    if not output.exists() and output.suffix.lower() in TIFF_OUT + (".png",):
+        raise UserError(f"{output}: looks like a file name, but {len(files)} inputs need an output folder")
     outs = [output / name_for(f) for f in files]
     seen: dict[Path, Path] = {}
     for f, o in zip(files, outs):
@@ -429,13 +431,13 @@ def deblur_paths(inputs: Sequence[str], output: Path, *, weights: Path | None = 
             raise UserError(f"{save_comparison}: --save-comparison must name a .png file")
         _check_outputs([Path(save_comparison)], files + outs, overwrite)
     if reference is not None:
+        if dz is not None:
+            raise UserError("--dz and --reference cannot be combined")
         _single_plane_info(Path(reference), "--reference")
     model, meta, dev = _load(weights, device)
     db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
     code = None
     if dz is not None:
-        if reference is not None:
-            raise UserError("--dz and --reference cannot be combined")
         code = db.as_code(np.atleast_1d(_dz_code(_require_calibration(meta, weights, "--dz"), dz)))
     elif reference is not None:
         from .io import read_image

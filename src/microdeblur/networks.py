@@ -103,7 +103,7 @@ class UpBlock(nn.Module):
     def forward(self, x: Tensor, film: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
         """Convolve, upsample, convolve; `film` = (scale, shift), each [B,C,1,1].
 
-        The first convolution runs before the bilinear upsampling (4x fewer operations, same receptive field)."""
+        The first convolution runs before the bilinear upsampling (4x fewer operations)."""
         x = F.interpolate(self.conv1(x), scale_factor=2.0, mode="bilinear", align_corners=False)
         x = self.bn1(x)
         if film is not None:

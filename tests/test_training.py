@@ -1,0 +1,147 @@
+"""Dataset loading, pair sampling guarantees, few-step training per variant, export and resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from microdeblur.cli import app
+from microdeblur.dataset import PairSampler, PreparedData
+from microdeblur.errors import UserError
+from microdeblur.simulate import simulate_days
+from microdeblur.training import TrainConfig, train
+from microdeblur.weights import load_weights
+
+runner = CliRunner()
+TINY = dict(widths=(4, 8, 8), head_width=8, id_channels=2, batch_size=2, workers=1, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """3 simulated days of 256x256, 7 planes at 2 um, prepared into 64-px tiles (12 identities)."""
+    root = tmp_path_factory.mktemp("train")
+    simulate_days(root / "raw", days=3, planes=7, size=(256, 256), seed=5, z_step_um=2.0)
+    res = runner.invoke(app, ["-q", "prepare", str(root / "raw"), str(root / "data"), "--tile", "64"])
+    assert res.exit_code == 0, res.output
+    return root / "data"
+
+
+def test_load_normalises_and_orders(data):
+    d = PreparedData.load(data)
+    assert len(d.identities) == 12 and d.tiles.shape == (84, 64, 64)
+    assert d.z_step_um == 2.0 and list(d.dz[0]) == [-6, -4, -2, 0, 2, 4, 6]
+    assert all(d.dz[i][d.focus_index[i]] == 0 for i in range(12))
+    assert -0.5 < float(np.median(d.tiles.astype(np.float32))) < 1.5
+    assert PreparedData.load(data, dz_range=2.0).tiles.shape == (36, 64, 64)
+
+
+def test_split_never_mixes_identities(data):
+    d = PreparedData.load(data)
+    tr, va = d.split(0.25, seed=3)
+    assert not set(tr) & set(va) and len(tr) + len(va) == 12 and len(va) == 3
+    assert d.split(0.25, seed=3) == (tr, va)
+
+
+def test_pair_guarantees(data):
+    d = PreparedData.load(data)
+    tr, _ = d.split(0.25)
+    s = PairSampler(d, tr, np.random.default_rng(0), augment=False)
+    for _ in range(5):
+        a, b = s._same_identity(32)
+        assert np.all(d.owner[a] == d.owner[b]) and np.all(d.dz_all[a] != d.dz_all[b])
+        c, e = s._same_dz(32)
+        assert np.all(d.owner[c] != d.owner[e]) and np.all(d.dz_all[c] == d.dz_all[e])
+        assert set(d.owner[np.concatenate([a, b, c, e])]) <= set(tr)
+    batch = s.pairs(4)
+    assert batch.x1.shape == (4, 1, 64, 64) and batch.dz1.shape == (4,)
+    assert s.groups(3, 4).shape == (3, 4, 1, 64, 64)
+
+
+def test_augmentation_keeps_pairs_aligned(data):
+    d = PreparedData.load(data)
+    s = PairSampler(d, list(range(12)), np.random.default_rng(1))
+    x = torch.rand(16, 1, 64, 64)
+    a, b = s._augment(x, x.clone())
+    assert torch.equal(a, b)
+    assert not torch.equal(a, x)
+
+
+@pytest.mark.parametrize("variant", ["manifold-1d", "manifold", "ml-vae"])
+def test_few_steps_reduce_loss_and_export(tmp_path, data, variant):
+    out = tmp_path / f"{variant}.safetensors"
+    cfg = TrainConfig(variant=variant, max_steps=24, beta_delay=0.5, seed=1, **TINY)
+    train(data, out, cfg)
+    model, meta = load_weights(out, expect_variant=variant)
+    assert meta.scale == 0.5 and meta.z_step_um == 2.0 and meta.focus_blur_code.size == model.config.blur_dim
+    hist = meta.training["last"]
+    assert hist["step"] == 24
+    rows = (tmp_path / f"{variant}.log.csv").read_text().splitlines()
+    first, last = (dict(zip(rows[0].split(","), r.split(","))) for r in (rows[1], rows[-1]))
+    assert float(last["rec"]) < float(first["rec"])
+    assert (meta.calibration is not None) == (variant == "manifold-1d")
+
+
+def test_dz_term_orders_the_blur_code(tmp_path, data):
+    """The optional dz tie gives a 1-D code ordered by dz within a few steps (no collapse)."""
+    out = tmp_path / "dz.safetensors"
+    cfg = TrainConfig(max_steps=40, dz_weight=1.0, dz_range=6.0, lr=3e-3, seed=2, **(TINY | {"batch_size": 4}))
+    train(data, out, cfg)
+    _, meta = load_weights(out)
+    assert meta.calibration["kind"] == "signed" and abs(meta.calibration["spearman_rho"]) > 0.6
+
+
+def test_resume_is_bit_for_bit(tmp_path, data, monkeypatch):
+    cfg = dict(max_steps=6, seed=4, **TINY)
+    train(data, tmp_path / "a.safetensors", TrainConfig(**cfg))
+    calls = {"n": 0}
+    original = PairSampler.pairs
+
+    def interrupt(self, n):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, n)
+
+    monkeypatch.setattr(PairSampler, "pairs", interrupt)
+    with pytest.raises(UserError, match="resume"):
+        train(data, tmp_path / "b.safetensors", TrainConfig(**cfg))
+    monkeypatch.setattr(PairSampler, "pairs", original)
+    train(data, tmp_path / "b.safetensors", TrainConfig(resume=tmp_path / "b.ckpt", **cfg))
+    a, _ = load_weights(tmp_path / "a.safetensors")
+    b, _ = load_weights(tmp_path / "b.safetensors")
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), k
+
+
+def test_init_fine_tunes_from_weights(tmp_path, data):
+    train(data, tmp_path / "base.safetensors", TrainConfig(max_steps=2, **TINY))
+    train(data, tmp_path / "ft.safetensors", TrainConfig(max_steps=2, init=tmp_path / "base.safetensors", **TINY))
+    assert load_weights(tmp_path / "ft.safetensors")[0].config.widths == (4, 8, 8)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--variant", "vae"], "unknown --variant"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--variant", "manifold", "--dz-weight", "1"], "--dz-weight"),
+])
+def test_bad_options(tmp_path, data, args, words):
+    res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])
+    assert res.exit_code != 0 and words in res.output and "Traceback" not in res.output
+
+
+def test_bad_data_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for p, words in ((tmp_path / "missing", "does not exist"), (tmp_path / "empty", "index.json"),
+                     (tmp_path / "file.txt", "not a folder")):
+        res = runner.invoke(app, ["train", str(p), "-o", str(tmp_path / "w.safetensors")])
+        assert res.exit_code == 1 and words in res.output, res.output
+
+
+def test_refuses_existing_output(tmp_path, data):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"keep")
+    res = runner.invoke(app, ["train", str(data), "-o", str(out), "--max-steps", "1"])
+    assert res.exit_code == 1 and "exists" in res.output and out.read_bytes() == b"keep"
