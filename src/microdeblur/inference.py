@@ -24,14 +24,9 @@ from .errors import UserError
 from .normalize import Normalizer, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
 
-# Idle OpenMP workers sleep instead of spinning: on a CPU shared with other busy processes, spinning
-# threads waiting for a preempted sibling made 2 threads 5x slower than 1 (docs/inference.md). Only
-# effective when this module is the first to import torch, as it is for the CLI commands.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 TIFF_OUT = (".tif", ".tiff")
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries

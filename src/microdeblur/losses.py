@@ -18,7 +18,7 @@ RecFn = Callable[[Tensor, Tensor], Tensor]
 
 _WANG_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003 MS-SSIM scale weights
 _C1, _C2 = 0.01**2, 0.03**2  # SSIM stabilisers for data range 1
-_CS_FLOOR = 1e-4  # contrast-structure terms are clamped here before the fractional power
+_CS_FLOOR = 1e-4  # per-scale cs (and last-scale SSIM) means are clamped here before the fractional power
 
 
 def rms_distance(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
@@ -43,14 +43,14 @@ def _blur_valid(x: Tensor, win: Tensor) -> Tensor:
 
 
 def _ssim_terms(x: Tensor, y: Tensor, win: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample mean luminance term and contrast-structure term of SSIM at one scale."""
+    """Per-sample mean SSIM and mean contrast-structure term at one scale."""
     c = x.shape[1]
     stats = _blur_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), win)
     mx, my, xx, yy, xy = stats.split(c, dim=1)
     vx, vy, cxy = xx - mx * mx, yy - my * my, xy - mx * my
     lum = (2 * mx * my + _C1) / (mx * mx + my * my + _C1)
     cs = (2 * cxy + _C2) / (vx + vy + _C2)
-    return lum.flatten(1).mean(1), cs.flatten(1).mean(1)
+    return (lum * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
 
 
 def ms_ssim(pred: Tensor, target: Tensor, scales: int = 3, window: int = 7, sigma: float = 1.5) -> Tensor:
@@ -59,12 +59,11 @@ def ms_ssim(pred: Tensor, target: Tensor, scales: int = 3, window: int = 7, sigm
     weights = _scale_weights(scales)
     out = torch.ones(pred.shape[0], dtype=pred.dtype, device=pred.device)
     for s in range(scales):
-        lum, cs = _ssim_terms(pred, target, win)
-        cs = cs.clamp_min(_CS_FLOOR)
+        ssim, cs = _ssim_terms(pred, target, win)
         if s == scales - 1:
-            out = out * (cs * lum.clamp_min(_CS_FLOOR)) ** weights[s]
+            out = out * ssim.clamp_min(_CS_FLOOR) ** weights[s]
         else:
-            out = out * cs ** weights[s]
+            out = out * cs.clamp_min(_CS_FLOOR) ** weights[s]
             pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
     return out
 

@@ -172,7 +172,7 @@ class DisentangledAE(nn.Module):
         self.film_channels = [cfg.head_width, *dec_widths]
         if cfg.variant == "manifold-1d":
             self.film = nn.Sequential(nn.Linear(1, cfg.film_hidden), nn.SiLU(), nn.Linear(cfg.film_hidden, 2 * sum(self.film_channels)))
-        self.to(memory_format=torch.channels_last)  # 1.4-2.5x faster than NCHW on CPU (docs/model.md)
+        self.to(memory_format=torch.channels_last)  # 1.3-2x faster than NCHW on CPU (docs/model.md)
 
     def encode(self, x: Tensor) -> Codes:
         """Images [B,1,T,T] -> Codes (posterior means and log-variances for ml-vae)."""
