@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,3 +35,12 @@ def real_stack_paths(real_data_dir: Path) -> dict[str, Path]:
         "bfseg_pombe": real_data_dir / "bfseg_pombe" / "BF_zstack_34x0.3um.tif",
         "bfautofocus_pombe": real_data_dir / "bfautofocus_pombe" / "BF_zstack_0.3um.tif",
     }
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny tensors: one torch thread avoids OpenMP oversubscription on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,15 +10,6 @@ from microdeblur import losses as L
 from microdeblur.networks import Codes, DisentangledAE, ModelConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(variant: str) -> DisentangledAE:
     torch.manual_seed(0)
     return DisentangledAE(ModelConfig(variant=variant, tile=32, widths=(4, 8, 8), head_width=8, id_channels=2, film_hidden=8))

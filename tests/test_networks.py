@@ -6,15 +6,6 @@ import torch
 from microdeblur.networks import Codes, DisentangledAE, ModelConfig, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(variant: str, tile: int = 32) -> ModelConfig:
     return ModelConfig(variant=variant, tile=tile, widths=(4, 8, 8), head_width=8, id_channels=2, film_hidden=8)
 

@@ -13,15 +13,6 @@ from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, default_weights_path, load_weights, save_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(variant: str = "manifold-1d"):
     torch.manual_seed(0)
     cfg = ModelConfig(variant=variant, tile=32, widths=(4, 8, 8), head_width=8, id_channels=2, film_hidden=8)
