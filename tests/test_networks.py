@@ -12,16 +12,16 @@ def tiny(variant: str, tile: int = 32) -> ModelConfig:
 
 def test_default_config_matches_design():
     cfg = ModelConfig()
-    assert (cfg.variant, cfg.tile, cfg.widths, cfg.head_width, cfg.id_channels) == ("manifold-1d", 128, (16, 32, 64), 64, 16)
-    assert cfg.code_size == 8 and cfg.id_dim == 16 * 8 * 8 and cfg.blur_dim == 1
-    assert ModelConfig(variant="manifold").blur_dim == 16 * 8 * 8
-    assert ModelConfig(variant="ml-vae", tile=64).blur_dim == 16 * 4 * 4
+    assert (cfg.variant, cfg.tile, cfg.widths, cfg.head_width, cfg.id_channels) == ("manifold-1d", 128, (16, 32), 64, 16)
+    assert cfg.code_size == 16 and cfg.id_dim == 16 * 16 * 16 and cfg.blur_dim == 1
+    assert ModelConfig(variant="manifold").blur_dim == 16 * 16 * 16
+    assert ModelConfig(variant="ml-vae", tile=64).blur_dim == 16 * 8 * 8
 
 
 def test_config_validation_and_round_trip():
     with pytest.raises(ValueError, match="unknown model variant"):
         ModelConfig(variant="vae")
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="multiple of 8"):
         ModelConfig(tile=40)
     cfg = tiny("manifold", 64)
     assert ModelConfig.from_dict({**cfg.to_dict(), "blur_dim": 999}) == cfg

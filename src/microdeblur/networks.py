@@ -18,7 +18,7 @@ class ModelConfig:
 
     variant: str = "manifold-1d"
     tile: int = 128
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] = (16, 32)
     head_width: int = 64
     id_channels: int = 16
     film_hidden: int = 32

@@ -40,7 +40,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.2
     dz_range: float | None = 30.0
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] = (16, 32)
     head_width: int = 64
     id_channels: int = 16
     consistency: bool = True
