@@ -22,7 +22,7 @@ def test_config_validation_and_round_trip():
     with pytest.raises(ValueError, match="unknown model variant"):
         ModelConfig(variant="vae")
     with pytest.raises(ValueError, match="multiple of 8"):
-        ModelConfig(tile=40)
+        ModelConfig(tile=44)
     cfg = tiny("manifold", 64)
     assert ModelConfig.from_dict({**cfg.to_dict(), "blur_dim": 999}) == cfg
 
