@@ -145,3 +145,13 @@ def test_refuses_existing_output(tmp_path, data):
     out.write_bytes(b"keep")
     res = runner.invoke(app, ["train", str(data), "-o", str(out), "--max-steps", "1"])
     assert res.exit_code == 1 and "exists" in res.output and out.read_bytes() == b"keep"
+
+
+def test_init_refuses_other_tile_size(tmp_path, data):
+    from microdeblur.networks import DisentangledAE, ModelConfig
+    from microdeblur.weights import WeightsMeta, save_weights
+
+    cfg = ModelConfig(tile=32, widths=(4, 8), head_width=8, id_channels=2)
+    save_weights(tmp_path / "w32.safetensors", DisentangledAE(cfg), WeightsMeta(variant=cfg.variant, config=cfg))
+    with pytest.raises(UserError, match="32-px tiles"):
+        train(data, tmp_path / "ft.safetensors", TrainConfig(max_steps=1, init=tmp_path / "w32.safetensors", **TINY))

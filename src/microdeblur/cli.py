@@ -127,7 +127,7 @@ def train(
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning); 'shipped' = the packaged manifold-1d weights."),
     workers: int = typer.Option(0, "--workers", help="Torch threads (0: all cores)."),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,

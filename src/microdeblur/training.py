@@ -189,7 +189,10 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> DisentangledAE:
     mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, head_width=cfg.head_width, id_channels=cfg.id_channels)
     model = DisentangledAE(mc)
     if cfg.init is not None:
-        src, meta = load_weights(cfg.init, device="cpu", expect_variant=cfg.variant)
+        init = None if str(cfg.init) == "shipped" else cfg.init  # None: the weights shipped in the package
+        src, meta = load_weights(init, device="cpu", expect_variant=cfg.variant)
+        if src.config.tile != tile:
+            raise UserError(f"--init weights use {src.config.tile}-px tiles but the data has {tile}-px tiles (prepare --tile)")
         if src.config.to_dict() != mc.to_dict():
             log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
             model = src
