@@ -276,6 +276,8 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
     log_csv = output.with_suffix(".log.csv")
     run_sums: dict[str, float] = {}
     n_run = 0
+    tiles_per_step = cfg.batch_size * (cfg.group_size if cfg.variant == "ml-vae" else 4)
+    t_epoch = time.perf_counter()
     t_start = time.perf_counter() - state.elapsed_s
     if state.step:
         log.info(f"resuming at step {state.step} of {total}")
@@ -302,7 +304,9 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
                     run_sums[k] = run_sums.get(k, 0.0) + float(v.detach())
                 bar.advance()
                 if state.step % 10 == 0:
-                    bar.set(f"loss {run_sums['total'] / n_run:.4f} rec {run_sums['rec'] / n_run:.4f} β {beta:.2f}")
+                    rate = n_run * tiles_per_step / max(time.perf_counter() - t_epoch, 1e-9)
+                    terms = " ".join(f"{k} {v / n_run:.3f}" for k, v in run_sums.items() if k != "total")
+                    bar.set(f"loss {run_sums['total'] / n_run:.4f} ({terms}) β {beta:.2f} {rate:.0f} tiles/s")
                 if state.step % steps_per_epoch == 0 or state.step == total:
                     row = {"epoch": epoch + 1, "step": state.step, "minutes": round(state.elapsed_s / 60, 2),
                            "lr": opt.param_groups[0]["lr"], "beta": round(beta, 4)}
@@ -311,7 +315,7 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
                     state.history.append(row)
                     _write_log(log_csv, state.history)
                     log.debug(json.dumps(row))
-                    run_sums, n_run = {}, 0
+                    run_sums, n_run, t_epoch = {}, 0, time.perf_counter()
                 if state.step % cfg.checkpoint_every == 0:
                     state.elapsed_s = time.perf_counter() - t_start
                     _save_checkpoint(ckpt, model, opt, rng, state, cfg)
