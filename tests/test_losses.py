@@ -131,6 +131,26 @@ def test_consistency_zero_when_encoder_ignores_swapped_code():
     assert out["cons"] < 1e-5
 
 
+class LosslessModel(nn.Module):
+    """Fake model whose codes are the pixels themselves: decoding then re-encoding returns every code unchanged."""
+
+    config = ModelConfig(variant="manifold", tile=32)
+
+    def encode(self, x):
+        flat = x.flatten(1)
+        return Codes(flat[:, :512], flat[:, 512:])
+
+    def decode(self, identity, blur):
+        return torch.cat([identity, blur], dim=1).reshape(-1, 1, 32, 32)
+
+
+def test_consistency_zero_for_a_lossless_model_with_distinct_blur_codes():
+    """Each swap decoding re-encodes to the very codes it was decoded from, so L_cons is exactly 0."""
+    x = [torch.rand(3, 1, 32, 32) for _ in range(4)]
+    out = L.manifold_losses(LosslessModel(), *x, rec_fn=L.ms_ssim_l1, use_contrastive=False)
+    assert out["cons"] < 1e-5
+
+
 @pytest.mark.parametrize("variant", ["manifold-1d", "manifold"])
 def test_manifold_losses_keys_and_gradients(variant):
     model = tiny(variant)

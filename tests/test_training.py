@@ -155,3 +155,38 @@ def test_init_refuses_other_tile_size(tmp_path, data):
     save_weights(tmp_path / "w32.safetensors", DisentangledAE(cfg), WeightsMeta(variant=cfg.variant, config=cfg))
     with pytest.raises(UserError, match="32-px tiles"):
         train(data, tmp_path / "ft.safetensors", TrainConfig(max_steps=1, init=tmp_path / "w32.safetensors", **TINY))
+
+
+def test_focus_ratios_show_lowest_contrast_at_focus(data):
+    from microdeblur.training import focus_ratios
+
+    d = PreparedData.load(data)
+    r = focus_ratios(d, list(range(12)))
+    assert r["dz_um"] == [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
+    span = np.array(r["hi"]) - np.array(r["lo"])
+    assert all(lo < 1 < hi for lo, hi in zip(r["lo"], r["hi"]))
+    assert span[3] < span[0] and span[3] < span[-1]
+
+
+def test_checkpoint_of_an_earlier_run_is_not_clobbered(tmp_path, data):
+    out = tmp_path / "sub" / "w.safetensors"  # the folder is created
+    train(data, out, TrainConfig(max_steps=2, **TINY))
+    out.unlink()
+    before = (tmp_path / "sub" / "w.ckpt").read_bytes()
+    with pytest.raises(UserError, match="--resume"):
+        train(data, out, TrainConfig(max_steps=2, **TINY))
+    assert (tmp_path / "sub" / "w.ckpt").read_bytes() == before
+    with pytest.raises(UserError, match="trained with"):
+        train(data, out, TrainConfig(max_steps=2, resume=tmp_path / "sub" / "w.ckpt", **(TINY | {"batch_size": 3})))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--widths", "abc"], "--widths"),
+    (["--widths", "0,4"], "--widths"),
+    (["--max-minutes", "0"], "--max-minutes"),
+    (["--workers", "-1"], "--workers"),
+    (["--beta-delay", "1.5"], "--beta-delay"),
+])
+def test_more_bad_options(tmp_path, data, args, words):
+    res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])
+    assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output

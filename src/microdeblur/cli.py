@@ -40,22 +40,30 @@ def main(
     log.set_verbosity(0 if quiet else 2 if verbose else 1)
 
 
+def _fail(message: str, code: int = 1) -> None:
+    log.console.print(f"error: {message}", markup=False, style="red")
+    raise typer.Exit(code)
+
+
 def _user_errors(fn):
-    """Turn UserError (and a few OS errors) into one line on stderr and exit code 1."""
+    """One line on stderr and a non-zero exit for every failure; the traceback only with --verbose."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            log.console.print(f"error: {e}", markup=False, style="red")
-            raise typer.Exit(1)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-            log.console.print(f"error: {e.strerror or e}: {e.filename}", markup=False, style="red")
-            raise typer.Exit(1)
+            _fail(str(e))
+        except OSError as e:
+            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
         except MemoryError:
-            log.console.print("error: out of memory (try a smaller --batch-size)", markup=False, style="red")
-            raise typer.Exit(1)
+            _fail("out of memory (try a smaller --batch-size or smaller images)")
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as e:  # noqa: BLE001 - last resort: never a bare traceback for users
+            if log.verbosity() >= 2:
+                raise
+            _fail(f"unexpected {type(e).__name__}: {e} (run with --verbose for the traceback; please report it)", 2)
 
     return wrapper
 
@@ -124,6 +132,7 @@ def train(
     no_contrastive: bool = typer.Option(False, "--no-contrastive"),
     no_cross: bool = typer.Option(False, "--no-cross"),
     dz_weight: float = typer.Option(0.0, "--dz-weight", help="Weight of the optional term tying the 1-D code to known dz."),
+    beta_delay: float = typer.Option(0.075, "--beta-delay", help="Fraction of training with reconstruction only before β starts rising (thesis: 30 of 400 epochs)."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
@@ -135,10 +144,14 @@ def train(
     """Train a disentangling autoencoder on a prepared folder and write safetensors weights."""
     from .training import TrainConfig, train as run_train
 
+    try:
+        width_list = tuple(int(v) for v in widths.split(","))
+    except ValueError:
+        raise UserError(f"--widths must be comma-separated integers such as 16,32, got {widths!r}") from None
     cfg = TrainConfig(
         variant=variant, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size,
         lr=lr, seed=seed, val_fraction=val_fraction, dz_range=dz_range,
-        widths=tuple(int(v) for v in widths.split(",")), id_channels=id_channels,
+        widths=width_list, id_channels=id_channels, beta_delay=beta_delay,
         consistency=not no_consistency, contrastive=not no_contrastive, cross=not no_cross, dz_weight=dz_weight,
         perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, resume=resume, init=init,
         workers=workers, device=device, overwrite=overwrite,

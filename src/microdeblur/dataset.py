@@ -31,8 +31,10 @@ class PreparedData:
     """All tiles of a prepared folder, normalised per frame, as one float16 array plus per-identity views."""
 
     def __init__(self, tiles: np.ndarray, owner: np.ndarray, dz: np.ndarray, identities: list[str],
-                 days: list[str], z_step_um: float | None, tile: int, scale: float) -> None:
+                 days: list[str], z_step_um: float | None, tile: int, scale: float,
+                 lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> None:
         self.tiles, self.owner, self.dz_all = tiles, owner, dz
+        self.lo_all, self.hi_all = lo, hi  # per tile: its frame's raw percentile range
         self.identities, self.days = identities, days
         self.z_step_um, self.tile, self.scale = z_step_um, tile, scale
         starts = np.searchsorted(owner, np.arange(len(identities) + 1))
@@ -50,7 +52,7 @@ class PreparedData:
         if len(steps) > 1:
             raise UserError(f"{folder}: days have different z steps {sorted(map(str, steps))}; prepare them into separate folders")
         z_step = steps.pop()
-        tiles, owner, dzs, ids, days = [], [], [], [], []
+        tiles, owner, dzs, ids, days, los, his = [], [], [], [], [], [], []
         for day, info in sorted(index["days"].items()):
             step = info.get("z_step_um") or 1.0
             dz_day = np.asarray(info["dz_planes"], np.float32) * np.float32(step)
@@ -69,13 +71,16 @@ class PreparedData:
                     raise UserError(f"{path}: {stack.shape[0]} planes, index says {len(dz_day)}")
                 tiles.append(((stack[keep].astype(np.float32) - lo) / span).astype(np.float16))
                 dzs.append(dz_day[keep])
+                los.append(lo[:, 0, 0])
+                his.append(lo[:, 0, 0] + span[:, 0, 0])
                 owner.append(np.full(int(keep.sum()), len(ids), np.int32))
                 ids.append(f"{day}/{Path(crop['file']).stem}")
                 days.append(day)
         if not ids:
             raise UserError(f"{folder}: the prepared folder holds no tiles")
         return cls(np.concatenate(tiles), np.concatenate(owner), np.concatenate(dzs), ids, days,
-                   z_step, int(index.get("tile", 128)), float(index.get("scale", 0.5)))
+                   z_step, int(index.get("tile", 128)), float(index.get("scale", 0.5)),
+                   np.concatenate(los), np.concatenate(his))
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
         """Identity indices (train, val); an identity's tiles never cross splits."""

@@ -25,6 +25,11 @@ def set_verbosity(level: int) -> None:
     _level = level
 
 
+def verbosity() -> int:
+    """Current level: 0 quiet, 1 normal, 2 verbose."""
+    return _level
+
+
 def info(msg: str) -> None:
     """Normal message (hidden by --quiet)."""
     if _level >= 1:

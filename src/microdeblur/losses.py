@@ -225,8 +225,9 @@ def manifold_losses(
         )
     if use_consistency:
         re = model.encode(swapped)
+        # each swap keeps one code fixed: identity of D(ix1,bx2), D(ix2,bx1); blur of D(iy1,by2), D(iy2,by1)
         out["cons"] = consistency_loss(torch.cat([ix1, ix2]), re.identity[: 2 * b]) + consistency_loss(
-            torch.cat([by1, by2]), re.blur[2 * b :]
+            torch.cat([by2, by1]), re.blur[2 * b :]
         )
     if use_contrastive:
         out["cont"] = (

@@ -59,8 +59,8 @@ def rescale_frame(frame: np.ndarray, scale: float) -> np.ndarray:
     return resize(f, out, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
 
 
-def tile_grid(shape: Sequence[int], tile: int) -> tuple[int, int, list[int]]:
-    """(rows, cols, [dropped px at bottom, at right]) of non-overlapping tiles."""
+def crop_grid(shape: Sequence[int], tile: int) -> tuple[int, int, list[int]]:
+    """(rows, cols, [dropped px at bottom, at right]) of non-overlapping crops (tiling.tile_grid overlaps)."""
     h, w = shape[-2], shape[-1]
     return h // tile, w // tile, [h % tile, w % tile]
 
@@ -151,6 +151,9 @@ def _folder_day(folder: Path, files: list[Path]) -> Day:
     if skipped:
         log.info(f"{folder.name}: skipping {', '.join(f.name for f in skipped)} (projection, not a plane)")
     files = [f for f in files if f not in skipped]
+    if not files:
+        raise UserError(f"{folder}: holds only projection images ({', '.join(f.name for f in skipped)}), "
+                        "no through-focus planes")
     return Day(folder.resolve().name, folder, False, files, read_info(files[0]), len(files),
                folder / FOCUS_MARKER, folder / GROUND_TRUTH)
 
@@ -253,16 +256,18 @@ def _check_day(day: Day, scale: float, tile: int) -> None:
 
 
 def _day_planes(day: Day) -> Iterator[np.ndarray]:
-    """The day's 2-D planes in order, one at a time; all must share the first plane's size."""
+    """The day's 2-D planes in order, one at a time; all must share the first plane's size and be finite."""
     if day.stack:
-        yield from (p for _, p in iter_planes(day.source))
-        return
-    for f in day.files:
-        plane = _single_plane(f)
+        planes = ((f"{day.source} (plane {i})", p) for i, p in iter_planes(day.source))
+    else:
+        planes = ((str(f), _single_plane(f)) for f in day.files)
+    for where, plane in planes:
         if plane.shape != day.info.plane_shape:
             y, x = day.info.plane_shape
-            raise UserError(f"{f}: frame size {plane.shape[1]}x{plane.shape[0]} differs from {x}x{y} "
+            raise UserError(f"{where}: frame size {plane.shape[1]}x{plane.shape[0]} differs from {x}x{y} "
                             f"of {day.files[0].name} (all planes of a day must match)")
+        if plane.dtype.kind in "fc" and not np.isfinite(plane).all():
+            raise UserError(f"{where}: holds NaN or infinite pixel values; prepare needs finite frames")
         yield plane
 
 
@@ -278,7 +283,7 @@ def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
     """Downsize every plane, measure lo/hi and contrast, find focus, write crop stacks into `stage`."""
     h, w = scaled_shape(day.info.plane_shape, scale)
     dtype = np.dtype(np.float32) if day.info.dtype.kind == "f" else day.info.dtype
-    rows, cols, dropped = tile_grid((h, w), tile)
+    rows, cols, dropped = crop_grid((h, w), tile)
     stack = np.empty((day.n_planes, h, w), dtype=dtype)
     lo, hi, contrast = [], [], []
     with log.progress(day.name, total=day.n_planes + rows * cols) as bar:
@@ -318,19 +323,27 @@ def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
 # ---------------------------------------------------------------- the prepared folder
 
 
-def load_index(data: Path) -> dict | None:
-    """The prepared folder's index, or None when it has none; UserError when unreadable."""
-    path = Path(data) / INDEX_NAME
+def load_index(folder: Path) -> dict:
+    """The checked index.json of a prepared folder (the only reader of it); UserError when there is none."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise UserError(f"prepared folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder (expected the output of `microdeblur prepare`)")
+    path = folder / INDEX_NAME
     if not path.is_file():
-        return None
+        raise UserError(f"{folder} has no {INDEX_NAME}: is it a folder written by `microdeblur prepare`?")
     try:
         index = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable index ({e})") from None
+        raise UserError(f"cannot read {path}: {' '.join(str(e).split())}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise UserError(f"{path}: not a {FORMAT} index")
+        raise UserError(f"{path} is not a {FORMAT} index")
     if index.get("version") != VERSION:
-        raise UserError(f"{path}: index version {index.get('version')} is not supported (expected {VERSION})")
+        raise UserError(f"{path}: index version {index.get('version')!r} is not supported (expected {VERSION})")
+    days = index.get("days")
+    if not isinstance(days, dict) or not days or not all(isinstance(d, dict) for d in days.values()):
+        raise UserError(f"{path} lists no days")
     return index
 
 
@@ -338,11 +351,11 @@ def _open_data(data: Path, scale: float, tile: int, days: list[Day], overwrite: 
     """The index to extend (a new one for a new folder); refuse clashes before any work is done."""
     if data.exists() and not data.is_dir():
         raise UserError(f"{data}: exists and is not a folder")
-    index = load_index(data) if data.is_dir() else None
-    if index is None:
+    if not (data / INDEX_NAME).is_file():
         if data.is_dir() and any(not p.name.startswith(".") for p in data.iterdir()):
             raise UserError(f"{data}: folder is not empty and has no {INDEX_NAME}; use an empty or prepared folder")
         return {"format": FORMAT, "version": VERSION, "tile": tile, "scale": scale, "days": {}}
+    index = load_index(data)
     if index.get("tile") != tile or not math.isclose(index.get("scale", 0), scale):
         raise UserError(f"{data}: prepared with tile {index.get('tile')} and scale {index.get('scale')}; "
                         f"got tile {tile} and scale {scale}")
@@ -352,27 +365,42 @@ def _open_data(data: Path, scale: float, tile: int, days: list[Day], overwrite: 
     return index
 
 
-def _rollback(done: list[tuple[Path, Path | None]]) -> None:
-    """Undo _commit: remove new day folders and put replaced ones back."""
+def _remove(path: Path) -> None:
+    """Delete a folder tree or a file (one this module put there or set aside); quiet when already gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def rollback_folders(done: list[tuple[Path, Path | None]]) -> None:
+    """Undo commit_folders: remove the new folders and put the replaced entries back."""
     for target, old in reversed(done):
-        shutil.rmtree(target, ignore_errors=True)
+        _remove(target)
         if old is not None:
             old.rename(target)
 
 
-def _commit(data: Path, staged: list[tuple[str, Path]], token: str) -> list[tuple[Path, Path | None]]:
-    """Move staged day folders into place, setting replaced ones aside; returns (target, old) pairs."""
+def discard_replaced(done: list[tuple[Path, Path | None]]) -> None:
+    """After a successful commit_folders, delete the entries it set aside."""
+    for _, old in done:
+        if old is not None:
+            _remove(old)
+
+
+def commit_folders(parent: Path, staged: list[tuple[str, Path]], token: str) -> list[tuple[Path, Path | None]]:
+    """Rename staged folders to parent/<name>, setting replaced entries aside (hidden); returns (target, old)."""
     done: list[tuple[Path, Path | None]] = []
     try:
         for name, stage in staged:
-            target, old = data / name, None
-            if target.exists():
-                old = data / f".replaced-{name}-{token}"
+            target, old = parent / name, None
+            if target.exists() or target.is_symlink():
+                old = parent / f".replaced-{name}-{token}"
                 target.rename(old)
             done.append((target, old))
             stage.rename(target)
     except BaseException:
-        _rollback(done)
+        rollback_folders(done)
         raise
     return done
 
@@ -404,12 +432,12 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
             stage.mkdir()
             staged.append((day.name, stage))
             index["days"][day.name] = _prepare_day(day, stage, scale, tile)
-        done = _commit(data, staged, token)
+        done = commit_folders(data, staged, token)
         index["days"] = {k: index["days"][k] for k in sorted(index["days"], key=natural_key)}
         try:
             atomic_write_bytes(data / INDEX_NAME, json.dumps(index, indent=1).encode(), overwrite=True)
         except BaseException:
-            _rollback(done)
+            rollback_folders(done)
             raise
     except BaseException:
         for _, stage in staged:
@@ -417,9 +445,7 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
         if created and not any(data.iterdir()):
             data.rmdir()
         raise
-    for _, old in done:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    discard_replaced(done)
     planes = sum(d.n_planes for d in days)
     crops = sum(len(index["days"][d.name]["crops"]) for d in days)
     seconds = time.perf_counter() - start

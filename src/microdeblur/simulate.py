@@ -11,6 +11,7 @@ read noise, an offset and a 12-bit range.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -373,31 +374,40 @@ def _check_args(out: Path, days: int, planes: int, size: tuple[int, int], z_step
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output folder {out} is not empty (use --overwrite to replace it)")
+        raise UserError(f"output folder {out} is not empty (use --overwrite to replace its day folders)")
 
 
 def simulate_days(out: Path, *, days: int, planes: int, size: tuple[int, int], seed: int,
                   z_step_um: float = 1.0, cells: int | None = None, overwrite: bool = False) -> list[Path]:
-    """Simulate `days` fields in the raw layout `prepare` reads; same seed gives identical files."""
+    """Simulate `days` fields in the raw layout `prepare` reads; same seed gives identical files.
+
+    Days are built in a hidden folder inside `out` and renamed into place when all are done; with
+    overwrite only the day folders written (dayNN) are replaced, other entries of `out` are left alone.
+    """
+    from .prepare import commit_folders, discard_replaced
+
     out = Path(out)
     _check_args(out, days, planes, size, z_step_um, cells, overwrite)
     t0 = time.perf_counter()
-    tmp = out.with_name(f".{out.name}.tmp-simulate")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    tmp = out / f".simulate-{token}"
     seeds = np.random.SeedSequence(seed).spawn(days)
     names = [f"day{d + 1:02d}" for d in range(days)]
     try:
+        tmp.mkdir()
         for name, ss in zip(names, seeds):
             (tmp / name).mkdir()
             simulate_day(tmp / name, name, planes=planes, size=size, seed=int(ss.generate_state(1)[0]),
                          z_step_um=z_step_um, cells=cells)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        done = commit_folders(out, [(n, tmp / n) for n in names], token)
+        tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
         raise
+    discard_replaced(done)
     log.info(f"simulated {days} day(s) x {planes} planes of {size[0]}x{size[1]} in {time.perf_counter() - t0:.1f} s -> {out}")
     return [out / n for n in names]

@@ -55,7 +55,7 @@ class TrainConfig:
     device: str = "auto"
     overwrite: bool = False
     group_size: int = 4
-    beta_delay: float = 0.3
+    beta_delay: float = 0.075  # thesis: the distance losses start after ~30 of 400 epochs
     margin: float = 0.6
 
     def recipe(self) -> dict:
@@ -82,15 +82,29 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError(f"output {output} must end in .safetensors")
     if output.exists() and output.is_dir():
         raise UserError(f"output {output} is a folder")
-    if output.exists() and not cfg.overwrite and cfg.resume is None:
+    if output.exists() and not cfg.overwrite:
         raise UserError(f"output {output} exists (use --overwrite to replace it)")
-    for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--checkpoint-every", cfg.checkpoint_every)):
+    ckpt = checkpoint_path(output)
+    if ckpt.exists() and cfg.resume is None and not cfg.overwrite:
+        raise UserError(f"{ckpt} holds an earlier run: continue it with --resume {ckpt}, or start again with --overwrite")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise UserError(f"cannot write {output}: {output.parent} is not a folder")
+    for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--checkpoint-every", cfg.checkpoint_every),
+                        ("--id-channels", cfg.id_channels), ("--group-size", cfg.group_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
+    if not cfg.widths or min(cfg.widths) < 1 or len(cfg.widths) > 5:
+        raise UserError(f"--widths needs 1 to 5 positive numbers, got {','.join(map(str, cfg.widths)) or 'none'}")
+    if cfg.workers < 0:
+        raise UserError(f"--workers must be 0 (all cores) or more, got {cfg.workers}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise UserError(f"--max-minutes must be positive, got {cfg.max_minutes}")
     if not cfg.lr > 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
+    if not 0.0 <= cfg.beta_delay < 1.0:
+        raise UserError(f"--beta-delay must be a fraction of training in [0, 1), got {cfg.beta_delay}")
     if cfg.dz_weight and cfg.variant != "manifold-1d":
         raise UserError("--dz-weight only applies to --variant manifold-1d")
 
@@ -100,7 +114,11 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
+RUN_CONTROLS = {"epochs", "max_steps", "max_minutes"}  # may change on --resume; everything else must match
+
+
 def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: TrainState, cfg: TrainConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": state.step,
@@ -110,13 +128,18 @@ def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: Tr
 
 def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: TrainConfig) -> TrainState:
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file problem
         raise UserError(f"cannot read checkpoint {path}: {e}") from None
     if not isinstance(ck, dict) or ck.get("version") != CKPT_VERSION:
         raise UserError(f"{path} is not a microdeblur training checkpoint")
     if ck["recipe"]["variant"] != cfg.variant:
         raise UserError(f"checkpoint {path} is for variant {ck['recipe']['variant']}, not {cfg.variant}")
+    now = cfg.recipe()
+    diff = sorted(k for k in now if k not in RUN_CONTROLS and ck["recipe"].get(k) != now[k])
+    if diff:
+        was = ", ".join(f"{k}={ck['recipe'].get(k)}" for k in diff)
+        raise UserError(f"checkpoint {path} was trained with {was}: resume with the same options")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     rng.bit_generator.state = ck["rng"]
@@ -186,7 +209,10 @@ class Probe:
 
 
 def _build_model(cfg: TrainConfig, tile: int, device) -> DisentangledAE:
-    mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, head_width=cfg.head_width, id_channels=cfg.id_channels)
+    try:
+        mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, head_width=cfg.head_width, id_channels=cfg.id_channels)
+    except ValueError as e:
+        raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
     if cfg.init is not None:
         init = None if str(cfg.init) == "shipped" else cfg.init  # None: the weights shipped in the package
@@ -196,6 +222,7 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> DisentangledAE:
         if src.config.to_dict() != mc.to_dict():
             log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
             model = src
+            cfg.widths, cfg.head_width, cfg.id_channels = src.config.widths, src.config.head_width, src.config.id_channels
         else:
             model.load_state_dict(src.state_dict())
     return model.to(device).to(memory_format=torch.channels_last).train()
@@ -205,6 +232,7 @@ def _write_log(path: Path, history: list[dict]) -> None:
     if not history:
         return
     keys = list(dict.fromkeys(k for row in history for k in row))
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -247,6 +275,27 @@ def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, 
     return fb.mean(0).astype(np.float32), cal
 
 
+def focus_ratios(data: PreparedData, identities: list[int]) -> dict:
+    """Per dz: median over days of each frame's raw lo/median and hi/median (to revert outputs at that dz).
+
+    A frame's median is estimated from its tiles (subsampled); bright-field contrast, and with it the
+    percentile range relative to the background, is lowest at focus."""
+    idx = data.tile_indices(sorted(identities))
+    day_of = np.array([data.days[i] for i in data.owner[idx]])
+    dz = np.round(data.dz_all[idx], 3)
+    rows: dict[float, list[tuple[float, float]]] = {}
+    for day in np.unique(day_of):
+        for level in np.unique(dz[day_of == day]):
+            sel = idx[(day_of == day) & (dz == level)]
+            lo, hi = float(data.lo_all[sel[0]]), float(data.hi_all[sel[0]])
+            med = lo + float(np.median(data.tiles[sel][:, ::4, ::4].astype(np.float32))) * (hi - lo)
+            if med > 0:
+                rows.setdefault(float(level), []).append((lo / med, hi / med))
+    levels = sorted(rows)
+    return {"dz_um": levels, "lo": [float(np.median([r[0] for r in rows[k]])) for k in levels],
+            "hi": [float(np.median([r[1] for r in rows[k]])) for k in levels]}
+
+
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -263,11 +312,13 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
              f"{len(data.tiles)} tiles, dz in {'um' if data.z_step_um else 'planes'}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
     sampler = PairSampler(data, train_ids, rng)
+    probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
     model = _build_model(cfg, data.tile, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     rec_fn = reconstruction_loss(cfg.perceptual_weights)
+    if isinstance(rec_fn, torch.nn.Module):
+        rec_fn = rec_fn.to(device)
     ckpt = checkpoint_path(output)
     state = _load_checkpoint(cfg.resume, model, opt, rng, cfg) if cfg.resume else TrainState()
     steps_per_epoch = max(1, math.ceil(len(train_ids) / cfg.batch_size))
@@ -335,10 +386,11 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(),
                "device": str(device), "last": state.history[-1] if state.history else {}}
-    meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=dict(NORMALIZATION), scale=data.scale,
+    norm = dict(NORMALIZATION) | {"focus_ratios": focus_ratios(data, train_ids)}
+    meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
                        z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary)
     save_weights(output, model.to("cpu").to(memory_format=torch.contiguous_format).eval(), meta,
-                 overwrite=cfg.overwrite or cfg.resume is not None)
+                 overwrite=cfg.overwrite)
     log.info(f"trained {cfg.variant} for {state.step} steps in {state.elapsed_s / 60:.1f} min -> {output}")
     if cal is not None:
         log.info(f"blur code vs dz: {cal['kind']} relation, spearman {cal['spearman_rho']:.3f}, median error {cal['mae_um']:.2f}")

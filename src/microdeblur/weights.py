@@ -100,6 +100,9 @@ def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, ove
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta_to_strings(meta))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; weights are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
