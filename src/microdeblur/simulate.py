@@ -402,12 +402,12 @@ def simulate_days(out: Path, *, days: int, planes: int, size: tuple[int, int], s
             simulate_day(tmp / name, name, planes=planes, size=size, seed=int(ss.generate_state(1)[0]),
                          z_step_um=z_step_um, cells=cells)
         done = commit_folders(out, [(n, tmp / n) for n in names], token)
-        tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created and not any(out.iterdir()):
             out.rmdir()
         raise
+    tmp.rmdir()
     discard_replaced(done)
     log.info(f"simulated {days} day(s) x {planes} planes of {size[0]}x{size[1]} in {time.perf_counter() - t0:.1f} s -> {out}")
     return [out / n for n in names]
