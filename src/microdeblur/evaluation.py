@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .errors import UserError
 from .metrics import (BIN_EDGES, DATA_RANGE, NEAR_FOCUS, PSNR_CAP_DB, bin_labels, deblur_summary, json_safe,
                       mlvae_score, psnr_batch, ssim_batch, summary)
 from .networks import count_parameters
+from .prepare import INDEX_NAME, load_index
 from .simulate import Optics
 from .weights import load_weights
 
@@ -45,6 +46,8 @@ TSNE_TILES = 30  # per identity (thesis: 30 images of 8 identities)
 INTERP_STEPS = 7  # thesis fig. 5.13: ratios 0, 1/6, ..., 1 (0.5 in the middle)
 N_EXAMPLES = 4
 INPUT = "input"
+REPORT_FILES = ("metrics.json", "report.md", "deblur_examples.png", "deblur_by_dz.png", "interpolation.png",
+                "identity_codes_*.png", "blur_codes_*.png")  # what a report writes (glob patterns)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class EvalSet:
     dz: np.ndarray  # [N]
     focus: np.ndarray  # [K] tile index of each identity's in-focus plane
     names: list[str]
+    days: list[str]  # per identity
     blurry: np.ndarray  # tile indices with Δz != 0 (the tiles to deblur)
     reference: np.ndarray  # per blurry tile: in-focus tile index of a different identity
     examples: np.ndarray  # positions in `blurry` shown in the example figure
@@ -80,10 +84,11 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
              split: str = "val", quick: bool = False, classifier_epochs: int = 300, device: str = "auto",
              overwrite: bool = False) -> dict[str, Any]:
     """Evaluate models and baselines on a prepared folder; write the report folder and return the metrics."""
-    report_dir = Path(report_dir)
-    _check_inputs(report_dir, split, classifier_epochs, overwrite)
+    data, report_dir = Path(data), Path(report_dir)
+    _check_inputs(data, report_dir, split, classifier_epochs, overwrite)
+    day_pixels = {day: info.get("pixel_size_um") for day, info in load_index(data)["days"].items()}
     dev = resolve_device(device)
-    prepared = PreparedData.load(Path(data), dz_range=DZ_RANGE)
+    prepared = PreparedData.load(data, dz_range=DZ_RANGE)
     es = build_eval_set(prepared, split, quick)
     models = load_models(weights, dev, prepared)
     unet_model, unet_info = load_unet(unet, dev) if unet is not None else (None, None)
@@ -103,9 +108,11 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
         deblur[name] = deblur_summary(ssim_batch(pred, targets), psnr_batch(pred, targets), abs_dz)
         shown[name] = pred[es.examples]
 
-    pixel_um = Optics().pixel_um / prepared.scale
+    pixel_um = {day: day_pixels.get(day) or Optics().pixel_um / prepared.scale for day in sorted(set(es.days))}
+    assumed = sorted(day for day in pixel_um if not day_pixels.get(day))
+    tile_pixel = np.asarray([pixel_um[es.days[k]] for k in es.label[es.blurry]], np.float32)
     rl_iterations = QUICK_RL_ITERATIONS if quick else RL_ITERATIONS
-    for name, make in baseline_methods(es, pixel_um if unit == "um" else None, unet_model, dev, rl_iterations).items():
+    for name, make in baseline_methods(es, tile_pixel if unit == "um" else None, unet_model, dev, rl_iterations).items():
         log.info(f"baseline: {name}")
         record(name, make())
 
@@ -116,15 +123,13 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
 
     metrics = json_safe({
         "format": "microdeblur-evaluation", "version": 1,
-        "protocol": protocol(Path(data), prepared, es, split, quick, unit, pixel_um, rl_iterations),
+        "protocol": protocol(data, prepared, es, split, quick, unit, pixel_um, assumed, rl_iterations),
         "models": {m.name: model_info(m) for m in models},
         "baselines": baseline_info(rl_iterations, unit, unet, unet_model, unet_info),
         "reconstruction": reconstruction, "deblurring": deblur, "disentanglement": disentanglement,
     })
-    with staged_dir(report_dir, overwrite) as tmp:
-        metrics["figures"] = write_figures(tmp, prepared, es, models, codes, shown, metrics, quick, dev)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-        (tmp / "report.md").write_text(report_markdown(metrics))
+    write_report(report_dir, overwrite, lambda tmp: write_figures(tmp, prepared, es, models, codes, shown, metrics,
+                                                                  quick, dev), metrics)
     log.info(f"report written to {report_dir}")
     return metrics
 
@@ -132,16 +137,30 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
 # ----------------------------------------------------------------------------- inputs
 
 
-def _check_inputs(report_dir: Path, split: str, classifier_epochs: int, overwrite: bool) -> None:
-    """Fail early on a bad option, a non-empty report folder, or missing optional packages."""
+def report_files(folder: Path) -> list[Path]:
+    """Files in folder that a report writes (REPORT_FILES), sorted."""
+    return sorted({p for pattern in REPORT_FILES for p in folder.glob(pattern)}) if folder.is_dir() else []
+
+
+def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: int, overwrite: bool) -> None:
+    """Fail early on a bad option, a report folder that is or holds prepared data or an earlier report, or
+    missing optional packages."""
     if split not in ("val", "all"):
         raise UserError(f"--split must be val or all, got {split!r}")
     if classifier_epochs < 1:
         raise UserError("--classifier-epochs must be at least 1")
-    if report_dir.exists() and not report_dir.is_dir():
-        raise UserError(f"report folder {report_dir} is a file")
-    if report_dir.is_dir() and any(report_dir.iterdir()) and not overwrite:
-        raise UserError(f"report folder {report_dir} is not empty (use --overwrite to replace it)")
+    existing = next((p for p in (report_dir.absolute(), *report_dir.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"report folder {report_dir}: {existing} is a file")
+    report, prepared = report_dir.resolve(), data.resolve()
+    if report == prepared or prepared in report.parents:
+        raise UserError(f"report folder {report_dir} is inside the prepared folder {data}; choose another -o")
+    if (report_dir / INDEX_NAME).exists():
+        raise UserError(f"report folder {report_dir} holds prepared data ({INDEX_NAME}); choose another -o")
+    clash = report_files(report_dir)
+    if clash and not overwrite:
+        raise UserError(f"report folder {report_dir} already holds {', '.join(p.name for p in clash[:3])}"
+                        f"{' ...' if len(clash) > 3 else ''} (use --overwrite to replace the report files)")
     missing = [p for p in ("sklearn", "matplotlib") if importlib.util.find_spec(p) is None]
     if missing:
         raise UserError(f"evaluate needs {' and '.join(missing)}: pip install 'microdeblur[eval]'")
@@ -179,8 +198,8 @@ def build_eval_set(data: PreparedData, split: str, quick: bool) -> EvalSet:
     if len(blurry) == 0:
         raise UserError("the evaluated identities have no defocused planes (Δz != 0)")
     other = (label[blurry] + np.random.default_rng(SEED).integers(1, len(ids), size=len(blurry))) % len(ids)
-    return EvalSet(tiles, label, dz, focus, [data.identities[i] for i in ids], blurry, focus[other],
-                   example_positions(tiles, label, dz, focus, blurry))
+    return EvalSet(tiles, label, dz, focus, [data.identities[i] for i in ids], [data.days[i] for i in ids], blurry,
+                   focus[other], example_positions(tiles, label, dz, focus, blurry))
 
 
 def example_positions(tiles: np.ndarray, label: np.ndarray, dz: np.ndarray, focus: np.ndarray,
@@ -271,9 +290,10 @@ def deblur_codes(m: LoadedModel, es: EvalSet, blur: np.ndarray) -> dict[str, np.
     return codes
 
 
-def baseline_methods(es: EvalSet, pixel_um: float | None, unet: nn.Module | None, device: torch.device,
+def baseline_methods(es: EvalSet, pixel_um: np.ndarray | None, unet: nn.Module | None, device: torch.device,
                      rl_iterations: int) -> dict[str, Callable[[], np.ndarray]]:
-    """Deblurring baselines on the blurry tiles, as lazily evaluated outputs (deconvolution needs Δz in µm)."""
+    """Deblurring baselines on the blurry tiles, as lazily evaluated outputs; deconvolution needs Δz in µm and
+    each blurry tile's pixel size (µm, None skips it)."""
     x, dz = es.tiles[es.blurry], es.dz[es.blurry]
     methods: dict[str, Callable[[], np.ndarray]] = {INPUT: lambda: x, "unsharp mask": lambda: unsharp(x)}
     if pixel_um is not None:
@@ -291,13 +311,14 @@ def baseline_methods(es: EvalSet, pixel_um: float | None, unet: nn.Module | None
 
 
 def protocol(data: Path, prepared: PreparedData, es: EvalSet, split: str, quick: bool, unit: str,
-             pixel_um: float, rl_iterations: int) -> dict[str, Any]:
+             pixel_um: dict[str, float], assumed: list[str], rl_iterations: int) -> dict[str, Any]:
     """How the numbers were obtained (stored in metrics.json and shown in the report)."""
     return {"data": str(data), "split": split, "quick": quick, "identities": es.names,
             "n_identities": len(es.names), "n_tiles": len(es.tiles), "n_blurry": len(es.blurry),
             "tile": prepared.tile, "scale": prepared.scale, "z_step_um": prepared.z_step_um, "dz_unit": unit,
             "dz_range": DZ_RANGE, "bins": bin_labels(), "bin_edges": list(BIN_EDGES), "near_focus": NEAR_FOCUS,
-            "data_range": DATA_RANGE, "psnr_cap_db": PSNR_CAP_DB, "seed": SEED, "pixel_um": pixel_um}
+            "data_range": DATA_RANGE, "psnr_cap_db": PSNR_CAP_DB, "seed": SEED, "pixel_um": pixel_um,
+            "pixel_um_assumed": assumed}
 
 
 def model_info(m: LoadedModel) -> dict[str, Any]:
@@ -311,8 +332,9 @@ def baseline_info(rl_iterations: int, unit: str, unet: Path | None, unet_model: 
     """Settings of each baseline."""
     info: dict[str, Any] = {"unsharp mask": {"radius_px": UNSHARP_RADIUS, "amount": UNSHARP_AMOUNT}}
     if unit == "um":
-        info["Richardson-Lucy"] = {"iterations": rl_iterations, "psf": "simulate.defocus_psf, reference optics"}
-        info["Wiener"] = {"balance": WIENER_BALANCE, "psf": "simulate.defocus_psf, reference optics"}
+        psf = "simulate.defocus_psf, reference objective, pixel size protocol.pixel_um"
+        info["Richardson-Lucy"] = {"iterations": rl_iterations, "psf": psf}
+        info["Wiener"] = {"balance": WIENER_BALANCE, "psf": psf}
     if unet_model is not None:
         info["U-Net"] = {"weights": str(unet), "parameters": count_parameters(unet_model), "training": unet_info}
     return info
