@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from skimage.metrics import structural_similarity
 from skimage.restoration import richardson_lucy, wiener
 from typer.testing import CliRunner
 
-from microdeblur import baselines, metrics
+from microdeblur import baselines, evaluation, metrics
 from microdeblur.cli import app
 from microdeblur.simulate import Optics, defocus_psf
 
@@ -152,13 +153,65 @@ def test_evaluate_quick_end_to_end(prepared: Path, tmp_path: Path):
     assert {"interpolation.png", "blur_codes_one_d.png", "identity_codes_full.png"} <= set(m["figures"])
     text = (report / "report.md").read_text()
     assert "| one_d (reference) |" in text and "![interpolation.png](interpolation.png)" in text
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report")]
+    assert not [p for p in report.iterdir() if p.name.startswith(".")]
+    assert m["protocol"]["pixel_um"] == pytest.approx({"day01": 0.65, "day02": 0.65})
+    assert m["protocol"]["pixel_um_assumed"] == [] and "from the prepared index" in text
 
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 1 and "not empty" in again.output
+    assert again.exit_code == 1 and "already holds" in again.output and "--overwrite" in again.output
 
 
 def test_evaluate_rejects_bad_split(prepared: Path, tmp_path: Path):
     result = CliRunner().invoke(app, ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "--split", "test"])
     assert result.exit_code == 1 and "--split" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_working_pixel_sizes_from_index_or_reference_optics():
+    index = {"days": {"a": {"pixel_size_um": 0.2}, "b": {"pixel_size_um": None}, "c": {}}}
+    px, assumed = evaluation.working_pixel_sizes(index, ["b", "a", "a", "c"], 0.5)
+    assert px == pytest.approx({"a": 0.2, "b": 0.65, "c": 0.65}) and assumed == ["b", "c"]
+
+
+def test_report_folder_that_is_or_holds_prepared_data_is_refused(prepared: Path, tmp_path: Path):
+    before = sorted(p.relative_to(prepared) for p in prepared.rglob("*"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "index.json").write_text("{}")
+    for out in (prepared, prepared / "day01", prepared / "new" / "sub", other):
+        result = CliRunner().invoke(app, ["evaluate", str(prepared), "-o", str(out), "--overwrite", "--quick"])
+        assert result.exit_code == 1 and "prepared" in result.output, (out, result.output)
+    assert sorted(p.relative_to(prepared) for p in prepared.rglob("*")) == before
+    assert sorted(p.name for p in other.iterdir()) == ["index.json"]
+
+
+def test_overwrite_replaces_only_report_files(prepared: Path, tmp_path: Path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    index = json.loads((data / "index.json").read_text())
+    index["days"]["day02"]["pixel_size_um"] = None
+    (data / "index.json").write_text(json.dumps(index))
+    report = tmp_path / "work"
+    report.mkdir()
+    (report / "my_notes.txt").write_text("keep me")
+    (report / "report.md").write_text("old report")
+    w = _tiny_weights(tmp_path / "w.safetensors", "manifold-1d", 0)
+    args = ["evaluate", str(data), "-o", str(report), "-w", str(w), "--split", "all", "--quick", "--device", "cpu",
+            "--classifier-epochs", "1"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "report.md" in refused.output
+    monkeypatch.chdir(report)
+    result = CliRunner().invoke(app, [*args[:3], ".", *args[4:], "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (report / "my_notes.txt").read_text() == "keep me"
+    text = (report / "report.md").read_text()
+    assert text.startswith("# microdeblur evaluation") and "**assumed** there" in text and "day02" in text
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["protocol"]["pixel_um_assumed"] == ["day02"]
+    assert sorted(p.name for p in report.iterdir()) == sorted(["my_notes.txt", "metrics.json", "report.md",
+                                                                *m["figures"]])
+
+    def tree(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*"))
+
+    assert tree(data) == tree(prepared)

@@ -8,26 +8,30 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 import torch
 from typer.testing import CliRunner
 
 from microdeblur.calibration import dz_to_code, fit_calibration
 from microdeblur.cli import app
+from microdeblur.errors import UserError
 from microdeblur.inference import Deblurrer, deblur_paths, focus_paths, interpolate_paths
 from microdeblur.io import read_image, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
-from microdeblur.weights import WeightsMeta, load_weights, save_weights
+from microdeblur.normalize import Normalizer, frame_normalizer
+from microdeblur.weights import DEFAULT_NORMALIZATION, WeightsMeta, load_weights, save_weights
 
 TINY = dict(widths=(4, 8, 8), head_width=8, id_channels=2)
 runner = CliRunner()
 
 
-def _save(path: Path, calibrated: bool, scale: float = 1.0) -> Path:
+def _save(path: Path, calibrated: bool, scale: float = 1.0, focus_ratios: dict | None = None) -> Path:
     torch.manual_seed(0)
     model = DisentangledAE(ModelConfig(**TINY)).eval()
     dz = np.linspace(-20, 20, 41)
     cal = fit_calibration(0.05 * dz, dz) if calibrated else None
-    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale,
+    norm = {**DEFAULT_NORMALIZATION, **({"focus_ratios": focus_ratios} if focus_ratios else {})}
+    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale, normalization=norm,
                                           focus_blur_code=np.array([0.1], np.float32), calibration=cal))
     return path
 
@@ -149,8 +153,25 @@ def test_reference_and_dz_pick_the_blur_code(tmp_path, cal_weights):
     deblur_paths([str(src)], tmp_path / "r.tif", weights=cal_weights, reference=refp, device="cpu")
     assert np.array_equal(read_image(tmp_path / "r.tif").data, db.deblur_plane(data, db.mean_blur_code(ref)))
     deblur_paths([str(src)], tmp_path / "z.tif", weights=cal_weights, dz=5.0, device="cpu")
-    expected = db.deblur_plane(data, np.atleast_1d(dz_to_code(meta.calibration, 5.0)))
+    expected = db.deblur_plane(data, np.atleast_1d(dz_to_code(meta.calibration, 5.0)), dz=5.0)
     assert np.array_equal(read_image(tmp_path / "z.tif").data, expected)
+
+
+def test_focus_ratios_set_the_output_intensity_range(tmp_path, identity_net):
+    ratios = {"dz_um": [-10.0, 0.0, 10.0], "lo": [0.5, 0.9, 0.7], "hi": [2.0, 1.1, 1.6]}
+    w = _save(tmp_path / "r.safetensors", True, focus_ratios=ratios)
+    data = np.random.default_rng(7).uniform(1000, 3000, (60, 90)).astype(np.float32)
+    src = write_tiff(tmp_path / "in.tif", data, "YX")
+    decoded, med = frame_normalizer(data).before(data), float(np.median(data))  # what the identity net decodes
+    out = read_image(deblur_paths([str(src)], tmp_path / "f.tif", weights=w, device="cpu")[0]).data
+    np.testing.assert_allclose(np.percentile(out, [1, 99.8]), [0.9 * med, 1.1 * med], rtol=1e-4)
+    assert np.percentile(data, 1) < 0.6 * med  # the input's own range is far wider
+    for dz, lo, hi in [(10.0, 0.7, 1.6), (5.0, 0.8, 1.35)]:  # --dz: ratios interpolated at dz
+        out = deblur_paths([str(src)], tmp_path / f"z{dz}.tif", weights=w, dz=dz, device="cpu")[0]
+        np.testing.assert_allclose(read_image(out).data, Normalizer(lo * med, hi * med).after(decoded), rtol=1e-4)
+    walk = interpolate_paths(src, None, tmp_path / "w.tif", steps=3, dz_from=0, dz_to=10, weights=w, device="cpu")
+    for plane, (lo, hi) in zip(read_image(walk).data, [(0.9, 1.1), (0.8, 1.35), (0.7, 1.6)]):
+        np.testing.assert_allclose(plane, Normalizer(lo * med, hi * med).after(decoded), rtol=1e-4)
 
 
 def test_failure_leaves_no_partial_outputs(tmp_path, cal_weights):
@@ -159,6 +180,36 @@ def test_failure_leaves_no_partial_outputs(tmp_path, cal_weights):
     res = _cli("deblur", tmp_path / "a.tif", tmp_path / "b.tif", "-o", tmp_path / "out", "-w", cal_weights)
     assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_trailing_separator_means_a_folder_even_for_one_input(tmp_path, identity_net, cal_weights):
+    src = write_tiff(tmp_path / "in.tif", _image((40, 50), np.uint16), "YX")
+    outs = deblur_paths([str(src)], str(tmp_path / "deblurred") + "/", weights=cal_weights, device="cpu")
+    assert outs == [tmp_path / "deblurred" / "in.tif"] and outs[0].is_file()
+    maps = focus_paths([str(src)], str(tmp_path / "maps") + "/", weights=cal_weights, device="cpu")
+    assert maps == [tmp_path / "maps" / "in_dz.tif"] and maps[0].is_file()
+    with pytest.raises(UserError, match="must be a folder"):
+        deblur_paths([str(src)], str(src) + "/", weights=cal_weights, device="cpu", overwrite=True)
+
+
+def test_compression_is_kept(tmp_path, identity_net, cal_weights):
+    data = _image((3, 40, 50), np.uint16)
+    src = tmp_path / "z.tif"
+    tifffile.imwrite(src, data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib", predictor=True)
+    out = deblur_paths([str(src)], tmp_path / "o.tif", weights=cal_weights, device="cpu")[0]
+    with tifffile.TiffFile(out) as tif:
+        assert tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE and tif.pages.first.predictor == 2
+        assert tif.is_imagej and np.abs(tif.asarray().astype(int) - data).max() <= 1
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_float16_is_computed_and_written_as_float32(tmp_path, identity_net, cal_weights, capsys):
+    data = _image((40, 50), np.float16)
+    tifffile.imwrite(tmp_path / "h.tif", data)
+    out = deblur_paths([str(tmp_path / "h.tif")], tmp_path / "o.tif", weights=cal_weights, device="cpu")[0]
+    img = read_image(out)
+    assert img.dtype == np.float32 and np.allclose(img.data, data.astype(np.float32), atol=1e-3)
+    assert "float16" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- interpolate
@@ -253,3 +304,42 @@ def test_cli_errors(tmp_path, cal_weights, plain_weights):
     _fails(_cli("interpolate", good, small, "-o", tmp_path / "i.tif", *w), "same")
     _fails(_cli("interpolate", good, "-o", tmp_path / "i.tif", "--dz-from", "1", *w), "together")
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "i.tif").exists()
+
+
+def test_cli_refuses_bad_inputs_and_output_paths(tmp_path, cal_weights):
+    good = write_tiff(tmp_path / "good.tif", _image((40, 40), np.uint16), "YX")
+    w = ["-w", cal_weights, "--device", "cpu"]
+    cyx = write_tiff(tmp_path / "cyx.tif", _image((5, 40, 40), np.uint16), "CYX")
+    tifffile.imwrite(tmp_path / "yxs.tif", _image((40, 40, 5), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    for cmd in ("deblur", "focus"):
+        _fails(_cli(cmd, cyx, "-o", tmp_path / "o.tif", *w), "cyx.tif", "channel", "(5, 40, 40)", "CYX", "split")
+    _fails(_cli("deblur", tmp_path / "yxs.tif", "-o", tmp_path / "o.tif", *w), "channel", "YXS")
+    _fails(_cli("interpolate", cyx, good, "-o", tmp_path / "i.tif", *w), "channel")
+    tifffile.imwrite(tmp_path / "c.tif", np.ones((40, 40), np.complex64))
+    tifffile.imwrite(tmp_path / "b.tif", np.ones((40, 40), bool))
+    _fails(_cli("deblur", tmp_path / "c.tif", "-o", tmp_path / "o.tif", *w), "c.tif", "complex64")
+    _fails(_cli("deblur", tmp_path / "b.tif", "-o", tmp_path / "o.tif", *w), "b.tif", "bool")
+    _fails(_cli("deblur", good, "-o", good / "x.tif", *w), "good.tif is a file")
+    _fails(_cli("interpolate", good, good, "-o", good / "sub" / "x.tif", *w), "is a file")
+    _fails(_cli("deblur", good, "-o", tmp_path / ("a" * 250 + ".tif"), *w), "too long")
+    _fails(_cli("deblur", good, "-o", tmp_path / ("a" * 300 + ".tif"), *w), "too long")
+    _fails(_cli("focus", good, "-o", tmp_path / ("a" * 300) / "m.tif", *w), "too long")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif", "c.tif", "cyx.tif", "good.tif", "yxs.tif"]
+
+
+def test_non_finite_pixels_are_refused_naming_file_and_plane(tmp_path, cal_weights):
+    w = ["-w", cal_weights, "--device", "cpu"]
+    good = write_tiff(tmp_path / "good.tif", _image((40, 50), np.float32), "YX")
+    stack = _image((3, 40, 50), np.float32)
+    stack[1, 5, 5] = np.nan
+    nan = write_tiff(tmp_path / "nan.tif", stack, "ZYX")
+    img = _image((40, 50), np.float32)
+    img[0, :3] = np.inf
+    inf = write_tiff(tmp_path / "inf.tif", img, "YX")
+    _fails(_cli("deblur", good, nan, "-o", tmp_path / "out", *w), "nan.tif plane 1", "1 pixel(s)", "NaN")
+    _fails(_cli("deblur", good, "-o", tmp_path / "o.tif", "--reference", inf, *w), "inf.tif", "3 pixel(s)")
+    _fails(_cli("focus", inf, "-o", tmp_path / "m.tif", *w), "inf.tif")
+    _fails(_cli("interpolate", good, inf, "-o", tmp_path / "i.tif", *w), "inf.tif")
+    _fails(_cli("interpolate", inf, "-o", tmp_path / "i.tif", "--dz-from", "0", "--dz-to", "2", *w), "inf.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.tif", "inf.tif", "nan.tif"]

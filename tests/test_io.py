@@ -192,3 +192,42 @@ def test_iter_planes_memmap_fallback(tmp_path: Path, monkeypatch):
     tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, metadata={"axes": "ZYX"})
     monkeypatch.setattr(mdio, "_page_yx", lambda page: (-1, -1))  # as for ImageJ files > 4 GB: one page indexed
     assert np.array_equal(np.stack([p for _, p in iter_planes(tmp_path / "ij.tif")]), data)
+
+
+def test_pixel_size_of_one_unit_is_kept_unless_it_is_tifffiles_default(tmp_path: Path):
+    data = _ramp((6, 5), np.uint16)
+    tifffile.imwrite(tmp_path / "ij.tif", data, description="ImageJ=1.54f\nunit=micron\n", resolution=(1, 1),
+                     metadata=None)
+    assert read_info(tmp_path / "ij.tif").pixel_size_um == 1.0
+    assert read_info(write_tiff(tmp_path / "none.tif", data, "YX")).pixel_size_um is None  # tifffile wrote 1/1
+
+
+def test_lossless_compression_is_kept_by_both_writers(tmp_path: Path):
+    data = _ramp((3, 16, 12), np.uint16)
+    tifffile.imwrite(tmp_path / "z.tif", data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib",
+                     predictor=True)
+    info = read_info(tmp_path / "z.tif")
+    assert info.compression == tifffile.COMPRESSION.ADOBE_DEFLATE and info.predictor
+    with StackWriter(tmp_path / "s.tif", info.shape, info.dtype, **info.write_kwargs()) as w:
+        for _, plane in iter_planes(tmp_path / "z.tif"):
+            w.write(plane)
+    write_tiff(tmp_path / "w.tif", data.astype(np.float32), **info.write_kwargs())  # no float predictor here
+    for name, pred in (("s.tif", 2), ("w.tif", 1)):
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            page = tif.pages.first
+            assert (page.compression, page.predictor) == (tifffile.COMPRESSION.ADOBE_DEFLATE, pred), name
+            assert tif.is_imagej and np.array_equal(tif.asarray(), data), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif", "w.tif", "z.tif"]
+    assert read_info(write_tiff(tmp_path / "u.tif", data, "ZYX")).compression is None
+
+
+def test_output_below_a_file_or_with_a_too_long_name_is_refused(tmp_path: Path):
+    f = write_tiff(tmp_path / "f.tif", _ramp((4, 4), np.uint8), "YX")
+    for bad in (f / "x.tif", f / "sub" / "x.tif"):
+        with pytest.raises(UserError, match="f.tif is a file"):
+            check_output_path(bad)
+    with pytest.raises(UserError, match="too long"):
+        write_tiff(tmp_path / ("n" * 240 + ".tif"), _ramp((4, 4), np.uint8), "YX")
+    with pytest.raises(UserError, match="too long"):
+        check_output_path(tmp_path / ("d" * 300) / "x.tif")
+    assert check_output_path(tmp_path / "new" / ("n" * 200 + ".tif")).name.startswith("n")

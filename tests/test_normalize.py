@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from microdeblur.io import to_dtype
-from microdeblur.normalize import EXACT_PIXELS, Normalizer, frame_normalizer
+from microdeblur.normalize import EXACT_PIXELS, Normalizer, frame_median, frame_normalizer
 
 
 def test_percentiles_and_exact_round_trip():
@@ -41,3 +42,21 @@ def test_normalizer_is_plain_affine():
     n = Normalizer(10.0, 30.0)
     assert np.allclose(n.before(np.array([10.0, 20.0, 30.0])), [0.0, 0.5, 1.0])
     assert np.allclose(n.after(np.array([0.0, 0.5, 1.0])), [10.0, 20.0, 30.0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_frames_are_refused(bad):
+    frame = np.ones((2000, 2000), np.float32)
+    frame[1, 1] = bad  # skipped by the percentile subsample, still found
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        frame_normalizer(frame)
+    with pytest.raises(ValueError):
+        frame_median(frame)
+
+
+def test_frame_median():
+    rng = np.random.default_rng(2)
+    small = rng.normal(1000, 100, (48, 64)).astype(np.float32)
+    assert frame_median(small) == float(np.median(small))
+    big = rng.normal(1000, 100, (1536, 2048)).astype(np.float32)
+    assert abs(frame_median(big) - float(np.median(big))) < 2

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from microdeblur import prepare as prep
 from microdeblur.cli import app
+from microdeblur.errors import UserError
 from microdeblur.io import read_image, to_dtype, write_tiff
 from microdeblur.normalize import frame_normalizer
 
@@ -205,6 +206,14 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
                      metadata={"axes": "ZCYX"})
     (tmp_path / "dup").mkdir()
     write_day(tmp_path / "dup" / "good", bf_stack(3, 1, shape=(32, 32)))
+    (tmp_path / "proj").mkdir()
+    tifffile.imwrite(tmp_path / "proj" / "day_max_projection.tif", np.zeros((32, 32), np.uint16))
+    nan = bf_stack(3, 1, shape=(32, 32)).astype(np.float32)
+    nan[2, 5, 5] = np.nan
+    write_day(tmp_path / "nan", nan)
+    inf = nan.copy()
+    inf[2, 5, 5] = np.inf
+    tifffile.imwrite(tmp_path / "inf.tif", inf, photometric="minisblack")
     out = str(tmp_path / "out")
     return {
         "missing path": ([tmp_path / "nope", out], "no such file"),
@@ -224,6 +233,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
         "stack with channels": ([tmp_path / "channels.tif", out], "ZCYX"),
         "duplicate day names": ([good, tmp_path / "dup", out], "good"),
         "bad scale": ([good, out, "--scale", "0"], "--scale"),
+        "only projections": ([tmp_path / "proj", out], "projection"),
+        "NaN pixel in a plane file": ([tmp_path / "nan", out], "nan_z002.tif: holds NaN"),
+        "inf pixel in a stack": ([tmp_path / "inf.tif", out], "(plane 2): holds NaN or infinite"),
     }
 
 
@@ -237,6 +249,33 @@ def test_bad_inputs_one_line_error_and_nothing_written(tmp_path: Path):
         assert word in lines[0], (label, lines[0])
         assert "Traceback" not in res.output and isinstance(res.exception, SystemExit), label
         assert not (tmp_path / "out").exists(), label
+
+
+def test_load_index_one_line_errors(tmp_path: Path):
+    good = {"format": prep.FORMAT, "version": prep.VERSION, "tile": 32, "scale": 1.0, "days": {"a": {"crops": []}}}
+    cases = {"missing": (None, "does not exist"), "file": (None, "not a folder"), "empty": (None, "has no index.json"),
+             "badjson": ("{not json\n", "cannot read"), "list": ("[]", "not a microdeblur-prepared index"),
+             "format": (dict(good, format="other"), "not a microdeblur-prepared index"),
+             "version": (dict(good, version=2), "version 2 is not supported"),
+             "nodays": (dict(good, days={}), "lists no days"), "baddays": (dict(good, days=[1]), "lists no days")}
+    (tmp_path / "file").write_text("x")
+    for name, (content, words) in cases.items():
+        folder = tmp_path / name
+        if content is not None:
+            folder.mkdir()
+            (folder / "index.json").write_text(content if isinstance(content, str) else json.dumps(content))
+        elif name == "empty":
+            folder.mkdir()
+        with pytest.raises(UserError) as err:
+            prep.load_index(folder)
+        assert words in str(err.value) and "\n" not in str(err.value), name
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "index.json").write_text(json.dumps(good))
+    assert prep.load_index(tmp_path / "ok") == good
+
+
+def test_crop_grid_drops_partial_crops():
+    assert prep.crop_grid((100, 70), 32) == (3, 2, [4, 6])
 
 
 def test_focus_valley_survives_contrast_falling_at_extreme_defocus():

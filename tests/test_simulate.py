@@ -113,3 +113,24 @@ def test_refuses_non_empty_output(tmp_path):
     res = runner.invoke(app, ["simulate", str(out), "--planes", "1", "--size", "128x128"])
     assert res.exit_code != 0 and "not empty" in res.output
     assert (out / "keep.txt").read_text() == "x"
+
+
+def test_overwrite_replaces_only_day_folders(tmp_path):
+    out = tmp_path / "o"
+    (out / "day01").mkdir(parents=True)
+    (out / "day01" / "stale.tif").write_text("old")
+    (out / "keep.txt").write_text("x")
+    (out / "day09").mkdir()
+    res = runner.invoke(app, ["simulate", str(out), "--planes", "2", "--size", "128x128", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (out / "keep.txt").read_text() == "x" and (out / "day09").is_dir()
+    assert sorted(p.name for p in (out / "day01").iterdir()) == ["day01_z000.tif", "day01_z001.tif", "focus.txt",
+                                                                  "ground_truth.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["day01", "day09", "keep.txt"]
+
+
+def test_simulate_into_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["simulate", ".", "--planes", "1", "--size", "128x128"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["day01"]

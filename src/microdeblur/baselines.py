@@ -60,16 +60,17 @@ def wiener_tiles(tiles: np.ndarray, psf: np.ndarray, balance: float = WIENER_BAL
     return out[:, r:-r, r:-r].astype(np.float32)
 
 
-def deconvolve(tiles: np.ndarray, dz_um: np.ndarray, pixel_um: float,
+def deconvolve(tiles: np.ndarray, dz_um: np.ndarray, pixel_um: float | np.ndarray,
                method: Callable[[np.ndarray, np.ndarray], np.ndarray], optics: Optics | None = None) -> np.ndarray:
-    """Apply `method(tiles, psf)` with the reference microscope's defocus PSF at each tile's |Δz| (µm)."""
+    """Apply `method(tiles, psf)` with the objective's defocus PSF at each tile's |Δz| and pixel size (µm; one
+    value or one per tile); `optics` defaults to the reference microscope."""
     optics = optics or Optics()
     out = np.empty_like(tiles, dtype=np.float32)
-    abs_dz = np.abs(dz_um)
-    for d in np.unique(abs_dz):
-        idx = np.flatnonzero(abs_dz == d)
-        psf = defocus_psf(optics, float(d), pixel_um, psf_size(float(d), pixel_um, optics))
-        out[idx] = method(tiles[idx], psf)
+    keys = np.stack(np.broadcast_arrays(np.abs(np.asarray(dz_um, np.float64)), np.asarray(pixel_um, np.float64)), 1)
+    groups, which = np.unique(keys, axis=0, return_inverse=True)
+    for g, (d, px) in enumerate(groups):
+        idx = np.flatnonzero(which.reshape(-1) == g)
+        out[idx] = method(tiles[idx], defocus_psf(optics, float(d), float(px), psf_size(float(d), float(px), optics)))
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +10,7 @@ import tifffile
 import torch
 
 from .errors import UserError
-
-INDEX = "index.json"
-
+from .prepare import load_index
 
 @dataclass
 class PairBatch:
@@ -47,7 +44,7 @@ class PreparedData:
     def load(cls, folder: Path, dz_range: float | None = None) -> "PreparedData":
         """Read a prepared folder (UserError when it is not one); keep planes with |dz| <= dz_range."""
         folder = Path(folder)
-        index = read_index(folder)
+        index = load_index(folder)
         steps = {d.get("z_step_um") for d in index["days"].values()}
         if len(steps) > 1:
             raise UserError(f"{folder}: days have different z steps {sorted(map(str, steps))}; prepare them into separate folders")
@@ -95,24 +92,6 @@ class PreparedData:
     def tile_indices(self, identities: list[int]) -> np.ndarray:
         """Global tile indices of the given identities."""
         return np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in identities])
-
-
-def read_index(folder: Path) -> dict:
-    """The index.json of a prepared folder, checked."""
-    if not folder.exists():
-        raise UserError(f"prepared folder {folder} does not exist")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder (expected the output of `microdeblur prepare`)")
-    path = folder / INDEX
-    if not path.exists():
-        raise UserError(f"{folder} has no {INDEX}: is it a folder written by `microdeblur prepare`?")
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if index.get("format") != "microdeblur-prepared" or not index.get("days"):
-        raise UserError(f"{path} is not a microdeblur prepared index or lists no days")
-    return index
 
 
 class PairSampler:

@@ -86,7 +86,7 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
     """Evaluate models and baselines on a prepared folder; write the report folder and return the metrics."""
     data, report_dir = Path(data), Path(report_dir)
     _check_inputs(data, report_dir, split, classifier_epochs, overwrite)
-    day_pixels = {day: info.get("pixel_size_um") for day, info in load_index(data)["days"].items()}
+    index = load_index(data)
     dev = resolve_device(device)
     prepared = PreparedData.load(data, dz_range=DZ_RANGE)
     es = build_eval_set(prepared, split, quick)
@@ -108,11 +108,14 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
         deblur[name] = deblur_summary(ssim_batch(pred, targets), psnr_batch(pred, targets), abs_dz)
         shown[name] = pred[es.examples]
 
-    pixel_um = {day: day_pixels.get(day) or Optics().pixel_um / prepared.scale for day in sorted(set(es.days))}
-    assumed = sorted(day for day in pixel_um if not day_pixels.get(day))
-    tile_pixel = np.asarray([pixel_um[es.days[k]] for k in es.label[es.blurry]], np.float32)
+    pixel_um, assumed = working_pixel_sizes(index, es.days, prepared.scale)
+    if assumed and unit == "um":
+        log.warn(f"no pixel size in the prepared index for {', '.join(assumed)}: the deconvolution baselines "
+                 f"assume the reference optics ({Optics().pixel_um:g} µm / scale {prepared.scale:g})")
+    tile_pixel = np.asarray([pixel_um[es.days[k]] for k in es.label[es.blurry]], np.float64)
     rl_iterations = QUICK_RL_ITERATIONS if quick else RL_ITERATIONS
-    for name, make in baseline_methods(es, tile_pixel if unit == "um" else None, unet_model, dev, rl_iterations).items():
+    methods = baseline_methods(es, tile_pixel if unit == "um" else None, unet_model, dev, rl_iterations)
+    for name, make in methods.items():
         log.info(f"baseline: {name}")
         record(name, make())
 
@@ -128,8 +131,11 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
         "baselines": baseline_info(rl_iterations, unit, unet, unet_model, unet_info),
         "reconstruction": reconstruction, "deblurring": deblur, "disentanglement": disentanglement,
     })
-    write_report(report_dir, overwrite, lambda tmp: write_figures(tmp, prepared, es, models, codes, shown, metrics,
-                                                                  quick, dev), metrics)
+
+    def figures(folder: Path) -> list[str]:
+        return write_figures(folder, prepared, es, models, codes, shown, metrics, quick, dev)
+
+    write_report(report_dir, metrics, figures, overwrite)
     log.info(f"report written to {report_dir}")
     return metrics
 
@@ -154,7 +160,8 @@ def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: i
         raise UserError(f"report folder {report_dir}: {existing} is a file")
     report, prepared = report_dir.resolve(), data.resolve()
     if report == prepared or prepared in report.parents:
-        raise UserError(f"report folder {report_dir} is inside the prepared folder {data}; choose another -o")
+        where = "is" if report == prepared else "is inside"
+        raise UserError(f"report folder {report_dir} {where} the prepared folder {data}; choose another -o")
     if (report_dir / INDEX_NAME).exists():
         raise UserError(f"report folder {report_dir} holds prepared data ({INDEX_NAME}); choose another -o")
     clash = report_files(report_dir)
@@ -164,6 +171,14 @@ def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: i
     missing = [p for p in ("sklearn", "matplotlib") if importlib.util.find_spec(p) is None]
     if missing:
         raise UserError(f"evaluate needs {' and '.join(missing)}: pip install 'microdeblur[eval]'")
+
+
+def working_pixel_sizes(index: dict[str, Any], days: Sequence[str], scale: float) -> tuple[dict[str, float], list[str]]:
+    """Working pixel size (µm) per day from the prepared index; days without one get the reference optics'
+    pixel_um / scale and are listed second."""
+    given = {day: index["days"].get(day, {}).get("pixel_size_um") for day in sorted(set(days))}
+    assumed = [day for day, px in given.items() if not px]
+    return {day: px or Optics().pixel_um / scale for day, px in given.items()}, assumed
 
 
 def plane_subset(dz: np.ndarray, focus: int, quick: bool) -> np.ndarray:
@@ -531,6 +546,20 @@ def bin_table(metrics: dict[str, Any], key: str, digits: int) -> str:
     return _table([f"|Δz| ({unit})", "n", *deblur], rows)
 
 
+def psf_note(p: dict[str, Any]) -> str:
+    """Report paragraph: the pixel size the deconvolution PSFs were sampled at, and where it came from."""
+    o = Optics()
+    sizes = ", ".join(f"{v:.4g}" for v in sorted(set(p["pixel_um"].values())))
+    note = (f"Richardson–Lucy and Wiener use the reference objective's defocus PSF (NA {o.na:g}, "
+            f"λ {o.wavelength_um:g} µm) sampled at {sizes} µm per working pixel")
+    if p["pixel_um_assumed"]:
+        note += (f"; the prepared index has no pixel size for {', '.join(p['pixel_um_assumed'])}, so the reference "
+                 f"optics' {o.pixel_um:g} µm / scale {p['scale']:g} was **assumed** there")
+    else:
+        note += ", from the prepared index"
+    return note + ".\n"
+
+
 def report_markdown(metrics: dict[str, Any]) -> str:
     """The whole report.md: protocol line, tables and linked figures."""
     p = metrics["protocol"]
@@ -541,6 +570,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         f"{p['n_tiles']} tiles, {p['n_blurry']} blurry tiles deblurred. Metrics on normalised tiles, data range "
         f"{p['data_range']:g}, PSNR capped at {p['psnr_cap_db']:g} dB; deblurring compares with the in-focus tile of "
         "the same identity. See docs/evaluation.md.\n",
+        *([psf_note(p)] if "Richardson-Lucy" in metrics["baselines"] else []),
         "## Summary\n", main_table(metrics),
         "\n## Deblurring SSIM by |Δz|\n", bin_table(metrics, "ssim", 4),
         "\n## Deblurring PSNR (dB) by |Δz|\n", bin_table(metrics, "psnr", 2),
@@ -558,22 +588,26 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-@contextmanager
-def staged_dir(final: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a fresh sibling folder; on success swap it into `final` (an existing one only with overwrite)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+def write_report(folder: Path, metrics: dict[str, Any], figures: Callable[[Path], list[str]], overwrite: bool) -> None:
+    """Render `figures(tmp)`, metrics.json and report.md in a hidden folder inside `folder`, then move each file
+    into place with os.replace (report.md last); other entries of `folder` are never touched."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
     try:
-        yield tmp
-        if final.exists():
-            if any(final.iterdir()) and not overwrite:
-                raise UserError(f"report folder {final} is not empty (use --overwrite to replace it)")
-            old = tmp.with_name(tmp.name + ".old")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
+        metrics["figures"] = figures(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        (tmp / "report.md").write_text(report_markdown(metrics))
+        names = [*metrics["figures"], "metrics.json", "report.md"]
+        clash = [n for n in names if (folder / n).exists()]
+        if clash and not overwrite:
+            raise UserError(f"report folder {folder} already holds {', '.join(clash[:3])}"
+                            f"{' ...' if len(clash) > 3 else ''} (use --overwrite to replace the report files)")
+        for name in names:
+            os.replace(tmp / name, folder / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
         raise
+    tmp.rmdir()

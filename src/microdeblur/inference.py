@@ -2,8 +2,9 @@
 
 Per plane: float32 -> resize by `scale` (prepare.rescale_frame, exactly as training) ->
 per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches ->
-replace the blur code -> decode -> blend-stitch -> revert normalisation -> resize back to the
-input shape (bilinear) -> cast to the input dtype (clip, round).
+replace the blur code -> decode -> blend-stitch -> revert to raw units (with the weights'
+focus-plane ratios for the target dz when they hold them) -> resize back to the input shape
+(bilinear) -> cast to the input dtype (clip, round).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import numpy as np
 
 from . import calibration, log
 from .errors import UserError
-from .normalize import Normalizer, frame_normalizer
+from .io import TIFF_SUFFIXES
+from .normalize import Normalizer, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TIFF_OUT = (".tif", ".tiff")
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 
 
@@ -83,6 +84,7 @@ class Encoded:
     norm: Normalizer
     shape: tuple[int, int]
     dtype: np.dtype
+    median: float | None = None  # median of the working-scale plane (raw units), when focus ratios need it
 
 
 class Deblurrer:
@@ -106,6 +108,8 @@ class Deblurrer:
             self.model = self.model.to(memory_format=torch.channels_last)
         norm = dict(getattr(meta, "normalization", None) or {})
         self.pmin, self.pmax = float(norm.get("pmin", 1.0)), float(norm.get("pmax", 99.8))
+        self.focus_ratios = _focus_ratios(norm.get("focus_ratios"))
+        self._median_warned = False
         focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
         self.target = self.as_code(focus) if focus.size == model.config.blur_dim else None
 
@@ -131,11 +135,12 @@ class Deblurrer:
 
     # -- planes
 
-    def _working(self, plane: np.ndarray) -> tuple[np.ndarray, Normalizer]:
-        """Resized, normalised float32 plane and the normaliser that reverts it."""
+    def _working(self, plane: np.ndarray) -> tuple[np.ndarray, Normalizer, float | None]:
+        """Resized, normalised float32 plane, its normaliser and (with focus ratios) its raw median."""
         work = rescale(plane, self.scale)
         norm = frame_normalizer(work, self.pmin, self.pmax)
-        return norm.before(work), norm
+        median = frame_median(work) if self.focus_ratios is not None else None
+        return norm.before(work), norm, median
 
     @torch.inference_mode()
     def encode(self, plane: np.ndarray) -> Encoded:
@@ -143,13 +148,13 @@ class Deblurrer:
         plane = np.asarray(plane)
         if plane.ndim != 2:
             raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
-        work, norm = self._working(plane)
+        work, norm, median = self._working(plane)
         grid = tile_grid(work.shape, self.tile, self.overlap)
         tiles = extract_tiles(work, grid)[:, None]
         parts = [self.encode_tiles(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
         identity = torch.cat([p[0] for p in parts])
         blur = torch.cat([p[1] for p in parts])
-        return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype)
+        return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype, median)
 
     def encode_plane(self, plane2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, TileGrid]:
         """(identity codes [N,Di], blur codes [N,Db], tile grid) of a 2-D plane."""
@@ -169,16 +174,28 @@ class Deblurrer:
         plane = (norm or enc.norm).after(stitch(out[:, 0], enc.grid))
         return to_dtype(resize_to(plane, enc.shape), enc.dtype)
 
-    def deblur_plane(self, plane2d: np.ndarray, blur_code=None) -> np.ndarray:
-        """Plane with every tile's blur code replaced (default: the in-focus code); same shape and dtype."""
+    def revert_for(self, enc: Encoded, dz: float | None) -> Normalizer:
+        """Normaliser back to raw units for a decode targeting dz (um): focus ratios x median, else the input's."""
+        if dz is None or self.focus_ratios is None:
+            return enc.norm
+        if not (enc.median is not None and enc.median > 0):
+            if not self._median_warned:
+                log.warn("a plane's median is not positive: its output keeps the input's intensity range")
+                self._median_warned = True
+            return enc.norm
+        z, lo, hi = self.focus_ratios
+        return Normalizer(float(np.interp(dz, z, lo)) * enc.median, float(np.interp(dz, z, hi)) * enc.median)
+
+    def deblur_plane(self, plane2d: np.ndarray, blur_code=None, dz: float | None = 0.0) -> np.ndarray:
+        """Plane with every tile's blur code replaced (default: the in-focus code); same shape and dtype.
+
+        `dz` is the defocus (um) the code stands for (0 = in focus); it picks the intensity range of
+        the output (see revert_for); None keeps the input plane's range.
+        """
         if blur_code is None and self.target is None:
             raise UserError("the weights hold no in-focus blur code; use --reference or --dz")
-        return self.decode(self.encode(plane2d), self.target if blur_code is None else blur_code)
-
-    def decode_at(self, plane2d: np.ndarray, blur_codes_list: Sequence) -> list[np.ndarray]:
-        """Encode once, then decode with each blur code ([Db] or per tile [N,Db]); one plane per code."""
         enc = self.encode(plane2d)
-        return [self.decode(enc, code) for code in blur_codes_list]
+        return self.decode(enc, self.target if blur_code is None else blur_code, self.revert_for(enc, dz))
 
     def mean_blur_code(self, plane2d: np.ndarray) -> np.ndarray:
         """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""
@@ -198,6 +215,21 @@ class Deblurrer:
         summary = {"median_dz_um": float(np.median(dmap)),
                    "frac_in_focus": float(np.mean(np.abs(dmap) <= IN_FOCUS_UM)), "n_tiles": int(dz.size)}
         return dmap, summary
+
+
+def _focus_ratios(value) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(dz_um, lo, hi) arrays from the weights' normalization["focus_ratios"], or None when absent."""
+    if not value:
+        return None
+    try:
+        dz, lo, hi = (np.asarray(value[k], dtype=np.float64).reshape(-1) for k in ("dz_um", "lo", "hi"))
+    except (KeyError, TypeError, ValueError):
+        raise UserError("the weights' normalization.focus_ratios is malformed (needs dz_um, lo and hi lists)") from None
+    ok = (dz.size > 0 and dz.size == lo.size == hi.size and np.all(np.diff(dz) > 0)
+          and np.all(np.isfinite(np.concatenate([dz, lo, hi]))) and np.all(hi > lo))
+    if not ok:
+        raise UserError("the weights' normalization.focus_ratios is inconsistent (dz_um must increase, hi > lo)")
+    return dz, lo, hi
 
 
 def tile_centres(grid: TileGrid, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -275,17 +307,51 @@ class Staging:
 
 
 def _infos(paths: Iterable[Path]) -> list:
-    """ImageInfo of every input, refusing arrays that are not 2-D images or single-axis stacks."""
+    """ImageInfo of every input, refusing channel axes, other than 2-D/one-plane-axis arrays, non-real pixels."""
     from .io import read_info
 
     infos = []
     for p in paths:
         info = read_info(p)
+        channel = next((a for a in "CS" if a in info.axes), None)
+        if channel is not None:
+            raise UserError(f"{p}: has a channel axis {channel} (shape {info.shape}, axes {info.axes}); only "
+                            "single-channel bright-field images are deblurred: split the channels first "
+                            "(e.g. Fiji: Image > Color > Split Channels) and pass the bright-field one")
         if len(info.shape) not in (2, 3):
             raise UserError(f"{p}: cannot interpret an array of shape {info.shape} (axes {info.axes}); "
                             "accepted are 2-D images (YX) and stacks with one plane axis (ZYX or TYX)")
+        if info.dtype.kind not in "uif":
+            kind = "binary (bool)" if info.dtype.kind == "b" else f"{info.dtype}"
+            raise UserError(f"{p}: {kind} pixels are not supported; bright-field images hold real intensities "
+                            "(integer or float)")
         infos.append(info)
     return infos
+
+
+def _finite(plane: np.ndarray, path: Path, index: int | None = None) -> np.ndarray:
+    """The plane, or a UserError naming the file (and plane) when it holds NaN, inf or values beyond float32."""
+    if plane.dtype.kind == "f":
+        bad = ~np.isfinite(plane)
+        if plane.dtype.itemsize > 4:
+            bad |= np.abs(np.nan_to_num(plane)) > np.finfo(np.float32).max
+        n = int(np.count_nonzero(bad))
+        if n:
+            where = "" if index is None else f" plane {index}"
+            raise UserError(f"{path}{where}: {n} pixel(s) are NaN, infinite or beyond float32; "
+                            "replace them (e.g. with the image median) before processing")
+    return plane
+
+
+def _warn_half(info) -> None:
+    """Warn that a float16 input is computed and written as float32."""
+    if info.dtype == np.float16:
+        log.warn(f"{info.path}: float16 output is written as float32 (TIFF writers here have no half floats)")
+
+
+def _is_folder_name(output: str | os.PathLike) -> bool:
+    """True when the output as typed ends with a path separator ('deblurred/'): always a folder."""
+    return isinstance(output, str) and output.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep))
 
 
 def _single_plane_info(path: Path, what: str):
@@ -296,13 +362,18 @@ def _single_plane_info(path: Path, what: str):
     return info
 
 
-def _output_paths(files: list[Path], output: Path, name_for: Callable[[Path], str]) -> list[Path]:
+def _output_paths(files: list[Path], output: Path, name_for: Callable[[Path], str],
+                  folder: bool = False) -> list[Path]:
     """Output path per input: `output` itself for one input (unless a folder), else names inside it."""
-    if len(files) == 1 and not output.is_dir():
+    from .io import check_output_names
+
+    check_output_names(output)
+    if len(files) == 1 and not folder and not output.is_dir():
         return [output]
     if output.exists() and not output.is_dir():
-        raise UserError(f"{output}: is a file; several inputs need an output folder")
-    if not output.exists() and output.suffix.lower() in TIFF_OUT + (".png",):
+        raise UserError(f"{output}: is a file; " + ("the output ends with a path separator, so it must be a folder"
+                                                     if folder else "several inputs need an output folder"))
+    if not folder and not output.exists() and output.suffix.lower() in TIFF_SUFFIXES + (".png",):
         raise UserError(f"{output}: looks like a file name, but {len(files)} inputs need an output folder")
     outs = [output / name_for(f) for f in files]
     seen: dict[Path, Path] = {}
@@ -371,7 +442,7 @@ def _write_png(path: Path, data: np.ndarray) -> None:
 
 def _deblur_name(path: Path) -> str:
     """Output file name for an input inside an output folder (TIFF, same stem)."""
-    return path.name if path.suffix.lower() in TIFF_OUT else path.stem + ".tif"
+    return path.name if path.suffix.lower() in TIFF_SUFFIXES else path.stem + ".tif"
 
 
 def _check_deblur_output(out: Path, info) -> None:
@@ -381,24 +452,27 @@ def _check_deblur_output(out: Path, info) -> None:
         if len(info.shape) != 2 or info.dtype not in (np.uint8, np.uint16):
             raise UserError(f"{out}: PNG output holds only 2-D uint8/uint16 images; "
                             f"{info.path} is {info.dtype} with shape {info.shape} (use .tif)")
-    elif suffix not in TIFF_OUT:
+    elif suffix not in TIFF_SUFFIXES:
         raise UserError(f"{out}: output must end with .tif, .tiff or .png")
+    _warn_half(info)
 
 
-def _deblur_file(db: Deblurrer, path: Path, info, tmp: Path, code, bar) -> tuple[np.ndarray, np.ndarray]:
-    """Deblur every plane of one input into `tmp`; returns (first input plane, first output plane)."""
+def _deblur_file(db: Deblurrer, path: Path, info, tmp: Path, code, dz: float,
+                 bar) -> tuple[np.ndarray, np.ndarray]:
+    """Deblur every plane of one input into `tmp` (code targeting dz um); returns the first input/output planes."""
     from .io import StackWriter, iter_planes, read_image
 
     if tmp.suffix.lower() == ".png":
-        plane = read_image(path).data
-        out = db.deblur_plane(plane, code)
+        plane = _finite(read_image(path).data, path)
+        out = db.deblur_plane(plane, code, dz)
         _write_png(tmp, out)
         bar.advance()
         return plane, out
     first = None
     with StackWriter(tmp, info.shape, info.dtype, **info.write_kwargs()) as writer:
         for i, plane in iter_planes(path):
-            out = db.deblur_plane(plane, code)
+            _finite(plane, path, i if info.n_planes > 1 else None)
+            out = db.deblur_plane(plane, code, dz)
             writer.write(out)
             if first is None:
                 first = (plane, out)
@@ -407,17 +481,18 @@ def _deblur_file(db: Deblurrer, path: Path, info, tmp: Path, code, bar) -> tuple
     return first
 
 
-def deblur_paths(inputs: Sequence[str], output: Path, *, weights: Path | None = None, reference: Path | None = None,
-                 scale: float | None = None, overlap: int = 48, batch_size: int = 32, dz: float | None = None,
-                 save_comparison: Path | None = None, device: str = "auto", overwrite: bool = False) -> list[Path]:
-    """Deblur images/stacks into `output` (file for one input, folder for several); returns the outputs."""
+def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None,
+                 reference: Path | None = None, scale: float | None = None, overlap: int = 48, batch_size: int = 32,
+                 dz: float | None = None, save_comparison: Path | None = None, device: str = "auto",
+                 overwrite: bool = False) -> list[Path]:
+    """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs."""
     from .io import expand_inputs
 
     t0 = time.perf_counter()
-    output = Path(output)
+    folder, output = _is_folder_name(output), Path(output)
     files = expand_inputs(inputs)
     infos = _infos(files)
-    outs = _output_paths(files, output, _deblur_name)
+    outs = _output_paths(files, output, _deblur_name, folder)
     for o, info in zip(outs, infos):
         _check_deblur_output(o, info)
     _check_outputs(outs, files, overwrite)
@@ -437,13 +512,15 @@ def deblur_paths(inputs: Sequence[str], output: Path, *, weights: Path | None = 
     elif reference is not None:
         from .io import read_image
 
-        code = db.as_code(db.mean_blur_code(read_image(reference).data))
+        code = db.as_code(db.mean_blur_code(_finite(read_image(reference).data, Path(reference))))
         log.debug(f"reference blur code from {reference}")
     if code is None and db.target is None:
         raise UserError(f"{weights or 'the default weights'} hold no in-focus blur code; use --reference or --dz")
     n_planes = sum(i.n_planes for i in infos)
     with Staging() as stage, log.progress("deblur", total=n_planes) as bar:
-        firsts = [_deblur_file(db, f, info, stage.path(o), code, bar) for f, info, o in zip(files, infos, outs)]
+        target_dz = 0.0 if dz is None else float(dz)  # --reference and the stored code target focus
+        firsts = [_deblur_file(db, f, info, stage.path(o), code, target_dz, bar)
+                  for f, info, o in zip(files, infos, outs)]
         if save_comparison is not None:
             plane, out = firsts[0]
             _write_png(stage.path(Path(save_comparison)), np.concatenate([_display(plane), _display(out)], axis=1))
@@ -468,9 +545,10 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
     by_dz = dz_from is not None
     if b is None and not by_dz:
         raise UserError("give image B, or --dz-from and --dz-to")
-    if output.suffix.lower() not in TIFF_OUT:
+    if output.suffix.lower() not in TIFF_SUFFIXES:
         raise UserError(f"{output}: interpolation output must be a .tif or .tiff file")
     info_a = _single_plane_info(Path(a), "A")
+    _warn_half(info_a)
     if b is not None and by_dz:
         log.warn(f"{b}: not used with --dz-from/--dz-to")
         b = None
@@ -483,14 +561,15 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
     _check_outputs([output], inputs, overwrite)
     model, meta, dev = _load(weights, device)
     db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
-    plane_a = read_image(a).data
+    plane_a = _finite(read_image(a).data, Path(a))
     if by_dz:
         planes, z_step = _walk_dz(db, plane_a, _require_calibration(meta, weights, "--dz-from/--dz-to"),
                                   dz_from, dz_to, steps)
     else:
-        planes, z_step = walk_codes(db, plane_a, read_image(b).data, steps), None
+        planes, z_step = walk_codes(db, plane_a, _finite(read_image(b).data, Path(b)), steps), None
     write_tiff(output, np.stack(planes), "ZYX", pixel_size_um=info_a.pixel_size_um, z_step_um=z_step,
-               unit=info_a.unit, overwrite=overwrite, inputs=inputs)
+               unit=info_a.unit, compression=info_a.compression, predictor=info_a.predictor,
+               overwrite=overwrite, inputs=inputs)
     log.info(f"wrote {steps} interpolated planes to {output}")
     return output
 
@@ -516,14 +595,14 @@ def walk_codes(db: Deblurrer, plane_a: np.ndarray, plane_b: np.ndarray, steps: i
 
 def _walk_dz(db: Deblurrer, plane_a: np.ndarray, cal: dict, dz_from: float, dz_to: float,
              steps: int) -> tuple[list[np.ndarray], float | None]:
-    """Planes at evenly spaced dz from dz_from to dz_to (um) and their spacing."""
+    """Planes at evenly spaced dz from dz_from to dz_to (um), each reverted for its dz, and their spacing."""
     dzs = np.linspace(dz_from, dz_to, steps)
     codes = _dz_code(cal, dzs)
     enc = db.encode(plane_a)
     out = []
     with log.progress("interpolate", total=steps) as bar:
-        for c in codes:
-            out.append(db.decode(enc, np.atleast_1d(c)))
+        for c, d in zip(codes, dzs):
+            out.append(db.decode(enc, np.atleast_1d(c), db.revert_for(enc, float(d))))
             bar.advance()
     step = abs(dz_to - dz_from) / (steps - 1)
     return out, step if step > 0 else None
@@ -544,7 +623,7 @@ def _focus_file(db: Deblurrer, path: Path, info, tmp: Path, bar) -> Iterator[dic
     kw = info.write_kwargs()
     with StackWriter(tmp, info.shape, np.float32, **kw) as writer:
         for i, plane in iter_planes(path):
-            dmap, s = db.focus_map(plane)
+            dmap, s = db.focus_map(_finite(plane, path, i if info.n_planes > 1 else None))
             writer.write(dmap)
             bar.advance()
             if info.n_planes > 1:
@@ -553,19 +632,19 @@ def _focus_file(db: Deblurrer, path: Path, info, tmp: Path, bar) -> Iterator[dic
             yield {"file": str(path), "plane": i, **s}
 
 
-def focus_paths(inputs: Sequence[str], output: Path, *, weights: Path | None = None, scale: float | None = None,
+def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None, scale: float | None = None,
                 overlap: int = 48, batch_size: int = 32, csv: Path | None = None, device: str = "auto",
                 overwrite: bool = False) -> list[Path]:
     """Defocus maps (float32 TIFF, dz in um, input size) of images/stacks from the calibrated blur code."""
     from .io import expand_inputs
 
     t0 = time.perf_counter()
-    output = Path(output)
+    folder, output = _is_folder_name(output), Path(output)
     files = expand_inputs(inputs)
     infos = _infos(files)
-    outs = _output_paths(files, output, _focus_name)
+    outs = _output_paths(files, output, _focus_name, folder)
     for o in outs:
-        if o.suffix.lower() not in TIFF_OUT:
+        if o.suffix.lower() not in TIFF_SUFFIXES:
             raise UserError(f"{o}: defocus maps are written as .tif or .tiff")
     _check_outputs(outs, files, overwrite)
     if csv is not None:

@@ -27,6 +27,9 @@ _OME_DTYPES = {np.dtype(t) for t in ("int8", "int32", "uint32")}
 _UNIT_UM = {"um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _LUMA = np.array([0.2125, 0.7154, 0.0721])  # Rec. 709, as skimage.color.rgb2gray
 _FATAL_TIFF_WARNINGS = ("corrupt", "invalid", "truncat", "failed to reshape")
+_LOSSLESS = {"LZW", "ADOBE_DEFLATE", "DEFLATE", "PACKBITS", "LZMA", "ZSTD"}  # compressions kept on write
+_TIFFFILE_IJ_VERSION = "1.11a"  # tifffile signs the ImageJ files it writes with this version
+_TEMP_NAME_BYTES = 32  # temp names add at most this many bytes to an output's name (staging + writer)
 _rgb_warned: set[Path] = set()
 
 
@@ -86,6 +89,8 @@ class ImageInfo:
     z_step_um: float | None = None
     unit: str = "um"
     metadata: dict = field(default_factory=dict)  # extra ImageJ entries kept on write (e.g. finterval)
+    compression: int | None = None  # lossless TIFF compression code kept on write (None: uncompressed)
+    predictor: bool = False  # the input used a TIFF predictor with that compression
     path: Path | None = None
     full_axes: str = ""  # before squeezing singleton axes (grey: no 'S')
     full_shape: tuple[int, ...] = ()
@@ -111,7 +116,8 @@ class ImageInfo:
     def write_kwargs(self) -> dict:
         """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata."""
         return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, z_step_um=self.z_step_um,
-                    unit=self.unit, metadata=dict(self.metadata))
+                    unit=self.unit, metadata=dict(self.metadata), compression=self.compression,
+                    predictor=self.predictor)
 
 
 @dataclass(kw_only=True)
@@ -170,14 +176,16 @@ def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | No
         px, dz = _ome_physical(tif.ome_metadata)
         return px, dz, "um", {}
     page = tif.pages.first
-    xres = page.resolution[0] if page.resolution else 0.0
+    xres = page.resolution[0] if "XResolution" in page.tags else 0.0
     ij = tif.imagej_metadata or {}
     if tif.is_imagej:
         unit = _unit_factor(ij.get("unit"))
         if unit is None:
             return None, None, "um", {}
         name, f = unit
-        px = f / xres if xres > 0 and xres != 1 else None
+        # tifffile writes XResolution 1/1 when given none; ImageJ writes no tag when uncalibrated
+        unset = xres == 1 and str(ij.get("ImageJ", "")) == _TIFFFILE_IJ_VERSION
+        px = f / xres if xres > 0 and not unset else None
         dz = abs(float(ij["spacing"])) * f if ij.get("spacing") else None
         extra = {"finterval": float(ij["finterval"])} if ij.get("finterval") else {}
         return px, dz, name, extra
@@ -272,9 +280,28 @@ def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
         axes, shape = axes[:i] + axes[i + 1:], shape[:i] + shape[i + 1:]
         full_axes, full_shape = full_axes[:j] + full_axes[j + 1:], full_shape[:j] + full_shape[j + 1:]
     px, dz, unit, extra = _tiff_physical(tif)
+    page = tif.pages.first
+    compression = _kept_compression(page, path)
     return ImageInfo(axes=_rename_sequence_axes(axes), shape=shape, dtype=np.dtype(s.dtype), pixel_size_um=px,
-                     z_step_um=dz, unit=unit, metadata=extra, path=path,
+                     z_step_um=dz, unit=unit, metadata=extra, path=path, compression=compression,
+                     predictor=compression is not None and page.predictor != 1,
                      full_axes=_rename_sequence_axes(full_axes), full_shape=full_shape)
+
+
+def _kept_compression(page, path: Path) -> int | None:
+    """The page's compression code when it is lossless and tifffile can encode it here, else None."""
+    try:
+        name = tifffile.COMPRESSION(int(page.compression)).name
+    except ValueError:
+        return None
+    if name not in _LOSSLESS:
+        return None
+    try:
+        tifffile.TIFF.COMPRESSORS[int(page.compression)]
+    except Exception:  # tifffile raises KeyError when the codec needs the imagecodecs package
+        log.debug(f"{path}: {name} compression cannot be written here; outputs are uncompressed")
+        return None
+    return int(page.compression)
 
 
 def _is_colour(axes: str, shape: Sequence[int]) -> bool:
@@ -404,6 +431,21 @@ def to_dtype(x: np.ndarray, dtype: np.dtype | type | str) -> np.ndarray:
     return np.rint(np.clip(y, lo, hi)).astype(dtype)
 
 
+def _compression_kwargs(compression: int | None, predictor: bool, dtype: np.dtype) -> dict:
+    """tifffile arguments for a kept compression (and predictor, where one exists here for the dtype)."""
+    if compression is None:
+        return {}
+    kw: dict = {"compression": compression}
+    if predictor:
+        code = 2 if np.dtype(dtype).kind in "iu" else 3  # horizontal / floating point
+        try:
+            tifffile.TIFF.PREDICTORS[code]
+            kw["predictor"] = code
+        except Exception:  # the floating-point predictor needs imagecodecs
+            pass
+    return kw
+
+
 def _storable(dtype: np.dtype) -> np.dtype:
     """The dtype a TIFF gets for data of this dtype (64-bit and half floats → float32, bool → uint8)."""
     dtype = np.dtype(dtype)
@@ -429,9 +471,34 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output_path(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
-    """Refuse an input file, a folder, or an existing file without overwrite; return the Path."""
+def _exists(p: Path) -> bool:
+    """Path.exists that is False instead of raising (e.g. for a name too long to stat)."""
+    try:
+        return p.exists()
+    except OSError:
+        return False
+
+
+def check_output_names(path: str | Path) -> Path:
+    """Refuse an output below an existing file, or a name the file system cannot hold (with temp suffixes)."""
     p = Path(path)
+    existing = next((q for q in p.parents if _exists(q)), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"{p}: {existing} is a file, not a folder")
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    for part in p.parts:
+        extra = _TEMP_NAME_BYTES if part == p.name else 0
+        if len(os.fsencode(part)) + extra > name_max:
+            raise UserError(f"{p}: name too long ({len(os.fsencode(part))} bytes, at most {name_max - extra} here)")
+    return p
+
+
+def check_output_path(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse an input file, a folder, a path below a file, a too long name, or an existing file without overwrite."""
+    p = check_output_names(path)
     if any(_same_file(p, Path(i)) for i in inputs):
         raise UserError(f"{p}: refusing to overwrite an input file; choose another output")
     if p.is_dir():
@@ -496,7 +563,8 @@ def _tiff_kwargs(dtype: np.dtype, axes: str, pixel_size_um: float | None, z_step
 
 def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: float | None = None,
                z_step_um: float | None = None, unit: str = "um", metadata: dict | None = None,
-               overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+               compression: int | None = None, predictor: bool = False, overwrite: bool = False,
+               inputs: Iterable[str | Path] = ()) -> Path:
     """Write an ImageJ-compatible TIFF (OME-TIFF for int8/int32/uint32) atomically; float64 → float32."""
     data = np.asarray(data)
     if len(axes) != data.ndim:
@@ -508,29 +576,36 @@ def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: 
         data = to_dtype(data, dtype)
     kw = _tiff_kwargs(dtype, axes, pixel_size_um, z_step_um, unit, metadata)
     with atomic_path(path, overwrite, inputs) as tmp:
-        tifffile.imwrite(tmp, data, **kw)
+        tifffile.imwrite(tmp, data, **kw, **_compression_kwargs(compression, predictor, dtype))
     return Path(path)
 
 
 class StackWriter:
     """Write a stack plane by plane (memory-mapped temp TIFF, ImageJ metadata), renamed into place on close.
 
-    Use as a context manager; on an exception the temp file is deleted and `path` is untouched.
+    With a compression the planes are compressed on close (streamed from the memory map into a second
+    temp file). Use as a context manager; on an exception the temp files are deleted and `path` is untouched.
     """
 
     def __init__(self, path: str | Path, shape: Sequence[int], dtype: np.dtype | type | str, axes: str, *,
                  pixel_size_um: float | None = None, z_step_um: float | None = None, unit: str = "um",
-                 metadata: dict | None = None, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+                 metadata: dict | None = None, compression: int | None = None, predictor: bool = False,
+                 overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
         self.path = check_output_path(path, overwrite, inputs)
         self.shape, self.dtype = tuple(shape), _storable(dtype)
         if len(axes) != len(self.shape):
             raise ValueError(f"axes {axes!r} do not match shape {self.shape}")
         self.n_planes = int(np.prod(self.shape[:-2], dtype=np.int64))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.stem}.{secrets.token_hex(4)}.tmp{self.path.suffix}")
-        kw = _tiff_kwargs(self.dtype, axes, pixel_size_um, z_step_um, unit, metadata)
-        mm = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype, **kw)
+        self._tmp = self._temp_name()
+        self._kw = _tiff_kwargs(self.dtype, axes, pixel_size_um, z_step_um, unit, metadata)
+        self._compress = _compression_kwargs(compression, predictor, self.dtype)
+        mm = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype, **self._kw)
         self._mm, self._planes, self._next = mm, mm.reshape((self.n_planes,) + self.shape[-2:]), 0
+
+    def _temp_name(self) -> Path:
+        """A fresh hidden temp path beside the output."""
+        return self.path.with_name(f".{self.path.stem}.{secrets.token_hex(4)}.tmp{self.path.suffix}")
 
     def write(self, plane: np.ndarray) -> None:
         """Store the next 2-D plane (cast with to_dtype when its dtype differs)."""
@@ -545,7 +620,20 @@ class StackWriter:
             self.abort()
             raise ValueError(f"{self.path}: {self._next} of {self.n_planes} planes written")
         self._mm.flush()
-        self._mm = self._planes = None
+        planes, self._mm, self._planes = self._planes, None, None
+        if self._compress:
+            raw, self._tmp = self._tmp, self._temp_name()
+            try:
+                tifffile.imwrite(self._tmp, data=iter(planes), shape=self.shape, dtype=self.dtype, **self._kw,
+                                 **self._compress)
+            except BaseException:
+                self.abort()
+                raise
+            finally:
+                del planes
+                raw.unlink(missing_ok=True)
+        else:
+            del planes
         os.replace(self._tmp, self.path)
         return self.path
 

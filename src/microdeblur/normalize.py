@@ -26,12 +26,24 @@ class Normalizer:
         return np.asarray(y, dtype=np.float32) * np.float32(self.hi - self.lo) + np.float32(self.lo)
 
 
-def frame_normalizer(frame: np.ndarray, pmin: float = 1.0, pmax: float = 99.8) -> Normalizer:
-    """Normalizer from the frame's pmin/pmax percentiles (strided subsample above EXACT_PIXELS)."""
+def _sample(frame: np.ndarray) -> np.ndarray:
+    """The frame, strided-subsampled above EXACT_PIXELS; ValueError when it holds NaN or infinite values."""
     frame = np.asarray(frame)
+    if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
+        raise ValueError(f"frame holds {np.count_nonzero(~np.isfinite(frame))} NaN or infinite value(s)")
     if frame.size > EXACT_PIXELS and frame.ndim >= 2:
         step = math.ceil(math.sqrt(frame.size / EXACT_PIXELS))
         frame = frame[..., ::step, ::step]
-    lo, hi = (float(v) for v in np.percentile(frame, [pmin, pmax]))
+    return frame
+
+
+def frame_normalizer(frame: np.ndarray, pmin: float = 1.0, pmax: float = 99.8) -> Normalizer:
+    """Normalizer from the frame's pmin/pmax percentiles (strided subsample above EXACT_PIXELS)."""
+    lo, hi = (float(v) for v in np.percentile(_sample(frame), [pmin, pmax]))
     span = 1e-6 * max(1.0, abs(lo))  # smallest span float32 still resolves at this magnitude
     return Normalizer(lo, hi if hi - lo > span else lo + span)
+
+
+def frame_median(frame: np.ndarray) -> float:
+    """Median of the frame, sampled as frame_normalizer samples it."""
+    return float(np.median(_sample(frame)))

@@ -148,12 +148,12 @@ def _stack_day(path: Path) -> Day:
 def _folder_day(folder: Path, files: list[Path]) -> Day:
     """A day held as one image per plane in a folder (natural order of file names)."""
     skipped = [f for f in files if _PROJECTION.search(f.stem)]
-    if skipped:
-        log.info(f"{folder.name}: skipping {', '.join(f.name for f in skipped)} (projection, not a plane)")
     files = [f for f in files if f not in skipped]
     if not files:
         raise UserError(f"{folder}: holds only projection images ({', '.join(f.name for f in skipped)}), "
                         "no through-focus planes")
+    if skipped:
+        log.info(f"{folder.name}: skipping {', '.join(f.name for f in skipped)} (projection, not a plane)")
     return Day(folder.resolve().name, folder, False, files, read_info(files[0]), len(files),
                folder / FOCUS_MARKER, folder / GROUND_TRUTH)
 

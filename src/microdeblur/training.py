@@ -16,7 +16,8 @@ import torch
 
 from . import log
 from .calibration import fit_calibration, spearman
-from .dataset import PairSampler, PreparedData, read_index
+from .dataset import PairSampler, PreparedData
+from .prepare import load_index
 from .devices import resolve_device
 from .errors import UserError
 from .losses import beta_schedule, manifold_losses, mlvae_losses, reconstruction_loss
@@ -381,7 +382,7 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
         state.history.append(row | {k: round(v, 4) for k, v in probe.metrics(model, device).items()})
         _write_log(log_csv, state.history)
     focus_code, cal = finalize(model, data, train_ids, cfg, device)
-    index = read_index(Path(data_dir))
+    index = load_index(Path(data_dir))
     summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": _hash(index),
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(),
