@@ -343,3 +343,16 @@ def test_non_finite_pixels_are_refused_naming_file_and_plane(tmp_path, cal_weigh
     _fails(_cli("interpolate", good, inf, "-o", tmp_path / "i.tif", *w), "inf.tif")
     _fails(_cli("interpolate", inf, "-o", tmp_path / "i.tif", "--dz-from", "0", "--dz-to", "2", *w), "inf.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.tif", "inf.tif", "nan.tif"]
+
+
+def test_truth_of_another_size_is_refused_before_writing(tmp_path):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from microdeblur.cli import app
+
+    tifffile.imwrite(tmp_path / "a.tif", np.full((60, 70), 100, np.uint16))
+    tifffile.imwrite(tmp_path / "t.tif", np.full((50, 70), 100, np.uint16))
+    res = CliRunner().invoke(app, ["deblur", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o.tif"),
+                                   "--truth", str(tmp_path / "t.tif"), "-w", str(tmp_path / "missing.safetensors")])
+    assert res.exit_code == 1 and "--truth" in res.output and not (tmp_path / "o.tif").exists()

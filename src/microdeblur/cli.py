@@ -163,7 +163,7 @@ def train(
 @_user_errors
 def deblur(
     inputs: List[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output file (one input) or folder (several)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output file (one input) or folder (several; a trailing / always means a folder)."),
     weights: Optional[Path] = WeightsOpt,
     reference: Optional[Path] = typer.Option(None, "--reference", help="In-focus image whose blur code is used instead of the stored one."),
     scale: Optional[float] = typer.Option(None, "--scale", help="Resize factor before the network (default: from the weights; 1 = already at working pixel size)."),
@@ -177,11 +177,11 @@ def deblur(
 ) -> None:
     """Deblur images or z-stacks; outputs keep shape, dtype, axes and metadata."""
     from .inference import deblur_paths
-    from .io import expand_inputs, read_info
-    from .metrics import compare_to_truth
+    from .io import expand_inputs
+    from .metrics import check_truth, compare_to_truth
 
     if truth is not None:
-        read_info(truth)  # fail before any work when the truth image is missing or unreadable
+        check_truth(expand_inputs(inputs), truth)  # fail before any work
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
                         batch_size=batch_size, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite)
     if truth is not None:
@@ -215,7 +215,7 @@ def interpolate(
 @_user_errors
 def focus(
     inputs: List[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
-    output: Path = typer.Option(..., "--output", "-o", help="Defocus map TIFF (one input) or folder (several)."),
+    output: str = typer.Option(..., "--output", "-o", help="Defocus map TIFF (one input) or folder (several; a trailing / always means a folder)."),
     weights: Optional[Path] = WeightsOpt,
     scale: Optional[float] = typer.Option(None, "--scale"),
     overlap: int = typer.Option(48, "--overlap"),

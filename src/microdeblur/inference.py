@@ -225,7 +225,9 @@ def _focus_ratios(value) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         dz, lo, hi = (np.asarray(value[k], dtype=np.float64).reshape(-1) for k in ("dz_um", "lo", "hi"))
     except (KeyError, TypeError, ValueError):
         raise UserError("the weights' normalization.focus_ratios is malformed (needs dz_um, lo and hi lists)") from None
-    ok = (dz.size > 0 and dz.size == lo.size == hi.size and np.all(np.diff(dz) > 0)
+    if dz.size == 0:
+        return None
+    ok = (dz.size == lo.size == hi.size and np.all(np.diff(dz) > 0)
           and np.all(np.isfinite(np.concatenate([dz, lo, hi]))) and np.all(hi > lo))
     if not ok:
         raise UserError("the weights' normalization.focus_ratios is inconsistent (dz_um must increase, hi > lo)")
@@ -517,8 +519,8 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
     if code is None and db.target is None:
         raise UserError(f"{weights or 'the default weights'} hold no in-focus blur code; use --reference or --dz")
     n_planes = sum(i.n_planes for i in infos)
+    target_dz = 0.0 if dz is None else float(dz)  # the stored code and --reference target focus
     with Staging() as stage, log.progress("deblur", total=n_planes) as bar:
-        target_dz = 0.0 if dz is None else float(dz)  # --reference and the stored code target focus
         firsts = [_deblur_file(db, f, info, stage.path(o), code, target_dz, bar)
                   for f, info, o in zip(files, infos, outs)]
         if save_comparison is not None:

@@ -142,10 +142,23 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def check_truth(inputs: list[Path], truth: Path) -> None:
+    """Refuse a --truth image that cannot be compared with the inputs (before any work is done)."""
+    from .errors import UserError
+    from .io import read_info
+
+    ref = read_info(truth)
+    for p in inputs:
+        info = read_info(p)
+        if tuple(info.plane_shape) != tuple(ref.plane_shape):
+            raise UserError(f"--truth {truth} is {ref.plane_shape[1]}x{ref.plane_shape[0]} but {p} is "
+                            f"{info.plane_shape[1]}x{info.plane_shape[0]}")
+
+
 def compare_to_truth(inputs: list[Path], outputs: list[Path], truth: Path) -> list[dict[str, float]]:
     """PSNR/SSIM of each input and its output against an in-focus image of the same field; logged.
 
-    Each image (first plane of a stack) is normalised by its own 1st-99.8th percentiles, as the network
+    Each image (the first plane of a stack only) is normalised by its own 1st-99.8th percentiles, as the network
     sees it, so the figures use the same data range (1.0) as `microdeblur evaluate`."""
     from . import log
     from .errors import UserError
