@@ -142,7 +142,8 @@ def train(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a disentangling autoencoder on a prepared folder and write safetensors weights."""
-    from .training import TrainConfig, train as run_train
+    from .training import TrainConfig
+    from .training import train as run_train
 
     try:
         width_list = tuple(int(v) for v in widths.split(","))

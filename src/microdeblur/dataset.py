@@ -12,6 +12,7 @@ import torch
 from .errors import UserError
 from .prepare import load_index
 
+
 @dataclass
 class PairBatch:
     """Same-identity pairs (x1, x2 at dz1, dz2) and same-dz pairs (y1, y2 of two identities)."""

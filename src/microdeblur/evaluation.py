@@ -21,13 +21,33 @@ import torch
 from torch import nn
 
 from . import log
-from .baselines import (RL_ITERATIONS, UNSHARP_AMOUNT, UNSHARP_RADIUS, WIENER_BALANCE, deconvolve, load_unet,
-                        richardson_lucy_tiles, unsharp, wiener_tiles)
+from .baselines import (
+    RL_ITERATIONS,
+    UNSHARP_AMOUNT,
+    UNSHARP_RADIUS,
+    WIENER_BALANCE,
+    deconvolve,
+    load_unet,
+    richardson_lucy_tiles,
+    unsharp,
+    wiener_tiles,
+)
 from .dataset import PreparedData
 from .devices import resolve_device
 from .errors import UserError
-from .metrics import (BIN_EDGES, DATA_RANGE, NEAR_FOCUS, PSNR_CAP_DB, bin_labels, deblur_summary, json_safe,
-                      mlvae_score, psnr_batch, ssim_batch, summary)
+from .metrics import (
+    BIN_EDGES,
+    DATA_RANGE,
+    NEAR_FOCUS,
+    PSNR_CAP_DB,
+    bin_labels,
+    deblur_summary,
+    json_safe,
+    mlvae_score,
+    psnr_batch,
+    ssim_batch,
+    summary,
+)
 from .networks import count_parameters
 from .prepare import INDEX_NAME, load_index
 from .simulate import Optics

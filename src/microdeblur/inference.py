@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from . import calibration, log
 from .errors import UserError
 from .io import TIFF_SUFFIXES
 from .normalize import Normalizer, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
-
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 
@@ -66,7 +65,9 @@ def rescale(plane: np.ndarray, scale: float) -> np.ndarray:
     """Plane at working scale, resized exactly as `prepare` resized the training frames."""
     if scale == 1:
         return np.asarray(plane, dtype=np.float32)
-    from .prepare import rescale_frame  # skimage/scipy are imported only when a resize is needed
+    from .prepare import (
+        rescale_frame,  # skimage/scipy are imported only when a resize is needed
+    )
 
     return rescale_frame(plane, scale)
 

@@ -18,8 +18,19 @@ from skimage.transform import resize
 
 from . import log
 from .errors import UserError
-from .io import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ImageInfo, atomic_write_bytes, images_in, iter_planes,
-                 natural_key, read_image, read_info, to_dtype, write_tiff)
+from .io import (
+    IMAGE_SUFFIXES,
+    TIFF_SUFFIXES,
+    ImageInfo,
+    atomic_write_bytes,
+    images_in,
+    iter_planes,
+    natural_key,
+    read_image,
+    read_info,
+    to_dtype,
+    write_tiff,
+)
 from .normalize import frame_normalizer
 
 INDEX_NAME = "index.json"

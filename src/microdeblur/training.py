@@ -17,11 +17,12 @@ import torch
 from . import log
 from .calibration import fit_calibration, spearman
 from .dataset import PairSampler, PreparedData
-from .prepare import load_index
 from .devices import resolve_device
 from .errors import UserError
 from .losses import beta_schedule, manifold_losses, mlvae_losses, reconstruction_loss
+from .metrics import psnr_batch
 from .networks import DisentangledAE, ModelConfig
+from .prepare import load_index
 from .weights import WeightsMeta, load_weights, save_weights
 
 NORMALIZATION = {"method": "frame-percentile", "pmin": 1.0, "pmax": 99.8}
@@ -160,11 +161,6 @@ def _encode_all(model, tiles: np.ndarray, device, batch: int = 256) -> tuple[np.
     return np.concatenate(ids), np.concatenate(blurs)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 @dataclass
 class Probe:
     """Fixed validation tiles: blurry tiles, their in-focus targets and their dz (per epoch metrics)."""
@@ -201,8 +197,8 @@ class Probe:
         model.train()
         blurry = self.blurry.astype(np.float32)
         target = self.target.astype(np.float32)
-        out = {"val_rec_psnr": _psnr(rec, blurry), "val_deblur_psnr": _psnr(deb, target),
-               "val_input_psnr": _psnr(blurry, target)}
+        out = {"val_rec_psnr": float(psnr_batch(rec, blurry).mean()), "val_deblur_psnr": float(psnr_batch(deb, target).mean()),
+               "val_input_psnr": float(psnr_batch(blurry, target).mean())}
         if blur.shape[1] == 1:
             out["code_dz_rho"] = spearman(blur[:, 0], self.dz)
             out["code_absdz_rho"] = spearman(blur[:, 0], np.abs(self.dz))
