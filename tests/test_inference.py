@@ -19,7 +19,8 @@ from microdeblur.inference import Deblurrer, deblur_paths, focus_paths, interpol
 from microdeblur.io import read_image, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.normalize import Normalizer, frame_normalizer
-from microdeblur.weights import DEFAULT_NORMALIZATION, WeightsMeta, load_weights, save_weights
+from microdeblur.normalize import NORMALIZATION as DEFAULT_NORMALIZATION
+from microdeblur.weights import WeightsMeta, load_weights, save_weights
 
 TINY = dict(widths=(4, 8, 8), head_width=8, id_channels=2)
 runner = CliRunner()

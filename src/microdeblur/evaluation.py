@@ -48,7 +48,7 @@ from .metrics import (
     ssim_batch,
     summary,
 )
-from .networks import count_parameters
+from .networks import count_parameters, decode_batched as decode, encode_batched as encode, run_batched
 from .prepare import INDEX_NAME, load_index
 from .simulate import Optics
 from .weights import load_weights
@@ -274,27 +274,6 @@ def load_models(paths: Sequence[Path], device: torch.device, data: PreparedData)
 
 
 # ----------------------------------------------------------------------------- running
-
-
-@torch.inference_mode()
-def run_batched(fn: Callable[..., Any], *arrays: np.ndarray, device: torch.device, batch: int = BATCH) -> list[np.ndarray]:
-    """Apply fn to aligned batches of the arrays on device; concatenate each output (tensor or tuple) on the CPU."""
-    outs = []
-    for i in range(0, len(arrays[0]), batch):
-        res = fn(*(torch.from_numpy(np.ascontiguousarray(a[i : i + batch])).to(device) for a in arrays))
-        outs.append([r.float().cpu() for r in (res if isinstance(res, tuple) else (res,))])
-    return [torch.cat(parts).numpy() for parts in zip(*outs)]
-
-
-def encode(model: nn.Module, tiles: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Identity and blur codes (means) of [N,T,T] tiles."""
-    identity, blur = run_batched(lambda x: tuple(model.encode(x[:, None])[:2]), tiles, device=device)
-    return identity, blur
-
-
-def decode(model: nn.Module, identity: np.ndarray, blur: np.ndarray, device: torch.device) -> np.ndarray:
-    """Decoded [N,T,T] tiles from aligned identity and blur codes."""
-    return run_batched(lambda i, b: model.decode(i, b)[:, 0], identity, blur, device=device)[0]
 
 
 def score_model(m: LoadedModel, es: EvalSet, device: torch.device, epochs: int,

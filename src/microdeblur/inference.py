@@ -26,7 +26,7 @@ from torch import nn
 from . import calibration, log
 from .errors import UserError
 from .io import TIFF_SUFFIXES
-from .normalize import Normalizer, frame_median, frame_normalizer
+from .normalize import PMAX, PMIN, Normalizer, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
@@ -108,7 +108,7 @@ class Deblurrer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         norm = dict(getattr(meta, "normalization", None) or {})
-        self.pmin, self.pmax = float(norm.get("pmin", 1.0)), float(norm.get("pmax", 99.8))
+        self.pmin, self.pmax = float(norm.get("pmin", PMIN)), float(norm.get("pmax", PMAX))
         self.focus_ratios = _focus_ratios(norm.get("focus_ratios"))
         self._median_warned = False
         focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
@@ -484,18 +484,21 @@ def _deblur_file(db: Deblurrer, path: Path, info, tmp: Path, code, dz: float,
     return first
 
 
+def _plan(inputs: Sequence[str], output: str | Path, name_for: Callable[[Path], str]) -> tuple[list[Path], list, list[Path]]:
+    """Input files, their infos and their output paths (a trailing separator on `output` means a folder)."""
+    from .io import expand_inputs
+
+    files = expand_inputs(inputs)
+    return files, _infos(files), _output_paths(files, Path(output), name_for, _is_folder_name(output))
+
+
 def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None,
                  reference: Path | None = None, scale: float | None = None, overlap: int = 48, batch_size: int = 32,
                  dz: float | None = None, save_comparison: Path | None = None, device: str = "auto",
                  overwrite: bool = False) -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs."""
-    from .io import expand_inputs
-
     t0 = time.perf_counter()
-    folder, output = _is_folder_name(output), Path(output)
-    files = expand_inputs(inputs)
-    infos = _infos(files)
-    outs = _output_paths(files, output, _deblur_name, folder)
+    files, infos, outs = _plan(inputs, output, _deblur_name)
     for o, info in zip(outs, infos):
         _check_deblur_output(o, info)
     _check_outputs(outs, files, overwrite)
@@ -639,13 +642,8 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
                 overlap: int = 48, batch_size: int = 32, csv: Path | None = None, device: str = "auto",
                 overwrite: bool = False) -> list[Path]:
     """Defocus maps (float32 TIFF, dz in um, input size) of images/stacks from the calibrated blur code."""
-    from .io import expand_inputs
-
     t0 = time.perf_counter()
-    folder, output = _is_folder_name(output), Path(output)
-    files = expand_inputs(inputs)
-    infos = _infos(files)
-    outs = _output_paths(files, output, _focus_name, folder)
+    files, infos, outs = _plan(inputs, output, _focus_name)
     for o in outs:
         if o.suffix.lower() not in TIFF_SUFFIXES:
             raise UserError(f"{o}: defocus maps are written as .tif or .tiff")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -217,3 +218,25 @@ class DisentangledAE(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.inference_mode()
+def run_batched(fn: Callable[..., Any], *arrays: np.ndarray, device: torch.device | str = "cpu",
+                batch: int = 64) -> list[np.ndarray]:
+    """Apply fn to aligned float32 batches of the arrays on device; concatenate each output on the CPU."""
+    outs = []
+    for i in range(0, len(arrays[0]), batch):
+        res = fn(*(torch.from_numpy(np.ascontiguousarray(a[i : i + batch], dtype=np.float32)).to(device) for a in arrays))
+        outs.append([r.float().cpu() for r in (res if isinstance(res, tuple) else (res,))])
+    return [torch.cat(parts).numpy() for parts in zip(*outs)]
+
+
+def encode_batched(model: nn.Module, tiles: np.ndarray, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Identity and blur codes (means) of [N,T,T] tiles (any float dtype)."""
+    identity, blur = run_batched(lambda x: tuple(model.encode(x[:, None])[:2]), tiles, device=device)
+    return identity, blur
+
+
+def decode_batched(model: nn.Module, identity: np.ndarray, blur: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Decoded [N,T,T] tiles from aligned identity and blur codes."""
+    return run_batched(lambda i, b: model.decode(i, b)[:, 0], identity, blur, device=device)[0]

@@ -37,7 +37,11 @@ def _sample(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def frame_normalizer(frame: np.ndarray, pmin: float = 1.0, pmax: float = 99.8) -> Normalizer:
+PMIN, PMAX = 1.0, 99.8
+NORMALIZATION = {"method": "frame-percentile", "pmin": PMIN, "pmax": PMAX}  # what weights record
+
+
+def frame_normalizer(frame: np.ndarray, pmin: float = PMIN, pmax: float = PMAX) -> Normalizer:
     """Normalizer from the frame's pmin/pmax percentiles (strided subsample above EXACT_PIXELS)."""
     lo, hi = (float(v) for v in np.percentile(_sample(frame), [pmin, pmax]))
     span = 1e-6 * max(1.0, abs(lo))  # smallest span float32 still resolves at this magnitude

@@ -21,11 +21,11 @@ from .devices import resolve_device
 from .errors import UserError
 from .losses import beta_schedule, manifold_losses, mlvae_losses, reconstruction_loss
 from .metrics import psnr_batch
-from .networks import DisentangledAE, ModelConfig
+from .networks import DisentangledAE, ModelConfig, encode_batched
+from .normalize import NORMALIZATION
 from .prepare import load_index
 from .weights import WeightsMeta, load_weights, save_weights
 
-NORMALIZATION = {"method": "frame-percentile", "pmin": 1.0, "pmax": 99.8}
 CKPT_VERSION = 1
 
 
@@ -149,18 +149,6 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
     return TrainState(step=ck["step"], elapsed_s=ck["elapsed_s"], history=ck["history"])
 
 
-def _encode_all(model, tiles: np.ndarray, device, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Identity and blur codes (means) of float16 tiles [N,T,T]."""
-    ids, blurs = [], []
-    with torch.inference_mode():
-        for s in range(0, len(tiles), batch):
-            x = torch.from_numpy(tiles[s : s + batch].astype(np.float32))[:, None].to(device)
-            c = model.encode(x)
-            ids.append(c.identity.float().cpu().numpy())
-            blurs.append(c.blur.float().cpu().numpy())
-    return np.concatenate(ids), np.concatenate(blurs)
-
-
 @dataclass
 class Probe:
     """Fixed validation tiles: blurry tiles, their in-focus targets and their dz (per epoch metrics)."""
@@ -187,8 +175,8 @@ class Probe:
     def metrics(self, model, device) -> dict:
         """Reconstruction and deblurring PSNR on the probe, and blur-code order for 1-D codes."""
         model.eval()
-        _, ref_blur = _encode_all(model, self.focus_ref, device)
-        ids, blur = _encode_all(model, self.blurry, device)
+        _, ref_blur = encode_batched(model, self.focus_ref, device)
+        ids, blur = encode_batched(model, self.blurry, device)
         focus = torch.from_numpy(ref_blur.mean(0, keepdims=True)).to(device)
         with torch.inference_mode():
             idt = torch.from_numpy(ids).to(device)
@@ -260,12 +248,12 @@ def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, 
     """In-focus blur code (mean over in-focus training tiles) and, for 1-D codes, the dz calibration."""
     model.eval()
     focus_tiles = np.stack([data.stacks[i][data.focus_index[i]] for i in train_ids])
-    _, fb = _encode_all(model, focus_tiles, device)
+    _, fb = encode_batched(model, focus_tiles, device)
     cal = None
     if cfg.variant == "manifold-1d":
         pick = np.random.default_rng(cfg.seed).permutation(train_ids)[:300]
         idx = data.tile_indices(sorted(pick.tolist()))
-        _, codes = _encode_all(model, data.tiles[idx], device)
+        _, codes = encode_batched(model, data.tiles[idx], device)
         cal = fit_calibration(codes[:, 0], data.dz_all[idx])
         if data.z_step_um is None:
             cal["note"] = (cal.get("note", "") + "; dz is in planes (z step unknown)").lstrip("; ")

@@ -16,12 +16,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .normalize import NORMALIZATION
 from .networks import DisentangledAE, ModelConfig
 
 FORMAT_VERSION = "1"
 PREFIX = "microdeblur."
 DEFAULT_WEIGHTS_NAME = "manifold-1d.safetensors"
-DEFAULT_NORMALIZATION = {"method": "frame-percentile", "pmin": 1.0, "pmax": 99.8}
 
 
 @dataclass
@@ -30,7 +30,7 @@ class WeightsMeta:
 
     variant: str
     config: ModelConfig
-    normalization: dict = field(default_factory=lambda: dict(DEFAULT_NORMALIZATION))
+    normalization: dict = field(default_factory=lambda: dict(NORMALIZATION))
     scale: float = 1.0
     z_step_um: Optional[float] = None
     focus_blur_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
