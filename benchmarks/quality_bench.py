@@ -21,7 +21,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--weights", "-w", type=Path, action="append", default=[], help="repeatable; default: shipped")
     p.add_argument("--unet", type=Path, default=None, help="U-Net baseline from benchmarks/train_unet.py")
     p.add_argument("--output", "-o", type=Path, default=None, help="report folder (default: a new temp folder)")
-    p.add_argument("--split", default="val", choices=("val", "all"))
+    p.add_argument("--split", default="val", choices=("val", "train", "all"))
+    p.add_argument("--identities", type=int, default=None, help="at most this many identities, spread over the split")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--classifier-epochs", type=int, default=300)
     p.add_argument("--device", default="auto")
@@ -35,7 +36,8 @@ def main() -> None:
     out = args.output or Path(tempfile.mkdtemp(prefix="microdeblur-quality-"))
     start = time.monotonic()
     metrics = evaluate(args.data, out, weights=args.weights, unet=args.unet, split=args.split, quick=args.quick,
-                       classifier_epochs=args.classifier_epochs, device=args.device, overwrite=args.overwrite)
+                       classifier_epochs=args.classifier_epochs, device=args.device, overwrite=args.overwrite,
+                       identities=args.identities)
     p = metrics["protocol"]
     print(f"data {p['data']}  split {p['split']}  identities {p['n_identities']}  blurry tiles {p['n_blurry']}  "
           f"quick {p['quick']}  ({time.monotonic() - start:.0f} s; report in {out})\n")

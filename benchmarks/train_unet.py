@@ -1,10 +1,10 @@
-"""Train the CARE-style U-Net baseline for `microdeblur evaluate --unet` within a time budget.
+"""Train the CARE-style U-Net baseline for `microdeblur evaluate --unet` for a step or time budget.
 
 Pairs: a defocused tile -> the in-focus tile of the same identity, from the training identities of
 the same split `train` uses (PreparedData.split). The U-Net is sized to about the parameter count of
 the default manifold-1d model.
 
-    python benchmarks/train_unet.py DATA --output runs/unet.safetensors --minutes 15
+    python benchmarks/train_unet.py DATA --output runs/unet.safetensors --steps 5000
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=Path, help="folder written by `microdeblur prepare`")
     p.add_argument("--output", "-o", type=Path, default=Path("runs/unet.safetensors"))
-    p.add_argument("--minutes", type=float, default=15.0, help="wall-time budget for training")
+    p.add_argument("--minutes", type=float, default=None, help="wall-time budget for training")
+    p.add_argument("--steps", type=int, default=None, help="optimiser-step budget (default: 15 minutes)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -61,8 +62,12 @@ def sample_batch(data: PreparedData, pairs: list[tuple[int, int]], rng: np.rando
 
 
 def main() -> None:
-    """Train until the time budget is spent, then write the safetensors file."""
+    """Train until the step or time budget is spent, then write the safetensors file."""
     args = parse_args()
+    if args.steps is None and args.minutes is None:
+        args.minutes = 15.0
+    max_steps = args.steps if args.steps is not None else float("inf")
+    max_s = 60.0 * args.minutes if args.minutes is not None else float("inf")
     device = resolve_device(args.device)
     data = PreparedData.load(args.data, dz_range=args.dz_range)
     train_ids, _ = data.split(val_fraction=args.val_fraction, seed=args.seed)
@@ -76,7 +81,7 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
     start, step, running, last_log = time.monotonic(), 0, None, time.monotonic()
-    while time.monotonic() - start < 60.0 * args.minutes:
+    while step < max_steps and time.monotonic() - start < max_s:
         x, y = (t.to(device) for t in sample_batch(data, pairs, rng, args.batch_size))
         loss = F.l1_loss(model(x), y)
         opt.zero_grad()

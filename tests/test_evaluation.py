@@ -167,6 +167,24 @@ def test_evaluate_rejects_bad_split(prepared: Path, tmp_path: Path):
     assert not (tmp_path / "r").exists()
 
 
+def test_eval_set_takes_the_asked_split_and_at_most_the_asked_identities(prepared: Path):
+    from microdeblur.dataset import PreparedData
+
+    data = PreparedData.load(prepared, dz_range=evaluation.DZ_RANGE)
+    train, val = data.split()
+    es = evaluation.build_eval_set(data, "train", quick=False, identities=2)
+    assert len(es.names) == 2 and set(es.names) <= {data.identities[i] for i in train}
+    assert not set(es.names) & {data.identities[i] for i in val}
+    everything = evaluation.build_eval_set(data, "all", quick=False)
+    assert sorted(everything.names) == sorted(data.identities)
+
+
+def test_evaluate_rejects_too_few_identities(prepared: Path, tmp_path: Path):
+    result = CliRunner().invoke(app, ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "--identities", "1"])
+    assert result.exit_code == 1 and "--identities" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_working_pixel_sizes_from_index_or_reference_optics():
     index = {"days": {"a": {"pixel_size_um": 0.2}, "b": {"pixel_size_um": None}, "c": {}}}
     px, assumed = evaluation.working_pixel_sizes(index, ["b", "a", "a", "c"], 0.5)

@@ -239,7 +239,8 @@ def evaluate(
     report_dir: Path = typer.Option(..., "--output", "-o", help="Report folder (metrics.json, report.md, figures)."),
     weights: List[Path] = typer.Option([], "--weights", "-w", help="Weights to compare (repeatable; default: shipped)."),
     unet: Optional[Path] = typer.Option(None, "--unet", help="CARE-style U-Net baseline weights (benchmarks/train_unet.py)."),
-    split: str = typer.Option("val", "--split", help="val or all."),
+    split: str = typer.Option("val", "--split", help="val (held-out identities), train (training identities) or all."),
+    identities: Optional[int] = typer.Option(None, "--identities", help="Evaluate at most this many identities, spread over the split."),
     quick: bool = typer.Option(False, "--quick", help="Small subset, few classifier epochs (about a minute)."),
     classifier_epochs: int = typer.Option(300, "--classifier-epochs", help="Epochs of the ML-VAE score classifiers."),
     device: str = DeviceOpt,
@@ -249,7 +250,7 @@ def evaluate(
     from .evaluation import evaluate as run_evaluate
 
     run_evaluate(data, report_dir, weights=weights, unet=unet, split=split, quick=quick,
-                 classifier_epochs=classifier_epochs, device=device, overwrite=overwrite)
+                 classifier_epochs=classifier_epochs, device=device, overwrite=overwrite, identities=identities)
 
 
 def run() -> None:

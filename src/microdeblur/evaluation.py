@@ -57,6 +57,7 @@ DZ_RANGE = 30.0  # evaluate planes with |Δz| <= this (µm, or planes when the z
 SEED = 0
 BATCH = 64
 QUICK_IDENTITIES = 8
+SPLITS = ("val", "train", "all")  # PreparedData.split() halves with train's defaults, or every identity
 QUICK_PLANES = 7
 QUICK_CLASSIFIER_EPOCHS = 30
 QUICK_RL_ITERATIONS = 5
@@ -102,14 +103,14 @@ class LoadedModel:
 
 def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet: Path | None = None,
              split: str = "val", quick: bool = False, classifier_epochs: int = 300, device: str = "auto",
-             overwrite: bool = False) -> dict[str, Any]:
+             overwrite: bool = False, identities: int | None = None) -> dict[str, Any]:
     """Evaluate models and baselines on a prepared folder; write the report folder and return the metrics."""
     data, report_dir = Path(data), Path(report_dir)
-    _check_inputs(data, report_dir, split, classifier_epochs, overwrite)
+    _check_inputs(data, report_dir, split, classifier_epochs, overwrite, identities)
     index = load_index(data)
     dev = resolve_device(device)
     prepared = PreparedData.load(data, dz_range=DZ_RANGE)
-    es = build_eval_set(prepared, split, quick)
+    es = build_eval_set(prepared, split, quick, identities)
     models = load_models(weights, dev, prepared)
     unet_model, unet_info = load_unet(unet, dev) if unet is not None else (None, None)
     if unet_model is not None and prepared.tile % 2**unet_model.config.depth:
@@ -168,11 +169,14 @@ def report_files(folder: Path) -> list[Path]:
     return sorted({p for pattern in REPORT_FILES for p in folder.glob(pattern)}) if folder.is_dir() else []
 
 
-def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: int, overwrite: bool) -> None:
+def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: int, overwrite: bool,
+                  identities: int | None = None) -> None:
     """Fail early on a bad option, a report folder that is or holds prepared data or an earlier report, or
     missing optional packages."""
-    if split not in ("val", "all"):
-        raise UserError(f"--split must be val or all, got {split!r}")
+    if split not in SPLITS:
+        raise UserError(f"--split must be {', '.join(SPLITS[:-1])} or {SPLITS[-1]}, got {split!r}")
+    if identities is not None and identities < 2:
+        raise UserError(f"--identities must be at least 2, got {identities}")
     if classifier_epochs < 1:
         raise UserError("--classifier-epochs must be at least 1")
     existing = next((p for p in (report_dir.absolute(), *report_dir.absolute().parents) if p.exists()), None)
@@ -215,11 +219,13 @@ def spread(n: int, k: int) -> np.ndarray:
     return np.arange(n) if n <= k else np.unique(np.linspace(0, n - 1, k).round().astype(int))
 
 
-def build_eval_set(data: PreparedData, split: str, quick: bool) -> EvalSet:
-    """Gather the split's tiles; pair every blurry tile with another identity's in-focus tile (seeded)."""
-    ids = sorted(data.split()[1] if split == "val" else range(len(data.identities)))
-    if quick:
-        ids = [ids[i] for i in spread(len(ids), QUICK_IDENTITIES)]
+def build_eval_set(data: PreparedData, split: str, quick: bool, identities: int | None = None) -> EvalSet:
+    """Gather the split's tiles (at most `identities` of them, spread over the split; fewer with quick);
+    pair every blurry tile with another identity's in-focus tile (seeded)."""
+    train, val = data.split()
+    ids = sorted({"val": val, "train": train}.get(split, range(len(data.identities))))
+    limit = min(identities or len(ids), QUICK_IDENTITIES if quick else len(ids))
+    ids = [ids[i] for i in spread(len(ids), limit)]
     if len(ids) < 2:
         raise UserError(f"the {split} split has {len(ids)} identities; evaluation needs at least 2 "
                         "(use --split all or prepare more data)")

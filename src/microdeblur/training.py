@@ -151,7 +151,7 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
 
 @dataclass
 class Probe:
-    """Fixed validation tiles: blurry tiles, their in-focus targets and their dz (per epoch metrics)."""
+    """Fixed validation tiles: defocused tiles (Δz != 0), their in-focus targets and their dz (per epoch metrics)."""
 
     blurry: np.ndarray
     target: np.ndarray
@@ -164,8 +164,10 @@ class Probe:
         val = list(rng.permutation(val_ids or train_ids)[:n_ids])
         b, t, d = [], [], []
         for i in val:
-            sel = np.flatnonzero(np.abs(data.dz[i]) <= dz_max)
-            sel = sel[np.linspace(0, len(sel) - 1, min(7, len(sel))).astype(int)]
+            off = data.dz[i] != 0  # the in-focus plane itself would score the PSNR cap
+            sel = np.flatnonzero(off & (np.abs(data.dz[i]) <= dz_max))
+            sel = sel if len(sel) else np.flatnonzero(off)
+            sel = sel[np.linspace(0, len(sel) - 1, min(6, len(sel))).astype(int)]
             b.append(data.stacks[i][sel])
             t.append(np.repeat(data.stacks[i][data.focus_index[i]][None], len(sel), 0))
             d.append(data.dz[i][sel])
