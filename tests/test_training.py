@@ -84,9 +84,10 @@ def test_few_steps_reduce_loss_and_export(tmp_path, data, variant):
 
 
 def test_dz_term_orders_the_blur_code(tmp_path, data):
-    """The optional dz tie gives a 1-D code ordered by dz within a few steps (no collapse)."""
+    """The optional dz tie gives a 1-D code ordered by dz within a few steps (no collapse; 40 steps were
+    seed- and machine-dependent, 80 gave rho 0.75-0.89 for seeds 0-3)."""
     out = tmp_path / "dz.safetensors"
-    cfg = TrainConfig(max_steps=40, dz_weight=1.0, dz_range=6.0, lr=3e-3, seed=2, **(TINY | {"batch_size": 4}))
+    cfg = TrainConfig(max_steps=80, dz_weight=1.0, dz_range=6.0, lr=3e-3, seed=2, **(TINY | {"batch_size": 4}))
     train(data, out, cfg)
     _, meta = load_weights(out)
     assert meta.calibration["kind"] == "signed" and abs(meta.calibration["spearman_rho"]) > 0.6
@@ -190,3 +191,12 @@ def test_checkpoint_of_an_earlier_run_is_not_clobbered(tmp_path, data):
 def test_more_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])
     assert res.exit_code == 1 and words in res.output and "Traceback" not in res.output
+
+
+def test_data_hash_ignores_where_the_raw_days_were():
+    from microdeblur.training import data_hash
+
+    index = {"tile": 128, "days": {"day01": {"source": "/a/raw/day01", "lo": [1.0], "hi": [2.0]}}}
+    moved = {"tile": 128, "days": {"day01": {"source": "/b/elsewhere/day01", "lo": [1.0], "hi": [2.0]}}}
+    changed = {"tile": 128, "days": {"day01": {"source": "/a/raw/day01", "lo": [1.5], "hi": [2.0]}}}
+    assert data_hash(index) == data_hash(moved) != data_hash(changed)

@@ -155,6 +155,15 @@ def check_truth(inputs: list[Path], truth: Path) -> None:
                             f"{info.plane_shape[1]}x{info.plane_shape[0]}")
 
 
+def frame_scores(image: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """PSNR and SSIM of a whole plane against an in-focus plane, each normalised by its own 1st-99.8th
+    percentiles (data range 1, as `evaluate`); what `deblur --truth` prints."""
+    from .normalize import frame_normalizer
+
+    x, t = (frame_normalizer(v).before(v.astype(np.float32))[None] for v in (image, truth))
+    return float(psnr_batch(x, t)[0]), float(ssim_batch(x, t)[0])
+
+
 def compare_to_truth(inputs: list[Path], outputs: list[Path], truth: Path) -> list[dict[str, float]]:
     """PSNR/SSIM of each input and its output against an in-focus image of the same field; logged.
 
@@ -163,12 +172,10 @@ def compare_to_truth(inputs: list[Path], outputs: list[Path], truth: Path) -> li
     from . import log
     from .errors import UserError
     from .io import read_image
-    from .normalize import frame_normalizer
 
     def plane(p: Path) -> np.ndarray:
         d = read_image(p).data
-        x = d.reshape(-1, *d.shape[-2:])[0].astype(np.float32)
-        return frame_normalizer(x).before(x)
+        return d.reshape(-1, *d.shape[-2:])[0].astype(np.float32)
 
     ref = plane(Path(truth))
     rows = []
@@ -176,8 +183,7 @@ def compare_to_truth(inputs: list[Path], outputs: list[Path], truth: Path) -> li
         a, b = plane(Path(i)), plane(Path(o))
         if a.shape != ref.shape:
             raise UserError(f"--truth {truth} is {ref.shape[1]}x{ref.shape[0]} but {i} is {a.shape[1]}x{a.shape[0]}")
-        pa, pb = psnr_batch(a[None], ref[None])[0], psnr_batch(b[None], ref[None])[0]
-        sa, sb = ssim_batch(a[None], ref[None])[0], ssim_batch(b[None], ref[None])[0]
+        (pa, sa), (pb, sb) = frame_scores(a, ref), frame_scores(b, ref)
         log.info(f"{Path(i).name} vs {Path(truth).name}: PSNR {pa:.2f} -> {pb:.2f} dB, SSIM {sa:.3f} -> {sb:.3f} (before -> after)")
         rows.append({"psnr_before": float(pa), "psnr_after": float(pb), "ssim_before": float(sa), "ssim_after": float(sb)})
     return rows

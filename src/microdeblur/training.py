@@ -283,6 +283,12 @@ def focus_ratios(data: PreparedData, identities: list[int]) -> dict:
             "hi": [float(np.median([r[1] for r in rows[k]])) for k in levels]}
 
 
+def data_hash(index: dict) -> str:
+    """Hash of a prepared index without its absolute source paths: the same data hashes alike wherever it lies."""
+    days = {name: {k: v for k, v in day.items() if k != "source"} for name, day in index.get("days", {}).items()}
+    return _hash(index | {"days": days})
+
+
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -369,7 +375,7 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
         _write_log(log_csv, state.history)
     focus_code, cal = finalize(model, data, train_ids, cfg, device)
     index = load_index(Path(data_dir))
-    summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": _hash(index),
+    summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": data_hash(index),
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(),
                "device": str(device), "last": state.history[-1] if state.history else {}}
