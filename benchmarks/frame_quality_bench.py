@@ -27,18 +27,18 @@ from microdeblur.weights import load_weights
 BINS = ((0, 5), (5, 10), (10, 15), (15, 20), (20, 30))
 
 
-def minmse_scores(image: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+def minmse_scores(image: np.ndarray, truth_norm: np.ndarray) -> tuple[float, float]:
     """PSNR and SSIM after the gain and offset that minimise the MSE to the percentile-normalised truth."""
-    t = frame_normalizer(truth).before(truth.astype(np.float32))
     x = image.astype(np.float64).ravel()
     a = np.stack([x, np.ones_like(x)], 1)
-    fit = (a @ np.linalg.lstsq(a, t.ravel().astype(np.float64), rcond=None)[0]).reshape(t.shape).astype(np.float32)
-    return float(psnr_batch(fit[None], t[None])[0]), float(ssim_batch(fit[None], t[None])[0])
+    fit = (a @ np.linalg.lstsq(a, truth_norm.ravel().astype(np.float64), rcond=None)[0]).reshape(truth_norm.shape)
+    fit = fit.astype(np.float32)[None]
+    return float(psnr_batch(fit, truth_norm[None])[0]), float(ssim_batch(fit, truth_norm[None])[0])
 
 
-def scores(image: np.ndarray, truth: np.ndarray) -> tuple[float, float, float, float]:
-    """Own-percentile PSNR, SSIM, then min-MSE PSNR, SSIM."""
-    return (*frame_scores(image, truth), *minmse_scores(image, truth))
+def scores(image: np.ndarray, truth: np.ndarray, truth_norm: np.ndarray) -> tuple[float, float, float, float]:
+    """Own-percentile PSNR, SSIM, then min-MSE PSNR, SSIM (truth_norm: the truth normalised once per day)."""
+    return (*frame_scores(image, truth), *minmse_scores(image, truth_norm))
 
 
 def main() -> None:
@@ -58,13 +58,14 @@ def main() -> None:
         truth = json.loads((day / "ground_truth.json").read_text())
         files = sorted(day.glob(f"{day.name}_z*.tif"))
         ref = tifffile.imread(files[truth["focus_plane"]])
+        ref_norm = frame_normalizer(ref).before(ref.astype(np.float32))
         for f, z in zip(files, truth["z_um"]):
             if z == 0 or abs(z) > a.dz_max:
                 continue
             plane = tifffile.imread(f)
-            rows.append((abs(z), "input", *scores(plane, ref)))
+            rows.append((abs(z), "input", *scores(plane, ref, ref_norm)))
             for name, db in zip(names, models):
-                rows.append((abs(z), name, *scores(db.deblur_plane(plane), ref)))
+                rows.append((abs(z), name, *scores(db.deblur_plane(plane), ref, ref_norm)))
     dz = np.array([r[0] for r in rows])
     method = np.array([r[1] for r in rows])
     score = np.array([r[2:] for r in rows])
