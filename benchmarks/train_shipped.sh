@@ -3,12 +3,12 @@
 # from scratch with one command, with a fixed number of optimiser steps (reproducible whatever the load).
 #   bash benchmarks/train_shipped.sh STEPS NAME [TRAIN OPTIONS...]
 # Writes runs/raw_train, runs/data_train and runs/NAME.safetensors (+ .ckpt, .log.csv); re-running
-# continues an interrupted run from its checkpoint. The runs of the model card (one thread each):
-#   bash benchmarks/train_shipped.sh 5000 m1d --dz-weight 0.1            # shipped manifold-1d
-#   bash benchmarks/train_shipped.sh 5000 manifold --variant manifold
-#   bash benchmarks/train_shipped.sh 5000 mlvae --variant ml-vae
-#   bash benchmarks/train_shipped.sh 5000 manifold_nocross --variant manifold --no-cross
-#   bash benchmarks/train_shipped.sh 5000 manifold_nocont --variant manifold --no-contrastive
+# continues an interrupted run from its checkpoint (also with a larger STEPS: the schedules are counted
+# in steps, so extending a run keeps the steps already planned). The shipped run (both cores):
+#   bash benchmarks/train_shipped.sh 12000 m1d                      # shipped manifold-1d (pyramid network)
+# Same-budget comparisons (WORKERS=1 to run two at once):
+#   bash benchmarks/train_shipped.sh 12000 manifold --variant manifold
+#   bash benchmarks/train_shipped.sh 12000 mlvae --variant ml-vae
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5000}
@@ -19,5 +19,8 @@ shift $(( $# > 2 ? 2 : $# ))
 OUT=runs/${NAME}.safetensors
 RESUME=()
 [ -f "runs/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && RESUME=(--resume "runs/${NAME}.ckpt")
-microdeblur -v train runs/data_train -o "$OUT" --epochs 100000 --max-steps "$STEPS" --batch-size 8 \
-  --dz-range 30 --seed 0 --widths 16,32 --workers 1 --checkpoint-every 100 "${RESUME[@]}" "$@"
+# a committed checkpoint of an unfinished shipped run lives in models/checkpoints/ (see docs/model-card.md)
+[ ${#RESUME[@]} -eq 0 ] && [ -f "models/checkpoints/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && {
+  cp "models/checkpoints/${NAME}.ckpt" "runs/${NAME}.ckpt"; RESUME=(--resume "runs/${NAME}.ckpt"); }
+microdeblur -v train runs/data_train -o "$OUT" --epochs 100000 --max-steps "$STEPS" \
+  --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 "${RESUME[@]}" "$@"

@@ -118,7 +118,7 @@ def _tiny_weights(path: Path, variant: str, seed: int) -> Path:
     from microdeblur.weights import WeightsMeta, save_weights
 
     torch.manual_seed(seed)
-    cfg = ModelConfig(variant=variant, widths=(4, 8), head_width=8, id_channels=2)
+    cfg = ModelConfig(variant=variant, widths=(4, 8), id_channels=(2, 3), blur_width=8)
     model = DisentangledAE(cfg).eval()
     code = np.zeros(cfg.blur_dim, np.float32) if variant == "manifold-1d" else np.zeros(0, np.float32)
     save_weights(path, model, WeightsMeta(variant=variant, config=cfg, scale=0.5, z_step_um=5.0, focus_blur_code=code))

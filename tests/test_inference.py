@@ -22,7 +22,7 @@ from microdeblur.normalize import Normalizer, frame_normalizer
 from microdeblur.normalize import NORMALIZATION as DEFAULT_NORMALIZATION
 from microdeblur.weights import WeightsMeta, load_weights, save_weights
 
-TINY = dict(widths=(4, 8, 8), head_width=8, id_channels=2)
+TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4))
 runner = CliRunner()
 
 
@@ -111,18 +111,64 @@ def test_stack_streams_every_plane_and_keeps_axes(tmp_path, identity_net, cal_we
     assert np.abs(img.data.astype(int) - data).max() <= 1
 
 
-def test_real_model_output_and_scale(tmp_path, half_scale_weights):
+LOSSLESS = dict(widths=(4, 8, 8), id_channels=(4, 3, 4))  # level 0 carries the 4 space-to-depth channels
+
+
+def lossless_model(offset: float = 10.0) -> DisentangledAE:
+    """A real network whose weights pass the finest identity level straight through: D(E(x)) = x.
+
+    The +offset keeps every activation positive (the leaky ReLUs act as identities); the output conv removes it."""
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(**LOSSLESS)).eval()
+    eye = torch.zeros(4, 4, 3, 3)
+    eye[range(4), range(4), 1, 1] = 1.0
+    with torch.no_grad():
+        enc = model.enc[0]
+        enc.conv1.weight.copy_(eye), enc.conv1.bias.fill_(offset)
+        enc.conv2.weight.copy_(eye), enc.conv2.bias.zero_()
+        enc.to_id.weight.copy_(torch.eye(4)[:, :, None, None]), enc.to_id.bias.zero_()
+        dec = model.dec[-1]  # finest decoder level
+        dec.reduce.weight.zero_(), dec.reduce.bias.zero_()
+        w = torch.zeros(4, 8, 3, 3)
+        w[range(4), range(4, 8), 1, 1] = 1.0  # the identity channels come after the upsampled coarse ones
+        dec.conv1.weight.copy_(w), dec.conv1.bias.zero_()
+        dec.conv2.weight.copy_(eye), dec.conv2.bias.zero_()
+        model.film[-1].weight.zero_(), model.film[-1].bias.zero_()
+        model.out.weight.copy_(eye), model.out.bias.fill_(-offset)
+    return model
+
+
+def _save_model(path: Path, model: DisentangledAE, scale: float = 1.0) -> Path:
+    dz = np.linspace(-20, 20, 41)
+    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale,
+                                          focus_blur_code=np.array([0.1], np.float32), calibration=fit_calibration(0.05 * dz, dz)))
+    return path
+
+
+def test_lossless_network_reproduces_its_input_through_deblur(tmp_path):
+    """Real network, real tiling, normalisation and casting: an identity network must give the input back."""
+    weights = _save_model(tmp_path / "lossless.safetensors", lossless_model())
     data = _image((75, 101), np.uint16)
     src = write_tiff(tmp_path / "in.tif", data, "YX")
-    out = deblur_paths([str(src)], tmp_path / "out.tif", weights=half_scale_weights, device="cpu")[0]
+    res = _cli("deblur", src, "-o", tmp_path / "out.tif", "-w", weights, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    out = read_image(tmp_path / "out.tif").data
+    assert out.dtype == np.uint16 and out.shape == data.shape
+    assert np.abs(out.astype(np.int64) - data).max() <= 2  # float32 rounding of values near 52,000
+
+
+def test_lossless_network_at_half_scale_only_loses_the_resize(tmp_path):
+    weights = _save_model(tmp_path / "half.safetensors", lossless_model(), scale=0.5)
+    yy, xx = np.mgrid[0:75, 0:101]
+    data = (20000 + 15000 * np.sin(xx / 9.0) * np.cos(yy / 7.0)).astype(np.uint16)  # smooth: survives 2x resizing
+    out = deblur_paths([str(write_tiff(tmp_path / "in.tif", data, "YX"))], tmp_path / "out.tif", weights=weights, device="cpu")[0]
     img = read_image(out).data
     assert img.shape == data.shape and img.dtype == np.uint16
-    model, meta = load_weights(half_scale_weights)
-    db = Deblurrer(model, meta, device="cpu")
-    assert np.array_equal(img, db.deblur_plane(data))
-    identity, blur, grid = db.encode_plane(data)
-    assert identity.shape == (len(grid), 2 * 8 * 8) and blur.shape == (len(grid), 1)
-    assert grid.shape == (38, 50)  # working scale 0.5
+    err = np.abs(img.astype(np.float64) - data)[4:-4, 4:-4]
+    assert err.mean() < 0.01 * 15000 and np.corrcoef(img.ravel(), data.ravel())[0, 1] > 0.99
+    model, meta = load_weights(weights)
+    identity, blur, grid = Deblurrer(model, meta, device="cpu").encode_plane(data)
+    assert grid.shape == (38, 50) and identity.shape == (len(grid), model.config.id_dim) and blur.shape == (len(grid), 1)
 
 
 def test_several_inputs_go_to_a_folder_keeping_names(tmp_path, identity_net, cal_weights):

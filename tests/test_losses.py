@@ -8,11 +8,16 @@ from torch import nn
 
 from microdeblur import losses as L
 from microdeblur.networks import Codes, DisentangledAE, ModelConfig
+from microdeblur.objectives import StepOptions, manifold_terms, mlvae_terms
+
+
+def terms(model, x1, x2, y1, y2, *, rec_fn, dz=None, **opts):
+    return manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=StepOptions(**opts), dz=dz)
 
 
 def tiny(variant: str) -> DisentangledAE:
     torch.manual_seed(0)
-    return DisentangledAE(ModelConfig(variant=variant, tile=32, widths=(4, 8, 8), head_width=8, id_channels=2, film_hidden=8))
+    return DisentangledAE(ModelConfig(variant=variant, tile=32, widths=(4, 8, 8), id_channels=(2, 3, 4), blur_width=8, vector_blur_dim=3))
 
 
 def test_rms_distance():
@@ -39,11 +44,11 @@ def test_contrastive_margin():
     torch.testing.assert_close(L.contrastive_loss(za, near, equal=True), torch.tensor(0.2))
 
 
-def test_cross_reconstruction_uses_given_targets():
-    rec = lambda p, t: (p - t).abs().mean()  # noqa: E731
-    x = torch.rand(2, 1, 8, 8)
-    assert L.cross_reconstruction_loss(rec, x, x) == 0
-    assert L.cross_reconstruction_loss(rec, x, x.flip(0)) > 0
+def test_pyramid_distance_weighs_levels_alike():
+    a = torch.zeros(1, 5)
+    b = torch.tensor([[1.0, 1.0, 1.0, 1.0, 3.0]])  # level sizes 4 and 1: rms 1 and 3
+    torch.testing.assert_close(L.pyramid_distance(a, b, [4, 1]), torch.tensor([2.0]))
+    torch.testing.assert_close(L.pyramid_distance(a, b, None), L.rms_distance(a, b))
 
 
 def test_ms_ssim_l1():
@@ -77,13 +82,13 @@ def test_perceptual_loss_from_local_state_dict(tmp_path):
         L.PerceptualLoss(tmp_path / "missing.pth")
 
 
-def test_beta_schedule():
-    assert L.beta_schedule(0.0) == 0 and L.beta_schedule(0.29) == 0
-    assert L.beta_schedule(0.3) == 0
-    assert 0 < L.beta_schedule(0.4) < 0.5
-    assert L.beta_schedule(0.5) == pytest.approx(1.0)
-    assert L.beta_schedule(1.0) == 1.0
-    values = [L.beta_schedule(t / 100) for t in range(101)]
+def test_beta_schedule_counts_steps():
+    assert L.beta_schedule(0, 300, 600) == 0 and L.beta_schedule(299, 300, 600) == 0 and L.beta_schedule(300, 300, 600) == 0
+    # exponential ramp: (e^(5u) - 1) / (e^5 - 1) at u = 1/2
+    assert L.beta_schedule(600, 300, 600) == pytest.approx(math.expm1(2.5) / math.expm1(5.0))
+    assert L.beta_schedule(900, 300, 600) == pytest.approx(1.0) and L.beta_schedule(10**6, 300, 600) == 1.0
+    assert L.beta_schedule(5, 10, 0) == 0 and L.beta_schedule(10, 10, 0) == 1.0
+    values = [L.beta_schedule(t, 300, 600) for t in range(0, 1200, 7)]
     assert values == sorted(values)
 
 
@@ -117,6 +122,9 @@ class SwapIgnoringModel(nn.Module):
 
     config = ModelConfig(variant="manifold", tile=32)
 
+    def level_shapes(self, side):
+        return [(4, 1)]
+
     def encode(self, x):
         m = x.mean(dim=(1, 2, 3))[:, None]
         return Codes(m.expand(-1, 4), x.std(dim=(1, 2, 3))[:, None].expand(-1, 4) * 0)
@@ -127,7 +135,7 @@ class SwapIgnoringModel(nn.Module):
 
 def test_consistency_zero_when_encoder_ignores_swapped_code():
     x = [torch.rand(2, 1, 32, 32) for _ in range(4)]
-    out = L.manifold_losses(SwapIgnoringModel(), *x, rec_fn=L.ms_ssim_l1)
+    out = terms(SwapIgnoringModel(), *x, rec_fn=L.ms_ssim_l1)
     assert out["cons"] < 1e-5
 
 
@@ -135,6 +143,9 @@ class LosslessModel(nn.Module):
     """Fake model whose codes are the pixels themselves: decoding then re-encoding returns every code unchanged."""
 
     config = ModelConfig(variant="manifold", tile=32)
+
+    def level_shapes(self, side):
+        return [(2, 16)]
 
     def encode(self, x):
         flat = x.flatten(1)
@@ -147,7 +158,7 @@ class LosslessModel(nn.Module):
 def test_consistency_zero_for_a_lossless_model_with_distinct_blur_codes():
     """Each swap decoding re-encodes to the very codes it was decoded from, so L_cons is exactly 0."""
     x = [torch.rand(3, 1, 32, 32) for _ in range(4)]
-    out = L.manifold_losses(LosslessModel(), *x, rec_fn=L.ms_ssim_l1, use_contrastive=False)
+    out = terms(LosslessModel(), *x, rec_fn=L.ms_ssim_l1, contrastive=False)
     assert out["cons"] < 1e-5
 
 
@@ -155,8 +166,8 @@ def test_consistency_zero_for_a_lossless_model_with_distinct_blur_codes():
 def test_manifold_losses_keys_and_gradients(variant):
     model = tiny(variant)
     x1, x2, y1, y2 = (torch.rand(2, 1, 32, 32) for _ in range(4))
-    out = L.manifold_losses(model, x1, x2, y1, y2, rec_fn=L.ms_ssim_l1, dz1=torch.tensor([-10.0, 5.0]),
-                            dz2=torch.tensor([3.0, 20.0]), dz_weight=1.0)
+    out = terms(model, x1, x2, y1, y2, rec_fn=L.ms_ssim_l1, dz_weight=1.0,
+                dz=torch.tensor([-10.0, 5.0, 3.0, 20.0]) if variant == "manifold-1d" else None)
     assert set(out) == {"rec", "cons", "cont", "cross", "dz"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in out.values())
     assert out["cons"] > 0 and out["cross"] > 0
@@ -166,8 +177,8 @@ def test_manifold_losses_keys_and_gradients(variant):
 
 
 def test_manifold_losses_disabled_terms_are_zero():
-    out = L.manifold_losses(tiny("manifold"), *(torch.rand(2, 1, 32, 32) for _ in range(4)), rec_fn=L.ms_ssim_l1,
-                            use_consistency=False, use_contrastive=False, use_cross=False)
+    out = terms(tiny("manifold"), *(torch.rand(2, 1, 32, 32) for _ in range(4)), rec_fn=L.ms_ssim_l1,
+                consistency=False, contrastive=False, cross=False)
     assert out["cons"] == 0 and out["cont"] == 0 and out["cross"] == 0 and out["dz"] == 0 and out["rec"] > 0
 
 
@@ -182,6 +193,9 @@ def test_cross_reconstruction_targets_are_swapped_images():
     class CopyModel(nn.Module):
         config = ModelConfig(variant="manifold", tile=32)
 
+        def level_shapes(self, side):
+            return [(1, side)]
+
         def encode(self, x):
             return Codes(x.flatten(1), torch.zeros(x.shape[0], 4))
 
@@ -189,20 +203,20 @@ def test_cross_reconstruction_targets_are_swapped_images():
             return identity.view(-1, 1, 32, 32)
 
     x1, x2, y1, y2 = (torch.rand(1, 1, 32, 32) for _ in range(4))
-    L.manifold_losses(CopyModel(), x1, x2, y1, y2, rec_fn=rec, use_consistency=False, use_contrastive=False)
-    (_, _), (px, tx), (py, ty) = seen
-    torch.testing.assert_close(px, torch.cat([x1, x2]))  # D(id_x1, b_x2), D(id_x2, b_x1)
-    torch.testing.assert_close(tx, torch.cat([x2, x1]))
-    torch.testing.assert_close(ty, torch.cat([y1, y2]))
+    terms(CopyModel(), x1, x2, y1, y2, rec_fn=rec, consistency=False, contrastive=False)
+    (_, _), (pred, target) = seen
+    # swaps D(id_x1, b_x2), D(id_x2, b_x1), D(id_y1, b_y2), D(id_y2, b_y1) against x2, x1, y1, y2
+    torch.testing.assert_close(pred, torch.cat([x1, x2, y1, y2]))
+    torch.testing.assert_close(target, torch.cat([x2, x1, y1, y2]))
 
 
 def test_mlvae_losses():
     model = tiny("ml-vae")
     groups = torch.rand(2, 3, 1, 32, 32)
-    out = L.mlvae_losses(model, groups, rec_fn=L.ms_ssim_l1, generator=torch.Generator().manual_seed(0))
+    out = mlvae_terms(model, groups, rec_fn=L.ms_ssim_l1, generator=torch.Generator().manual_seed(0))
     assert set(out) == {"rec", "kl_id", "kl_blur"}
     assert all(torch.isfinite(v) and v >= 0 for v in out.values())
     sum(out.values()).backward()
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError):
-        L.mlvae_losses(tiny("manifold"), groups, rec_fn=L.ms_ssim_l1)
+        mlvae_terms(tiny("manifold"), groups, rec_fn=L.ms_ssim_l1)

@@ -1,4 +1,4 @@
-"""Shapes, variants and blur-code dependence of the disentangled autoencoder (tiny configs)."""
+"""Shapes, variants, the identity pyramid and blur-code dependence of the network (tiny configs)."""
 
 import pytest
 import torch
@@ -7,43 +7,66 @@ from microdeblur.networks import Codes, DisentangledAE, ModelConfig, count_param
 
 
 def tiny(variant: str, tile: int = 32) -> ModelConfig:
-    return ModelConfig(variant=variant, tile=tile, widths=(4, 8, 8), head_width=8, id_channels=2, film_hidden=8)
+    return ModelConfig(variant=variant, tile=tile, widths=(4, 8, 8), id_channels=(2, 3, 4), blur_width=8, vector_blur_dim=3)
 
 
 def test_default_config_matches_design():
     cfg = ModelConfig()
-    assert (cfg.variant, cfg.tile, cfg.widths, cfg.head_width, cfg.id_channels) == ("manifold-1d", 128, (16, 32), 64, 16)
-    assert cfg.code_size == 16 and cfg.id_dim == 16 * 16 * 16 and cfg.blur_dim == 1
-    assert ModelConfig(variant="manifold").blur_dim == 16 * 16 * 16
-    assert ModelConfig(variant="ml-vae", tile=64).blur_dim == 16 * 8 * 8
+    assert (cfg.variant, cfg.tile, cfg.widths, cfg.id_channels) == ("manifold-1d", 128, (32, 64, 96, 128), (16, 32, 48, 64))
+    # 64x64 (after space-to-depth), 32x32, 16x16, 8x8 identity maps: 4 numbers per pixel of the tile
+    assert cfg.id_dim == 16 * 64**2 + 32 * 32**2 + 48 * 16**2 + 64 * 8**2 and cfg.blur_dim == 1
+    assert cfg.downsample == 16
+    assert ModelConfig(variant="manifold").blur_dim == 16 and ModelConfig(variant="ml-vae", vector_blur_dim=5).blur_dim == 5
 
 
 def test_config_validation_and_round_trip():
     with pytest.raises(ValueError, match="unknown model variant"):
         ModelConfig(variant="vae")
-    with pytest.raises(ValueError, match="multiple of 8"):
-        ModelConfig(tile=44)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ModelConfig(tile=40)
+    with pytest.raises(ValueError, match="one positive number per pyramid level"):
+        ModelConfig(widths=(8, 8), id_channels=(2,))
     cfg = tiny("manifold", 64)
     assert ModelConfig.from_dict({**cfg.to_dict(), "blur_dim": 999}) == cfg
+    # a weights file of the 0.1 single-scale network has no `arch` and is refused by name
+    with pytest.raises(ValueError, match="single-scale"):
+        ModelConfig.from_dict({"variant": "manifold-1d", "tile": 128, "widths": [16, 32], "head_width": 64})
+
+
+def test_identity_length_and_side_are_inverse():
+    cfg = tiny("manifold-1d")
+    for side in (16, 32, 48, 64, 128):
+        n = cfg.id_dim_for(side)
+        assert n == sum(c * (side // 2 >> k) ** 2 for k, c in enumerate(cfg.id_channels))
+        assert cfg.side_for(n) == side
+    with pytest.raises(ValueError):
+        cfg.side_for(cfg.id_dim + 1)
 
 
 @pytest.mark.parametrize("variant", ["manifold-1d", "manifold", "ml-vae"])
-@pytest.mark.parametrize("tile", [32, 64])
-def test_shapes(variant, tile):
-    cfg = tiny(variant, tile)
+@pytest.mark.parametrize("side", [16, 32, 48])
+def test_shapes_for_any_multiple_of_the_downsampling(variant, side):
+    cfg = tiny(variant, 32)
     model = DisentangledAE(cfg)
-    x = torch.rand(3, 1, tile, tile)
+    x = torch.rand(3, 1, side, side)
     codes = model.encode(x)
     assert isinstance(codes, Codes)
-    assert codes.identity.shape == (3, cfg.id_dim) == (3, 2 * (tile // 16) ** 2)
-    assert codes.blur.shape == (3, cfg.blur_dim)
+    assert codes.identity.shape == (3, cfg.id_dim_for(side)) and codes.blur.shape == (3, cfg.blur_dim)
     if variant == "ml-vae":
-        assert codes.id_logvar.shape == codes.identity.shape and codes.blur_logvar.shape == codes.blur.shape
+        c, s = model.level_shapes(side)[-1]
+        assert codes.id_logvar.shape == (3, c * s * s) and codes.blur_logvar.shape == codes.blur.shape
     else:
         assert codes.id_logvar is None and codes.blur_logvar is None
     assert model.decode(codes.identity, codes.blur).shape == x.shape
-    assert model(x).shape == x.shape
+    torch.testing.assert_close(model.encode_blur(x), codes.blur)
     assert count_parameters(model) > 0
+
+
+def test_split_identity_inverts_flatten():
+    model = DisentangledAE(tiny("manifold"))
+    maps = [torch.randn(2, c, s, s) for c, s in model.level_shapes(32)]
+    back = model.split_identity(model.flatten_identity(maps))
+    assert all(torch.equal(a, b) for a, b in zip(maps, back))
 
 
 def test_mlvae_forward_uses_means():
@@ -53,14 +76,30 @@ def test_mlvae_forward_uses_means():
     torch.testing.assert_close(model(x), model.decode(c.identity, c.blur))
 
 
-def test_decoder_depends_on_scalar_blur_code():
+@pytest.mark.parametrize("variant", ["manifold-1d", "manifold"])
+def test_decoder_depends_on_blur_code_at_every_level(variant):
+    torch.manual_seed(0)
+    model = DisentangledAE(tiny(variant)).eval()
+    ident = torch.randn(2, model.config.id_dim)
+    d = model.config.blur_dim
+    with torch.no_grad():
+        a = model.decode(ident, torch.full((2, d), -1.0))
+        b = model.decode(ident, torch.full((2, d), 1.0))
+        films = model.films(torch.full((2, d), 1.0))
+    assert (a - b).abs().mean() > 1e-3
+    assert len(films) == model.config.levels  # one modulation per decoder level
+
+
+def test_fine_identity_level_reaches_the_output():
+    """The full-resolution skip carries detail: perturbing only the finest identity level changes the output."""
     torch.manual_seed(0)
     model = DisentangledAE(tiny("manifold-1d")).eval()
-    ident = torch.randn(2, model.config.id_dim)
+    c = model.encode(torch.rand(1, 1, 32, 32))
+    n0 = model.level_shapes(32)[0][0] * model.level_shapes(32)[0][1] ** 2
+    ident = c.identity.clone()
+    ident[:, :n0] += 0.5
     with torch.no_grad():
-        a = model.decode(ident, torch.full((2, 1), -1.0))
-        b = model.decode(ident, torch.full((2, 1), 1.0))
-    assert (a - b).abs().mean() > 1e-3
+        assert (model.decode(ident, c.blur) - model.decode(c.identity, c.blur)).abs().mean() > 1e-4
 
 
 def test_scalar_blur_head_gets_gradient():
@@ -72,7 +111,7 @@ def test_scalar_blur_head_gets_gradient():
 def test_channels_last_gives_same_output():
     torch.manual_seed(0)
     model = DisentangledAE(tiny("manifold")).eval()
-    assert model.trunk[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.enc[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         a = model(x)
@@ -81,8 +120,8 @@ def test_channels_last_gives_same_output():
 
 
 def test_without_space_to_depth():
-    cfg = ModelConfig(variant="manifold", tile=32, widths=(4, 8), head_width=8, id_channels=2, unshuffle=1)
-    assert cfg.downsample == 4 and cfg.code_size == 8
+    cfg = ModelConfig(variant="manifold", tile=32, widths=(4, 8), id_channels=(2, 2), blur_width=8, unshuffle=1)
+    assert cfg.downsample == 2
     model = DisentangledAE(cfg)
     x = torch.rand(2, 1, 32, 32)
-    assert model.encode(x).identity.shape == (2, 2 * 8 * 8) and model(x).shape == x.shape
+    assert model.encode(x).identity.shape == (2, 2 * 32 * 32 + 2 * 16 * 16) and model(x).shape == x.shape

@@ -15,7 +15,7 @@ from microdeblur.training import TrainConfig, train
 from microdeblur.weights import load_weights
 
 runner = CliRunner()
-TINY = dict(widths=(4, 8, 8), head_width=8, id_channels=2, batch_size=2, workers=1, checkpoint_every=2)
+TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4), batch_size=2, crop=32, workers=1, checkpoint_every=2, eval_every=4)
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +71,12 @@ def test_augmentation_keeps_pairs_aligned(data):
 @pytest.mark.parametrize("variant", ["manifold-1d", "manifold", "ml-vae"])
 def test_few_steps_reduce_loss_and_export(tmp_path, data, variant):
     out = tmp_path / f"{variant}.safetensors"
-    cfg = TrainConfig(variant=variant, max_steps=24, beta_delay=0.5, seed=1, **TINY)
+    cfg = TrainConfig(variant=variant, max_steps=24, beta_delay=12, beta_ramp=6, seed=1, **TINY)
     train(data, out, cfg)
     model, meta = load_weights(out, expect_variant=variant)
     assert meta.scale == 0.5 and meta.z_step_um == 2.0 and meta.focus_blur_code.size == model.config.blur_dim
     hist = meta.training["last"]
-    assert hist["step"] == 24
+    assert hist["step"] == 24 and 4 <= meta.training["exported_step"] <= 24
     rows = (tmp_path / f"{variant}.log.csv").read_text().splitlines()
     first, last = (dict(zip(rows[0].split(","), r.split(","))) for r in (rows[1], rows[-1]))
     assert float(last["rec"]) < float(first["rec"])
@@ -87,39 +87,67 @@ def test_dz_term_orders_the_blur_code(tmp_path, data):
     """The optional dz tie gives a 1-D code ordered by dz within a few steps (no collapse; 40 steps were
     seed- and machine-dependent, 80 gave rho 0.75-0.89 for seeds 0-3)."""
     out = tmp_path / "dz.safetensors"
-    cfg = TrainConfig(max_steps=80, dz_weight=1.0, dz_range=6.0, lr=3e-3, seed=2, **(TINY | {"batch_size": 4}))
+    cfg = TrainConfig(max_steps=60, dz_weight=1.0, dz_range=6.0, lr=3e-3, seed=2, **(TINY | {"batch_size": 4}))
     train(data, out, cfg)
     _, meta = load_weights(out)
     assert meta.calibration["kind"] == "signed" and abs(meta.calibration["spearman_rho"]) > 0.6
 
 
-def test_resume_is_bit_for_bit(tmp_path, data, monkeypatch):
-    cfg = dict(max_steps=6, seed=4, **TINY)
+def _ckpt_model(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_after_a_signal_is_bit_for_bit(tmp_path, data, monkeypatch):
+    """SIGINT mid-step lets the step finish, saves, exits 130; resuming gives the uninterrupted run exactly."""
+    import os
+    import signal
+
+    cfg = dict(max_steps=12, seed=4, **TINY)
     train(data, tmp_path / "a.safetensors", TrainConfig(**cfg))
     calls = {"n": 0}
     original = PairSampler.pairs
 
-    def interrupt(self, n):
+    def interrupt(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, n)
+        if calls["n"] == 5:  # not at a checkpoint boundary (every 2 steps)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(PairSampler, "pairs", interrupt)
-    with pytest.raises(UserError, match="resume"):
+    with pytest.raises(SystemExit) as exc:
         train(data, tmp_path / "b.safetensors", TrainConfig(**cfg))
+    assert exc.value.code == 130 and not (tmp_path / "b.safetensors").exists()
+    assert torch.load(tmp_path / "b.ckpt", weights_only=True)["step"] == 5
     monkeypatch.setattr(PairSampler, "pairs", original)
     train(data, tmp_path / "b.safetensors", TrainConfig(resume=tmp_path / "b.ckpt", **cfg))
-    a, _ = load_weights(tmp_path / "a.safetensors")
-    b, _ = load_weights(tmp_path / "b.safetensors")
-    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(va, vb), k
+    _same_state(_ckpt_model(tmp_path / "a.ckpt"), _ckpt_model(tmp_path / "b.ckpt"))
+    _same_state(load_weights(tmp_path / "a.safetensors")[0].state_dict(), load_weights(tmp_path / "b.safetensors")[0].state_dict())
+
+
+def test_extending_a_run_keeps_the_planned_steps(tmp_path, data):
+    """Schedules count steps: 8 steps then --resume to 12 equals 12 steps in one go."""
+    train(data, tmp_path / "a.safetensors", TrainConfig(max_steps=12, seed=3, **TINY))
+    train(data, tmp_path / "b.safetensors", TrainConfig(max_steps=8, seed=3, **TINY))
+    (tmp_path / "b.safetensors").unlink()
+    train(data, tmp_path / "b.safetensors", TrainConfig(max_steps=12, seed=3, resume=tmp_path / "b.ckpt", **TINY))
+    _same_state(_ckpt_model(tmp_path / "a.ckpt"), _ckpt_model(tmp_path / "b.ckpt"))
 
 
 def test_init_fine_tunes_from_weights(tmp_path, data):
-    train(data, tmp_path / "base.safetensors", TrainConfig(max_steps=2, **TINY))
-    train(data, tmp_path / "ft.safetensors", TrainConfig(max_steps=2, init=tmp_path / "base.safetensors", **TINY))
-    assert load_weights(tmp_path / "ft.safetensors")[0].config.widths == (4, 8, 8)
+    """With a vanishing learning rate the fine-tuned weights stay the --init weights, unlike a fresh start."""
+    train(data, tmp_path / "base.safetensors", TrainConfig(max_steps=4, **TINY))
+    tiny_lr = TINY | {"checkpoint_every": 1}
+    train(data, tmp_path / "ft.safetensors", TrainConfig(max_steps=1, lr=1e-12, seed=9, init=tmp_path / "base.safetensors", **tiny_lr))
+    train(data, tmp_path / "fresh.safetensors", TrainConfig(max_steps=1, lr=1e-12, seed=9, **tiny_lr))
+    base, ft, fresh = (load_weights(tmp_path / f"{n}.safetensors")[0].state_dict() for n in ("base", "ft", "fresh"))
+    assert all(torch.allclose(base[k], ft[k], atol=1e-6) for k in base)
+    assert not all(torch.allclose(base[k], fresh[k], atol=1e-3) for k in base)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -152,7 +180,7 @@ def test_init_refuses_other_tile_size(tmp_path, data):
     from microdeblur.networks import DisentangledAE, ModelConfig
     from microdeblur.weights import WeightsMeta, save_weights
 
-    cfg = ModelConfig(tile=32, widths=(4, 8), head_width=8, id_channels=2)
+    cfg = ModelConfig(tile=32, widths=(4, 8), id_channels=(2, 3), blur_width=8)
     save_weights(tmp_path / "w32.safetensors", DisentangledAE(cfg), WeightsMeta(variant=cfg.variant, config=cfg))
     with pytest.raises(UserError, match="32-px tiles"):
         train(data, tmp_path / "ft.safetensors", TrainConfig(max_steps=1, init=tmp_path / "w32.safetensors", **TINY))
@@ -186,7 +214,10 @@ def test_checkpoint_of_an_earlier_run_is_not_clobbered(tmp_path, data):
     (["--widths", "0,4"], "--widths"),
     (["--max-minutes", "0"], "--max-minutes"),
     (["--workers", "-1"], "--workers"),
-    (["--beta-delay", "1.5"], "--beta-delay"),
+    (["--beta-delay", "-1"], "--beta-delay"),
+    (["--lr", "nan"], "--lr"),
+    (["--p-focus", "1.5"], "--p-focus"),
+    (["--crop", "40"], "--crop"),
 ])
 def test_more_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])

@@ -15,7 +15,7 @@ from microdeblur.weights import WeightsMeta, default_weights_path, load_weights,
 
 def make(variant: str = "manifold-1d"):
     torch.manual_seed(0)
-    cfg = ModelConfig(variant=variant, tile=32, widths=(4, 8, 8), head_width=8, id_channels=2, film_hidden=8)
+    cfg = ModelConfig(variant=variant, tile=32, widths=(4, 8, 8), id_channels=(2, 3, 4), blur_width=8, vector_blur_dim=3)
     model = DisentangledAE(cfg)
     model.train()(torch.rand(4, 1, 32, 32))  # move BN running stats away from their defaults
     meta = WeightsMeta(variant=variant, config=cfg, scale=0.5, z_step_um=1.0,

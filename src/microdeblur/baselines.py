@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .io import atomic_path
-from .networks import conv_bn_relu
 from .simulate import Optics, defocus_psf
 
 UNSHARP_RADIUS = 1.0  # px at working scale (skimage defaults)
@@ -29,6 +28,11 @@ RL_ITERATIONS = 10
 WIENER_BALANCE = 1.0
 UNET_KIND = "unet-baseline"
 _PREFIX = "microdeblur."
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    """3x3 convolution (same padding, no bias), batch norm, ReLU: the CARE-style U-Net's unit."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 def unsharp(tiles: np.ndarray) -> np.ndarray:
@@ -89,7 +93,7 @@ class UNetConfig:
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
     """Two conv-BN-ReLU layers."""
-    return nn.Sequential(*conv_bn_relu(cin, cout), *conv_bn_relu(cout, cout))
+    return nn.Sequential(*_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout))
 
 
 class UNet(nn.Module):

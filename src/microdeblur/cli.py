@@ -11,6 +11,7 @@ import typer
 
 from . import __version__, log
 from .errors import UserError
+from .interrupts import raise_on_sigterm
 
 app = typer.Typer(
     add_completion=False,
@@ -51,6 +52,7 @@ def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            raise_on_sigterm()
             return fn(*args, **kwargs)
         except UserError as e:
             _fail(str(e))
@@ -58,8 +60,8 @@ def _user_errors(fn):
             _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
         except MemoryError:
             _fail("out of memory (try a smaller --batch-size or smaller images)")
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through interrupts.Interrupted
+            _fail("interrupted", getattr(e, "exit_code", 130))
         except Exception as e:  # noqa: BLE001 - last resort: never a bare traceback for users
             if log.verbosity() >= 2:
                 raise
@@ -112,29 +114,42 @@ def simulate(
     simulate_days(out, days=days, planes=planes, size=(w, h), seed=seed, z_step_um=z_step, cells=cells, overwrite=overwrite)
 
 
+def _int_list(name: str, text: str) -> tuple[int, ...]:
+    """Comma-separated integers, or a UserError naming the option."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{name} must be comma-separated integers such as 32,48,64,96, got {text!r}") from None
+
+
 @app.command()
 @_user_errors
 def train(
     data: Path = typer.Argument(..., help="Folder written by prepare."),
     output: Path = typer.Option(..., "--output", "-o", help="Weights file to write (.safetensors)."),
     variant: str = typer.Option("manifold-1d", "--variant", help="manifold-1d, manifold or ml-vae."),
-    epochs: int = typer.Option(40, "--epochs", help="Epochs (one epoch = every training identity seen once per pair kind)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    epochs: int = typer.Option(1000, "--epochs", help="Epochs (one epoch = as many pairs as training identities)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (may grow on --resume)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much wall time."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per pair kind per step."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (x0.98 every 5 epochs)."),
-    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(12, "--batch-size", help="Pairs per pair kind per step (groups for ml-vae)."),
+    crop: int = typer.Option(64, "--crop", help="Train on random crops of this side (multiple of 16) cut from the tiles."),
+    p_focus: float = typer.Option(0.5, "--p-focus", help="Probability that a same-identity pair's partner is the in-focus plane."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate at step 0."),
+    lr_halflife: int = typer.Option(6000, "--lr-halflife", help="Steps over which the learning rate halves."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (sampling, initialisation, split)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of identities held out."),
     dz_range: Optional[float] = typer.Option(30.0, "--dz-range", help="Use planes with |dz| <= this (um, or planes if z-step unknown)."),
-    widths: str = typer.Option("16,32", "--widths", help="Encoder trunk widths (one max-pool each; code size = tile / (2 x 2^blocks))."),
-    id_channels: int = typer.Option(16, "--id-channels", help="Identity code channels (x 16 x 16 for the default widths)."),
-    no_consistency: bool = typer.Option(False, "--no-consistency"),
-    no_contrastive: bool = typer.Option(False, "--no-contrastive"),
-    no_cross: bool = typer.Option(False, "--no-cross"),
-    dz_weight: float = typer.Option(0.0, "--dz-weight", help="Weight of the optional term tying the 1-D code to known dz."),
-    beta_delay: float = typer.Option(0.075, "--beta-delay", help="Fraction of training with reconstruction only before β starts rising (thesis: 30 of 400 epochs)."),
+    widths: str = typer.Option("32,48,64,96", "--widths", help="Channels per pyramid level (each level halves the resolution)."),
+    id_channels: str = typer.Option("16,24,32,48", "--id-channels", help="Identity channels per pyramid level (one per width)."),
+    no_consistency: bool = typer.Option(False, "--no-consistency", help="Drop the consistency term (ablation)."),
+    no_contrastive: bool = typer.Option(False, "--no-contrastive", help="Drop the contrastive term (ablation)."),
+    no_cross: bool = typer.Option(False, "--no-cross", help="Drop the cross-reconstruction term (ablation)."),
+    dz_weight: Optional[float] = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
+    beta_delay: int = typer.Option(300, "--beta-delay", help="Steps of reconstruction only before β starts rising."),
+    beta_ramp: int = typer.Option(600, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
+    eval_every: int = typer.Option(250, "--eval-every", help="Steps between validation probes (the best one is exported)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning); 'shipped' = the packaged manifold-1d weights."),
     workers: int = typer.Option(0, "--workers", help="Torch threads (0: all cores)."),
@@ -145,17 +160,14 @@ def train(
     from .training import TrainConfig
     from .training import train as run_train
 
-    try:
-        width_list = tuple(int(v) for v in widths.split(","))
-    except ValueError:
-        raise UserError(f"--widths must be comma-separated integers such as 16,32, got {widths!r}") from None
     cfg = TrainConfig(
         variant=variant, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size,
-        lr=lr, seed=seed, val_fraction=val_fraction, dz_range=dz_range,
-        widths=width_list, id_channels=id_channels, beta_delay=beta_delay,
+        crop=crop, p_focus=p_focus, lr=lr, lr_halflife=lr_halflife, seed=seed, val_fraction=val_fraction,
+        dz_range=dz_range, widths=_int_list("--widths", widths), id_channels=_int_list("--id-channels", id_channels),
+        beta_delay=beta_delay, beta_ramp=beta_ramp,
         consistency=not no_consistency, contrastive=not no_contrastive, cross=not no_cross, dz_weight=dz_weight,
-        perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, resume=resume, init=init,
-        workers=workers, device=device, overwrite=overwrite,
+        perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
+        init=init, workers=workers, device=device, overwrite=overwrite,
     )
     run_train(data, output, cfg)
 

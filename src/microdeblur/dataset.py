@@ -23,6 +23,7 @@ class PairBatch:
     y2: torch.Tensor
     dz1: torch.Tensor
     dz2: torch.Tensor
+    dzy: torch.Tensor  # dz shared by y1 and y2
 
 
 class PreparedData:
@@ -113,14 +114,19 @@ class PairSampler:
         if not self.levels:
             raise UserError("no dz level is shared by two identities: cannot form same-dz pairs")
         self.counts = np.array([data.start[i + 1] - data.start[i] for i in self.ids])
+        self.focus = np.array([data.focus_index[i] for i in self.ids])
         if np.any(self.counts < 2):
             raise UserError("every identity needs at least two planes")
 
-    def _same_identity(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _same_identity(self, n: int, p_focus: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """n pairs of two planes of one identity; the second is the in-focus plane with probability p_focus."""
         k = self.rng.integers(0, len(self.ids), n)
         cnt = self.counts[k]
         a = (self.rng.random(n) * cnt).astype(np.int64)
         b = (a + 1 + (self.rng.random(n) * (cnt - 1)).astype(np.int64)) % cnt
+        focus = self.focus[k]
+        to_focus = (self.rng.random(n) < p_focus) & (a != focus)
+        b = np.where(to_focus, focus, b)
         base = self.data.start[self.ids[k]]
         return base + a, base + b
 
@@ -136,8 +142,19 @@ class PairSampler:
             i1[j], i2[j] = members[a], members[b]
         return i1, i2
 
-    def _tensor(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.data.tiles[idx].astype(np.float32))[:, None]
+    def _offsets(self, n: int, crop: int) -> np.ndarray:
+        """Random top-left corners [n,2] of crop x crop windows inside a tile."""
+        return self.rng.integers(0, self.data.tile - crop + 1, (n, 2))
+
+    def _tensor(self, idx: np.ndarray, crop: int | None = None, offsets: np.ndarray | None = None) -> torch.Tensor:
+        """Tiles [n,1,c,c] float32, cropped at `offsets` (one window per row) when `crop` is smaller than the tile."""
+        t = self.data.tile
+        if crop is None or crop >= t:
+            return torch.from_numpy(self.data.tiles[idx].astype(np.float32))[:, None]
+        r = np.arange(crop)
+        oy, ox = offsets[:, 0], offsets[:, 1]
+        x = self.data.tiles[idx[:, None, None], oy[:, None, None] + r[None, :, None], ox[:, None, None] + r[None, None, :]]
+        return torch.from_numpy(x.astype(np.float32))[:, None]
 
     def _augment(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         """Same random flip/rot90 for both members of each pair (blur and identity pairing preserved)."""
@@ -155,19 +172,25 @@ class PairSampler:
                     o[m] = torch.flip(t, dims=(3,)) if f else t
         return out
 
-    def pairs(self, n: int) -> PairBatch:
-        """n same-identity pairs and n same-dz pairs."""
-        a, b = self._same_identity(n)
+    def pairs(self, n: int, crop: int | None = None, p_focus: float = 0.0) -> PairBatch:
+        """n same-identity pairs (one crop window per pair; the second member in focus with probability
+        p_focus) and n same-dz pairs (independent windows)."""
+        a, b = self._same_identity(n, p_focus)
         c, d = self._same_dz(n)
-        x1, x2, y1, y2 = (self._tensor(i) for i in (a, b, c, d))
+        w = None if crop is None else self._offsets(n, crop)
+        x1, x2 = self._tensor(a, crop, w), self._tensor(b, crop, w)
+        y1 = self._tensor(c, crop, None if crop is None else self._offsets(n, crop))
+        y2 = self._tensor(d, crop, None if crop is None else self._offsets(n, crop))
         if self.augment:
             x1, x2 = self._augment(x1, x2)
             y1, y2 = self._augment(y1, y2)
         dz = self.data.dz_all
-        return PairBatch(x1, x2, y1, y2, torch.from_numpy(dz[a].copy()), torch.from_numpy(dz[b].copy()))
+        return PairBatch(x1, x2, y1, y2, torch.from_numpy(dz[a].copy()), torch.from_numpy(dz[b].copy()),
+                         torch.from_numpy(dz[c].copy()))
 
-    def groups(self, g: int, k: int) -> torch.Tensor:
-        """g groups of k planes of one identity each, [g, k, 1, T, T] (ML-VAE)."""
+    def groups(self, g: int, k: int, crop: int | None = None, p_focus: float = 0.0) -> torch.Tensor:
+        """g groups of k planes of one identity each, [g, k, 1, c, c] (ML-VAE), one crop window per group;
+        with probability p_focus a group's last member is its in-focus plane."""
         ids = self.rng.integers(0, len(self.ids), g)
         rows = []
         for i in ids:
@@ -175,9 +198,12 @@ class PairSampler:
             pick = self.rng.choice(cnt, min(k, cnt), replace=False)
             if len(pick) < k:
                 pick = np.resize(pick, k)
+            if self.rng.random() < p_focus and self.focus[i] not in pick:
+                pick[-1] = self.focus[i]
             rows.append(self.data.start[self.ids[i]] + pick)
-        t = self.data.tile
-        x = self._tensor(np.concatenate(rows)).reshape(g, k, t, t)
+        t = self.data.tile if crop is None or crop >= self.data.tile else crop
+        w = None if t == self.data.tile else np.repeat(self._offsets(g, t), k, axis=0)
+        x = self._tensor(np.concatenate(rows), None if w is None else t, w).reshape(g, k, t, t)
         if self.augment:
             x = self._augment(x)[0]  # one transform per group: members stay aligned
         return x.reshape(g, k, 1, t, t)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 from .errors import UserError
@@ -27,3 +31,15 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise UserError("--device mps was asked for but Apple MPS is not available")
         return torch.device("mps")
     raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+
+
+@contextmanager
+def torch_threads(n: int = 0) -> Iterator[int]:
+    """Run the block with n intra-op threads (0: all cores), restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    want = n or os.cpu_count() or 1
+    torch.set_num_threads(want)
+    try:
+        yield want
+    finally:
+        torch.set_num_threads(before)

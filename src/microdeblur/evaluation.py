@@ -48,7 +48,7 @@ from .metrics import (
     ssim_batch,
     summary,
 )
-from .networks import count_parameters, decode_batched as decode, encode_batched as encode, run_batched
+from .networks import count_parameters, decode_batched, encode_batched, run_batched, summarise_batched, swap_batched
 from .prepare import INDEX_NAME, load_index
 from .simulate import Optics
 from .weights import load_weights
@@ -284,11 +284,13 @@ def load_models(paths: Sequence[Path], device: torch.device, data: PreparedData)
 
 def score_model(m: LoadedModel, es: EvalSet, device: torch.device, epochs: int,
                 record: Callable[[str, np.ndarray], None]) -> tuple[dict, dict, tuple[np.ndarray, np.ndarray]]:
-    """Reconstruction summary, ML-VAE score and codes of one model; its deblurred tiles go to `record`."""
-    identity, blur = encode(m.model, es.tiles, device)
-    recon = decode(m.model, identity, blur, device)
+    """Reconstruction summary, ML-VAE score and codes of one model; its deblurred tiles go to `record`.
+
+    Identity pyramids are large (about 4 numbers per pixel), so they are not kept: the ML-VAE score and the
+    plots use `identity_summary` (deepest level whole, finer levels as channel statistics)."""
+    recon, identity, blur = summarise_batched(m.model, es.tiles, device)
     for label, code in deblur_codes(m, es, blur).items():
-        record(f"{m.name} ({label})", decode(m.model, identity[es.blurry], code, device))
+        record(f"{m.name} ({label})", swap_batched(m.model, es.tiles[es.blurry], code, device))
     return (summary(ssim_batch(recon, es.tiles), psnr_batch(recon, es.tiles)),
             mlvae_score(identity, blur, es.label, epochs=epochs, seed=SEED), (identity, blur))
 
@@ -497,9 +499,9 @@ def fig_interpolation(path: Path, prepared: PreparedData, es: EvalSet, models: l
     ratios = np.linspace(0.0, 1.0, INTERP_STEPS, dtype=np.float32)[:, None]
     rows = {"ground truth": gt}
     for m in models:
-        identity, blur = encode(m.model, ends, device)
+        identity, blur = encode_batched(m.model, ends, device)
         ident = np.repeat(identity.mean(0, keepdims=True), INTERP_STEPS, axis=0)
-        rows[m.name] = decode(m.model, ident, (1 - ratios) * blur[:1] + ratios * blur[1:], device)
+        rows[m.name] = decode_batched(m.model, ident, (1 - ratios) * blur[:1] + ratios * blur[1:], device)
     fig, axes = _figure(len(rows), INTERP_STEPS, (1.6 * INTERP_STEPS + 1.2, 1.7 * len(rows)))
     for r, (name, imgs) in enumerate(rows.items()):
         for c in range(INTERP_STEPS):

@@ -35,24 +35,6 @@ IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 # ---------------------------------------------------------------- model preparation
 
 
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """Copy of an eval-mode model with every Conv2d->BatchNorm2d pair folded into one conv."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    for mod in model.modules():
-        if isinstance(mod, nn.Sequential):
-            for i in range(len(mod) - 1):
-                if isinstance(mod[i], nn.Conv2d) and isinstance(mod[i + 1], nn.BatchNorm2d):
-                    mod[i], mod[i + 1] = fuse_conv_bn_eval(mod[i], mod[i + 1]), nn.Identity()
-        for c, b in (("conv", "bn"), ("conv1", "bn1"), ("conv2", "bn2")):
-            conv, bn = getattr(mod, c, None), getattr(mod, b, None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(mod, c, fuse_conv_bn_eval(conv, bn))
-                setattr(mod, b, nn.Identity())
-    return model
-
-
 def resize_to(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float32 plane to an exact shape (pixel-centre aligned, edges clamped)."""
     if plane.shape == tuple(shape):
@@ -103,7 +85,7 @@ class Deblurrer:
         if not 0 < self.scale <= 8:
             raise UserError(f"--scale must be in (0, 8], got {self.scale:g}")
         self.overlap, self.batch_size, self.meta = overlap, batch_size, meta
-        self.model = fuse_conv_bn(model).to(self.device)
+        self.model = copy.deepcopy(model).eval().to(self.device)
         self.channels_last = self.device.type == "cpu"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -1,5 +1,6 @@
-"""Training losses: reconstruction, consistency, contrastive, cross-reconstruction (thesis eq. 4.5-4.9)
-and the ML-VAE terms (eq. 4.1-4.4); the step-level compositions used by the trainer live here too."""
+"""Training losses as pure functions of tensors: reconstruction, consistency, contrastive,
+cross-reconstruction (thesis eq. 4.5-4.9), the ML-VAE terms (eq. 4.1-4.4) and the β warm-up.
+How a variant combines them in one step lives in `objectives.py`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
-from .networks import DisentangledAE
 
 RecFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -25,6 +25,16 @@ def rms_distance(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     """Per-sample δ = ||a-b||_2 / sqrt(D) over all non-batch dims (eq. 4.6/4.7); eps keeps the gradient finite at 0."""
     d2 = (a - b).flatten(1).pow(2).mean(dim=1)
     return torch.sqrt(d2 + eps)
+
+
+def pyramid_distance(a: Tensor, b: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Per-sample mean over pyramid levels of δ per level (flat codes [B,D] split into `sizes`).
+
+    Every level counts alike, so the full-resolution level (most of the numbers) does not drown the
+    coarse ones; `sizes=None` is plain δ."""
+    if not sizes or len(sizes) == 1:
+        return rms_distance(a, b)
+    return torch.stack([rms_distance(p, q) for p, q in zip(a.split(sizes, 1), b.split(sizes, 1))]).mean(0)
 
 
 def gaussian_window(size: int = 7, sigma: float = 1.5, device: torch.device | None = None) -> Tensor:
@@ -133,32 +143,29 @@ def reconstruction_loss(vgg16_path: str | Path | None = None) -> RecFn:
     return PerceptualLoss(vgg16_path) if vgg16_path is not None else ms_ssim_l1
 
 
-def consistency_loss(stable_orig: Tensor, stable_reencoded: Tensor) -> Tensor:
+def consistency_loss(stable_orig: Tensor, stable_reencoded: Tensor, sizes: list[int] | None = None) -> Tensor:
     """Eq. 4.6: mean δ between the stable code and the stable code of the re-encoded swap decoding."""
-    return rms_distance(stable_orig, stable_reencoded).mean()
+    return pyramid_distance(stable_orig, stable_reencoded, sizes).mean()
 
 
-def contrastive_loss(za: Tensor, zb: Tensor, equal: bool, margin: float = 0.6) -> Tensor:
+def contrastive_loss(za: Tensor, zb: Tensor, equal: bool, margin: float = 0.6, sizes: list[int] | None = None) -> Tensor:
     """Eq. 4.7: mean δ for codes of an equal factor, mean max(m-δ, 0) for an unequal one."""
-    d = rms_distance(za, zb)
+    d = pyramid_distance(za, zb, sizes)
     return d.mean() if equal else F.relu(margin - d).mean()
 
 
-def cross_reconstruction_loss(rec_fn: RecFn, decoded: Tensor, targets: Tensor) -> Tensor:
-    """Eq. 4.8: γ between decodings of swapped codes and the images those swaps should reproduce."""
-    return rec_fn(decoded, targets)
+def beta_schedule(step: float, delay: float = 300, ramp: float = 600, rate: float = 5.0) -> float:
+    """Warm-up weight β of the distance losses (thesis 4.2.4) at optimiser step `step`.
 
-
-def beta_schedule(progress: float, delay: float = 0.3, rate: float = 10.0, ramp: float = 0.2) -> float:
-    """Warm-up weight β(t) of the distance losses (thesis 4.2.4), t = fraction of training done.
-
-    β = 0 for t < delay; β = (exp(rate·(t-delay)) - 1) / (exp(rate·ramp) - 1), capped at 1, reaching 1 at
-    t = delay + ramp: Fumero's min(exp(k(t - t_full)), 1) shifted so it starts exactly at 0."""
-    if progress < delay:
+    β = 0 before `delay` steps; then (exp(rate·u) - 1) / (exp(rate) - 1) with u = (step - delay) / ramp,
+    reaching 1 at delay + ramp: Fumero's exponential ramp min(exp(k(t - t_full)), 1) shifted to start at 0.
+    Counted in steps, so extending a run (`--resume` with more `--max-steps`) never changes steps already planned."""
+    if step < delay:
         return 0.0
     if ramp <= 0:
         return 1.0
-    return min(math.expm1(rate * (progress - delay)) / math.expm1(rate * ramp), 1.0)
+    u = min((step - delay) / ramp, 1.0)
+    return math.expm1(rate * u) / math.expm1(rate)
 
 
 def group_posterior(mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,91 +186,3 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: Optional[torch.Generat
     """Sample mu + exp(logvar/2)·ε with ε ~ N(0, I)."""
     eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
-
-
-def manifold_losses(
-    model: DisentangledAE,
-    x1: Tensor,
-    x2: Tensor,
-    y1: Tensor,
-    y2: Tensor,
-    *,
-    rec_fn: RecFn,
-    use_consistency: bool = True,
-    use_contrastive: bool = True,
-    use_cross: bool = True,
-    dz1: Optional[Tensor] = None,
-    dz2: Optional[Tensor] = None,
-    dz_weight: float = 0.0,
-    dz_scale: float = 30.0,
-    margin: float = 0.6,
-) -> dict[str, Tensor]:
-    """Loss terms of one manifold step (eq. 4.5); x pairs share identity, y pairs share Δz.
-
-    Each distance/cross term is the sum over the two pair kinds of the mean over that kind; the trainer
-    forms rec + β·(cons + cont + cross) + dz_weight·dz. One encoder call for the inputs, one decoder call
-    for own reconstructions and swaps, one encoder call for re-encoding the swaps."""
-    b = x1.shape[0]
-    xs = torch.cat([x1, x2, y1, y2])
-    codes = model.encode(xs)
-    ids, blurs = codes.identity, codes.blur
-    ix1, ix2, iy1, iy2 = ids.split(b)
-    bx1, bx2, by1, by2 = blurs.split(b)
-    zero = xs.new_zeros(())
-    swaps = use_cross or use_consistency
-    if swaps:
-        # swaps: D(ix1,bx2)->x2, D(ix2,bx1)->x1, D(iy1,by2)->y1, D(iy2,by1)->y2
-        dec = model.decode(torch.cat([ids, ix1, ix2, iy1, iy2]), torch.cat([blurs, bx2, bx1, by2, by1]))
-        own, swapped = dec.split(4 * b)
-    else:
-        own = model.decode(ids, blurs)
-    out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "dz": zero}
-    if use_cross:
-        sx, sy = swapped.split(2 * b)
-        out["cross"] = cross_reconstruction_loss(rec_fn, sx, torch.cat([x2, x1])) + cross_reconstruction_loss(
-            rec_fn, sy, torch.cat([y1, y2])
-        )
-    if use_consistency:
-        re = model.encode(swapped)
-        # each swap keeps one code fixed: identity of D(ix1,bx2), D(ix2,bx1); blur of D(iy1,by2), D(iy2,by1)
-        out["cons"] = consistency_loss(torch.cat([ix1, ix2]), re.identity[: 2 * b]) + consistency_loss(
-            torch.cat([by2, by1]), re.blur[2 * b :]
-        )
-    if use_contrastive:
-        out["cont"] = (
-            contrastive_loss(ix1, ix2, True, margin)
-            + contrastive_loss(bx1, bx2, False, margin)
-            + contrastive_loss(by1, by2, True, margin)
-            + contrastive_loss(iy1, iy2, False, margin)
-        )
-    if dz_weight > 0 and model.config.variant == "manifold-1d" and dz1 is not None and dz2 is not None:
-        target = torch.cat([dz1, dz2]).to(blurs.dtype).reshape(-1) / dz_scale
-        out["dz"] = F.mse_loss(torch.cat([bx1, bx2]).reshape(-1), target)
-    return out
-
-
-def mlvae_losses(
-    model: DisentangledAE, groups: Tensor, *, rec_fn: RecFn, generator: Optional[torch.Generator] = None
-) -> dict[str, Tensor]:
-    """ML-VAE terms (eq. 4.1-4.4) for groups [G,K,1,T,T] of one identity each; the trainer sums them.
-
-    rec is γ averaged over all G·K members. Following Bouchacourt's implementation the identity KL is
-    counted once per group and the blur KL once per member, both divided by G; because rec is a mean per
-    pixel, both KLs are further divided by K·T·T (nats per pixel), i.e. the ELBO per pixel."""
-    g, k = groups.shape[:2]
-    t = groups.shape[-1]
-    xs = groups.reshape(g * k, *groups.shape[2:])
-    codes = model.encode(xs)
-    if codes.id_logvar is None or codes.blur_logvar is None:
-        raise ValueError("mlvae_losses needs an ml-vae model (codes with log-variances)")
-    d = codes.identity.shape[1]
-    mu_g, lv_g = group_posterior(codes.identity.view(g, k, d), codes.id_logvar.view(g, k, d))
-    ident = reparameterize(mu_g[:, None].expand(g, k, d), lv_g[:, None].expand(g, k, d), generator).reshape(g * k, d)
-    blur = reparameterize(codes.blur, codes.blur_logvar, generator)
-    recon = model.decode(ident, blur)
-    per_pixel = float(k * t * t)
-    return {
-        "rec": rec_fn(recon, xs),
-        "kl_id": kl_standard_normal(mu_g, lv_g).sum() / (g * per_pixel),
-        "kl_blur": kl_standard_normal(codes.blur, codes.blur_logvar).sum() / (g * per_pixel),
-    }

@@ -50,6 +50,28 @@ def psnr_batch(pred: np.ndarray, target: np.ndarray, data_range: float = DATA_RA
     return np.minimum(psnr, PSNR_CAP_DB)
 
 
+def minmse_fit(image: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The image after the gain and offset that minimise its MSE to `truth` (CSBDeep's min-MSE convention), float32."""
+    x = image.astype(np.float64).ravel()
+    t = truth.astype(np.float64).ravel()
+    xm, tm = x.mean(), t.mean()
+    var = float(np.mean((x - xm) ** 2))
+    gain = float(np.mean((x - xm) * (t - tm))) / var if var > 0 else 0.0
+    return (gain * (image.astype(np.float64) - xm) + tm).astype(np.float32)
+
+
+def psnr_minmse(image: np.ndarray, truth: np.ndarray, data_range: float = DATA_RANGE) -> float:
+    """PSNR of `image` against `truth` after the min-MSE affine fit."""
+    return float(psnr_batch(minmse_fit(image, truth)[None], truth[None], data_range)[0])
+
+
+def minmse_scores(image: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(PSNR, SSIM) after the min-MSE affine fit against a normalised in-focus plane."""
+    fit = minmse_fit(image, truth)[None]
+    t = truth.astype(np.float32)[None]
+    return float(psnr_batch(fit, t)[0]), float(ssim_batch(fit, t)[0])
+
+
 def summary(ssim: np.ndarray, psnr: np.ndarray) -> dict[str, Any]:
     """Mean and standard deviation of per-tile SSIM and PSNR (None when there are no tiles)."""
     if len(ssim) == 0:

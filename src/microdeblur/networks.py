@@ -1,7 +1,9 @@
-"""Encoder/decoder with separate identity and blur codes (thesis ch. 4 and 5.1.2, CPU-sized; docs/model.md)."""
+"""Pyramid disentangled autoencoder: a multi-scale identity code plus a blur code that modulates every
+decoder level (thesis ch. 4 and 5.1.2, rebuilt for detail; docs/model.md)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -11,64 +13,86 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 VARIANTS = ("manifold-1d", "manifold", "ml-vae")
+ARCH = "pyramid-1"  # stored in every weights file; files of the single-scale 0.1 network lack it
 
 
 @dataclass
 class ModelConfig:
-    """Architecture settings; `blur_dim`, `id_dim` and `code_size` are derived."""
+    """Architecture settings; `id_dim`, `blur_dim` and `levels` are derived."""
 
     variant: str = "manifold-1d"
     tile: int = 128
-    widths: tuple[int, ...] = (16, 32)
-    head_width: int = 64
-    id_channels: int = 16
-    film_hidden: int = 32
-    unshuffle: int = 2  # space-to-depth factor at the input / depth-to-space at the output (lossless, 3x faster)
+    widths: tuple[int, ...] = (32, 64, 96, 128)  # trunk/decoder channels per pyramid level
+    id_channels: tuple[int, ...] = (16, 32, 48, 64)  # identity channels per level (the skips)
+    blur_width: int = 64  # blur head and FiLM MLP width
+    vector_blur_dim: int = 16  # blur code length of manifold and ml-vae (manifold-1d: 1)
+    unshuffle: int = 2  # lossless space-to-depth at the input / depth-to-space at the output
+    arch: str = ARCH
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
+        self.id_channels = tuple(int(c) for c in self.id_channels)
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown model variant {self.variant!r}: use one of {', '.join(VARIANTS)}")
-        if not self.widths or min(self.widths) < 1 or self.head_width < 1 or self.id_channels < 1 or self.unshuffle < 1:
-            raise ValueError("widths, head_width, id_channels and unshuffle must be positive")
+        if self.arch != ARCH:
+            raise ValueError(f"weights of architecture {self.arch!r} are not supported by this version (needs {ARCH!r})")
+        if not self.widths or len(self.id_channels) != len(self.widths):
+            raise ValueError("widths and id_channels need one positive number per pyramid level each")
+        if min(self.widths + self.id_channels) < 1 or self.blur_width < 1 or self.unshuffle < 1 or self.vector_blur_dim < 1:
+            raise ValueError("widths, id_channels, blur_width, vector_blur_dim and unshuffle must be positive")
         if self.tile % self.downsample != 0 or self.tile < self.downsample:
             raise ValueError(f"tile {self.tile} must be a positive multiple of {self.downsample}")
 
     @property
-    def downsample(self) -> int:
-        """Total encoder down-sampling factor (space-to-depth, then one max-pool per trunk block)."""
-        return self.unshuffle * 2 ** len(self.widths)
+    def levels(self) -> int:
+        """Number of pyramid levels."""
+        return len(self.widths)
 
     @property
-    def code_size(self) -> int:
-        """Spatial side of the code maps (8 for 128-px tiles and three trunk blocks)."""
-        return self.tile // self.downsample
+    def downsample(self) -> int:
+        """Side every input must be a multiple of (space-to-depth times the strided levels)."""
+        return self.unshuffle * 2 ** (self.levels - 1)
+
+    def id_dim_for(self, side: int) -> int:
+        """Length of the flattened identity pyramid of a `side`-px square input."""
+        s = side // self.unshuffle
+        return sum(c * (s >> k) ** 2 for k, c in enumerate(self.id_channels))
+
+    def side_for(self, id_dim: int) -> int:
+        """Input side whose identity pyramid has `id_dim` numbers (inverse of `id_dim_for`)."""
+        per = sum(c / 4**k for k, c in enumerate(self.id_channels))
+        side = int(round(math.sqrt(id_dim / per))) * self.unshuffle
+        if self.id_dim_for(side) != id_dim:
+            raise ValueError(f"{id_dim} numbers are not an identity pyramid of this architecture")
+        return side
 
     @property
     def id_dim(self) -> int:
-        """Length of the flattened identity code."""
-        return self.id_channels * self.code_size**2
+        """Length of the flattened identity code of one tile."""
+        return self.id_dim_for(self.tile)
 
     @property
     def blur_dim(self) -> int:
-        """Length of the blur code: 1 for manifold-1d, else the identity length."""
-        return 1 if self.variant == "manifold-1d" else self.id_dim
+        """Length of the blur code: 1 for manifold-1d, else `vector_blur_dim`."""
+        return 1 if self.variant == "manifold-1d" else self.vector_blur_dim
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the stored fields."""
         d = asdict(self)
-        d["widths"] = list(self.widths)
+        d["widths"], d["id_channels"] = list(self.widths), list(self.id_channels)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of `to_dict` (derived keys such as `blur_dim` are ignored)."""
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Inverse of `to_dict` (unknown keys ignored; a file without `arch` is the old single-scale network)."""
+        names = set(cls.__dataclass_fields__)
+        return cls(**({"arch": "single-scale-0.1"} | {k: v for k, v in d.items() if k in names}))
 
 
 class Codes(NamedTuple):
-    """Encoder output: identity [B,Di], blur [B,Db]; log-variances for ml-vae only."""
+    """Encoder output: flat identity pyramid [B,Di], blur [B,Db]; log-variances for ml-vae only.
+
+    For ml-vae `id_logvar` covers the deepest identity level only (its last `deep_dim` numbers)."""
 
     identity: Tensor
     blur: Tensor
@@ -76,138 +100,163 @@ class Codes(NamedTuple):
     blur_logvar: Optional[Tensor] = None
 
 
-def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    """3x3 convolution (stride 1, same padding), batch norm, ReLU."""
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    """k x k convolution with 'same' padding."""
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
 
 
-def down_block(cin: int, cout: int) -> nn.Sequential:
-    """Thesis encoder block: two conv-BN-ReLU then 2x2 max-pool."""
-    return nn.Sequential(*conv_bn_relu(cin, cout), *conv_bn_relu(cout, cout), nn.MaxPool2d(2))
+def act(x: Tensor) -> Tensor:
+    """The network's activation (leaky: no dead units in the small widths)."""
+    return F.leaky_relu(x, 0.1, inplace=True)
 
 
-def head_block(cin: int, cout: int) -> nn.Sequential:
-    """Identity/blur head block at code resolution: two conv-BN-ReLU (the trunk did the pooling)."""
-    return nn.Sequential(*conv_bn_relu(cin, cout), *conv_bn_relu(cout, cout))
+class EncoderLevel(nn.Module):
+    """conv (stride 2 except at level 0) - act - conv - act; identity = 1x1 projection of the features."""
 
-
-class UpBlock(nn.Module):
-    """Decoder block: conv, bilinear x2 upsampling, BN-ReLU, conv-BN-ReLU; optional FiLM after the first BN."""
-
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, width: int, id_out: int, stride: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv1, self.conv2 = conv(cin, width, stride=stride), conv(width, width)
+        self.to_id = nn.Conv2d(width, id_out, 1)
 
-    def forward(self, x: Tensor, film: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
-        """Convolve, upsample, convolve; `film` = (scale, shift), each [B,C,1,1].
-
-        The first convolution runs before the bilinear upsampling (4x fewer operations)."""
-        x = F.interpolate(self.conv1(x), scale_factor=2.0, mode="bilinear", align_corners=False)
-        x = self.bn1(x)
-        if film is not None:
-            x = torch.addcmul(film[1], x, 1.0 + film[0])
-        x = F.relu(x, inplace=True)
-        return F.relu(self.bn2(self.conv2(x)), inplace=True)
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Features for the next level and this level's identity map."""
+        h = act(self.conv2(act(self.conv1(x))))
+        return h, self.to_id(h)
 
 
-class Stem(nn.Module):
-    """Decoder entry at code resolution: conv3x3-BN (optional FiLM) -ReLU."""
+class DecoderLevel(nn.Module):
+    """Upsampled coarser features + this level's identity -> conv - FiLM - act - conv - act."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin_coarse: int, id_in: int, width: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.reduce = nn.Conv2d(cin_coarse, width, 1) if cin_coarse else None
+        self.conv1 = conv(id_in + (width if cin_coarse else 0), width)
+        self.conv2 = conv(width, width)
 
-    def forward(self, x: Tensor, film: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
-        """Convolve the code maps; `film` as in `UpBlock`."""
-        x = self.bn(self.conv(x))
-        if film is not None:
-            x = torch.addcmul(film[1], x, 1.0 + film[0])
-        return F.relu(x, inplace=True)
+    def forward(self, identity: Tensor, coarse: Optional[Tensor], film: tuple[Tensor, Tensor]) -> Tensor:
+        """`film` = (scale, shift), each [B,C,1,1], applied as x·(1+scale)+shift after the first conv."""
+        x = identity
+        if coarse is not None and self.reduce is not None:
+            up = F.interpolate(self.reduce(coarse), size=identity.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([up, identity], dim=1)
+        h = torch.addcmul(film[1], self.conv1(x), 1.0 + film[0])
+        return act(self.conv2(act(h)))
 
 
-class ScalarBlurHead(nn.Module):
-    """1-D blur head: conv block, global average pool, small MLP to one unbounded number."""
+class BlurHead(nn.Module):
+    """Two strided convs on level-1 features, global mean (with the deepest features' mean) -> MLP."""
 
-    def __init__(self, cin: int, width: int, hidden: int) -> None:
+    def __init__(self, cin: int, cdeep: int, width: int, out: int) -> None:
         super().__init__()
-        self.block = head_block(cin, width)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.conv1, self.conv2 = conv(cin, width, stride=2), conv(width, width, stride=2)
+        self.mlp = nn.Sequential(nn.Linear(width + cdeep, width), nn.SiLU(), nn.Linear(width, out))
 
-    def forward(self, h: Tensor) -> Tensor:
-        """Features [B,C,H,W] -> blur code [B,1] (no activation or normalisation at the output)."""
-        return self.mlp(self.block(h).mean(dim=(2, 3)))
+    def forward(self, mid: Tensor, deep: Tensor) -> Tensor:
+        """Features [B,C,H,W] -> [B,out] (unbounded: no activation at the output)."""
+        h = act(self.conv2(act(self.conv1(mid))))
+        return self.mlp(torch.cat([h.mean(dim=(2, 3)), deep.mean(dim=(2, 3))], dim=1))
 
 
 class DisentangledAE(nn.Module):
-    """Autoencoder whose latent is split into an identity code and a blur code (conv weights channels_last)."""
+    """Encoder whose skips are the identity (a pyramid of maps) and a decoder modulated by the blur code."""
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
         vae = cfg.variant == "ml-vae"
-        out_mult = 2 if vae else 1
-        trunk, cin = [], cfg.unshuffle**2
-        for w in cfg.widths:
-            trunk.append(down_block(cin, w))
+        ids = list(cfg.id_channels)
+        enc, cin = [], cfg.unshuffle**2
+        for k, (w, c) in enumerate(zip(cfg.widths, ids)):
+            deepest = k == cfg.levels - 1
+            enc.append(EncoderLevel(cin, w, 2 * c if (vae and deepest) else c, stride=1 if k == 0 else 2))
             cin = w
-        self.trunk = nn.Sequential(*trunk)
-        self.id_head = nn.Sequential(head_block(cin, cfg.head_width), nn.Conv2d(cfg.head_width, cfg.id_channels * out_mult, 1))
-        if cfg.variant == "manifold-1d":
-            self.blur_head: nn.Module = ScalarBlurHead(cin, cfg.head_width, cfg.film_hidden)
-            dec_in = cfg.id_channels + 1
-        else:
-            self.blur_head = nn.Sequential(head_block(cin, cfg.head_width), nn.Conv2d(cfg.head_width, cfg.id_channels * out_mult, 1))
-            dec_in = 2 * cfg.id_channels
-        dec_widths = list(reversed(cfg.widths))
-        self.stem = Stem(dec_in, cfg.head_width)
-        blocks, cin = [], cfg.head_width
-        for w in dec_widths:
-            blocks.append(UpBlock(cin, w))
-            cin = w
-        self.up = nn.ModuleList(blocks)
-        self.out = nn.Conv2d(cin, cfg.unshuffle**2, 3 if cfg.unshuffle > 1 else 1, padding=1 if cfg.unshuffle > 1 else 0)
-        self.film_channels = [cfg.head_width, *dec_widths]
-        if cfg.variant == "manifold-1d":
-            self.film = nn.Sequential(nn.Linear(1, cfg.film_hidden), nn.SiLU(), nn.Linear(cfg.film_hidden, 2 * sum(self.film_channels)))
-        self.to(memory_format=torch.channels_last)  # 1.3-2x faster than NCHW on CPU (docs/model.md)
+        self.enc = nn.ModuleList(enc)
+        mid = cfg.widths[min(1, cfg.levels - 1)]
+        self.blur_head = BlurHead(mid, cfg.widths[-1], cfg.blur_width, cfg.blur_dim * (2 if vae else 1))
+        dec = []
+        for k in reversed(range(cfg.levels)):
+            coarse = cfg.widths[k + 1] if k + 1 < cfg.levels else 0
+            dec.append(DecoderLevel(coarse, ids[k], cfg.widths[k]))
+        self.dec = nn.ModuleList(dec)  # deepest first
+        self.out = conv(cfg.widths[0], cfg.unshuffle**2)
+        self.film_channels = [cfg.widths[k] for k in reversed(range(cfg.levels))]
+        self.film = nn.Sequential(nn.Linear(cfg.blur_dim, cfg.blur_width), nn.SiLU(),
+                                  nn.Linear(cfg.blur_width, 2 * sum(self.film_channels)))
+        self.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+
+    # -- identity pyramid <-> flat code
+
+    def level_shapes(self, side: int) -> list[tuple[int, int]]:
+        """(channels, side) of every identity level for a `side`-px input, finest first."""
+        s = side // self.config.unshuffle
+        return [(c, s >> k) for k, c in enumerate(self.config.id_channels)]
+
+    def flatten_identity(self, maps: list[Tensor]) -> Tensor:
+        """Identity maps (finest first) -> [B, Di]."""
+        return torch.cat([m.reshape(m.shape[0], -1) for m in maps], dim=1)
+
+    def split_identity(self, identity: Tensor) -> list[Tensor]:
+        """[B, Di] -> identity maps, finest first (channels_last views)."""
+        side = self.config.side_for(identity.shape[1])
+        shapes = self.level_shapes(side)
+        parts = identity.split([c * s * s for c, s in shapes], dim=1)
+        return [p.reshape(-1, c, s, s).contiguous(memory_format=torch.channels_last) for p, (c, s) in zip(parts, shapes)]
+
+    def identity_summary(self, identity: Tensor) -> Tensor:
+        """Fixed-size view of identity pyramids for classifiers and plots: the deepest level whole plus the
+        channel means and standard deviations of the finer levels."""
+        maps = self.split_identity(identity)
+        parts = [torch.cat([m.mean(dim=(2, 3)), m.std(dim=(2, 3))], dim=1) for m in maps[:-1]]
+        return torch.cat(parts + [maps[-1].reshape(maps[-1].shape[0], -1)], dim=1)
+
+    def deep_dim(self, side: int | None = None) -> int:
+        """Numbers of the deepest identity level (the ml-vae posterior) for a `side`-px input."""
+        c, s = self.level_shapes(side or self.config.tile)[-1]
+        return c * s * s
+
+    # -- encode / decode
+
+    def _features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        cfg = self.config
+        if x.shape[-1] % cfg.downsample or x.shape[-2] % cfg.downsample:
+            raise ValueError(f"input sides must be multiples of {cfg.downsample}, got {tuple(x.shape[-2:])}")
+        h = F.pixel_unshuffle(x, cfg.unshuffle) if cfg.unshuffle > 1 else x
+        feats, maps = [], []
+        for level in self.enc:
+            h, m = level(h)
+            feats.append(h)
+            maps.append(m)
+        return feats, maps
 
     def encode(self, x: Tensor) -> Codes:
-        """Images [B,1,T,T] -> Codes (posterior means and log-variances for ml-vae)."""
-        cfg = self.config
-        h = self.trunk(F.pixel_unshuffle(x, cfg.unshuffle) if cfg.unshuffle > 1 else x)
-        ident = self.id_head(h).flatten(1)
-        blur = self.blur_head(h).flatten(1)
-        if cfg.variant != "ml-vae":
-            return Codes(ident, blur)
-        id_mu, id_lv = ident.view(-1, 2, cfg.id_dim).unbind(1)
-        blur_mu, blur_lv = blur.view(-1, 2, cfg.id_dim).unbind(1)
-        return Codes(id_mu, blur_mu, id_lv, blur_lv)
+        """Images [B,1,S,S] -> Codes (posterior means and log-variances for ml-vae)."""
+        feats, maps = self._features(x)
+        blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
+        if self.config.variant != "ml-vae":
+            return Codes(self.flatten_identity(maps), blur)
+        mu, lv = maps[-1].chunk(2, dim=1)
+        b_mu, b_lv = blur.chunk(2, dim=1)
+        return Codes(self.flatten_identity(maps[:-1] + [mu]), b_mu, lv.reshape(lv.shape[0], -1), b_lv)
 
-    def _films(self, blur: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per-block FiLM (scale, shift) pairs from the scalar blur code."""
-        params = self.film(blur).split([c for c in self.film_channels for _ in (0, 1)], dim=1)
+    def encode_blur(self, x: Tensor) -> Tensor:
+        """Blur codes (means) only, [B,Db]; skips flattening the identity."""
+        feats, _ = self._features(x)
+        blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
+        return blur.chunk(2, dim=1)[0] if self.config.variant == "ml-vae" else blur
+
+    def films(self, blur: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per decoder level (deepest first) FiLM (scale, shift) pairs from the blur code."""
+        params = self.film(blur.reshape(blur.shape[0], -1)).split([c for c in self.film_channels for _ in (0, 1)], dim=1)
         return [(params[2 * i][..., None, None], params[2 * i + 1][..., None, None]) for i in range(len(self.film_channels))]
 
     def decode(self, identity: Tensor, blur: Tensor) -> Tensor:
-        """Codes identity [B,Di], blur [B,Db] -> images [B,1,T,T] (no output activation)."""
-        cfg = self.config
-        s = cfg.code_size
-        ident = identity.reshape(-1, cfg.id_channels, s, s)
-        if cfg.variant == "manifold-1d":
-            films: list = self._films(blur)
-            z = torch.cat([ident, blur.reshape(-1, 1, 1, 1).expand(-1, 1, s, s)], dim=1)
-        else:
-            films = [None] * len(self.film_channels)
-            z = torch.cat([ident, blur.reshape(-1, cfg.id_channels, s, s)], dim=1)
-        h = self.stem(z, films[0])
-        for block, film in zip(self.up, films[1:]):
-            h = block(h, film)
-        h = self.out(h)
-        return F.pixel_shuffle(h, cfg.unshuffle) if cfg.unshuffle > 1 else h
+        """Codes identity [B,Di], blur [B,Db] -> images [B,1,S,S] (no output activation)."""
+        maps = self.split_identity(identity)
+        h = None
+        for level, film, m in zip(self.dec, self.films(blur), reversed(maps)):
+            h = level(m, h, film)
+        y = self.out(h)
+        return F.pixel_shuffle(y, self.config.unshuffle) if self.config.unshuffle > 1 else y
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction from the (mean) codes."""
@@ -232,11 +281,43 @@ def run_batched(fn: Callable[..., Any], *arrays: np.ndarray, device: torch.devic
 
 
 def encode_batched(model: nn.Module, tiles: np.ndarray, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Identity and blur codes (means) of [N,T,T] tiles (any float dtype)."""
+    """Identity and blur codes (means) of [N,T,T] tiles (any float dtype); identities are large (~4x pixels)."""
     identity, blur = run_batched(lambda x: tuple(model.encode(x[:, None])[:2]), tiles, device=device)
     return identity, blur
+
+
+def blur_batched(model: nn.Module, tiles: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Blur codes (means) of [N,T,T] tiles without keeping identities."""
+    return run_batched(lambda x: model.encode_blur(x[:, None]), tiles, device=device)[0]
 
 
 def decode_batched(model: nn.Module, identity: np.ndarray, blur: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
     """Decoded [N,T,T] tiles from aligned identity and blur codes."""
     return run_batched(lambda i, b: model.decode(i, b)[:, 0], identity, blur, device=device)[0]
+
+
+def swap_batched(model: nn.Module, tiles: np.ndarray, blur: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """D(identity(tile), blur) for [N,T,T] tiles and blur codes [N,Db] (no identities kept between batches)."""
+
+    def fn(x: Tensor, b: Tensor) -> Tensor:
+        return model.decode(model.encode(x[:, None]).identity, b)[:, 0]
+
+    return run_batched(fn, tiles, np.asarray(blur, np.float32), device=device)[0]
+
+
+def deblur_batched(model: nn.Module, tiles: np.ndarray, blur: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """D(identity(tile), blur) for [N,T,T] tiles and one blur code [Db]."""
+    code = np.broadcast_to(np.asarray(blur, np.float32).reshape(1, -1), (len(tiles), np.size(blur)))
+    return swap_batched(model, tiles, code, device)
+
+
+def summarise_batched(model: nn.Module, tiles: np.ndarray, device: torch.device | str = "cpu"
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reconstructions [N,T,T], compact identity summaries [N,K], blur codes [N,Db]) of tiles."""
+
+    def fn(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        c = model.encode(x[:, None])
+        return model.decode(c.identity, c.blur)[:, 0], model.identity_summary(c.identity), c.blur
+
+    rec, summ, blur = run_batched(fn, tiles, device=device)
+    return rec, summ, blur

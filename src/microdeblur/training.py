@@ -6,9 +6,8 @@ import csv
 import hashlib
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,54 +16,74 @@ import torch
 from . import log
 from .calibration import fit_calibration, spearman
 from .dataset import PairSampler, PreparedData
-from .devices import resolve_device
+from .devices import resolve_device, torch_threads
 from .errors import UserError
-from .losses import beta_schedule, manifold_losses, mlvae_losses, reconstruction_loss
-from .metrics import psnr_batch
-from .networks import DisentangledAE, ModelConfig, encode_batched
+from .interrupts import deferred
+from .io import atomic_path
+from .losses import beta_schedule, reconstruction_loss
+from .metrics import psnr_batch, psnr_minmse
+from .networks import DisentangledAE, ModelConfig, blur_batched, deblur_batched, run_batched
 from .normalize import NORMALIZATION
+from .objectives import OBJECTIVES, StepOptions
 from .prepare import load_index
 from .weights import WeightsMeta, load_weights, save_weights
 
-CKPT_VERSION = 1
+CKPT_VERSION = 2
 
 
 @dataclass
 class TrainConfig:
-    """Every option of `microdeblur train` (defaults = the shipped recipe's architecture)."""
+    """Every option of `microdeblur train` (defaults = the shipped recipe)."""
 
     variant: str = "manifold-1d"
-    epochs: int = 40
+    epochs: int = 1000
     max_steps: int | None = None
     max_minutes: float | None = None
-    batch_size: int = 16
+    batch_size: int = 12
+    crop: int = 64
+    p_focus: float = 0.5
     lr: float = 1e-3
+    lr_halflife: int = 6000  # steps; lr(step) = lr * 0.5 ** (step / lr_halflife)
     seed: int = 0
     val_fraction: float = 0.2
     dz_range: float | None = 30.0
-    widths: tuple[int, ...] = (16, 32)
-    head_width: int = 64
-    id_channels: int = 16
+    widths: tuple[int, ...] = (32, 48, 64, 96)
+    id_channels: tuple[int, ...] = (16, 24, 32, 48)
     consistency: bool = True
     contrastive: bool = True
     cross: bool = True
-    dz_weight: float = 0.0
+    dz_weight: float | None = None  # None: 0.1 for manifold-1d, 0 otherwise
     perceptual_weights: Path | None = None
     checkpoint_every: int = 200
+    eval_every: int = 250
     resume: Path | None = None
     init: Path | None = None
     workers: int = 0
     device: str = "auto"
     overwrite: bool = False
     group_size: int = 4
-    beta_delay: float = 0.075  # thesis: the distance losses start after ~30 of 400 epochs
+    beta_delay: int = 300  # steps of reconstruction only (thesis: 30 of 400 epochs)
+    beta_ramp: int = 600  # steps of the exponential ramp to β = 1
     margin: float = 0.6
+
+    @property
+    def dz_tie(self) -> float:
+        """Weight of the dz tie actually used."""
+        if self.dz_weight is not None:
+            return self.dz_weight
+        return 0.1 if self.variant == "manifold-1d" else 0.0
+
+    def step_options(self) -> StepOptions:
+        """The settings a training step needs."""
+        return StepOptions(batch_size=self.batch_size, crop=self.crop, p_focus=self.p_focus, consistency=self.consistency,
+                           contrastive=self.contrastive, cross=self.cross, dz_weight=self.dz_tie,
+                           dz_scale=float(self.dz_range or 30.0), margin=self.margin, group_size=self.group_size)
 
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
         skip = {"resume", "init", "workers", "device", "overwrite", "checkpoint_every", "perceptual_weights"}
         d = {k: v for k, v in asdict(self).items() if k not in skip}
-        d["widths"] = list(self.widths)
+        d["widths"], d["id_channels"], d["dz_weight"] = list(self.widths), list(self.id_channels), self.dz_tie
         return d
 
 
@@ -75,10 +94,27 @@ class TrainState:
     step: int = 0
     elapsed_s: float = 0.0
     history: list[dict] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_step: int = 0
+    best_model: dict | None = None
+
+
+def _finite(name: str, value: float, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> None:
+    """UserError unless value is a finite number inside [low, high] (or (low, high] with open_low)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        lo = "" if low is None else (f"> {low:g}" if open_low else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        need = " and ".join(p for p in (lo, hi) if p) or "finite"
+        raise UserError(f"{name} must be a finite number {need}, got {value}")
 
 
 def _check_config(cfg: TrainConfig, output: Path) -> None:
-    if cfg.variant not in ("manifold-1d", "manifold", "ml-vae"):
+    if cfg.variant not in OBJECTIVES:
         raise UserError(f"unknown --variant {cfg.variant!r}: use manifold-1d, manifold or ml-vae")
     if output.suffix != ".safetensors":
         raise UserError(f"output {output} must end in .safetensors")
@@ -92,21 +128,30 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     if output.parent.exists() and not output.parent.is_dir():
         raise UserError(f"cannot write {output}: {output.parent} is not a folder")
     for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--checkpoint-every", cfg.checkpoint_every),
-                        ("--id-channels", cfg.id_channels), ("--group-size", cfg.group_size)):
+                        ("--eval-every", cfg.eval_every), ("--group-size", cfg.group_size), ("--crop", cfg.crop),
+                        ("--lr-halflife", cfg.lr_halflife)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
-    if not cfg.widths or min(cfg.widths) < 1 or len(cfg.widths) > 5:
-        raise UserError(f"--widths needs 1 to 5 positive numbers, got {','.join(map(str, cfg.widths)) or 'none'}")
+    if not cfg.widths or min(cfg.widths) < 1 or len(cfg.widths) > 6:
+        raise UserError(f"--widths needs 1 to 6 positive numbers, got {','.join(map(str, cfg.widths)) or 'none'}")
+    if len(cfg.id_channels) != len(cfg.widths) or min(cfg.id_channels) < 1:
+        raise UserError(f"--id-channels needs one positive number per width ({len(cfg.widths)}), got {','.join(map(str, cfg.id_channels))}")
     if cfg.workers < 0:
         raise UserError(f"--workers must be 0 (all cores) or more, got {cfg.workers}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
-    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
-        raise UserError(f"--max-minutes must be positive, got {cfg.max_minutes}")
-    if not cfg.lr > 0:
-        raise UserError(f"--lr must be positive, got {cfg.lr}")
-    if not 0.0 <= cfg.beta_delay < 1.0:
-        raise UserError(f"--beta-delay must be a fraction of training in [0, 1), got {cfg.beta_delay}")
+    if cfg.max_minutes is not None:
+        _finite("--max-minutes", cfg.max_minutes, 0, open_low=True)
+    _finite("--lr", cfg.lr, 0, 1, open_low=True)
+    _finite("--p-focus", cfg.p_focus, 0, 1)
+    _finite("--margin", cfg.margin, 0, open_low=True)
+    _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
+    if cfg.dz_range is not None:
+        _finite("--dz-range", cfg.dz_range, 0, open_low=True)
+    if cfg.dz_weight is not None:
+        _finite("--dz-weight", cfg.dz_weight, 0)
+    if cfg.beta_delay < 0 or cfg.beta_ramp < 0:
+        raise UserError(f"--beta-delay and --beta-ramp are step counts >= 0, got {cfg.beta_delay} and {cfg.beta_ramp}")
     if cfg.dz_weight and cfg.variant != "manifold-1d":
         raise UserError("--dz-weight only applies to --variant manifold-1d")
 
@@ -116,16 +161,17 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-RUN_CONTROLS = {"epochs", "max_steps", "max_minutes"}  # may change on --resume; everything else must match
+RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
 def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: TrainState, cfg: TrainConfig) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": state.step,
-                "elapsed_s": state.elapsed_s, "history": state.history, "recipe": cfg.recipe()}, tmp)
-    os.replace(tmp, path)
+    """Everything needed to continue bit for bit, written atomically (replaces the previous checkpoint)."""
+    blob = {"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": state.step,
+            "elapsed_s": state.elapsed_s, "history": state.history, "recipe": cfg.recipe(),
+            "best": {"score": state.best_score, "step": state.best_step, "model": state.best_model}}
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(blob, tmp)
 
 
 def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: TrainConfig) -> TrainState:
@@ -146,7 +192,10 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
     opt.load_state_dict(ck["optimizer"])
     rng.bit_generator.state = ck["rng"]
     torch.set_rng_state(ck["torch_rng"])
-    return TrainState(step=ck["step"], elapsed_s=ck["elapsed_s"], history=ck["history"])
+    best = ck.get("best") or {}
+    return TrainState(step=ck["step"], elapsed_s=ck["elapsed_s"], history=ck["history"],
+                      best_score=float(best.get("score", -math.inf)), best_step=int(best.get("step", 0)),
+                      best_model=best.get("model"))
 
 
 @dataclass
@@ -175,87 +224,69 @@ class Probe:
         return cls(np.concatenate(b), np.concatenate(t), np.concatenate(d), np.stack(ref))
 
     def metrics(self, model, device) -> dict:
-        """Reconstruction and deblurring PSNR on the probe, and blur-code order for 1-D codes."""
+        """Reconstruction and deblurring PSNR (plain and min-MSE fitted) on the probe; blur-code order for 1-D codes."""
         model.eval()
-        _, ref_blur = encode_batched(model, self.focus_ref, device)
-        ids, blur = encode_batched(model, self.blurry, device)
-        focus = torch.from_numpy(ref_blur.mean(0, keepdims=True)).to(device)
-        with torch.inference_mode():
-            idt = torch.from_numpy(ids).to(device)
-            rec = model.decode(idt, torch.from_numpy(blur).to(device)).float().cpu().numpy()[:, 0]
-            deb = model.decode(idt, focus.expand(len(idt), -1)).float().cpu().numpy()[:, 0]
+        focus = blur_batched(model, self.focus_ref, device).mean(0)
+        blur = blur_batched(model, self.blurry, device)
+        rec = run_batched(lambda x: model(x[:, None])[:, 0], self.blurry, device=device)[0]
+        deb = deblur_batched(model, self.blurry, focus, device)
         model.train()
         blurry = self.blurry.astype(np.float32)
         target = self.target.astype(np.float32)
         out = {"val_rec_psnr": float(psnr_batch(rec, blurry).mean()), "val_deblur_psnr": float(psnr_batch(deb, target).mean()),
-               "val_input_psnr": float(psnr_batch(blurry, target).mean())}
+               "val_input_psnr": float(psnr_batch(blurry, target).mean()),
+               "val_deblur_minmse": float(np.mean([psnr_minmse(d, t) for d, t in zip(deb, target)])),
+               "val_input_minmse": float(np.mean([psnr_minmse(x, t) for x, t in zip(blurry, target)]))}
         if blur.shape[1] == 1:
             out["code_dz_rho"] = spearman(blur[:, 0], self.dz)
             out["code_absdz_rho"] = spearman(blur[:, 0], np.abs(self.dz))
         return out
 
 
-def _build_model(cfg: TrainConfig, tile: int, device) -> DisentangledAE:
+def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, TrainConfig]:
+    """The model to train and the config it implies (`--init` weights bring their own architecture)."""
     try:
-        mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, head_width=cfg.head_width, id_channels=cfg.id_channels)
+        mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels)
     except ValueError as e:
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
     if cfg.init is not None:
         init = None if str(cfg.init) == "shipped" else cfg.init  # None: the weights shipped in the package
-        src, meta = load_weights(init, device="cpu", expect_variant=cfg.variant)
+        src, _ = load_weights(init, device="cpu", expect_variant=cfg.variant)
         if src.config.tile != tile:
             raise UserError(f"--init weights use {src.config.tile}-px tiles but the data has {tile}-px tiles (prepare --tile)")
         if src.config.to_dict() != mc.to_dict():
             log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
-            model = src
-            cfg.widths, cfg.head_width, cfg.id_channels = src.config.widths, src.config.head_width, src.config.id_channels
-        else:
-            model.load_state_dict(src.state_dict())
-    return model.to(device).to(memory_format=torch.channels_last).train()
+            cfg = replace(cfg, widths=src.config.widths, id_channels=src.config.id_channels)
+        model = src
+    return model.to(device).to(memory_format=torch.channels_last).train(), cfg
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
     if not history:
         return
     keys = list(dict.fromkeys(k for row in history for k in row))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)
 
 
-def _step(model, sampler: PairSampler, cfg: TrainConfig, rec_fn, beta: float, device) -> dict[str, torch.Tensor]:
-    """Loss terms and the total of one optimiser step."""
-    cl = torch.channels_last
-    if cfg.variant == "ml-vae":
-        g = sampler.groups(cfg.batch_size, cfg.group_size).to(device)
-        parts = mlvae_losses(model, g, rec_fn=rec_fn)
-        parts["total"] = parts["rec"] + parts["kl_id"] + parts["kl_blur"]
-        return parts
-    b = sampler.pairs(cfg.batch_size)
-    x1, x2, y1, y2 = (t.to(device).contiguous(memory_format=cl) for t in (b.x1, b.x2, b.y1, b.y2))
-    scale = float(cfg.dz_range or 30.0)
-    parts = manifold_losses(model, x1, x2, y1, y2, rec_fn=rec_fn, use_consistency=cfg.consistency,
-                            use_contrastive=cfg.contrastive, use_cross=cfg.cross, dz1=b.dz1.to(device),
-                            dz2=b.dz2.to(device), dz_weight=cfg.dz_weight, dz_scale=scale, margin=cfg.margin)
-    parts["total"] = parts["rec"] + beta * (parts["cons"] + parts["cont"] + parts["cross"]) + cfg.dz_weight * parts["dz"]
-    return parts
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Exponential decay counted in steps (extending a run keeps the planned steps' rates)."""
+    return cfg.lr * 0.5 ** (step / cfg.lr_halflife)
 
 
 def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, device) -> tuple[np.ndarray, dict | None]:
     """In-focus blur code (mean over in-focus training tiles) and, for 1-D codes, the dz calibration."""
     model.eval()
     focus_tiles = np.stack([data.stacks[i][data.focus_index[i]] for i in train_ids])
-    _, fb = encode_batched(model, focus_tiles, device)
+    fb = blur_batched(model, focus_tiles, device)
     cal = None
-    if cfg.variant == "manifold-1d":
+    if model.config.blur_dim == 1:
         pick = np.random.default_rng(cfg.seed).permutation(train_ids)[:300]
         idx = data.tile_indices(sorted(pick.tolist()))
-        _, codes = encode_batched(model, data.tiles[idx], device)
+        codes = blur_batched(model, data.tiles[idx], device)
         cal = fit_calibration(codes[:, 0], data.dz_all[idx])
         if data.z_step_um is None:
             cal["note"] = (cal.get("note", "") + "; dz is in planes (z step unknown)").lstrip("; ")
@@ -294,12 +325,20 @@ def _hash(obj) -> str:
 
 
 def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
-    """Train on a prepared folder and write safetensors weights (plus .ckpt and .log.csv beside them)."""
+    """Train on a prepared folder and write safetensors weights (plus .ckpt and .log.csv beside them).
+
+    The exported weights are those of the best validation probe (deblurring PSNR), not the last step."""
     output = Path(output)
     _check_config(cfg, output)
     device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.workers or os.cpu_count() or 1)
+    with torch_threads(cfg.workers):
+        return _train(data_dir, output, cfg, device)
+
+
+def _train(data_dir: Path, output: Path, cfg: TrainConfig, device: torch.device) -> Path:
     data = PreparedData.load(data_dir, cfg.dz_range)
+    if cfg.crop > data.tile or cfg.crop % 16:
+        raise UserError(f"--crop must be a multiple of 16 no larger than the {data.tile}-px tiles, got {cfg.crop}")
     train_ids, val_ids = data.split(cfg.val_fraction, cfg.seed)
     log.info(f"data: {len(data.identities)} identities ({len(train_ids)} train, {len(val_ids)} val), "
              f"{len(data.tiles)} tiles, dz in {'um' if data.z_step_um else 'planes'}")
@@ -307,7 +346,8 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     sampler = PairSampler(data, train_ids, rng)
     probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
-    model = _build_model(cfg, data.tile, device)
+    model, cfg = _build_model(cfg, data.tile, device)
+    objective, opts = OBJECTIVES[cfg.variant], cfg.step_options()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     rec_fn = reconstruction_loss(cfg.perceptual_weights)
     if isinstance(rec_fn, torch.nn.Module):
@@ -318,66 +358,73 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch, cfg.max_steps)
     budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     log_csv = output.with_suffix(".log.csv")
-    run_sums: dict[str, float] = {}
-    n_run = 0
-    tiles_per_step = cfg.batch_size * (cfg.group_size if cfg.variant == "ml-vae" else 4)
-    t_epoch = time.perf_counter()
+    run = {"sums": {}, "n": 0, "t": time.perf_counter()}
     t_start = time.perf_counter() - state.elapsed_s
     if state.step:
         log.info(f"resuming at step {state.step} of {total}")
-    try:
-        with log.progress(f"train {cfg.variant}", total) as bar:
-            bar.advance(state.step)
-            while state.step < total:
-                state.elapsed_s = time.perf_counter() - t_start
-                if budget_s is not None and state.elapsed_s >= budget_s:
-                    log.info(f"time budget of {cfg.max_minutes} min reached at step {state.step}")
-                    break
-                progress = state.step / total if budget_s is None else max(state.step / total, state.elapsed_s / budget_s)
-                epoch = state.step // steps_per_epoch
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * 0.98 ** (epoch // 5)
-                beta = beta_schedule(progress, delay=cfg.beta_delay)
-                parts = _step(model, sampler, cfg, rec_fn, beta, device)
-                opt.zero_grad(set_to_none=True)
-                parts["total"].backward()
-                opt.step()
-                state.step += 1
-                n_run += 1
-                for k, v in parts.items():
-                    run_sums[k] = run_sums.get(k, 0.0) + float(v.detach())
-                bar.advance()
-                if state.step % 10 == 0:
-                    rate = n_run * tiles_per_step / max(time.perf_counter() - t_epoch, 1e-9)
-                    terms = " ".join(f"{k} {v / n_run:.3f}" for k, v in run_sums.items() if k != "total")
-                    bar.set(f"loss {run_sums['total'] / n_run:.4f} ({terms}) β {beta:.2f} {rate:.0f} tiles/s")
-                if state.step % steps_per_epoch == 0 or state.step == total:
-                    row = {"epoch": epoch + 1, "step": state.step, "minutes": round(state.elapsed_s / 60, 2),
-                           "lr": opt.param_groups[0]["lr"], "beta": round(beta, 4)}
-                    row |= {k: round(v / n_run, 5) for k, v in run_sums.items()}
-                    row |= {k: round(v, 4) for k, v in probe.metrics(model, device).items()}
-                    state.history.append(row)
-                    _write_log(log_csv, state.history)
-                    log.debug(json.dumps(row))
-                    run_sums, n_run, t_epoch = {}, 0, time.perf_counter()
-                if state.step % cfg.checkpoint_every == 0:
-                    state.elapsed_s = time.perf_counter() - t_start
-                    _save_checkpoint(ckpt, model, opt, rng, state, cfg)
-    except KeyboardInterrupt:
-        state.elapsed_s = time.perf_counter() - t_start
-        _save_checkpoint(ckpt, model, opt, rng, state, cfg)
-        raise UserError(f"interrupted at step {state.step}; checkpoint saved, continue with --resume {ckpt}") from None
-    state.elapsed_s = time.perf_counter() - t_start
-    _save_checkpoint(ckpt, model, opt, rng, state, cfg)
-    if not state.history or state.history[-1]["step"] != state.step:
-        row = {"epoch": state.step / steps_per_epoch, "step": state.step, "minutes": round(state.elapsed_s / 60, 2)}
-        state.history.append(row | {k: round(v, 4) for k, v in probe.metrics(model, device).items()})
+
+    def evaluate_now(beta: float) -> None:
+        n = max(run["n"], 1)
+        row = {"epoch": round(state.step / steps_per_epoch, 2), "step": state.step, "minutes": round(state.elapsed_s / 60, 2),
+               "lr": learning_rate(cfg, state.step), "beta": round(beta, 4)}
+        row |= {k: round(v / n, 5) for k, v in run["sums"].items()}
+        row["tiles_per_s"] = round(run["n"] * objective.tiles_per_step(opts) / max(time.perf_counter() - run["t"], 1e-9), 1)
+        row |= {k: round(v, 4) for k, v in probe.metrics(model, device).items()}
+        if row["val_deblur_psnr"] > state.best_score:
+            state.best_score, state.best_step = row["val_deblur_psnr"], state.step
+            state.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state.history.append(row)
         _write_log(log_csv, state.history)
+        log.debug(json.dumps(row))
+        run.update(sums={}, n=0, t=time.perf_counter())
+
+    beta = beta_schedule(state.step, cfg.beta_delay, cfg.beta_ramp)
+    with deferred() as stop, log.progress(f"train {cfg.variant}", total) as bar:
+        bar.advance(state.step)
+        while state.step < total and not stop:
+            state.elapsed_s = time.perf_counter() - t_start
+            if budget_s is not None and state.elapsed_s >= budget_s:
+                log.info(f"time budget of {cfg.max_minutes} min reached at step {state.step}")
+                break
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(cfg, state.step)
+            beta = beta_schedule(state.step, cfg.beta_delay, cfg.beta_ramp)
+            parts = objective.step(model, sampler, opts, rec_fn, beta, device)
+            opt.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            opt.step()
+            state.step += 1
+            run["n"] += 1
+            for k, v in parts.items():
+                run["sums"][k] = run["sums"].get(k, 0.0) + float(v.detach())
+            bar.advance()
+            if state.step % 10 == 0:
+                rate = run["n"] * objective.tiles_per_step(opts) / max(time.perf_counter() - run["t"], 1e-9)
+                terms = " ".join(f"{k} {v / run['n']:.3f}" for k, v in run["sums"].items() if k != "total")
+                bar.set(f"loss {run['sums']['total'] / run['n']:.4f} ({terms}) β {beta:.2f} {rate:.0f} tiles/s")
+            if state.step % cfg.eval_every == 0 or state.step == total:
+                state.elapsed_s = time.perf_counter() - t_start
+                evaluate_now(beta)
+            if state.step % cfg.checkpoint_every == 0:
+                state.elapsed_s = time.perf_counter() - t_start
+                _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+    state.elapsed_s = time.perf_counter() - t_start
+    if stop:
+        _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+        log.info(f"interrupted at step {state.step}; checkpoint saved, continue with --resume {ckpt}")
+        raise SystemExit(stop.exit_code)
+    if not state.history or state.history[-1]["step"] != state.step:
+        evaluate_now(beta)
+    _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+    if state.best_model is not None:
+        model.load_state_dict(state.best_model)
+        log.info(f"exporting the best validation step {state.best_step} (deblur PSNR {state.best_score:.2f} dB on the probe)")
     focus_code, cal = finalize(model, data, train_ids, cfg, device)
     index = load_index(Path(data_dir))
     summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": data_hash(index),
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
-               "steps": state.step, "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(),
+               "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
+               "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(),
                "device": str(device), "last": state.history[-1] if state.history else {}}
     norm = dict(NORMALIZATION) | {"focus_ratios": focus_ratios(data, train_ids)}
     meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,

@@ -1,0 +1,61 @@
+"""Ctrl-C and SIGTERM handling: long loops stop at a safe point, temp files are cleaned, exit codes are the shell's."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised for SIGTERM as KeyboardInterrupt is for SIGINT; carries the shell exit code."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = EXIT_CODES.get(signum, 130)
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise `Interrupted` (like Ctrl-C) so cleanup code runs; main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(Interrupted(s)))
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM inside `deferred()`; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum or signal.SIGINT, 130)
+
+
+@contextmanager
+def deferred() -> Iterator[StopFlag]:
+    """Within the block SIGINT/SIGTERM only set the flag (a second Ctrl-C still interrupts at once)."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    old = {s: signal.getsignal(s) for s in EXIT_CODES}
+
+    def handler(signum, frame):  # noqa: ANN001 - signal handler signature
+        if flag:
+            raise Interrupted(signum)
+        flag.signum = signum
+
+    for s in EXIT_CODES:
+        signal.signal(s, handler)
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -1,0 +1,143 @@
+"""What each variant does in one training step: the batch it draws and how the pure losses combine
+(docs/model.md, "Losses on a pyramid identity")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .dataset import PairSampler
+from .losses import RecFn, consistency_loss, contrastive_loss, group_posterior, kl_standard_normal, reparameterize
+from .networks import DisentangledAE
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The loss and batch settings of a training run that a step needs."""
+
+    batch_size: int = 12
+    crop: int | None = 64
+    p_focus: float = 0.5
+    consistency: bool = True
+    contrastive: bool = True
+    cross: bool = True
+    dz_weight: float = 0.0
+    dz_scale: float = 30.0
+    margin: float = 0.6
+    group_size: int = 4
+
+
+class Objective(Protocol):
+    """One variant's training step."""
+
+    def tiles_per_step(self, opts: StepOptions) -> int: ...
+
+    def step(self, model: DisentangledAE, sampler: PairSampler, opts: StepOptions, rec_fn: RecFn, beta: float,
+             device: torch.device) -> dict[str, Tensor]: ...
+
+
+def _level_sizes(model: DisentangledAE, side: int) -> list[int]:
+    return [c * s * s for c, s in model.level_shapes(side)]
+
+
+@dataclass(frozen=True)
+class Manifold:
+    """Product-manifold objective (eq. 4.5): rec + β·(consistency + contrastive + cross) [+ dz tie].
+
+    (x1, x2) share identity, x2 in focus with probability p_focus, so D(id(x_dz), b_focus) -> x_focus (the
+    operation `deblur` ships) is a frequent cross-reconstruction target; (y1, y2) share dz."""
+
+    scalar_blur: bool
+
+    def tiles_per_step(self, opts: StepOptions) -> int:
+        return 4 * opts.batch_size
+
+    def step(self, model, sampler, opts, rec_fn, beta, device):
+        cl = torch.channels_last
+        b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus)
+        x1, x2, y1, y2 = (t.to(device).contiguous(memory_format=cl) for t in (b.x1, b.x2, b.y1, b.y2))
+        parts = manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=opts,
+                               dz=torch.cat([b.dz1, b.dz2]).to(device) if self.scalar_blur else None)
+        parts["total"] = parts["rec"] + beta * (parts["cons"] + parts["cont"] + parts["cross"]) + opts.dz_weight * parts["dz"]
+        return parts
+
+
+def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2: Tensor, *, rec_fn: RecFn,
+                   opts: StepOptions, dz: Tensor | None = None) -> dict[str, Tensor]:
+    """Loss terms of one manifold step; one encoder call for the inputs, one decoder call for own
+    reconstructions and swaps, one encoder call for re-encoding the swaps (consistency)."""
+    n = x1.shape[0]
+    sizes = _level_sizes(model, x1.shape[-1])
+    xs = torch.cat([x1, x2, y1, y2])
+    codes = model.encode(xs)
+    ids, blurs = codes.identity, codes.blur
+    ix1, ix2, iy1, iy2 = ids.split(n)
+    bx1, bx2, by1, by2 = blurs.split(n)
+    zero = xs.new_zeros(())
+    swaps = opts.cross or opts.consistency
+    if swaps:  # D(ix1,bx2)->x2, D(ix2,bx1)->x1, D(iy1,by2)->y1, D(iy2,by1)->y2
+        dec = model.decode(torch.cat([ids, ix1, ix2, iy1, iy2]), torch.cat([blurs, bx2, bx1, by2, by1]))
+        own, swapped = dec.split(4 * n)
+    else:
+        own = model.decode(ids, blurs)
+    out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "dz": zero}
+    if opts.cross:
+        out["cross"] = rec_fn(swapped, torch.cat([x2, x1, y1, y2]))
+    if opts.consistency:
+        re = model.encode(swapped)
+        # each swap keeps one code fixed: identity of D(ix1,bx2), D(ix2,bx1); blur of D(iy1,by2), D(iy2,by1)
+        out["cons"] = (consistency_loss(torch.cat([ix1, ix2]), re.identity[: 2 * n], sizes)
+                       + consistency_loss(torch.cat([by2, by1]), re.blur[2 * n:]))
+    if opts.contrastive:
+        out["cont"] = (contrastive_loss(ix1, ix2, True, opts.margin, sizes) + contrastive_loss(bx1, bx2, False, opts.margin)
+                       + contrastive_loss(by1, by2, True, opts.margin) + contrastive_loss(iy1, iy2, False, opts.margin, sizes))
+    if dz is not None and opts.dz_weight > 0:
+        out["dz"] = F.mse_loss(torch.cat([bx1, bx2]).reshape(-1), dz.to(blurs.dtype).reshape(-1) / opts.dz_scale)
+    return out
+
+
+@dataclass(frozen=True)
+class MLVAE:
+    """ML-VAE (eq. 4.1-4.4) on the pyramid: the deepest identity level is the group posterior (sampled);
+    the finer levels are averaged over the group, so every member is decoded from one shared identity."""
+
+    def tiles_per_step(self, opts: StepOptions) -> int:
+        return opts.batch_size * opts.group_size
+
+    def step(self, model, sampler, opts, rec_fn, beta, device):
+        g = sampler.groups(opts.batch_size, opts.group_size, opts.crop, opts.p_focus).to(device)
+        parts = mlvae_terms(model, g, rec_fn=rec_fn)
+        parts["total"] = parts["rec"] + parts["kl_id"] + parts["kl_blur"]
+        return parts
+
+
+def mlvae_terms(model: DisentangledAE, groups: Tensor, *, rec_fn: RecFn,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """ML-VAE terms for groups [G,K,1,S,S] of one identity each; the KLs are per pixel (ELBO per pixel).
+
+    Following Bouchacourt's implementation the identity KL is counted once per group and the blur KL once
+    per member, both divided by G; rec is a mean per pixel, so both KLs are further divided by K·S·S."""
+    g, k, s = groups.shape[0], groups.shape[1], groups.shape[-1]
+    xs = groups.reshape(g * k, *groups.shape[2:]).contiguous(memory_format=torch.channels_last)
+    codes = model.encode(xs)
+    if codes.id_logvar is None or codes.blur_logvar is None:
+        raise ValueError("mlvae_terms needs an ml-vae model (codes with log-variances)")
+    deep = codes.id_logvar.shape[1]
+    fine, mu = codes.identity[:, :-deep], codes.identity[:, -deep:]
+    mu_g, lv_g = group_posterior(mu.view(g, k, deep), codes.id_logvar.view(g, k, deep))
+    deep_s = reparameterize(mu_g[:, None].expand(g, k, deep), lv_g[:, None].expand(g, k, deep), generator)
+    fine_g = fine.view(g, k, -1).mean(1, keepdim=True).expand(g, k, fine.shape[1])
+    ident = torch.cat([fine_g.reshape(g * k, -1), deep_s.reshape(g * k, deep)], dim=1)
+    blur = reparameterize(codes.blur, codes.blur_logvar, generator)
+    per_pixel = float(k * s * s)
+    return {"rec": rec_fn(model.decode(ident, blur), xs),
+            "kl_id": kl_standard_normal(mu_g, lv_g).sum() / (g * per_pixel),
+            "kl_blur": kl_standard_normal(codes.blur, codes.blur_logvar).sum() / (g * per_pixel)}
+
+
+OBJECTIVES: dict[str, Objective] = {"manifold-1d": Manifold(scalar_blur=True), "manifold": Manifold(scalar_blur=False),
+                                    "ml-vae": MLVAE()}
