@@ -161,6 +161,17 @@ def test_evaluate_quick_end_to_end(prepared: Path, tmp_path: Path):
     assert again.exit_code == 1 and "already holds" in again.output and "--overwrite" in again.output
 
 
+def test_evaluate_scores_whole_frames(prepared: Path, tmp_path: Path):
+    w = _tiny_weights(tmp_path / "one_d.safetensors", "manifold-1d", 0)
+    m = evaluation.evaluate(prepared, tmp_path / "report", weights=[w], split="all", quick=True, device="cpu",
+                            frames=[prepared.parent / "raw"], frames_dz_max=5.0)
+    f = m["frames"]
+    assert f["days"] == ["day01", "day02"] and f["bins"] == ["0-2", "2-5"]
+    assert list(f["methods"]) == ["input", "unsharp mask", "Richardson-Lucy (5 it.)", "one_d"]
+    assert all(res["all"]["n"] == 4 and res["bins"]["2-5"]["n"] == 4 for res in f["methods"].values())  # ±5 um, 2 days
+    assert len(f["rows"]) == 16 and "## Whole frames" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_evaluate_rejects_bad_split(prepared: Path, tmp_path: Path):
     result = CliRunner().invoke(app, ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "--split", "test"])
     assert result.exit_code == 1 and "--split" in result.output

@@ -305,8 +305,8 @@ def test_focus_maps_for_image_and_stack_with_csv(tmp_path, cal_weights):
     assert m3.shape == (3, 64, 64) and m3.axes == "ZYX"
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert [r["plane"] for r in rows] == ["0", "0", "1", "2"]
-    assert set(rows[0]) == {"file", "plane", "median_dz_um", "frac_in_focus", "n_tiles"}
-    assert int(rows[0]["n_tiles"]) == 2 and 0 <= float(rows[0]["frac_in_focus"]) <= 1
+    assert set(rows[0]) == {"file", "plane", "median_dz_um", "frac_in_focus", "n_tiles", "n_tiles_used"}
+    assert int(rows[0]["n_tiles"]) == int(rows[0]["n_tiles_used"]) == 2 and 0 <= float(rows[0]["frac_in_focus"]) <= 1
 
 
 def test_focus_single_file_and_smooth_map(tmp_path, cal_weights):

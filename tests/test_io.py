@@ -47,9 +47,10 @@ def test_write_kwargs_round_trip_and_unit(tmp_path: Path):
     assert again.write_kwargs() == img.write_kwargs()
 
 
-def test_float64_becomes_float32_and_int32_kept_in_ome(tmp_path: Path):
-    img = read_image(write_tiff(tmp_path / "f.tif", np.linspace(0, 1, 64).reshape(8, 8), "YX"))
-    assert img.dtype == np.float32
+def test_float64_and_int32_are_kept_in_ome(tmp_path: Path):
+    f64 = np.linspace(0, 1, 64).reshape(8, 8) + 1e-12  # not representable in float32
+    img = read_image(write_tiff(tmp_path / "f.tif", f64, "YX"))
+    assert img.dtype == np.float64 and np.array_equal(img.data, f64) and img.ome
     big = np.array([[-(2**31), 2**31 - 1], [5, -7]], dtype=np.int32)
     out = write_tiff(tmp_path / "i.tif", big, "YX", pixel_size_um=0.5)
     img = read_image(out)

@@ -12,9 +12,9 @@ def tiny(variant: str, tile: int = 32) -> ModelConfig:
 
 def test_default_config_matches_design():
     cfg = ModelConfig()
-    assert (cfg.variant, cfg.tile, cfg.widths, cfg.id_channels) == ("manifold-1d", 128, (32, 64, 96, 128), (16, 32, 48, 64))
-    # 64x64 (after space-to-depth), 32x32, 16x16, 8x8 identity maps: 4 numbers per pixel of the tile
-    assert cfg.id_dim == 16 * 64**2 + 32 * 32**2 + 48 * 16**2 + 64 * 8**2 and cfg.blur_dim == 1
+    assert (cfg.variant, cfg.tile, cfg.widths, cfg.id_channels) == ("manifold-1d", 128, (32, 48, 64, 96), (16, 24, 32, 48))
+    # 64x64 (after space-to-depth), 32x32, 16x16, 8x8 identity maps: about 6 numbers per pixel of the tile
+    assert cfg.id_dim == 16 * 64**2 + 24 * 32**2 + 32 * 16**2 + 48 * 8**2 and cfg.blur_dim == 1
     assert cfg.downsample == 16
     assert ModelConfig(variant="manifold").blur_dim == 16 and ModelConfig(variant="ml-vae", vector_blur_dim=5).blur_dim == 5
 

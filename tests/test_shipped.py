@@ -40,27 +40,39 @@ def test_focus_on_the_shipped_example_tells_the_defocus(tmp_path):
         assert abs(float(row[2]) - expected) < 4.0, (row, expected)
 
 
+def _minmse_psnr(image: np.ndarray, truth: np.ndarray) -> float:
+    """Independent min-MSE PSNR: lstsq gain/offset against the truth normalised by its 1st-99.8th percentiles."""
+    lo, hi = np.percentile(truth.astype(np.float64), [1.0, 99.8])
+    t = (truth.astype(np.float64) - lo) / (hi - lo)
+    a = np.stack([image.astype(np.float64).ravel(), np.ones(image.size)], 1)
+    fit = a @ np.linalg.lstsq(a, t.ravel(), rcond=None)[0]
+    return float(10 * np.log10(1.0 / np.mean((fit - t.ravel()) ** 2)))
+
+
 def test_quick_start_command_works(tmp_path):
-    src = EXAMPLES / "example_dz+10um.tif"
+    """The README's quick start: the printed min-MSE figures equal an independent computation."""
+    src, infocus = EXAMPLES / "example_dz+10um.tif", EXAMPLES / "example_infocus.tif"
     res = runner.invoke(app, ["deblur", str(src), "-o", str(tmp_path / "out.tif"), "--save-comparison",
-                              str(tmp_path / "c.png"), "--truth", str(EXAMPLES / "example_infocus.tif")])
+                              str(tmp_path / "c.png"), "--truth", str(infocus)])
     assert res.exit_code == 0, res.output
-    out, inp = tifffile.imread(tmp_path / "out.tif"), tifffile.imread(src)
+    out, inp, ref = tifffile.imread(tmp_path / "out.tif"), tifffile.imread(src), tifffile.imread(infocus)
     assert out.shape == inp.shape and out.dtype == inp.dtype and (tmp_path / "c.png").stat().st_size > 0
-    assert "PSNR" in res.output
+    before, after = _minmse_psnr(inp, ref), _minmse_psnr(out, ref)
+    assert f"min-MSE PSNR {before:.2f} -> {after:.2f} dB" in " ".join(res.output.split())
     assert abs(float(np.median(out)) - float(np.median(inp))) < 0.1 * float(np.median(inp))
 
 
-def test_shipped_weights_sharpen_the_example(tmp_path):
-    """Against the in-focus plane, the deblurred -10 and +10 um example planes gain at least 0.02 SSIM.
+def test_shipped_weights_move_the_example_toward_focus(tmp_path):
+    """On both example planes (-10 and +10 um) the output is closer to the in-focus plane than the input in the
+    field's convention (min-MSE PSNR up) and in fine detail (mean |Laplacian| relative to focus nearer 1)."""
+    from microdeblur.metrics import sharpness
 
-    SSIM, not PSNR: with each image normalised by its own percentiles the shipped weights lower PSNR on
-    whole frames (docs/model-card.md, whole-frame table), so a PSNR gain would not be an honest bar."""
-    from microdeblur.metrics import compare_to_truth
-
+    ref = tifffile.imread(EXAMPLES / "example_infocus.tif")
     for name in ("example_dz-10um.tif", "example_dz+10um.tif"):
         src, out = EXAMPLES / name, tmp_path / name
         res = runner.invoke(app, ["deblur", str(src), "-o", str(out)])
         assert res.exit_code == 0, res.output
-        (row,) = compare_to_truth([src], [out], EXAMPLES / "example_infocus.tif")
-        assert row["ssim_after"] > row["ssim_before"] + 0.02, (name, row)
+        x, y = tifffile.imread(src), tifffile.imread(out)
+        assert _minmse_psnr(y, ref) > _minmse_psnr(x, ref) + 0.5, name
+        r_in, r_out = sharpness(x) / sharpness(ref), sharpness(y) / sharpness(ref)
+        assert abs(r_out - 1) < abs(r_in - 1), (name, r_in, r_out)

@@ -3,17 +3,45 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, log
 from .errors import UserError
 from .interrupts import raise_on_sigterm
 
-app = typer.Typer(
+def _no_flag_metavars(params: list) -> list:
+    """Flags take no value: show none (Typer would show <bool>)."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click signature
+        return _no_flag_metavars(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click signature
+        return _no_flag_metavars(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    """Typer whose commands show no metavar for flags."""
+
+    def command(self, *args, cls=None, **kwargs):  # noqa: ANN001, ANN201 - Typer signature
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -23,6 +51,10 @@ app = typer.Typer(
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs.")
 WeightsOpt = typer.Option(None, "--weights", "-w", help="Weights file (default: shipped manifold-1d).")
+ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network, in (0, 8] (default: from the weights; "
+                        "1 = already at working pixel size).")
+OverlapOpt = typer.Option(48, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles).")
+BatchOpt = typer.Option(32, "--batch-size", help="Tiles per network call.")
 
 
 def _version(value: bool) -> None:
@@ -46,27 +78,54 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+_VERBOSITY_OPTIONS = [
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--quiet", "-q", help="Only errors (also accepted before the command).")),
+    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--verbose", "-v", help="More detail (also accepted before the command).")),
+]
+
+
+def _with_verbosity_options(wrapper, fn) -> None:
+    """Give a command -q/--quiet and -v/--verbose of its own, so they work after the command name too."""
+    sig = inspect.signature(fn)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *_VERBOSITY_OPTIONS])
+    wrapper.__annotations__ = {**fn.__annotations__, "quiet": bool, "verbose": bool}
+
+
+def _guarded(fn, *args, **kwargs):
+    """Run a command: one line on stderr and a non-zero exit for every failure; the traceback only with -v."""
+    try:
+        raise_on_sigterm()
+        return fn(*args, **kwargs)
+    except UserError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except MemoryError:
+        _fail("out of memory (try a smaller --batch-size or smaller images)")
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through interrupts.Interrupted
+        _fail("interrupted", getattr(e, "exit_code", 130))
+    except Exception as e:  # noqa: BLE001 - last resort: never a bare traceback for users
+        if log.verbosity() >= 2:
+            raise
+        _fail(f"unexpected {type(e).__name__}: {e} (run with --verbose for the traceback; please report it)", 2)
+
+
 def _user_errors(fn):
-    """One line on stderr and a non-zero exit for every failure; the traceback only with --verbose."""
+    """Wrap a command with _guarded and give it its own -q/-v (the level before it is restored afterwards)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, quiet: bool = False, verbose: bool = False, **kwargs):
+        before = log.verbosity()
+        if quiet or verbose:
+            log.set_verbosity(0 if quiet else 2)
         try:
-            raise_on_sigterm()
-            return fn(*args, **kwargs)
-        except UserError as e:
-            _fail(str(e))
-        except OSError as e:
-            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-        except MemoryError:
-            _fail("out of memory (try a smaller --batch-size or smaller images)")
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through interrupts.Interrupted
-            _fail("interrupted", getattr(e, "exit_code", 130))
-        except Exception as e:  # noqa: BLE001 - last resort: never a bare traceback for users
-            if log.verbosity() >= 2:
-                raise
-            _fail(f"unexpected {type(e).__name__}: {e} (run with --verbose for the traceback; please report it)", 2)
+            return _guarded(fn, *args, **kwargs)
+        finally:
+            log.set_verbosity(before)
 
+    _with_verbosity_options(wrapper, fn)
     return wrapper
 
 
@@ -145,6 +204,7 @@ def train(
     no_contrastive: bool = typer.Option(False, "--no-contrastive", help="Drop the contrastive term (ablation)."),
     no_cross: bool = typer.Option(False, "--no-cross", help="Drop the cross-reconstruction term (ablation)."),
     dz_weight: Optional[float] = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
+    distance_weight: float = typer.Option(0.1, "--distance-weight", help="Weight of the consistency and contrastive terms inside β (thesis: 1)."),
     beta_delay: int = typer.Option(300, "--beta-delay", help="Steps of reconstruction only before β starts rising."),
     beta_ramp: int = typer.Option(600, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
@@ -164,7 +224,7 @@ def train(
         variant=variant, epochs=epochs, max_steps=max_steps, max_minutes=max_minutes, batch_size=batch_size,
         crop=crop, p_focus=p_focus, lr=lr, lr_halflife=lr_halflife, seed=seed, val_fraction=val_fraction,
         dz_range=dz_range, widths=_int_list("--widths", widths), id_channels=_int_list("--id-channels", id_channels),
-        beta_delay=beta_delay, beta_ramp=beta_ramp,
+        beta_delay=beta_delay, beta_ramp=beta_ramp, distance_weight=distance_weight,
         consistency=not no_consistency, contrastive=not no_contrastive, cross=not no_cross, dz_weight=dz_weight,
         perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
         init=init, workers=workers, device=device, overwrite=overwrite,
@@ -179,9 +239,9 @@ def deblur(
     output: str = typer.Option(..., "--output", "-o", help="Output file (one input) or folder (several; a trailing / always means a folder)."),
     weights: Optional[Path] = WeightsOpt,
     reference: Optional[Path] = typer.Option(None, "--reference", help="In-focus image whose blur code is used instead of the stored one."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="Resize factor before the network (default: from the weights; 1 = already at working pixel size)."),
-    overlap: int = typer.Option(48, "--overlap", help="Tile overlap in pixels (at working scale)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Tiles per network call."),
+    scale: Optional[float] = ScaleOpt,
+    overlap: int = OverlapOpt,
+    batch_size: int = BatchOpt,
     dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
@@ -211,9 +271,9 @@ def interpolate(
     dz_from: Optional[float] = typer.Option(None, "--dz-from", help="Start dz in um (calibrated manifold-1d weights)."),
     dz_to: Optional[float] = typer.Option(None, "--dz-to", help="End dz in um."),
     weights: Optional[Path] = WeightsOpt,
-    scale: Optional[float] = typer.Option(None, "--scale"),
-    overlap: int = typer.Option(48, "--overlap"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    scale: Optional[float] = ScaleOpt,
+    overlap: int = OverlapOpt,
+    batch_size: int = BatchOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
@@ -230,9 +290,9 @@ def focus(
     inputs: List[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
     output: str = typer.Option(..., "--output", "-o", help="Defocus map TIFF (one input) or folder (several; a trailing / always means a folder)."),
     weights: Optional[Path] = WeightsOpt,
-    scale: Optional[float] = typer.Option(None, "--scale"),
-    overlap: int = typer.Option(48, "--overlap"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    scale: Optional[float] = ScaleOpt,
+    overlap: int = OverlapOpt,
+    batch_size: int = BatchOpt,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write a per-image summary table."),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import log
+from . import frame_eval, log
 from .baselines import (
     RL_ITERATIONS,
     UNSHARP_AMOUNT,
@@ -103,10 +100,13 @@ class LoadedModel:
 
 def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet: Path | None = None,
              split: str = "val", quick: bool = False, classifier_epochs: int = 300, device: str = "auto",
-             overwrite: bool = False, identities: int | None = None) -> dict[str, Any]:
-    """Evaluate models and baselines on a prepared folder; write the report folder and return the metrics."""
+             overwrite: bool = False, identities: int | None = None, frames: Sequence[Path] = (),
+             frames_dz_max: float = 15.0) -> dict[str, Any]:
+    """Evaluate models and baselines on a prepared folder (tiles) and, with `frames`, on whole frames of
+    simulated days (frame_eval); write the report folder and return the metrics."""
     data, report_dir = Path(data), Path(report_dir)
     _check_inputs(data, report_dir, split, classifier_epochs, overwrite, identities)
+    frame_days = frame_eval.find_frame_days(frames) if frames else []
     index = load_index(data)
     dev = resolve_device(device)
     prepared = PreparedData.load(data, dz_range=DZ_RANGE)
@@ -145,8 +145,10 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
         log.info(f"model: {m.name}")
         reconstruction[m.name], disentanglement[m.name], codes[m.name] = score_model(m, es, dev, epochs, record)
 
+    whole = score_whole_frames(frame_days, models, unet_model, prepared.scale, dev,
+                               QUICK_RL_ITERATIONS if quick else RL_ITERATIONS, frames_dz_max) if frame_days else None
     metrics = json_safe({
-        "format": "microdeblur-evaluation", "version": 1,
+        "format": "microdeblur-evaluation", "version": 2, "frames": whole,
         "protocol": protocol(data, prepared, es, split, quick, unit, pixel_um, assumed, rl_iterations),
         "models": {m.name: model_info(m) for m in models},
         "baselines": baseline_info(rl_iterations, unit, unet, unet_model, unet_info),
@@ -327,6 +329,22 @@ def baseline_methods(es: EvalSet, pixel_um: np.ndarray | None, unet: nn.Module |
     if unet is not None:
         methods["U-Net"] = lambda: run_batched(lambda t: unet(t[:, None])[:, 0], x, device=device)[0]
     return methods
+
+
+def score_whole_frames(days: list, models: list[LoadedModel], unet: nn.Module | None, scale: float,
+                       device: torch.device, rl_iterations: int, dz_max: float) -> dict[str, Any]:
+    """Whole-frame table (frame_eval): input, unsharp, Richardson-Lucy, the U-Net through deblur's tiling and
+    every model through the real deblur path, per |Δz| bin, min-MSE and own-percentile scores."""
+    from .inference import Deblurrer
+
+    methods = frame_eval.baseline_methods(scale, rl_iterations)
+    if unet is not None:
+        methods["U-Net"] = frame_eval.tiled_method(lambda t: run_batched(lambda x: unet(x[:, None])[:, 0], t, device=device)[0], scale)
+    for m in models:
+        methods[m.name] = frame_eval.model_method(Deblurrer(m.model, m.meta, device=device))
+    log.info(f"whole frames: {len(days)} day(s), {len(methods)} methods")
+    rows = frame_eval.score_frames(days, methods, dz_max)
+    return frame_eval.summarise(rows, dz_max) | {"days": [d.name for d in days], "rows": rows}
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -578,7 +596,13 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         f"{p['data_range']:g}, PSNR capped at {p['psnr_cap_db']:g} dB; deblurring compares with the in-focus tile of "
         "the same identity. See docs/evaluation.md.\n",
         *([psf_note(p)] if "Richardson-Lucy" in metrics["baselines"] else []),
-        "## Summary\n", main_table(metrics),
+        *(["## Whole frames (held-out simulated days)\n",
+           f"Days {', '.join(metrics['frames']['days'])}: every frame with 0 < |Δz| ≤ {metrics['frames']['dz_max']:g} µm "
+           "through each method whole (models: the real `deblur` path), scored against the day's in-focus frame. "
+           "min-MSE: gain and offset fitted to the percentile-normalised in-focus frame (CSBDeep's convention; the "
+           "input gets the same fit). Own-percentile: each image normalised by its own 1st–99.8th percentiles.\n",
+           frame_eval.markdown(metrics["frames"])] if metrics.get("frames") else []),
+        "## Tiles: summary\n", main_table(metrics),
         "\n## Deblurring SSIM by |Δz|\n", bin_table(metrics, "ssim", 4),
         "\n## Deblurring PSNR (dB) by |Δz|\n", bin_table(metrics, "psnr", 2),
         "\n## Reconstruction D(E(x)) vs x\n",
@@ -596,25 +620,18 @@ def report_markdown(metrics: dict[str, Any]) -> str:
 
 
 def write_report(folder: Path, metrics: dict[str, Any], figures: Callable[[Path], list[str]], overwrite: bool) -> None:
-    """Render `figures(tmp)`, metrics.json and report.md in a hidden folder inside `folder`, then move each file
-    into place with os.replace (report.md last); other entries of `folder` are never touched."""
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
-    try:
-        metrics["figures"] = figures(tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-        (tmp / "report.md").write_text(report_markdown(metrics))
-        names = [*metrics["figures"], "metrics.json", "report.md"]
-        clash = [n for n in names if (folder / n).exists()]
-        if clash and not overwrite:
+    """Render `figures(dir)`, metrics.json and report.md in a hidden staging folder inside `folder`, then move each
+    file into place (io.StagedFolder: report.md last, none replaced without overwrite, not even one created
+    meanwhile); other entries of `folder` are never touched."""
+    from .io import StagedFolder
+
+    with StagedFolder(folder, overwrite) as stage:
+        metrics["figures"] = figures(stage.root)
+        for name in metrics["figures"]:
+            stage.path(name)
+        stage.path("metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        stage.path("report.md").write_text(report_markdown(metrics))
+        clash = stage.clashes()
+        if clash:
             raise UserError(f"report folder {folder} already holds {', '.join(clash[:3])}"
                             f"{' ...' if len(clash) > 3 else ''} (use --overwrite to replace the report files)")
-        for name in names:
-            os.replace(tmp / name, folder / name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-    tmp.rmdir()

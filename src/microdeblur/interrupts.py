@@ -59,3 +59,23 @@ def deferred() -> Iterator[StopFlag]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM during the block (a few system calls), then deliver them to the handlers in place
+    before it, as if they had arrived just after it (Ctrl-C raises there, `deferred` sets its flag)."""
+    old = {s: signal.getsignal(s) for s in EXIT_CODES}
+    if threading.current_thread() is not threading.main_thread() or None in old.values():
+        yield  # only the main thread sets handlers; a handler installed outside Python cannot be restored
+        return
+    caught: list[int] = []
+    for s in EXIT_CODES:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import glob
+import hashlib
 import logging
 import os
 import re
 import secrets
+import shutil
+import socket
+import time
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -19,17 +25,18 @@ import tifffile
 
 from . import log
 from .errors import UserError
+from .interrupts import shielded
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + (".png", ".jpg", ".jpeg")
 _IMAGEJ_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32")}
-_OME_DTYPES = {np.dtype(t) for t in ("int8", "int32", "uint32")}
+_OME_DTYPES = {np.dtype(t) for t in ("int8", "int32", "uint32", "float64")}
 _UNIT_UM = {"um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _LUMA = np.array([0.2125, 0.7154, 0.0721])  # Rec. 709, as skimage.color.rgb2gray
 _FATAL_TIFF_WARNINGS = ("corrupt", "invalid", "truncat", "failed to reshape")
 _LOSSLESS = {"LZW", "ADOBE_DEFLATE", "DEFLATE", "PACKBITS", "LZMA", "ZSTD"}  # compressions kept on write
 _TIFFFILE_IJ_VERSION = "1.11a"  # tifffile signs the ImageJ files it writes with this version
-_TEMP_NAME_BYTES = 32  # temp names add at most this many bytes to an output's name (staging + writer)
+_TEMP_NAME_BYTES = 32  # temp and set-aside names add at most this many bytes to an output's name (24 used)
 _rgb_warned: set[Path] = set()
 
 
@@ -91,6 +98,7 @@ class ImageInfo:
     metadata: dict = field(default_factory=dict)  # extra ImageJ entries kept on write (e.g. finterval)
     compression: int | None = None  # lossless TIFF compression code kept on write (None: uncompressed)
     predictor: bool = False  # the input used a TIFF predictor with that compression
+    ome: bool = False  # the input was an OME-TIFF: outputs are written as OME-TIFF too
     path: Path | None = None
     full_axes: str = ""  # before squeezing singleton axes (grey: no 'S')
     full_shape: tuple[int, ...] = ()
@@ -117,7 +125,7 @@ class ImageInfo:
         """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata."""
         return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, z_step_um=self.z_step_um,
                     unit=self.unit, metadata=dict(self.metadata), compression=self.compression,
-                    predictor=self.predictor)
+                    predictor=self.predictor, ome=self.ome)
 
 
 @dataclass(kw_only=True)
@@ -216,9 +224,18 @@ class _TiffGuard(logging.Handler):
         self.messages.clear()
 
 
+_REPRS = ((re.compile(r"<[^<>]*>\s*"), ""),  # <tifffile.TiffFile 'x.tif'>, <TiffTag.fromfile>
+          (re.compile(r":?\s*(?:\w+=)?(?<!\w)b([\x22\x27]).*?\1"), ""),  # header=b'this'
+          (re.compile(r"\b(\w+(?:Error|Exception))\(([\x22\x27])(.*?)\2\)"), r"\1: \3"),  # X('why')
+          (re.compile(r"^raised\s+"), ""))
+
+
 def _one_line(text: str, limit: int = 120) -> str:
-    """First line of a message, shortened."""
+    """First line of a message without Python reprs of objects or bytes, shortened."""
     line = (str(text).strip().splitlines() or [""])[0].strip()
+    for pattern, repl in _REPRS:
+        line = pattern.sub(repl, line)
+    line = " ".join(line.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -284,7 +301,7 @@ def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
     compression = _kept_compression(page, path)
     return ImageInfo(axes=_rename_sequence_axes(axes), shape=shape, dtype=np.dtype(s.dtype), pixel_size_um=px,
                      z_step_um=dz, unit=unit, metadata=extra, path=path, compression=compression,
-                     predictor=compression is not None and page.predictor != 1,
+                     predictor=compression is not None and page.predictor != 1, ome=bool(tif.is_ome),
                      full_axes=_rename_sequence_axes(full_axes), full_shape=full_shape)
 
 
@@ -447,10 +464,10 @@ def _compression_kwargs(compression: int | None, predictor: bool, dtype: np.dtyp
 
 
 def _storable(dtype: np.dtype) -> np.dtype:
-    """The dtype a TIFF gets for data of this dtype (64-bit and half floats → float32, bool → uint8)."""
+    """The dtype a TIFF gets for data of this dtype (half floats → float32, bool → uint8, 64-bit ints → 32-bit)."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
-        return np.dtype(np.float32)
+        return np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
     if dtype.kind == "b":
         return np.dtype(np.uint8)
     if dtype.kind in "iu" and dtype.itemsize == 8:
@@ -508,25 +525,423 @@ def check_output_path(path: str | Path, overwrite: bool = False, inputs: Iterabl
     return p
 
 
+# ---------------------------------------------------------------- atomic outputs (the one place for them)
+#
+# Every output is first written under a hidden temp name that carries the writer's PID and a host tag
+# (`.STEM.PID.TOKEN.tmp.SUFFIX`, beside the file or, for a folder of entries, a staging folder inside it) and
+# then moved onto its final name. An existing final name is replaced only with overwrite: os.link of the temp
+# file fails when the name exists, even when another process created it a moment ago. Temp entries of dead
+# writers on this host are removed whenever a writer starts in that folder.
+
+_STALE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<host>[0-9a-f]{4})[0-9a-f]{6}"
+                    r"\.(?P<kind>tmp|old)(?P<suffix>\.[^.]*)?$")
+_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+@functools.lru_cache(maxsize=1)
+def _host_tag() -> str:
+    """4 hex digits naming this host in temp names (a shared disk may hold temps of live writers elsewhere)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
+
+
+def _token() -> str:
+    """PID and host tag + random part of a temp name."""
+    return f"{os.getpid()}.{_host_tag()}{secrets.token_hex(3)}"
+
+
+def temp_path(final: Path) -> Path:
+    """A fresh hidden name beside `final` for writing it: `.STEM.PID.TOKEN.tmp.SUFFIX` (same suffix)."""
+    final = Path(final)
+    return final.with_name(f".{final.stem}.{_token()}.tmp{final.suffix}")
+
+
+def _aside_path(final: Path) -> Path:
+    """Hidden name an entry being replaced is kept under until the replacement is complete."""
+    return final.with_name(f".{final.name}.{_token()}.old")
+
+
+def _pid_alive(pid: int) -> bool:
+    """True unless the process is certainly gone (never probes on Windows, where signal 0 is Ctrl-C)."""
+    if os.name == "nt" or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, owned by another user
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree; quiet when already gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove temp entries of this naming scheme in `folder` left by dead writers of this host.
+
+    A set-aside entry (`.NAME.PID.TOKEN.old`) whose NAME is missing is put back instead: its writer died
+    between setting it aside and moving the replacement in. Entries of live processes are never touched.
+    """
+    folder, done = Path(folder), []
+    try:
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
+    except OSError:
+        return done
+    for name in names:
+        m = _STALE.match(name)
+        if m is None or m["host"] != _host_tag() or _pid_alive(int(m["pid"])):
+            continue
+        path, final = folder / name, folder / m["name"]
+        try:
+            if m["kind"] == "old" and not os.path.lexists(final):
+                os.rename(path, final)
+                log.warn(f"{final}: restored from an interrupted replacement by process {m['pid']}")
+            else:
+                _remove(path)
+                log.debug(f"{path}: removed, left by process {m['pid']} which is gone")
+        except OSError:
+            continue
+        done.append(path)
+    return done
+
+
+def _final_name(path: Path) -> Path:
+    """The output a temp or set-aside path stands for (the path itself when it is neither)."""
+    m = _STALE.match(path.name)
+    return path if m is None else path.with_name(m["name"] + (m["suffix"] or ""))
+
+
+def _refusal(final: Path) -> UserError:
+    return UserError(f"{final}: already exists (use --overwrite to replace it)")
+
+
+def _link_no_replace(src: Path, final: Path) -> None:
+    """Give the finished file `src` the name `final` only if that name is free, then drop `src`.
+
+    os.link fails with FileExistsError on an existing name (whoever created it and when). Where the file
+    system has no hard links (FAT, some network mounts) an exists check + rename is used: two writers that
+    finish within the same moment may then both succeed (the later one wins)."""
+    link = getattr(os, "link", None)
+    try:
+        if link is None:
+            raise OSError(errno.ENOSYS, "no hard links")
+        link(src, final)
+    except FileExistsError:
+        raise _refusal(final) from None
+    except OSError as e:
+        if e.errno not in _NO_LINK:
+            raise
+        if os.path.lexists(final):
+            raise _refusal(final) from None
+        os.rename(src, final)  # Windows: fails on an existing name too
+        return
+    src.unlink()
+
+
+def _move_in(src: Path, final: Path, overwrite: bool) -> Path | None:
+    """Move a finished file or folder `src` onto `final`; an existing `final` is replaced only with overwrite.
+
+    A replaced entry is first set aside (a file: hard-linked, so its name never goes missing; a folder:
+    renamed) under `_aside_path` so that it can be put back; returns that path (None: nothing set aside)."""
+    folder = src.is_dir() and not src.is_symlink()
+    if not overwrite or not os.path.lexists(final):
+        if not folder:
+            _link_no_replace(src, final)
+            return None
+        try:
+            os.rename(src, final)  # fails on an existing file or non-empty folder
+        except OSError as e:
+            if os.path.lexists(final) and e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise _refusal(final) from None
+            raise
+        return None
+    old = _aside_path(final)
+    if folder or (final.is_dir() and not final.is_symlink()):
+        os.rename(final, old)
+        try:
+            os.rename(src, final)
+        except BaseException:
+            os.rename(old, final)
+            raise
+        return old
+    try:
+        os.link(final, old)
+    except (OSError, AttributeError):
+        old = None  # no hard links here: a replaced file cannot be put back if a later entry fails
+    try:
+        os.replace(src, final)
+    except BaseException:
+        if old is not None:
+            old.unlink()
+        raise
+    return old
+
+
+def _write_error(e: OSError, final: Path) -> UserError | None:
+    """A one-line UserError naming the user's path for an OSError raised on one of its temp entries."""
+    if e.filename is not None and _STALE.match(Path(e.filename).name) is None:
+        return None
+    return UserError(f"{final}: cannot write ({e.strerror or type(e).__name__})")
+
+
+class _Moves:
+    """Entries moved into place one after another, undone in reverse order when a later one fails."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[Path, Path | None, bool]] = []  # (final, set-aside old entry, existed before)
+
+    def move(self, src: Path, final: Path, overwrite: bool) -> None:
+        existed = os.path.lexists(final)
+        old = _move_in(src, final, overwrite)
+        self.done.append((final, old, existed))
+
+    def undo(self) -> None:
+        """Take out what was moved in and put set-aside entries back (a replaced file stays new without links)."""
+        for final, old, existed in reversed(self.done):
+            if old is None and not existed or old is not None and final.is_dir() and not final.is_symlink():
+                _remove(final)
+            if old is not None:
+                os.replace(old, final)
+        self.done.clear()
+
+    def finish(self) -> None:
+        """Drop the set-aside entries."""
+        for _, old, _ in self.done:
+            if old is not None:
+                _remove(old)
+
+
+def _commit_all(entries: Sequence[tuple[Path, Path, bool]]) -> None:
+    """Move each finished (src, final, overwrite) into place in order: all of them, or on any failure none.
+
+    Ctrl-C/SIGTERM wait for the moves; delivered after them, they undo the moves like any other error."""
+    moves = _Moves()
+    try:
+        with shielded():
+            for src, final, overwrite in entries:
+                try:
+                    moves.move(src, final, overwrite)
+                except OSError as e:
+                    raise (_write_error(e, final) or e) from None
+    except BaseException:
+        moves.undo()
+        raise
+    moves.finish()
+
+
+class AtomicFile:
+    """One output file: written at `tmp` (a hidden temp name beside it), moved onto `path` by `commit`.
+
+    Use as a context manager (commit on success; temp removed on any exception, Ctrl-C and SIGTERM included)
+    or hand `tmp` to a writer and let an `Outputs` commit it together with others."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+        self.path = check_output_path(path, overwrite, inputs)
+        self.overwrite = overwrite
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path.parent)
+        self.tmp = temp_path(self.path)
+
+    def error(self, e: BaseException) -> BaseException:
+        """A UserError naming `path` for an OSError on a temp entry (the user never sees temp names), else `e`."""
+        return (_write_error(e, self.path) or e) if isinstance(e, OSError) else e
+
+    def commit(self) -> Path:
+        """Move the finished temp file onto `path`; with overwrite=False an existing `path` is never replaced."""
+        try:
+            _commit_all([(self.tmp, self.path, self.overwrite)])
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the temp file (the final name is untouched)."""
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+            return
+        self.discard()
+        if self.error(exc) is not exc:
+            raise self.error(exc) from None
+
+
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Yield a temp path beside `path` (same suffix) for a writer; renamed onto `path` on success, removed on error."""
-    p = check_output_path(path, overwrite, inputs)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.{secrets.token_hex(4)}.tmp{p.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Yield the temp path of an `AtomicFile` for a writer; committed onto `path` on success, removed on error."""
+    with AtomicFile(path, overwrite, inputs) as f:
+        yield f.tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write bytes atomically (temp file + os.replace)."""
+    """Write bytes atomically (see AtomicFile)."""
     with atomic_path(path, overwrite) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+class Outputs:
+    """Several `AtomicFile`s (anywhere) committed together in the order added: all outputs of a run or none."""
+
+    def __init__(self, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+        self.overwrite, self.inputs = overwrite, list(inputs)
+        self.files: list[AtomicFile] = []
+        self.created: list[Path] = []
+
+    def add(self, path: str | Path) -> AtomicFile:
+        """A new AtomicFile for `path` (its missing parent folders are removed again if the run fails)."""
+        p = Path(path)
+        self.created.extend(q for q in (p.parent, *p.parent.parents) if not q.exists())
+        f = AtomicFile(p, self.overwrite, self.inputs)
+        self.files.append(f)
+        return f
+
+    def commit(self) -> None:
+        """Move every file into place, or none of them."""
+        try:
+            _commit_all([(f.tmp, f.path, self.overwrite) for f in self.files])
+        except BaseException:
+            self.discard()
+            raise
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove every temp file and the folders this run created (when left empty)."""
+        for f in self.files:
+            f.discard()
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+            return
+        self.discard()
+        if isinstance(exc, OSError) and self.files:
+            name = Path(exc.filename).name if exc.filename is not None else None
+            f = next((f for f in self.files if f.tmp.name == name), self.files[-1])  # else the one being written
+            if f.error(exc) is not exc:
+                raise f.error(exc) from None
+
+
+class StagedFolder:
+    """Entries (files or folders) of `target` built in a hidden staging folder inside it, then moved in.
+
+    `path(name)` says where to build entry `name`; `commit` moves the entries in the order they were asked
+    for, all or none, each under the no-replace rule (replace=True, e.g. for an index, always replaces).
+    Other entries of `target` are never touched; on an exception the staging folder (and `target`, if this
+    created it and it is left empty) is removed."""
+
+    def __init__(self, target: str | Path, overwrite: bool = False) -> None:
+        self.target, self.overwrite = Path(target), overwrite
+        self.created = not self.target.exists()
+        self.target.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.target)
+        self.root = temp_path(self.target / "staging")
+        self.root.mkdir()
+        self.entries: dict[str, bool] = {}  # name -> replace an existing entry
+        self.committed = False
+
+    def path(self, name: str, replace: bool | None = None) -> Path:
+        """Where to build entry `name`, registered for the commit (replace=None: follow overwrite)."""
+        self.entries[name] = self.overwrite if replace is None else replace
+        return self.root / name
+
+    @contextmanager
+    def locked(self, timeout_s: float = 60.0) -> Iterator[None]:
+        """Hold an exclusive lock on the target folder (flock on the folder itself, released by the kernel even
+        when the holder is killed), e.g. to re-read and merge an index and commit without a concurrent writer.
+        Where folders cannot be locked (no fcntl, some network file systems) the block runs unlocked."""
+        fd = self._lock(timeout_s)
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the lock
+
+    def _lock(self, timeout_s: float) -> int | None:
+        """File descriptor of the locked target folder, None where locking is not available."""
+        try:
+            import fcntl
+            fd = os.open(self.target, os.O_RDONLY)
+        except (ImportError, OSError):
+            return None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise UserError(f"{self.target}: another process has been writing into it for "
+                                    f"{timeout_s:.0f} s; try again when it has finished") from None
+                time.sleep(0.02)
+            except OSError:
+                os.close(fd)
+                return None
+
+    def clashes(self) -> list[str]:
+        """Registered entries that exist in the target already and would not be replaced."""
+        return [n for n, rep in self.entries.items() if not rep and os.path.lexists(self.target / n)]
+
+    def commit(self) -> None:
+        """Move every registered entry into the target (all or none), then remove the staging folder."""
+        try:
+            _commit_all([(self.root / n, self.target / n, rep) for n, rep in self.entries.items()])
+        except BaseException:
+            self.discard()
+            raise
+        self.committed = True
+        _remove(self.root)
+
+    def discard(self) -> None:
+        """Remove the staging folder, and the target when this created it and it is left empty."""
+        _remove(self.root)
+        if self.created:
+            try:
+                self.target.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "StagedFolder":
+        return self
+
+    def error(self, e: BaseException) -> BaseException:
+        """The exception to show, naming where a staged path was going (`target/...`), never the staging folder."""
+        root = os.path.abspath(self.root)
+        if isinstance(e, OSError) and e.filename is not None:
+            inside = os.path.abspath(e.filename)
+            if inside == root or inside.startswith(root + os.sep):
+                final = self.target / _final_name(Path(os.path.relpath(inside, root)))
+                return UserError(f"{final}: cannot write ({e.strerror or type(e).__name__})")
+        if isinstance(e, UserError) and str(self.root) in str(e):
+            return UserError(str(e).replace(str(self.root), str(self.target)))
+        return e
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if not self.committed:
+                self.commit()
+            return
+        self.discard()
+        if self.error(exc) is not exc:
+            raise self.error(exc) from None
 
 
 # ---------------------------------------------------------------- TIFF writing
@@ -538,13 +953,23 @@ def _ijorder(axes: str) -> bool:
     return axes.rstrip("S").endswith("YX") and all(a in it for a in axes) and len(set(axes)) == len(axes)
 
 
+def _is_ome_name(path: Path) -> bool:
+    """True for a name ending in .ome.tif or .ome.tiff."""
+    return path.name.lower().endswith((".ome.tif", ".ome.tiff"))
+
+
 def _tiff_kwargs(dtype: np.dtype, axes: str, pixel_size_um: float | None, z_step_um: float | None,
-                 unit: str, metadata: dict | None) -> dict:
-    """tifffile keyword arguments: ImageJ hyperstack when dtype/axes allow, else OME-TIFF."""
+                 unit: str, metadata: dict | None, ome: bool = False) -> dict:
+    """tifffile keyword arguments: ImageJ hyperstack when dtype/axes allow and OME is not asked for, else OME-TIFF.
+
+    Physical sizes are written only when known: without a pixel size an ImageJ file gets no unit (tifffile's
+    1/1 resolution then reads as uncalibrated, not as 1 µm pixels) and an OME file no PhysicalSize."""
     axes = _rename_sequence_axes(axes)
-    if dtype in _IMAGEJ_DTYPES and _ijorder(axes):
+    if not ome and dtype in _IMAGEJ_DTYPES and _ijorder(axes):
         name, f = _unit_factor(unit) or ("um", 1.0)
-        md = {"axes": axes, "unit": name, **(metadata or {})}
+        md = dict(metadata or {}, axes=axes)
+        if pixel_size_um or (z_step_um and "Z" in axes):
+            md["unit"] = name
         if z_step_um and "Z" in axes:
             md["spacing"] = z_step_um / f
         kw: dict = {"imagej": True, "metadata": md}
@@ -553,19 +978,20 @@ def _tiff_kwargs(dtype: np.dtype, axes: str, pixel_size_um: float | None, z_step
         return kw
     if dtype not in _IMAGEJ_DTYPES | _OME_DTYPES:
         raise ValueError(f"cannot store dtype {dtype} in a TIFF")
-    md = {"axes": axes}
-    if pixel_size_um:
-        md.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um)
-    if z_step_um and "Z" in axes:
-        md["PhysicalSizeZ"] = z_step_um
+    md: dict = {"axes": axes}
+    sizes = {"X": pixel_size_um, "Y": pixel_size_um, "Z": z_step_um if "Z" in axes else None}
+    for axis, size in sizes.items():
+        if size:
+            md.update({f"PhysicalSize{axis}": size, f"PhysicalSize{axis}Unit": "µm"})
     return {"ome": True, "metadata": md}
 
 
 def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: float | None = None,
                z_step_um: float | None = None, unit: str = "um", metadata: dict | None = None,
-               compression: int | None = None, predictor: bool = False, overwrite: bool = False,
-               inputs: Iterable[str | Path] = ()) -> Path:
-    """Write an ImageJ-compatible TIFF (OME-TIFF for int8/int32/uint32) atomically; float64 → float32."""
+               compression: int | None = None, predictor: bool = False, ome: bool = False,
+               overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write a TIFF atomically: ImageJ hyperstack, or OME-TIFF when asked (`ome`, an .ome.tif name) or when
+    ImageJ cannot hold the dtype (int8/int32/uint32/float64); float16 → float32."""
     data = np.asarray(data)
     if len(axes) != data.ndim:
         raise ValueError(f"axes {axes!r} do not match data shape {data.shape}")
@@ -574,38 +1000,61 @@ def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: 
         if data.dtype.kind in "iu":
             log.warn(f"{Path(path).name}: {data.dtype} stored as {dtype} (values clipped)")
         data = to_dtype(data, dtype)
-    kw = _tiff_kwargs(dtype, axes, pixel_size_um, z_step_um, unit, metadata)
+    kw = _tiff_kwargs(dtype, axes, pixel_size_um, z_step_um, unit, metadata, ome or _is_ome_name(Path(path)))
     with atomic_path(path, overwrite, inputs) as tmp:
         tifffile.imwrite(tmp, data, **kw, **_compression_kwargs(compression, predictor, dtype))
     return Path(path)
 
 
-class StackWriter:
-    """Write a stack plane by plane (memory-mapped temp TIFF, ImageJ metadata), renamed into place on close.
+def _reserve(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now, so a full disk is an OSError here, not a crash (SIGBUS) while
+    writing through a memory map."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+            raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
-    With a compression the planes are compressed on close (streamed from the memory map into a second
-    temp file). Use as a context manager; on an exception the temp files are deleted and `path` is untouched.
+
+class StackWriter:
+    """Write a stack plane by plane into a memory-mapped temp TIFF, moved into place on close.
+
+    `path` is a file name (committed on close) or an `AtomicFile` that its owner commits (e.g. with other
+    outputs). With a compression the planes are compressed on close (streamed from the memory map into the
+    output's temp file). Use as a context manager; on an exception the temp files are deleted and the final
+    name is untouched.
     """
 
-    def __init__(self, path: str | Path, shape: Sequence[int], dtype: np.dtype | type | str, axes: str, *,
-                 pixel_size_um: float | None = None, z_step_um: float | None = None, unit: str = "um",
-                 metadata: dict | None = None, compression: int | None = None, predictor: bool = False,
-                 overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
-        self.path = check_output_path(path, overwrite, inputs)
+    def __init__(self, path: str | Path | AtomicFile, shape: Sequence[int], dtype: np.dtype | type | str,
+                 axes: str, *, pixel_size_um: float | None = None, z_step_um: float | None = None,
+                 unit: str = "um", metadata: dict | None = None, compression: int | None = None,
+                 predictor: bool = False, ome: bool = False, overwrite: bool = False,
+                 inputs: Iterable[str | Path] = ()) -> None:
+        self._own = not isinstance(path, AtomicFile)
+        self._file = AtomicFile(path, overwrite, inputs) if self._own else path
+        self.path = self._file.path
         self.shape, self.dtype = tuple(shape), _storable(dtype)
         if len(axes) != len(self.shape):
             raise ValueError(f"axes {axes!r} do not match shape {self.shape}")
         self.n_planes = int(np.prod(self.shape[:-2], dtype=np.int64))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self._temp_name()
-        self._kw = _tiff_kwargs(self.dtype, axes, pixel_size_um, z_step_um, unit, metadata)
+        self._kw = _tiff_kwargs(self.dtype, axes, pixel_size_um, z_step_um, unit, metadata,
+                                ome or _is_ome_name(self.path))
         self._compress = _compression_kwargs(compression, predictor, self.dtype)
-        mm = tifffile.memmap(self._tmp, shape=self.shape, dtype=self.dtype, **self._kw)
+        self._raw = temp_path(self.path) if self._compress else self._file.tmp
+        self._mm = self._planes = None
+        try:
+            mm = tifffile.memmap(self._raw, shape=self.shape, dtype=self.dtype, **self._kw)
+            _reserve(self._raw)
+        except BaseException as e:
+            self.abort()
+            raise self._file.error(e) from None
         self._mm, self._planes, self._next = mm, mm.reshape((self.n_planes,) + self.shape[-2:]), 0
-
-    def _temp_name(self) -> Path:
-        """A fresh hidden temp path beside the output."""
-        return self.path.with_name(f".{self.path.stem}.{secrets.token_hex(4)}.tmp{self.path.suffix}")
 
     def write(self, plane: np.ndarray) -> None:
         """Store the next 2-D plane (cast with to_dtype when its dtype differs)."""
@@ -615,32 +1064,31 @@ class StackWriter:
         self._next += 1
 
     def close(self) -> Path:
-        """Flush and move the finished file into place; all planes must have been written."""
+        """Flush and finish the file; commit it when this writer owns it. All planes must have been written."""
         if self._next != self.n_planes:
             self.abort()
             raise ValueError(f"{self.path}: {self._next} of {self.n_planes} planes written")
-        self._mm.flush()
-        planes, self._mm, self._planes = self._planes, None, None
-        if self._compress:
-            raw, self._tmp = self._tmp, self._temp_name()
-            try:
-                tifffile.imwrite(self._tmp, data=iter(planes), shape=self.shape, dtype=self.dtype, **self._kw,
-                                 **self._compress)
-            except BaseException:
-                self.abort()
-                raise
-            finally:
-                del planes
-                raw.unlink(missing_ok=True)
-        else:
+        try:
+            self._mm.flush()
+            planes, self._mm, self._planes = self._planes, None, None
+            if self._compress:
+                tifffile.imwrite(self._file.tmp, data=iter(planes), shape=self.shape, dtype=self.dtype,
+                                 **self._kw, **self._compress)
             del planes
-        os.replace(self._tmp, self.path)
+            if self._compress:
+                self._raw.unlink()
+            if self._own:
+                self._file.commit()
+        except BaseException as e:
+            self.abort()
+            raise self._file.error(e) from None
         return self.path
 
     def abort(self) -> None:
-        """Discard the temp file."""
+        """Discard the temp files."""
         self._mm = self._planes = None
-        self._tmp.unlink(missing_ok=True)
+        self._raw.unlink(missing_ok=True)
+        self._file.discard()
 
     def __enter__(self) -> "StackWriter":
         return self
@@ -648,5 +1096,7 @@ class StackWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self.abort()
+            return
+        self.abort()
+        if self._file.error(exc) is not exc:
+            raise self._file.error(exc) from None

@@ -25,6 +25,17 @@ def set_verbosity(level: int) -> None:
     _level = level
 
 
+@contextmanager
+def at_level(level: int) -> Iterator[None]:
+    """Run the block at another verbosity (e.g. 0 for the non-zero ranks of a distributed run), then restore."""
+    before = _level
+    set_verbosity(level)
+    try:
+        yield
+    finally:
+        set_verbosity(before)
+
+
 def verbosity() -> int:
     """Current level: 0 quiet, 1 normal, 2 verbose."""
     return _level

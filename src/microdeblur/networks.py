@@ -22,8 +22,8 @@ class ModelConfig:
 
     variant: str = "manifold-1d"
     tile: int = 128
-    widths: tuple[int, ...] = (32, 64, 96, 128)  # trunk/decoder channels per pyramid level
-    id_channels: tuple[int, ...] = (16, 32, 48, 64)  # identity channels per level (the skips)
+    widths: tuple[int, ...] = (32, 48, 64, 96)  # trunk/decoder channels per pyramid level
+    id_channels: tuple[int, ...] = (16, 24, 32, 48)  # identity channels per level (the skips)
     blur_width: int = 64  # blur head and FiLM MLP width
     vector_blur_dim: int = 16  # blur code length of manifold and ml-vae (manifold-1d: 1)
     unshuffle: int = 2  # lossless space-to-depth at the input / depth-to-space at the output

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .dataset import PairSampler
 from .losses import RecFn, consistency_loss, contrastive_loss, group_posterior, kl_standard_normal, reparameterize
@@ -28,16 +28,32 @@ class StepOptions:
     dz_weight: float = 0.0
     dz_scale: float = 30.0
     margin: float = 0.6
+    distance_weight: float = 0.1
     group_size: int = 4
 
 
 class Objective(Protocol):
-    """One variant's training step."""
+    """One variant's training step: `sample` draws the batch (host tensors), `losses` computes the terms
+    and their total on the model (a pure function of the batch, so DDP ranks can share one step)."""
 
     def tiles_per_step(self, opts: StepOptions) -> int: ...
 
-    def step(self, model: DisentangledAE, sampler: PairSampler, opts: StepOptions, rec_fn: RecFn, beta: float,
-             device: torch.device) -> dict[str, Tensor]: ...
+    def sample(self, sampler: PairSampler, opts: StepOptions) -> dict[str, Tensor]: ...
+
+    def losses(self, model: DisentangledAE, batch: dict[str, Tensor], opts: StepOptions, rec_fn: RecFn,
+               beta: float) -> dict[str, Tensor]: ...
+
+
+class TrainStep(nn.Module):
+    """The model plus its objective as one module whose forward is a training step's losses (what DDP wraps)."""
+
+    def __init__(self, model: DisentangledAE, objective: Objective, opts: StepOptions, rec_fn: RecFn) -> None:
+        super().__init__()
+        self.model, self.objective, self.opts, self.rec_fn = model, objective, opts, rec_fn
+
+    def forward(self, batch: dict[str, Tensor], beta: float) -> dict[str, Tensor]:
+        """Loss terms and `total` of one step on a batch already on the model's device."""
+        return self.objective.losses(self.model, batch, self.opts, self.rec_fn, beta)
 
 
 def _level_sizes(model: DisentangledAE, side: int) -> list[int]:
@@ -46,7 +62,10 @@ def _level_sizes(model: DisentangledAE, side: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Manifold:
-    """Product-manifold objective (eq. 4.5): rec + β·(consistency + contrastive + cross) [+ dz tie].
+    """Product-manifold objective (eq. 4.5, reweighted): rec + β·(cross + λ·(consistency + contrastive)) [+ dz tie].
+
+    λ = distance_weight (0.1): at λ = 1, as in the thesis, the distance terms on the pixel-rich pyramid
+    identity dominated once β rose (held-out reconstruction fell from 29.7 to 21.5 dB, docs/model.md).
 
     (x1, x2) share identity, x2 in focus with probability p_focus, so D(id(x_dz), b_focus) -> x_focus (the
     operation `deblur` ships) is a frequent cross-reconstruction target; (y1, y2) share dz."""
@@ -56,13 +75,15 @@ class Manifold:
     def tiles_per_step(self, opts: StepOptions) -> int:
         return 4 * opts.batch_size
 
-    def step(self, model, sampler, opts, rec_fn, beta, device):
-        cl = torch.channels_last
+    def sample(self, sampler, opts):
         b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus)
-        x1, x2, y1, y2 = (t.to(device).contiguous(memory_format=cl) for t in (b.x1, b.x2, b.y1, b.y2))
-        parts = manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=opts,
-                               dz=torch.cat([b.dz1, b.dz2]).to(device) if self.scalar_blur else None)
-        parts["total"] = parts["rec"] + beta * (parts["cons"] + parts["cont"] + parts["cross"]) + opts.dz_weight * parts["dz"]
+        return {"x1": b.x1, "x2": b.x2, "y1": b.y1, "y2": b.y2, "dz": torch.cat([b.dz1, b.dz2])}
+
+    def losses(self, model, batch, opts, rec_fn, beta):
+        x1, x2, y1, y2 = (batch[k].contiguous(memory_format=torch.channels_last) for k in ("x1", "x2", "y1", "y2"))
+        parts = manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=opts, dz=batch["dz"] if self.scalar_blur else None)
+        distances = opts.distance_weight * (parts["cons"] + parts["cont"])
+        parts["total"] = parts["rec"] + beta * (parts["cross"] + distances) + opts.dz_weight * parts["dz"]
         return parts
 
 
@@ -108,9 +129,11 @@ class MLVAE:
     def tiles_per_step(self, opts: StepOptions) -> int:
         return opts.batch_size * opts.group_size
 
-    def step(self, model, sampler, opts, rec_fn, beta, device):
-        g = sampler.groups(opts.batch_size, opts.group_size, opts.crop, opts.p_focus).to(device)
-        parts = mlvae_terms(model, g, rec_fn=rec_fn)
+    def sample(self, sampler, opts):
+        return {"groups": sampler.groups(opts.batch_size, opts.group_size, opts.crop, opts.p_focus)}
+
+    def losses(self, model, batch, opts, rec_fn, beta):
+        parts = mlvae_terms(model, batch["groups"], rec_fn=rec_fn)
         parts["total"] = parts["rec"] + parts["kl_id"] + parts["kl_blur"]
         return parts
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from .io import (
     IMAGE_SUFFIXES,
     TIFF_SUFFIXES,
     ImageInfo,
-    atomic_write_bytes,
+    StagedFolder,
     images_in,
     iter_planes,
     natural_key,
@@ -376,87 +374,35 @@ def _open_data(data: Path, scale: float, tile: int, days: list[Day], overwrite: 
     return index
 
 
-def _remove(path: Path) -> None:
-    """Delete a folder tree or a file (one this module put there or set aside); quiet when already gone."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def rollback_folders(done: list[tuple[Path, Path | None]]) -> None:
-    """Undo commit_folders: remove the new folders and put the replaced entries back."""
-    for target, old in reversed(done):
-        _remove(target)
-        if old is not None:
-            old.rename(target)
-
-
-def discard_replaced(done: list[tuple[Path, Path | None]]) -> None:
-    """After a successful commit_folders, delete the entries it set aside."""
-    for _, old in done:
-        if old is not None:
-            _remove(old)
-
-
-def commit_folders(parent: Path, staged: list[tuple[str, Path]], token: str) -> list[tuple[Path, Path | None]]:
-    """Rename staged folders to parent/<name>, setting replaced entries aside (hidden); returns (target, old)."""
-    done: list[tuple[Path, Path | None]] = []
-    try:
-        for name, stage in staged:
-            target, old = parent / name, None
-            if target.exists() or target.is_symlink():
-                old = parent / f".replaced-{name}-{token}"
-                target.rename(old)
-            done.append((target, old))
-            stage.rename(target)
-    except BaseException:
-        rollback_folders(done)
-        raise
-    return done
-
-
 def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale: float, tile: int,
                  z_step_um: float | None, overwrite: bool) -> dict:
     """Prepare raw days into DATA (layout in docs/design.md); all-or-nothing; returns a summary dict."""
     start = time.perf_counter()
-    if not (scale > 0 and math.isfinite(scale)):
-        raise UserError(f"--scale must be a positive number, got {scale}")
+    if not 0 < scale <= 8:  # also refuses NaN
+        raise UserError(f"--scale must be in (0, 8], got {scale}")
     if tile < 1:
         raise UserError(f"--tile must be a positive number of pixels, got {tile}")
-    if z_step_um is not None and not z_step_um > 0:
-        raise UserError(f"--z-step must be positive, got {z_step_um}")
+    if z_step_um is not None and not (z_step_um > 0 and math.isfinite(z_step_um)):
+        raise UserError(f"--z-step must be a positive number of um, got {z_step_um}")
     data = Path(data)
     days = find_days(raw)
     for day in days:
         _check_day(day, scale, tile)
         _set_focus(day, focus_plane)
         _set_z_step(day, z_step_um)
-    index = _open_data(data, scale, tile, days, overwrite)
-    created = not data.exists()
-    data.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
-    staged: list[tuple[str, Path]] = []
-    try:
+    _open_data(data, scale, tile, days, overwrite)  # refuse clashes before any work
+    entries = {}
+    with StagedFolder(data, overwrite) as stage:
         for day in days:
-            stage = data / f".staging-{day.name}-{token}"
-            stage.mkdir()
-            staged.append((day.name, stage))
-            index["days"][day.name] = _prepare_day(day, stage, scale, tile)
-        done = commit_folders(data, staged, token)
-        index["days"] = {k: index["days"][k] for k in sorted(index["days"], key=natural_key)}
-        try:
-            atomic_write_bytes(data / INDEX_NAME, json.dumps(index, indent=1).encode(), overwrite=True)
-        except BaseException:
-            rollback_folders(done)
-            raise
-    except BaseException:
-        for _, stage in staged:
-            shutil.rmtree(stage, ignore_errors=True)
-        if created and not any(data.iterdir()):
-            data.rmdir()
-        raise
-    discard_replaced(done)
+            folder = stage.path(day.name)
+            folder.mkdir()
+            entries[day.name] = _prepare_day(day, folder, scale, tile)
+        with stage.locked():  # another prepare may have added days meanwhile: merge with the index as it is now
+            index = _open_data(data, scale, tile, days, overwrite)
+            index["days"].update(entries)
+            index["days"] = {k: index["days"][k] for k in sorted(index["days"], key=natural_key)}
+            stage.path(INDEX_NAME, replace=True).write_text(json.dumps(index, indent=1))
+            stage.commit()
     planes = sum(d.n_planes for d in days)
     crops = sum(len(index["days"][d.name]["crops"]) for d in days)
     seconds = time.perf_counter() - start

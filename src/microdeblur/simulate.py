@@ -11,8 +11,7 @@ read noise, an offset and a 12-bit range.
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -367,8 +366,8 @@ def _check_args(out: Path, days: int, planes: int, size: tuple[int, int], z_step
         raise UserError(f"--size {size[0]}x{size[1]} is too small: both sides must be at least {MIN_SIZE} px")
     if max(size) > 8192:
         raise UserError(f"--size {size[0]}x{size[1]} is too large (at most 8192 px a side)")
-    if z_step_um <= 0:
-        raise UserError(f"--z-step must be positive, got {z_step_um}")
+    if not (z_step_um > 0 and math.isfinite(z_step_um)):
+        raise UserError(f"--z-step must be a positive number of um, got {z_step_um}")
     if cells is not None and cells < 0:
         raise UserError(f"--cells must be zero or more, got {cells}")
     if out.exists() and not out.is_dir():
@@ -381,33 +380,24 @@ def simulate_days(out: Path, *, days: int, planes: int, size: tuple[int, int], s
                   z_step_um: float = 1.0, cells: int | None = None, overwrite: bool = False) -> list[Path]:
     """Simulate `days` fields in the raw layout `prepare` reads; same seed gives identical files.
 
-    Days are built in a hidden folder inside `out` and renamed into place when all are done; with
-    overwrite only the day folders written (dayNN) are replaced, other entries of `out` are left alone.
+    Days are built in a hidden staging folder inside `out` and moved into place when all are done
+    (io.StagedFolder: no day folder is replaced without overwrite, not even one another run created
+    meanwhile); with overwrite only the day folders written (dayNN) are replaced, other entries are left alone.
     """
-    from .prepare import commit_folders, discard_replaced
+    from .io import StagedFolder, remove_stale_temps
 
     out = Path(out)
+    if out.is_dir():
+        remove_stale_temps(out)  # a killed run's staging folder does not make `out` non-empty
     _check_args(out, days, planes, size, z_step_um, cells, overwrite)
     t0 = time.perf_counter()
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
-    tmp = out / f".simulate-{token}"
     seeds = np.random.SeedSequence(seed).spawn(days)
     names = [f"day{d + 1:02d}" for d in range(days)]
-    try:
-        tmp.mkdir()
+    with StagedFolder(out, overwrite) as stage:
         for name, ss in zip(names, seeds):
-            (tmp / name).mkdir()
-            simulate_day(tmp / name, name, planes=planes, size=size, seed=int(ss.generate_state(1)[0]),
+            folder = stage.path(name)
+            folder.mkdir()
+            simulate_day(folder, name, planes=planes, size=size, seed=int(ss.generate_state(1)[0]),
                          z_step_um=z_step_um, cells=cells)
-        done = commit_folders(out, [(n, tmp / n) for n in names], token)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    tmp.rmdir()
-    discard_replaced(done)
     log.info(f"simulated {days} day(s) x {planes} planes of {size[0]}x{size[1]} in {time.perf_counter() - t0:.1f} s -> {out}")
     return [out / n for n in names]

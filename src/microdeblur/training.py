@@ -6,17 +6,20 @@ import csv
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from . import log
 from .calibration import fit_calibration, spearman
 from .dataset import PairSampler, PreparedData
-from .devices import resolve_device, torch_threads
+from .devices import torch_threads
+from .distributed import World, any_rank, gather_objects, world
 from .errors import UserError
 from .interrupts import deferred
 from .io import atomic_path
@@ -24,7 +27,7 @@ from .losses import beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
 from .networks import DisentangledAE, ModelConfig, blur_batched, deblur_batched, run_batched
 from .normalize import NORMALIZATION
-from .objectives import OBJECTIVES, StepOptions
+from .objectives import OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
 from .weights import WeightsMeta, load_weights, save_weights
 
@@ -65,6 +68,7 @@ class TrainConfig:
     beta_delay: int = 300  # steps of reconstruction only (thesis: 30 of 400 epochs)
     beta_ramp: int = 600  # steps of the exponential ramp to β = 1
     margin: float = 0.6
+    distance_weight: float = 0.1  # λ on consistency + contrastive (objectives.Manifold)
 
     @property
     def dz_tie(self) -> float:
@@ -77,7 +81,8 @@ class TrainConfig:
         """The settings a training step needs."""
         return StepOptions(batch_size=self.batch_size, crop=self.crop, p_focus=self.p_focus, consistency=self.consistency,
                            contrastive=self.contrastive, cross=self.cross, dz_weight=self.dz_tie,
-                           dz_scale=float(self.dz_range or 30.0), margin=self.margin, group_size=self.group_size)
+                           dz_scale=float(self.dz_range or 30.0), margin=self.margin, group_size=self.group_size,
+                           distance_weight=self.distance_weight)
 
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
@@ -145,6 +150,7 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--lr", cfg.lr, 0, 1, open_low=True)
     _finite("--p-focus", cfg.p_focus, 0, 1)
     _finite("--margin", cfg.margin, 0, open_low=True)
+    _finite("--distance-weight", cfg.distance_weight, 0)
     _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
     if cfg.dz_range is not None:
         _finite("--dz-range", cfg.dz_range, 0, open_low=True)
@@ -164,17 +170,25 @@ def checkpoint_path(output: Path) -> Path:
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
-def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: TrainState, cfg: TrainConfig) -> None:
-    """Everything needed to continue bit for bit, written atomically (replaces the previous checkpoint)."""
+def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: TrainState, cfg: TrainConfig,
+                     w: World | None = None) -> None:
+    """Everything needed to continue bit for bit, written atomically by rank 0 (replaces the previous checkpoint).
+
+    Every rank's sampler state is kept; `rng` is rank 0's (the one a single-process run uses)."""
+    ranks = gather_objects(w, (rng.bit_generator.state, state.step)) if w is not None else [(rng.bit_generator.state, state.step)]
+    if w is not None and not w.main:
+        return
+    rngs = [r for r, _ in ranks]
     blob = {"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": state.step,
+            "rng": rngs[0], "rank_rngs": rngs, "rank_steps": [n for _, n in ranks], "torch_rng": torch.get_rng_state(), "step": state.step,
             "elapsed_s": state.elapsed_s, "history": state.history, "recipe": cfg.recipe(),
             "best": {"score": state.best_score, "step": state.best_step, "model": state.best_model}}
     with atomic_path(path, overwrite=True) as tmp:
         torch.save(blob, tmp)
 
 
-def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: TrainConfig) -> TrainState:
+def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: TrainConfig,
+                     w: World | None = None) -> TrainState:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file problem
@@ -190,7 +204,14 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
         raise UserError(f"checkpoint {path} was trained with {was}: resume with the same options")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
-    rng.bit_generator.state = ck["rng"]
+    rngs = ck.get("rank_rngs") or [ck["rng"]]
+    size, rank = (1, 0) if w is None else (w.size, w.rank)
+    if len(rngs) == size:
+        rng.bit_generator.state = rngs[rank]  # same world size: every rank continues its own stream exactly
+    else:  # another world size: fresh per-rank streams, seeded from the run's seed and the step reached
+        rng.bit_generator.state = np.random.default_rng([cfg.seed, rank, ck["step"], size]).bit_generator.state
+        if rank == 0:
+            log.info(f"resuming a {len(rngs)}-process checkpoint with {size} process(es): sampling continues on new streams")
     torch.set_rng_state(ck["torch_rng"])
     best = ck.get("best") or {}
     return TrainState(step=ck["step"], elapsed_s=ck["elapsed_s"], history=ck["history"],
@@ -330,30 +351,38 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
     The exported weights are those of the best validation probe (deblurring PSNR), not the last step."""
     output = Path(output)
     _check_config(cfg, output)
-    device = resolve_device(cfg.device)
-    with torch_threads(cfg.workers):
-        return _train(data_dir, output, cfg, device)
+    with world(cfg.device) as w:
+        if cfg.batch_size % w.size:
+            raise UserError(f"--batch-size {cfg.batch_size} must be a multiple of the {w.size} training processes")
+        threads = cfg.workers or max(1, (os.cpu_count() or 1) // (w.size if w.device.type == "cpu" else 1))
+        with torch_threads(threads), log.at_level(log.verbosity() if w.main else 0):
+            return _train(data_dir, output, cfg, w)
 
 
-def _train(data_dir: Path, output: Path, cfg: TrainConfig, device: torch.device) -> Path:
+def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
+    device = w.device
     data = PreparedData.load(data_dir, cfg.dz_range)
     if cfg.crop > data.tile or cfg.crop % 16:
         raise UserError(f"--crop must be a multiple of 16 no larger than the {data.tile}-px tiles, got {cfg.crop}")
     train_ids, val_ids = data.split(cfg.val_fraction, cfg.seed)
     log.info(f"data: {len(data.identities)} identities ({len(train_ids)} train, {len(val_ids)} val), "
              f"{len(data.tiles)} tiles, dz in {'um' if data.z_step_um else 'planes'}")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    rng = np.random.default_rng(cfg.seed if w.size == 1 else [cfg.seed, w.rank])  # each rank samples its own pairs
     sampler = PairSampler(data, train_ids, rng)
     probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
     model, cfg = _build_model(cfg, data.tile, device)
-    objective, opts = OBJECTIVES[cfg.variant], cfg.step_options()
+    objective = OBJECTIVES[cfg.variant]
+    opts = replace(cfg.step_options(), batch_size=cfg.batch_size // w.size)  # --batch-size is the global batch
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     rec_fn = reconstruction_loss(cfg.perceptual_weights)
     if isinstance(rec_fn, torch.nn.Module):
         rec_fn = rec_fn.to(device)
+    step_module = TrainStep(model, objective, opts, rec_fn)
+    if w.size > 1:
+        step_module = DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
     ckpt = checkpoint_path(output)
-    state = _load_checkpoint(cfg.resume, model, opt, rng, cfg) if cfg.resume else TrainState()
+    state = _load_checkpoint(cfg.resume, model, opt, rng, cfg, w) if cfg.resume else TrainState()
     steps_per_epoch = max(1, math.ceil(len(train_ids) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch, cfg.max_steps)
     budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
@@ -368,7 +397,10 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, device: torch.device)
         row = {"epoch": round(state.step / steps_per_epoch, 2), "step": state.step, "minutes": round(state.elapsed_s / 60, 2),
                "lr": learning_rate(cfg, state.step), "beta": round(beta, 4)}
         row |= {k: round(v / n, 5) for k, v in run["sums"].items()}
-        row["tiles_per_s"] = round(run["n"] * objective.tiles_per_step(opts) / max(time.perf_counter() - run["t"], 1e-9), 1)
+        row["tiles_per_s"] = round(run["n"] * objective.tiles_per_step(opts) * w.size / max(time.perf_counter() - run["t"], 1e-9), 1)
+        if not w.main:  # rank 0 alone probes, logs and keeps the best state
+            run.update(sums={}, n=0, t=time.perf_counter())
+            return
         row |= {k: round(v, 4) for k, v in probe.metrics(model, device).items()}
         if row["val_deblur_psnr"] > state.best_score:
             state.best_score, state.best_step = row["val_deblur_psnr"], state.step
@@ -381,15 +413,18 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, device: torch.device)
     beta = beta_schedule(state.step, cfg.beta_delay, cfg.beta_ramp)
     with deferred() as stop, log.progress(f"train {cfg.variant}", total) as bar:
         bar.advance(state.step)
-        while state.step < total and not stop:
+        while state.step < total:
             state.elapsed_s = time.perf_counter() - t_start
-            if budget_s is not None and state.elapsed_s >= budget_s:
-                log.info(f"time budget of {cfg.max_minutes} min reached at step {state.step}")
+            over_budget = budget_s is not None and state.elapsed_s >= budget_s
+            if any_rank(w, bool(stop) or over_budget):  # every rank stops after the same step
+                if over_budget:
+                    log.info(f"time budget of {cfg.max_minutes} min reached at step {state.step}")
                 break
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, state.step)
             beta = beta_schedule(state.step, cfg.beta_delay, cfg.beta_ramp)
-            parts = objective.step(model, sampler, opts, rec_fn, beta, device)
+            batch = {k: v.to(device) for k, v in objective.sample(sampler, opts).items()}
+            parts = step_module(batch, beta)
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
             opt.step()
@@ -407,15 +442,17 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, device: torch.device)
                 evaluate_now(beta)
             if state.step % cfg.checkpoint_every == 0:
                 state.elapsed_s = time.perf_counter() - t_start
-                _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+                _save_checkpoint(ckpt, model, opt, rng, state, cfg, w)
     state.elapsed_s = time.perf_counter() - t_start
-    if stop:
-        _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+    if state.step < total and not (budget_s is not None and state.elapsed_s >= budget_s):  # stopped by a signal
+        _save_checkpoint(ckpt, model, opt, rng, state, cfg, w)
         log.info(f"interrupted at step {state.step}; checkpoint saved, continue with --resume {ckpt}")
-        raise SystemExit(stop.exit_code)
+        raise SystemExit(stop.exit_code if stop else 130)
     if not state.history or state.history[-1]["step"] != state.step:
         evaluate_now(beta)
-    _save_checkpoint(ckpt, model, opt, rng, state, cfg)
+    _save_checkpoint(ckpt, model, opt, rng, state, cfg, w)
+    if not w.main:  # the other ranks are done: rank 0 alone exports (no collective calls after this point)
+        return output
     if state.best_model is not None:
         model.load_state_dict(state.best_model)
         log.info(f"exporting the best validation step {state.best_step} (deblur PSNR {state.best_score:.2f} dB on the probe)")
@@ -424,7 +461,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, device: torch.device)
     summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": data_hash(index),
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
-               "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(),
+               "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(), "world_size": w.size,
                "device": str(device), "last": state.history[-1] if state.history else {}}
     norm = dict(NORMALIZATION) | {"focus_ratios": focus_ratios(data, train_ids)}
     meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .io import atomic_path, check_output_path
 from .normalize import NORMALIZATION
 from .networks import DisentangledAE, ModelConfig
 
@@ -84,10 +83,9 @@ def meta_from_strings(md: dict[str, str]) -> WeightsMeta:
 
 
 def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, overwrite: bool = False, half: bool = False) -> None:
-    """Write model tensors (float32, or float16 with `half`) and metadata atomically (temp file + rename)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} exists (use --overwrite to replace it)")
+    """Write model tensors (float32, or float16 with `half`) and metadata atomically (io.AtomicFile: an existing
+    file is replaced only with overwrite, even when another process creates it meanwhile)."""
+    path = check_output_path(path, overwrite)
     if meta.config != model.config:
         raise ValueError("meta.config differs from the model's config")
     dtype = torch.float16 if half else torch.float32
@@ -95,18 +93,8 @@ def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, ove
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
         for k, v in model.state_dict().items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta_to_strings(meta))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; weights are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=meta_to_strings(meta))
 
 
 def load_weights(

@@ -1,0 +1,84 @@
+"""Several training processes through PyTorch's own engine (torchrun sets the environment; docs/scaling.md).
+
+gloo on CPU, NCCL on CUDA, picked from the device; one process (no WORLD_SIZE) needs no process group."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from .devices import resolve_device
+from .errors import UserError
+
+TIMEOUT_ENV = "MICRODEBLUR_DIST_TIMEOUT"  # seconds the ranks wait for each other (default 120)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes and the device it computes on."""
+
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes logs, progress, checkpoints and the weights."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise UserError(f"environment variable {name} must be an integer, got {os.environ.get(name)!r}") from None
+
+
+@contextmanager
+def world(device_name: str = "auto") -> Iterator[World]:
+    """The training world for the block: a process group when torchrun started several processes."""
+    size = _env_int("WORLD_SIZE", 1)
+    if size <= 1:
+        yield World(0, 1, resolve_device(device_name))
+        return
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    device = resolve_device(device_name)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=_env_int(TIMEOUT_ENV, 120))
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=size, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - rendezvous failures come in many types
+        raise UserError(f"rank {rank} of {size} could not join the other training processes within "
+                        f"{timeout.seconds} s ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                        "check torchrun's --nnodes/--rdzv-endpoint and that the nodes reach each other") from None
+    try:
+        yield World(rank, size, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def any_rank(w: World, flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (all ranks stop at the same step)."""
+    if w.size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=w.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_objects(w: World, obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (on every rank)."""
+    if w.size == 1:
+        return [obj]
+    out: list[Any] = [None] * w.size
+    dist.all_gather_object(out, obj)
+    return out

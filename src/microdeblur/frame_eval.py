@@ -1,0 +1,180 @@
+"""Whole-frame deblurring scores as the field reports them (docs/evaluation.md, "Whole frames").
+
+Every defocused frame of held-out simulated days goes through the method whole (for models: the real
+`deblur` path with its tiling, blending, resizing and return to raw units) and is scored against the day's
+in-focus frame twice: after the least-squares gain and offset that best match it to the in-focus frame
+normalised by its own percentiles (CSBDeep's min-MSE convention; the blurry input gets the same fit), and
+with each image normalised by its own percentiles (what `deblur --truth` prints).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tifffile
+
+from . import log
+from .errors import UserError
+from .metrics import frame_scores, minmse_scores
+from .normalize import frame_normalizer
+
+FRAME_BINS = ((0.0, 2.0), (2.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 20.0), (20.0, 30.0))
+INPUT = "input"
+Method = Callable[[np.ndarray, float, float], np.ndarray]  # (raw plane, dz um, camera pixel um) -> output plane
+
+
+@dataclass(frozen=True)
+class FrameDay:
+    """One through-focus series: its plane files (or one stack file), true dz per plane (um, 0 at focus), the
+    in-focus plane and the camera pixel size at the sample (None when unknown)."""
+
+    name: str
+    files: tuple[Path, ...]
+    dz: np.ndarray
+    focus: int
+    pixel_um: float | None
+    stack: Path | None = None
+
+    def plane(self, i: int) -> np.ndarray:
+        """Plane i as stored."""
+        return tifffile.imread(self.stack, key=i) if self.stack is not None else tifffile.imread(self.files[i])
+
+    @property
+    def n_planes(self) -> int:
+        return len(self.dz)
+
+
+def find_frame_days(raw: Sequence[Path]) -> list[FrameDay]:
+    """Days (folders with ground_truth.json, as `microdeblur simulate` writes them) in or below the given folders."""
+    days = []
+    for root in map(Path, raw):
+        if not root.is_dir():
+            raise UserError(f"{root}: not a folder of simulated days")
+        folders = [root] if (root / "ground_truth.json").exists() else sorted(p for p in root.iterdir() if (p / "ground_truth.json").exists())
+        for d in folders:
+            try:
+                truth = json.loads((d / "ground_truth.json").read_text())
+                dz = np.asarray(truth["z_um"], np.float64)
+                focus, pixel = int(truth["focus_plane"]), float(truth["optics"]["pixel_um"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{d / 'ground_truth.json'}: not a simulator ground truth ({type(e).__name__}: {e})") from None
+            files = tuple(sorted(d.glob(f"{d.name}_z*.tif")))
+            if len(files) != len(dz):
+                raise UserError(f"{d}: {len(files)} plane files but ground_truth.json lists {len(dz)} planes")
+            days.append(FrameDay(d.name if d != root else root.name, files, dz - dz[focus], focus, pixel))
+    if not days:
+        raise UserError(f"no simulated days (ground_truth.json) in {', '.join(map(str, raw))}")
+    return days
+
+
+def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale: float) -> Method:
+    """Method that resizes by `scale`, normalises by the frame's percentiles, applies fn(normalised, dz,
+    working pixel um), reverts the normalisation and resizes back, as `deblur` does around its network."""
+    from .inference import rescale, resize_to
+
+    def method(plane: np.ndarray, dz: float, pixel_um: float) -> np.ndarray:
+        work = rescale(plane, scale)
+        norm = frame_normalizer(work)
+        out = norm.after(fn(norm.before(work), dz, None if pixel_um is None else pixel_um / scale))
+        return resize_to(out, plane.shape)
+
+    return method
+
+
+def baseline_methods(scale: float, rl_iterations: int = 10) -> dict[str, Method]:
+    """The blurry input, unsharp masking and Richardson-Lucy (reference optics' defocus PSF at the true |dz|)."""
+    from .baselines import deconvolve, richardson_lucy_tiles, unsharp
+
+    def rl(x: np.ndarray, dz: float, px: float | None) -> np.ndarray:
+        if px is None or not np.isfinite(px):  # unknown pixel size: no PSF to deconvolve with
+            return np.full_like(x, np.nan)
+        return deconvolve(x[None], np.array([dz]), px, lambda t, psf: richardson_lucy_tiles(t, psf, rl_iterations))[0]
+
+    return {INPUT: lambda plane, dz, px: np.asarray(plane, np.float32),
+            "unsharp mask": at_working_scale(lambda x, dz, px: unsharp(x[None])[0], scale),
+            f"Richardson-Lucy ({rl_iterations} it.)": at_working_scale(rl, scale)}
+
+
+def model_method(deblurrer) -> Method:
+    """A loaded model's real `deblur` path (inference.Deblurrer.deblur_plane) as a frame method."""
+    return lambda plane, dz, px: deblurrer.deblur_plane(plane).astype(np.float32)
+
+
+def tiled_method(predict: Callable[[np.ndarray], np.ndarray], scale: float, tile: int = 128, overlap: int = 32) -> Method:
+    """A tile-to-tile predictor ([N,T,T] normalised -> [N,T,T]) run through deblur's tiling and blending."""
+    from .tiling import extract_tiles, stitch, tile_grid
+
+    def fn(x: np.ndarray, dz: float, px: float) -> np.ndarray:
+        grid = tile_grid(x.shape, tile, overlap)
+        return stitch(predict(extract_tiles(x, grid)), grid)
+
+    return at_working_scale(fn, scale)
+
+
+def score_frames(days: Sequence[FrameDay], methods: dict[str, Method], dz_max: float = 15.0) -> list[dict[str, Any]]:
+    """One row per (frame, method) with 0 < |dz| <= dz_max: min-MSE and own-percentile PSNR/SSIM and seconds."""
+    rows = []
+    for day in days:
+        ref = day.plane(day.focus).astype(np.float32)
+        ref_norm = frame_normalizer(ref).before(ref)
+        for i, dz in enumerate(day.dz):
+            if dz == 0 or abs(dz) > dz_max + 1e-9:
+                continue
+            plane = day.plane(i)
+            for name, method in methods.items():
+                t0 = time.perf_counter()
+                out = method(plane, float(dz), day.pixel_um)
+                sec = time.perf_counter() - t0
+                if not np.isfinite(out).all():  # the method does not apply to this series (e.g. no pixel size)
+                    continue
+                mp, ms = minmse_scores(out, ref_norm)
+                pp, ps = frame_scores(out, ref)
+                rows.append({"day": day.name, "plane": i, "dz_um": float(dz), "method": name, "minmse_psnr": mp,
+                             "minmse_ssim": ms, "pct_psnr": pp, "pct_ssim": ps, "seconds": sec})
+            log.debug(f"{day.name} dz {dz:+g}: " + ", ".join(f"{r['method']} {r['minmse_psnr']:.2f}" for r in rows[-len(methods):]))
+    if not rows:
+        raise UserError(f"no defocused frame with 0 < |dz| <= {dz_max:g} um in the given days")
+    return rows
+
+
+def bin_name(lo: float, hi: float) -> str:
+    """Label of a |dz| bin, e.g. '2-5'."""
+    return f"{lo:g}-{hi:g}"
+
+
+def summarise(rows: list[dict[str, Any]], dz_max: float = 15.0) -> dict[str, Any]:
+    """Per method: means over all frames and per |dz| bin of every score, and the frame counts."""
+    bins = [(lo, hi) for lo, hi in FRAME_BINS if lo < dz_max]
+    keys = ("minmse_psnr", "minmse_ssim", "pct_psnr", "pct_ssim", "seconds")
+    out: dict[str, Any] = {"bins": [bin_name(*b) for b in bins], "dz_max": dz_max, "methods": {}}
+    for name in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == name]
+
+        def mean(sel: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"n": len(sel), **{k: (float(np.mean([r[k] for r in sel])) if sel else None) for k in keys}}
+
+        out["methods"][name] = {"all": mean(mine), "bins": {bin_name(lo, hi): mean([r for r in mine if lo < abs(r["dz_um"]) <= hi])
+                                                             for lo, hi in bins}}
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """Tables: min-MSE PSNR and SSIM, then own-percentile PSNR and SSIM, per |dz| bin, methods as rows."""
+    parts = []
+    for title, key, digits in (("min-MSE PSNR (dB)", "minmse_psnr", 2), ("min-MSE SSIM", "minmse_ssim", 3),
+                               ("own-percentile PSNR (dB)", "pct_psnr", 2), ("own-percentile SSIM", "pct_ssim", 3)):
+        header = ["method", f"all (0-{summary['dz_max']:g})", *summary["bins"]]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, res in summary["methods"].items():
+            cells = [res["all"][key], *(res["bins"][b][key] for b in summary["bins"])]
+            lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{c:.{digits}f}" for c in cells) + " |")
+        parts.append(f"**{title}**\n\n" + "\n".join(lines) + "\n")
+    first = next(iter(summary["methods"].values()))
+    counts = ", ".join(f"{b}: {first['bins'][b]['n']}" for b in summary["bins"])
+    parts.append(f"Frames per |dz| bin (µm): {counts}.\n")
+    return "\n".join(parts)

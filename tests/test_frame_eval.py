@@ -1,0 +1,64 @@
+"""Whole-frame scoring: days found from the simulator's ground truth, min-MSE fit checked against lstsq."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from microdeblur import frame_eval
+from microdeblur.errors import UserError
+from microdeblur.metrics import minmse_fit, psnr_minmse
+from microdeblur.normalize import frame_normalizer
+from microdeblur.simulate import simulate_days
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("frames")
+    simulate_days(root / "raw", days=1, planes=5, size=(192, 160), seed=11, z_step_um=3.0)
+    return root / "raw"
+
+
+def test_minmse_fit_is_the_least_squares_affine_map():
+    rng = np.random.default_rng(0)
+    x, t = rng.random((20, 30)), rng.random((20, 30))
+    a = np.stack([x.ravel(), np.ones(x.size)], 1)
+    want = (a @ np.linalg.lstsq(a, t.ravel(), rcond=None)[0]).reshape(x.shape)
+    np.testing.assert_allclose(minmse_fit(x, t), want, atol=1e-5)
+    # an affine copy of the truth scores the PSNR cap; a flat image gets the truth's mean
+    assert psnr_minmse(3 * t + 7, t) == 100.0
+    np.testing.assert_allclose(minmse_fit(np.ones_like(t), t), np.full_like(t, t.mean()), atol=1e-6)
+
+
+def test_days_and_scores(raw):
+    days = frame_eval.find_frame_days([raw])
+    assert len(days) == 1 and list(days[0].dz) == [-6, -3, 0, 3, 6] and days[0].focus == 2
+    ref = tifffile.imread(days[0].files[2]).astype(np.float32)
+    perfect = lambda plane, dz, px: ref  # noqa: E731 - returns the in-focus frame whatever the input
+    rows = frame_eval.score_frames(days, {"input": lambda p, dz, px: p.astype(np.float32), "perfect": perfect}, dz_max=3.0)
+    assert [(r["method"], r["dz_um"]) for r in rows] == [("input", -3.0), ("perfect", -3.0), ("input", 3.0), ("perfect", 3.0)]
+    assert all(r["minmse_psnr"] == 100.0 and r["pct_psnr"] == 100.0 for r in rows if r["method"] == "perfect")
+    # the input's min-MSE figure, computed independently with lstsq against the normalised in-focus frame
+    plane = tifffile.imread(days[0].files[1]).astype(np.float64)
+    t = frame_normalizer(ref).before(ref).astype(np.float64)
+    a = np.stack([plane.ravel(), np.ones(plane.size)], 1)
+    fit = a @ np.linalg.lstsq(a, t.ravel(), rcond=None)[0]
+    want = 10 * np.log10(1.0 / np.mean((fit - t.ravel()) ** 2))
+    assert rows[0]["minmse_psnr"] == pytest.approx(want, abs=1e-3)
+    summary = frame_eval.summarise(rows, dz_max=3.0)
+    assert summary["bins"] == ["0-2", "2-5"] and summary["methods"]["input"]["bins"]["2-5"]["n"] == 2
+    assert "min-MSE PSNR" in frame_eval.markdown(summary)
+
+
+def test_baselines_keep_the_frame_shape(raw):
+    days = frame_eval.find_frame_days([raw])
+    plane = tifffile.imread(days[0].files[0])
+    for name, method in frame_eval.baseline_methods(0.5, rl_iterations=2).items():
+        out = method(plane, -6.0, days[0].pixel_um)
+        assert out.shape == plane.shape and out.dtype == np.float32 and np.isfinite(out).all(), name
+
+
+def test_not_simulated_days_are_refused(tmp_path):
+    with pytest.raises(UserError, match="no simulated days"):
+        frame_eval.find_frame_days([tmp_path])
