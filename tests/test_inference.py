@@ -403,3 +403,30 @@ def test_truth_of_another_size_is_refused_before_writing(tmp_path):
     res = CliRunner().invoke(app, ["deblur", str(tmp_path / "a.tif"), "-o", str(tmp_path / "o.tif"),
                                    "--truth", str(tmp_path / "t.tif"), "-w", str(tmp_path / "missing.safetensors")])
     assert res.exit_code == 1 and "--truth" in res.output and not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.parametrize("shape,scale", [((1536, 2048), 0.5), ((300, 401), 0.5), ((301, 400), 0.5), ((90, 120), 1 / 3),
+                                         ((64, 64), 0.25), ((100, 150), 0.6), ((7, 9), 0.5)])
+def test_rescale_is_bit_identical_to_prepare(shape, scale):
+    """inference.rescale bins without importing prepare/skimage; it must stay exactly the training resampler."""
+    from microdeblur.inference import rescale
+    from microdeblur.prepare import rescale_frame
+
+    plane = _image(shape, np.uint16, seed=4)
+    assert np.array_equal(rescale(plane, scale), rescale_frame(plane, scale))
+
+
+def test_deblur_tiles_start_on_the_network_stride(cal_weights):
+    model, meta = load_weights(cal_weights)
+    db = Deblurrer(model, meta, device="cpu")
+    grid = db.grid((300, 500))
+    assert db.overlap == 32 and np.all(grid.ys % model.config.downsample == 0)
+    assert np.all(grid.xs % model.config.downsample == 0) and db.grid((300, 500)) is grid  # built once per shape
+
+
+def test_fused_deblur_equals_encode_then_decode(cal_weights):
+    model, meta = load_weights(cal_weights)
+    db = Deblurrer(model, meta, device="cpu", batch_size=5)
+    plane = _image((150, 260), np.uint16, seed=5)
+    enc = db.encode(plane)
+    assert np.array_equal(db.deblur_plane(plane), db.decode(enc, db.target, db.revert_for(enc, 0.0)))

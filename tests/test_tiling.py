@@ -71,3 +71,47 @@ def test_extract_and_stitch_shapes():
         extract_tiles(np.zeros((10, 10)), grid)
     with pytest.raises(ValueError):
         tile_grid((100, 100), 128, 128)
+
+
+@pytest.mark.parametrize("length", [128, 144, 200, 512, 768, 1024])
+@pytest.mark.parametrize("overlap", [0, 16, 32, 48])
+def test_aligned_starts_are_on_the_stride_and_keep_the_overlap(length, overlap):
+    padded = -(-length // 16) * 16
+    starts = tile_starts(padded, 128, overlap, align=16)
+    assert starts[0] == 0 and starts[-1] + 128 == padded and np.all(starts % 16 == 0)
+    if len(starts) > 1:
+        assert np.all(starts[:-1] + 128 - starts[1:] >= overlap)
+
+
+def test_aligned_grid_counts_for_a_working_frame():
+    assert tile_grid((768, 1024), 128, 32, align=16).rows_cols == (8, 11)  # 88 tiles (unaligned 48 px: 117)
+    assert tile_grid((768, 1024), 128, 48, align=16).rows_cols == (9, 13)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(130, 131), (767, 1023)])
+@pytest.mark.parametrize("overlap", [0, 32, 48])
+def test_aligned_identity_round_trip_and_pad_only_at_the_end(shape, overlap):
+    img = np.random.default_rng(2).random(shape, dtype=np.float32)
+    grid = tile_grid(shape, 128, overlap, align=16)
+    for n, (before, after) in zip(shape, grid.pad):
+        assert before == 0 or n < 128  # the image origin stays on the stride
+        assert (n + before + after) % 16 == 0
+    out = predict_tiled(img, lambda t: t, tile=128, overlap=overlap, batch_size=7, align=16)
+    np.testing.assert_allclose(out, img, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(128, 200), (257, 391)])
+def test_aligned_translation_equivariant_fn_is_seamless(shape):
+    kernel = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float32)
+    img = np.random.default_rng(3).random(shape, dtype=np.float32)
+
+    def conv(t):
+        return np.stack([ndimage.convolve(x[0], kernel, mode="mirror")[None] for x in t])
+
+    tiled = predict_tiled(img, conv, tile=128, overlap=32, batch_size=5, align=16)
+    np.testing.assert_allclose(tiled, ndimage.convolve(img, kernel, mode="mirror"), atol=1e-5)
+
+
+def test_bad_align_is_refused():
+    with pytest.raises(ValueError):
+        tile_grid((300, 300), 128, 32, align=48)

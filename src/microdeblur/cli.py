@@ -53,8 +53,15 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs
 WeightsOpt = typer.Option(None, "--weights", "-w", help="Weights file (default: shipped manifold-1d).")
 ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network, in (0, 8] (default: from the weights; "
                         "1 = already at working pixel size).")
-OverlapOpt = typer.Option(48, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles).")
+OverlapOpt = typer.Option(32, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
+                          "tiles start on multiples of the network's stride).")
 BatchOpt = typer.Option(32, "--batch-size", help="Tiles per network call.")
+ShardOpt = typer.Option(None, "--shard", metavar="I/N", help="Process only share I of N (I counts from 0) of the sorted "
+                        "inputs, for job arrays: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT. Batch mode.")
+SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave outputs that exist already (they are complete: "
+                               "writes are atomic), so a rerun only does what is missing. Batch mode.")
+ManifestOpt = typer.Option(None, "--manifest", help="Write a CSV (input, output, status, seconds, message) of this run; "
+                           "replaces an earlier manifest of the same name. Batch mode.")
 
 
 def _version(value: bool) -> None:
@@ -245,19 +252,31 @@ def deblur(
     dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
+    shard: Optional[str] = ShardOpt,
+    skip_existing: bool = SkipExistingOpt,
+    manifest: Optional[Path] = ManifestOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Deblur images or z-stacks; outputs keep shape, dtype, axes and metadata."""
+    """Deblur images or z-stacks; outputs keep shape, dtype, axes and metadata.
+
+    Batch mode (--shard, --skip-existing or --manifest): each output is moved into place as soon as it is
+    complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
     from .inference import deblur_paths
     from .io import expand_inputs
-    from .metrics import check_truth, compare_to_truth
 
     if truth is not None:
+        if shard is not None:
+            raise UserError("--truth cannot be combined with --shard")
+        from .metrics import check_truth  # scipy: only when asked for
+
         check_truth(expand_inputs(inputs), truth)  # fail before any work
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
-                        batch_size=batch_size, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite)
+                        batch_size=batch_size, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
+                        shard=shard, skip_existing=skip_existing, manifest=manifest)
     if truth is not None:
+        from .metrics import compare_to_truth
+
         compare_to_truth(expand_inputs(inputs), outs, truth)
 
 
@@ -294,14 +313,19 @@ def focus(
     overlap: int = OverlapOpt,
     batch_size: int = BatchOpt,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write a per-image summary table."),
+    shard: Optional[str] = ShardOpt,
+    skip_existing: bool = SkipExistingOpt,
+    manifest: Optional[Path] = ManifestOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Estimate the defocus (dz, um) of every tile from the calibrated 1-D blur code."""
+    """Estimate the defocus (dz, um) of every tile from the calibrated 1-D blur code.
+
+    Batch mode (--shard, --skip-existing or --manifest) works as for deblur."""
     from .inference import focus_paths
 
     focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size,
-                csv=csv, device=device, overwrite=overwrite)
+                csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest)
 
 
 @app.command()
@@ -330,6 +354,24 @@ def evaluate(
     run_evaluate(data, report_dir, weights=weights, unet=unet, split=split, quick=quick,
                  classifier_epochs=classifier_epochs, device=device, overwrite=overwrite, identities=identities,
                  frames=frames, frames_dz_max=frames_dz_max)
+
+
+export_app = _Typer(cls=_Group, no_args_is_help=True, help="Write the model for other tools (bioimage.io).")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("bioimageio")
+@_user_errors
+def export_bioimageio(
+    output: Path = typer.Option(..., "--output", "-o", help="Package file to write (.zip)."),
+    weights: Optional[Path] = WeightsOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Write a bioimage.io model package of the deblur operation (needs the optional bioimageio extra)."""
+    from .bioimageio import export_bioimageio as write_package
+
+    out = write_package(output, weights=weights, overwrite=overwrite)
+    log.info(f"wrote {out}; check it with: bioimageio test {out}")
 
 
 def run() -> None:

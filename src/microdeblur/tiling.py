@@ -1,6 +1,9 @@
 """Tile grid with overlap, raised-cosine blending and stitching (pure numpy).
 
-Tiles are spread evenly so the last one ends at the image border (overlap >= requested).
+Tiles are spread evenly so the last one ends at the image border (overlap >= requested). With
+`align` > 1 every tile starts on a multiple of `align` (a network's total stride): each tile then sees the
+image at the same phase of its strided pyramid as a whole-image pass would, so neighbouring tiles agree
+where they overlap; the image is reflect-padded at the bottom/right up to a multiple of `align`.
 Each tile's blend weight is the outer product of two 1-D weights built as a telescoping
 partition of unity: 1 inside the tile, a raised-cosine ramp across the band it shares with a
 neighbour (exactly 0 on the tile's inner edge pixel), no ramp on sides that touch the image
@@ -68,10 +71,19 @@ class TileGrid:
         return self.tiles[i]
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> np.ndarray:
-    """Evenly spread tile starts so the first begins at 0 and the last ends at `length`."""
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> np.ndarray:
+    """Evenly spread tile starts (multiples of `align`) so the first begins at 0 and the last ends at `length`.
+
+    With align > 1, `length` and `tile` must be multiples of `align` (tile_grid pads the image to that)."""
     if length <= tile:
         return np.zeros(1, dtype=np.int64)
+    if align > 1:
+        if length % align or tile % align:
+            raise ValueError(f"length {length} and tile {tile} must be multiples of align {align}")
+        step = max(align, (tile - overlap) // align * align)  # largest aligned step keeping the overlap
+        units = (length - tile) // align
+        n = int(np.ceil((length - tile) / step)) + 1
+        return (np.floor(np.linspace(0, units, n) + 0.5).astype(np.int64)) * align
     n = int(np.ceil((length - overlap) / (tile - overlap)))
     return np.floor(np.linspace(0, length - tile, n) + 0.5).astype(np.int64)
 
@@ -112,16 +124,25 @@ def _step(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return _raised_cosine((p - lo) / (hi - lo))
 
 
-def tile_grid(shape: tuple[int, int], tile: int = 128, overlap: int = 48) -> TileGrid:
-    """Grid of overlapping `tile`-px tiles covering an image of `shape` (H, W)."""
+def _axis_pad(n: int, tile: int, align: int) -> tuple[int, int]:
+    """Reflect padding (before, after) of one axis: centred up to a tile, else at the end up to a multiple of align."""
+    if n < tile:
+        return (tile - n) // 2, tile - n - (tile - n) // 2
+    return 0, -n % align
+
+
+def tile_grid(shape: tuple[int, int], tile: int = 128, overlap: int = 48, align: int = 1) -> TileGrid:
+    """Grid of overlapping `tile`-px tiles covering an image of `shape` (H, W), starts on multiples of `align`."""
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, {tile}), got {overlap}")
+    if align < 1 or tile % align:
+        raise ValueError(f"align must be a positive divisor of the tile size {tile}, got {align}")
     h, w = (int(v) for v in shape)
     if h < 1 or w < 1:
         raise ValueError(f"empty image shape {shape}")
-    pad = tuple(((tile - n) // 2, tile - n - (tile - n) // 2) if n < tile else (0, 0) for n in (h, w))
+    pad = (_axis_pad(h, tile, align), _axis_pad(w, tile, align))
     ph, pw = h + sum(pad[0]), w + sum(pad[1])
-    ys, xs = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
+    ys, xs = tile_starts(ph, tile, overlap, align), tile_starts(pw, tile, overlap, align)
     wys, wxs = axis_weights(ys, tile), axis_weights(xs, tile)
     tiles = tuple(Tile(int(y), int(x), wy, wx) for y, wy in zip(ys, wys) for x, wx in zip(xs, wxs))
     return TileGrid((h, w), tile, pad, ys, xs, tiles)
@@ -168,9 +189,10 @@ def predict_tiled(
     tile: int = 128,
     overlap: int = 48,
     batch_size: int = 32,
+    align: int = 1,
 ) -> np.ndarray:
     """Run `fn` ([n,1,T,T] float32 -> same) on batches of tiles of a 2-D image and stitch."""
-    grid = tile_grid(image2d.shape, tile, overlap)
+    grid = tile_grid(image2d.shape, tile, overlap, align)
     tiles = extract_tiles(image2d, grid)[:, None]
     out = np.concatenate([fn(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)])
     return stitch(out[:, 0], grid)

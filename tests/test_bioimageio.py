@@ -1,0 +1,154 @@
+"""`microdeblur export bioimageio`: the package passes bioimageio.core's model test and reproduces deblur_plane.
+
+The export tests need the extra `microdeblur[bioimageio]` and are skipped without it; the import test
+(the core and its commands import no optional extra) always runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from microdeblur.calibration import fit_calibration
+from microdeblur.cli import app
+from microdeblur.errors import UserError
+from microdeblur.inference import Deblurrer
+from microdeblur.networks import DisentangledAE, ModelConfig
+from microdeblur.normalize import NORMALIZATION
+from microdeblur.weights import WeightsMeta, load_weights, save_weights
+
+RATIOS = {"dz_um": [-10.0, 0.0, 10.0], "lo": [0.7, 0.85, 0.75], "hi": [1.4, 1.15, 1.35]}
+runner = CliRunner()
+
+LEAN_CHECK = r"""
+import importlib, pkgutil, sys, tempfile
+from pathlib import Path
+import numpy as np, tifffile, torch
+import microdeblur
+for m in pkgutil.walk_packages(microdeblur.__path__, "microdeblur."):
+    if m.name not in ("microdeblur.__main__", "microdeblur.napari._widgets"):  # runs the CLI / is napari itself
+        importlib.import_module(m.name)
+from typer.testing import CliRunner
+from microdeblur.calibration import fit_calibration
+from microdeblur.cli import app
+from microdeblur.networks import DisentangledAE, ModelConfig
+from microdeblur.weights import WeightsMeta, save_weights
+tmp = Path(tempfile.mkdtemp())
+model = DisentangledAE(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4)))
+dz = np.linspace(-20, 20, 41)
+save_weights(tmp / "w.safetensors", model, WeightsMeta(variant="manifold-1d", config=model.config,
+             focus_blur_code=np.array([0.1], np.float32), calibration=fit_calibration(0.05 * dz, dz)))
+tifffile.imwrite(tmp / "a.tif", (np.random.default_rng(0).random((40, 50)) * 1000).astype(np.uint16))
+r = CliRunner()
+for args in (["deblur", "a.tif", "-o", "b.tif"], ["focus", "a.tif", "-o", "c.tif"],
+             ["interpolate", "a.tif", "-o", "d.tif", "--dz-from", "-5", "--dz-to", "5", "--steps", "2"]):
+    res = r.invoke(app, [args[0], *[str(tmp / a) if a.endswith(".tif") else a for a in args[1:]],
+                         "-w", str(tmp / "w.safetensors")])
+    assert res.exit_code == 0, res.output
+assert r.invoke(app, ["export", "bioimageio", "--help"]).exit_code == 0
+extras = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "npe2", "magicgui", "vispy", "superqt",
+          "app_model", "bioimageio"}
+print(",".join(sorted({n.split(".")[0] for n in sys.modules} & extras)))
+"""
+
+
+def test_core_and_cli_import_no_optional_extra():
+    res = subprocess.run([sys.executable, "-c", LEAN_CHECK], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1:] in ([], [""]), f"imported: {res.stdout}"
+
+
+def _weights(path: Path, scale: float = 0.5, ratios: dict | None = RATIOS) -> Path:
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4))).eval()
+    dz = np.linspace(-20, 20, 41)
+    norm = {**NORMALIZATION, **({"focus_ratios": ratios} if ratios else {})}
+    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale, normalization=norm,
+                                          focus_blur_code=np.array([0.1], np.float32),
+                                          calibration=fit_calibration(0.05 * dz, dz)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def spec_tools():
+    pytest.importorskip("bioimageio.spec")
+    return pytest.importorskip("bioimageio.core")
+
+
+@pytest.fixture(scope="module")
+def package(spec_tools, tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("bioimageio")
+    weights = _weights(folder / "tiny.safetensors")
+    res = runner.invoke(app, ["export", "bioimageio", "-o", str(folder / "pkg.zip"), "-w", str(weights)])
+    assert res.exit_code == 0, res.output
+    return folder / "pkg.zip", weights
+
+
+def _member(pkg: Path, name: str) -> bytes:
+    with zipfile.ZipFile(pkg) as z:
+        return z.read(name)
+
+
+def test_package_passes_bioimageio_core_model_test(spec_tools, package):
+    summary = spec_tools.test_model(package[0])
+    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+
+
+def test_package_output_equals_deblur_plane_on_its_test_tile(package):
+    pkg, weights = package
+    x = np.load(io.BytesIO(_member(pkg, "test_input.npy")))
+    y = np.load(io.BytesIO(_member(pkg, "test_output.npy")))
+    assert x.shape == y.shape == (1, 1, 256, 256) and x.dtype == y.dtype == np.float32
+    expect = Deblurrer(*load_weights(weights)).deblur_plane(x[0, 0])
+    # float32 round-off only: the same layers, percentiles and revert, computed in torch instead of numpy
+    tol = 1e-5 * float(np.ptp(expect)) + 1e-4
+    assert np.abs(y[0, 0] - expect).max() <= tol
+
+
+def test_package_model_takes_other_sizes_and_batches(package, tmp_path):
+    with zipfile.ZipFile(package[0]) as z:
+        module = torch.jit.load(z.extract("microdeblur_deblur.pt", tmp_path))
+    x = torch.rand(2, 1, 256 + 32, 256 + 64) * 1000 + 50
+    with torch.no_grad():
+        y = module(x)
+        one = module(x[1:])
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    torch.testing.assert_close(y[1:], one, rtol=1e-5, atol=1e-3)  # each image normalised on its own
+
+
+def test_rdf_declares_axes_tensors_licence_and_citation(package):
+    yaml = pytest.importorskip("yaml")
+
+    rdf = yaml.safe_load(_member(package[0], "rdf.yaml"))
+    assert rdf["format_version"].startswith("0.5") and rdf["license"] == "MIT"
+    assert [a["type"] for a in rdf["inputs"][0]["axes"]] == ["batch", "channel", "space", "space"]
+    assert [a.get("id") for a in rdf["inputs"][0]["axes"][2:]] == ["y", "x"]
+    assert rdf["inputs"][0]["axes"][2]["size"] == {"min": 256, "step": 16}
+    assert "Disentangled Representation Learning Approach for Deblurring" in rdf["cite"][0]["text"]
+    assert rdf["weights"]["torchscript"]["source"].endswith(".pt") and rdf["documentation"]["source"] == "README.md"
+    assert "# Validation" in _member(package[0], "README.md").decode()
+
+
+def test_export_refusals_are_one_line_errors(spec_tools, package, tmp_path):
+    pkg, weights = package
+    res = runner.invoke(app, ["export", "bioimageio", "-o", str(pkg), "-w", str(weights)])
+    assert res.exit_code == 1 and "already exists" in res.output
+    res = runner.invoke(app, ["export", "bioimageio", "-o", str(tmp_path / "pkg.tif"), "-w", str(weights)])
+    assert res.exit_code == 1 and ".zip" in res.output
+    odd = _weights(tmp_path / "odd.safetensors", scale=0.4)
+    from microdeblur.bioimageio import export_bioimageio
+
+    with pytest.raises(UserError, match="not 1/k"):
+        export_bioimageio(tmp_path / "odd.zip", odd)
+    assert not (tmp_path / "odd.zip").exists()
