@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import calibration, log
-from .errors import UserError
+from .errors import UserError, one_line
 from .io import TIFF_SUFFIXES, Outputs, Shard, parse_shard
 from .normalize import PMAX, PMIN, Normalizer, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
@@ -536,17 +536,6 @@ def _shard_pairs(files: list[Path], outs: list[Path], batch: Batch, overwrite: b
     return pairs
 
 
-def _failure(e: BaseException) -> str:
-    """One line for an input that failed (as the command line would print it)."""
-    if isinstance(e, UserError):
-        return str(e)
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
-    if isinstance(e, MemoryError):
-        return "out of memory (try a smaller --batch-size)"
-    return f"unexpected {type(e).__name__}: {e}"
-
-
 def _batch_item(path: Path, out: Path, process: Callable, skip_existing: bool, overwrite: bool,
                 files: Sequence[Path]) -> ManifestRow:
     """Process one input into its own atomic output; a failure is logged and returned as a `failed` row."""
@@ -562,7 +551,7 @@ def _batch_item(path: Path, out: Path, process: Callable, skip_existing: bool, o
     except Exception as e:  # noqa: BLE001 - one bad input must not stop a batch job
         if skip_existing and out.is_file():  # another job finished it meanwhile
             return ManifestRow(path, out, "skipped", time.perf_counter() - t0)
-        msg = _failure(e)
+        msg = one_line(e)
         log.warn(msg if str(path) in msg else f"{path}: {msg}")
         if not isinstance(e, (UserError, OSError, MemoryError)):
             import traceback

@@ -15,7 +15,7 @@ from typing import Any, Generator, Sequence
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 MIN_SIDE = 16  # px per side below which a plane shows too little to judge blur (the network's size step)
 DZ_LIMITS = (-30.0, 30.0)  # refocus slider range (um)
@@ -26,14 +26,10 @@ DZ_LIMITS = (-30.0, 30.0)  # refocus slider range (um)
 
 def error_message(exc: BaseException) -> str:
     """The one line the CLI prints for an exception (without 'error: '); unexpected ones also go to stderr."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-    if isinstance(exc, MemoryError):
-        return "out of memory (try smaller images)"
+    if isinstance(exc, (UserError, OSError, MemoryError)):
+        return one_line(exc, "try smaller images")
     traceback.print_exception(type(exc), exc, exc.__traceback__)
-    return f"unexpected {type(exc).__name__}: {exc} (the traceback is on the terminal; please report it)"
+    return f"{one_line(exc)} (the traceback is on the terminal; please report it)"
 
 
 # ---------------------------------------------------------------- weights
