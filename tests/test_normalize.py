@@ -60,3 +60,22 @@ def test_frame_median():
     assert frame_median(small) == float(np.median(small))
     big = rng.normal(1000, 100, (1536, 2048)).astype(np.float32)
     assert abs(frame_median(big) - float(np.median(big))) < 2
+
+
+def test_intensity_model_and_spec_round_trip_and_validate():
+    import pytest
+
+    from microdeblur.normalize import IntensityModel, NormalizationSpec
+
+    m = IntensityModel.fit({0.0: [(0.5, 1.5), (0.7, 1.3)], -2.0: [(0.2, 2.0)], 2.0: [(0.3, 1.8)]})
+    assert m.dz_um == (-2.0, 0.0, 2.0) and m.lo == (0.2, 0.6, 0.3) and m.hi == (2.0, 1.4, 1.8)
+    n = m.normalizer(1.0, 100.0)  # halfway between 0 and 2 um: lo 0.45, hi 1.6 times the median
+    assert (n.lo, n.hi) == pytest.approx((45.0, 160.0))
+    spec = NormalizationSpec(intensity=m)
+    assert NormalizationSpec.from_dict(spec.to_dict()) == spec
+    # what 0.1 weights stored (no intensity model) reads as the plain percentile spec
+    assert NormalizationSpec.from_dict({"method": "frame-percentile", "pmin": 1.0, "pmax": 99.8}).intensity is None
+    for bad in ({"method": "zscore"}, {"pmin": 50, "pmax": 10}, {"focus_ratios": {"dz_um": [0, -1], "lo": [1, 1], "hi": [2, 2]}},
+                {"focus_ratios": {"dz_um": [0.0], "lo": [2.0], "hi": [1.0]}}, {"focus_ratios": {"lo": [1.0]}}):
+        with pytest.raises(ValueError):
+            NormalizationSpec.from_dict(bad)

@@ -187,10 +187,10 @@ def test_init_refuses_other_tile_size(tmp_path, data):
 
 
 def test_focus_ratios_show_lowest_contrast_at_focus(data):
-    from microdeblur.training import focus_ratios
+    from microdeblur.training import intensity_model
 
     d = PreparedData.load(data)
-    r = focus_ratios(d, list(range(12)))
+    r = intensity_model(d, list(range(12))).to_dict()
     assert r["dz_um"] == [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0]
     span = np.array(r["hi"]) - np.array(r["lo"])
     assert all(lo < 1 < hi for lo, hi in zip(r["lo"], r["hi"]))

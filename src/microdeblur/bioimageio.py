@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
-from .normalize import EXACT_PIXELS, PMAX, PMIN
+from .inference import normalization_spec
+from .normalize import EXACT_PIXELS
 
 EXTRA_HINT = "pip install 'microdeblur[bioimageio]'"
 THESIS = ("Ritsema, S. (2023). A Disentangled Representation Learning Approach for Deblurring Microscopy Images. "
@@ -121,24 +122,14 @@ def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
     if code.size != model.config.blur_dim:
         raise UserError("the weights hold no in-focus blur code: there is nothing to deblur with")
     k = working_factor(float(meta.scale))
-    norm = dict(meta.normalization or {})
-    ratios = _focus_ratios_at_focus(norm.get("focus_ratios"))
+    spec = normalization_spec(meta)
+    ratios = [] if spec.intensity is None else [spec.intensity.normalizer(0.0, 1.0).lo, spec.intensity.normalizer(0.0, 1.0).hi]
     core = DeblurCore(model.float().eval(), torch.from_numpy(code)).eval().requires_grad_(False)
     side = model.config.tile
     with torch.no_grad():
         traced = torch.jit.trace(core, torch.rand(1, 1, side, side), check_trace=False)
-    wrapper = DeblurPackageModel(traced, k, float(norm.get("pmin", PMIN)), float(norm.get("pmax", PMAX)), ratios)
+    wrapper = DeblurPackageModel(traced, k, spec.pmin, spec.pmax, ratios)
     return torch.jit.script(wrapper.eval())
-
-
-def _focus_ratios_at_focus(value) -> List[float]:
-    """[lo, hi] ratios (to the plane median) at dz = 0 from normalization.focus_ratios, or [] when absent."""
-    if not value:
-        return []
-    from .inference import _focus_ratios
-
-    z, lo, hi = _focus_ratios(value)
-    return [float(np.interp(0.0, z, lo)), float(np.interp(0.0, z, hi))]
 
 
 # ---------------------------------------------------------------- package contents
@@ -202,10 +193,10 @@ microdeblur's shipped weights): a smoother, more in-focus-like picture, not rest
 def write_documentation(path: Path, meta, k: int, model: nn.Module) -> Path:
     """README.md: package notes with a Validation section, then the model card (docs/model-card.md of a source
     checkout; a pointer to it when that is not available)."""
-    norm = dict(meta.normalization or {})
-    revert = ("the in-focus intensity range, stored as ratios to the image median" if norm.get("focus_ratios")
+    spec = normalization_spec(meta)
+    revert = ("the in-focus intensity range, stored as ratios to the image median" if spec.intensity is not None
               else "the input's own percentile range")
-    notes = PACKAGE_NOTES.format(k=k, pmin=float(norm.get("pmin", PMIN)), pmax=float(norm.get("pmax", PMAX)),
+    notes = PACKAGE_NOTES.format(k=k, pmin=spec.pmin, pmax=spec.pmax,
                                  revert=revert, smallest=k * model.config.tile, step=k * model.config.downsample,
                                  side=k * model.config.tile)
     card = Path(__file__).resolve().parents[2] / "docs" / "model-card.md"
@@ -230,8 +221,8 @@ def describe(files: dict[str, Path], meta, k: int, model: nn.Module):
     from . import __version__
 
     tile, step = k * model.config.tile, k * model.config.downsample
-    norm = dict(meta.normalization or {})
-    pmin, pmax = float(norm.get("pmin", PMIN)), float(norm.get("pmax", PMAX))
+    norm_spec = normalization_spec(meta)
+    pmin, pmax = norm_spec.pmin, norm_spec.pmax
 
     def space_in(axis: str):
         return spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=tile, step=step))

@@ -26,7 +26,7 @@ from torch import nn
 from . import calibration, log
 from .errors import UserError, one_line
 from .io import TIFF_SUFFIXES, Outputs, Shard, parse_shard
-from .normalize import PMAX, PMIN, Normalizer, frame_median, frame_normalizer
+from .normalize import Normalizer, NormalizationSpec, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
@@ -117,9 +117,9 @@ class Deblurrer:
         self.channels_last = self.device.type == "cpu"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        norm = dict(getattr(meta, "normalization", None) or {})
-        self.pmin, self.pmax = float(norm.get("pmin", PMIN)), float(norm.get("pmax", PMAX))
-        self.focus_ratios = _focus_ratios(norm.get("focus_ratios"))
+        self.spec = normalization_spec(meta)
+        self.pmin, self.pmax = self.spec.pmin, self.spec.pmax
+        self.focus_ratios = self.spec.intensity
         self._median_warned = False
         focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
         self.target = self.as_code(focus) if focus.size == model.config.blur_dim else None
@@ -201,8 +201,7 @@ class Deblurrer:
                 log.warn("a plane's median is not positive: its output keeps the input's intensity range")
                 self._median_warned = True
             return enc.norm
-        z, lo, hi = self.focus_ratios
-        return Normalizer(float(np.interp(dz, z, lo)) * enc.median, float(np.interp(dz, z, hi)) * enc.median)
+        return self.focus_ratios.normalizer(dz, enc.median)
 
     def deblur_plane(self, plane2d: np.ndarray, blur_code=None, dz: float | None = 0.0) -> np.ndarray:
         """Plane with every tile's blur code replaced (default: the in-focus code); same shape and dtype.
@@ -260,21 +259,12 @@ class Deblurrer:
         return dmap, summary
 
 
-def _focus_ratios(value) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(dz_um, lo, hi) arrays from the weights' normalization["focus_ratios"], or None when absent."""
-    if not value:
-        return None
+def normalization_spec(meta) -> NormalizationSpec:
+    """The weights' typed normalisation spec, or a UserError naming what is wrong with it."""
     try:
-        dz, lo, hi = (np.asarray(value[k], dtype=np.float64).reshape(-1) for k in ("dz_um", "lo", "hi"))
-    except (KeyError, TypeError, ValueError):
-        raise UserError("the weights' normalization.focus_ratios is malformed (needs dz_um, lo and hi lists)") from None
-    if dz.size == 0:
-        return None
-    ok = (dz.size == lo.size == hi.size and np.all(np.diff(dz) > 0)
-          and np.all(np.isfinite(np.concatenate([dz, lo, hi]))) and np.all(hi > lo))
-    if not ok:
-        raise UserError("the weights' normalization.focus_ratios is inconsistent (dz_um must increase, hi > lo)")
-    return dz, lo, hi
+        return NormalizationSpec.from_dict(getattr(meta, "normalization", None))
+    except ValueError as e:
+        raise UserError(f"the weights' normalization metadata is inconsistent: {e}") from None
 
 
 def tile_centres(grid: TileGrid, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

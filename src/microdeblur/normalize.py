@@ -51,3 +51,74 @@ def frame_normalizer(frame: np.ndarray, pmin: float = PMIN, pmax: float = PMAX) 
 def frame_median(frame: np.ndarray) -> float:
     """Median of the frame, sampled as frame_normalizer samples it."""
     return float(np.median(_sample(frame)))
+
+
+@dataclass(frozen=True)
+class IntensityModel:
+    """In-focus (and any dz) intensity range of a frame as ratios to its median: raw lo = lo(dz)·median,
+    hi = hi(dz)·median, linear in dz between the fitted levels. How a decode at dz returns to raw units."""
+
+    dz_um: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        z, lo, hi = (np.asarray(v, np.float64) for v in (self.dz_um, self.lo, self.hi))
+        ok = (z.size > 0 and z.size == lo.size == hi.size and np.all(np.diff(z) > 0)
+              and np.all(np.isfinite(np.concatenate([z, lo, hi]))) and np.all(hi > lo))
+        if not ok:
+            raise ValueError("an intensity model needs increasing dz levels and finite lo < hi ratios, one per level")
+
+    @classmethod
+    def fit(cls, samples: dict[float, list[tuple[float, float]]]) -> "IntensityModel":
+        """Median over frames of (lo/median, hi/median) per dz level (training)."""
+        levels = sorted(samples)
+        return cls(tuple(levels), tuple(float(np.median([s[0] for s in samples[k]])) for k in levels),
+                   tuple(float(np.median([s[1] for s in samples[k]])) for k in levels))
+
+    def normalizer(self, dz: float, median: float) -> Normalizer:
+        """The raw-units map of a frame with this median decoded at dz (um)."""
+        return Normalizer(float(np.interp(dz, self.dz_um, self.lo)) * median, float(np.interp(dz, self.dz_um, self.hi)) * median)
+
+    def to_dict(self) -> dict:
+        """JSON form stored in the weights (`normalization.focus_ratios`)."""
+        return {"dz_um": list(self.dz_um), "lo": list(self.lo), "hi": list(self.hi)}
+
+
+@dataclass(frozen=True)
+class NormalizationSpec:
+    """What the weights record about intensities: per-frame percentiles in, the intensity model out."""
+
+    method: str = "frame-percentile"
+    pmin: float = PMIN
+    pmax: float = PMAX
+    intensity: IntensityModel | None = None
+
+    @classmethod
+    def from_dict(cls, value: dict | None) -> "NormalizationSpec":
+        """Read `WeightsMeta.normalization` (files written by 0.1 and 0.2 alike); ValueError when malformed."""
+        d = dict(value or {})
+        method = d.get("method", "frame-percentile")
+        if method != "frame-percentile":
+            raise ValueError(f"unknown normalisation method {method!r}")
+        pmin, pmax = float(d.get("pmin", PMIN)), float(d.get("pmax", PMAX))
+        if not (0.0 <= pmin < pmax <= 100.0):
+            raise ValueError(f"normalisation percentiles must satisfy 0 <= pmin < pmax <= 100, got {pmin}, {pmax}")
+        ratios = d.get("focus_ratios")
+        intensity = None
+        if ratios:
+            try:
+                intensity = IntensityModel(*(tuple(float(v) for v in ratios[k]) for k in ("dz_um", "lo", "hi")))
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"focus_ratios needs dz_um, lo and hi lists ({type(e).__name__})") from None
+        return cls(method, pmin, pmax, intensity)
+
+    def to_dict(self) -> dict:
+        """JSON form for the weights."""
+        d = {"method": self.method, "pmin": self.pmin, "pmax": self.pmax}
+        return d | ({"focus_ratios": self.intensity.to_dict()} if self.intensity is not None else {})
+
+    def before(self, frame: np.ndarray) -> tuple[np.ndarray, Normalizer]:
+        """Normalised float32 frame and its own normaliser (the way back when no intensity model applies)."""
+        norm = frame_normalizer(frame, self.pmin, self.pmax)
+        return norm.before(frame), norm

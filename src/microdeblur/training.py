@@ -26,7 +26,7 @@ from .io import atomic_path
 from .losses import beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
 from .networks import DisentangledAE, ModelConfig, blur_batched, deblur_batched, run_batched
-from .normalize import NORMALIZATION
+from .normalize import IntensityModel, NormalizationSpec
 from .objectives import OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
 from .weights import WeightsMeta, load_weights, save_weights
@@ -314,7 +314,7 @@ def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, 
     return fb.mean(0).astype(np.float32), cal
 
 
-def focus_ratios(data: PreparedData, identities: list[int]) -> dict:
+def intensity_model(data: PreparedData, identities: list[int]) -> IntensityModel:
     """Per dz: median over days of each frame's raw lo/median and hi/median (to revert outputs at that dz).
 
     A frame's median is estimated from its tiles (subsampled); bright-field contrast, and with it the
@@ -330,9 +330,7 @@ def focus_ratios(data: PreparedData, identities: list[int]) -> dict:
             med = lo + float(np.median(data.tiles[sel][:, ::4, ::4].astype(np.float32))) * (hi - lo)
             if med > 0:
                 rows.setdefault(float(level), []).append((lo / med, hi / med))
-    levels = sorted(rows)
-    return {"dz_um": levels, "lo": [float(np.median([r[0] for r in rows[k]])) for k in levels],
-            "hi": [float(np.median([r[1] for r in rows[k]])) for k in levels]}
+    return IntensityModel.fit(rows)
 
 
 def data_hash(index: dict) -> str:
@@ -463,7 +461,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
                "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
                "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(), "world_size": w.size,
                "device": str(device), "last": state.history[-1] if state.history else {}}
-    norm = dict(NORMALIZATION) | {"focus_ratios": focus_ratios(data, train_ids)}
+    norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
     meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
                        z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary)
     save_weights(output, model.to("cpu").to(memory_format=torch.contiguous_format).eval(), meta,
