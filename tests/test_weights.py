@@ -118,3 +118,14 @@ def test_default_path(monkeypatch, tmp_path):
     monkeypatch.setattr("microdeblur.weights.default_weights_path", lambda: tmp_path / "none.safetensors")
     with pytest.raises(UserError, match="no shipped weights found; pass --weights"):
         load_weights()
+
+
+def test_saved_weights_are_readable_by_others(tmp_path):
+    import stat
+
+    from microdeblur.networks import DisentangledAE, ModelConfig
+    from microdeblur.weights import WeightsMeta, save_weights
+
+    cfg = ModelConfig(tile=32, widths=(4, 8), id_channels=(2, 3), blur_width=8)
+    save_weights(tmp_path / "w.safetensors", DisentangledAE(cfg), WeightsMeta(variant=cfg.variant, config=cfg))
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) & 0o044 == 0o044

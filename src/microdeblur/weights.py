@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -95,6 +97,7 @@ def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, ove
     }
     with atomic_path(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=meta_to_strings(meta))
+        os.chmod(tmp, 0o644)  # safetensors creates 0600 files; weights are meant to be shared
 
 
 def load_weights(
