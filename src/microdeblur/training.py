@@ -147,6 +147,8 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
     if cfg.max_minutes is not None:
         _finite("--max-minutes", cfg.max_minutes, 0, open_low=True)
+    if cfg.crop % 16:
+        raise UserError(f"--crop must be a multiple of 16 (the network's size step), got {cfg.crop}")
     _finite("--lr", cfg.lr, 0, 1, open_low=True)
     _finite("--p-focus", cfg.p_focus, 0, 1)
     _finite("--margin", cfg.margin, 0, open_low=True)
