@@ -17,12 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
 from microdeblur.inference import Deblurrer
-from microdeblur.networks import run_batched
 from microdeblur.weights import load_weights
 
 
@@ -52,8 +49,7 @@ def main() -> None:
             from microdeblur.baselines import load_unet
 
             unet, _ = load_unet(a.unet)
-            methods["U-Net"] = frame_eval.tiled_method(
-                lambda t: run_batched(lambda x: unet(x[:, None])[:, 0], t, device=torch.device("cpu"))[0], scale)
+            methods["U-Net"] = frame_eval.tiled_method(unet, scale)
         rows = frame_eval.score_frames(days, methods, a.dz_max)
     summary = frame_eval.summarise(rows, a.dz_max)
     table = frame_eval.markdown(summary)

@@ -62,3 +62,12 @@ def test_baselines_keep_the_frame_shape(raw):
 def test_not_simulated_days_are_refused(tmp_path):
     with pytest.raises(UserError, match="no simulated days"):
         frame_eval.find_frame_days([tmp_path])
+
+
+def test_tiled_method_with_an_identity_network_returns_the_frame(raw):
+    import torch
+
+    days = frame_eval.find_frame_days([raw])
+    plane = tifffile.imread(days[0].files[0])
+    out = frame_eval.tiled_method(torch.nn.Identity(), scale=1.0)(plane, -6.0, days[0].pixel_um)
+    np.testing.assert_allclose(out, plane.astype(np.float32), rtol=1e-4, atol=0.05)

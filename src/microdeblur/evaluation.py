@@ -339,7 +339,7 @@ def score_whole_frames(days: list, models: list[LoadedModel], unet: nn.Module | 
 
     methods = frame_eval.baseline_methods(scale, rl_iterations)
     if unet is not None:
-        methods["U-Net"] = frame_eval.tiled_method(lambda t: run_batched(lambda x: unet(x[:, None])[:, 0], t, device=device)[0], scale)
+        methods["U-Net"] = frame_eval.tiled_method(unet, scale, device)
     for m in models:
         methods[m.name] = frame_eval.model_method(Deblurrer(m.model, m.meta, device=device))
     log.info(f"whole frames: {len(days)} day(s), {len(methods)} methods")

@@ -105,15 +105,19 @@ def model_method(deblurrer) -> Method:
     return lambda plane, dz, px: deblurrer.deblur_plane(plane).astype(np.float32)
 
 
-def tiled_method(predict: Callable[[np.ndarray], np.ndarray], scale: float, tile: int = 128, overlap: int = 32) -> Method:
-    """A tile-to-tile predictor ([N,T,T] normalised -> [N,T,T]) run through deblur's tiling and blending."""
-    from .tiling import extract_tiles, stitch, tile_grid
+def tiled_method(net, scale: float, device="cpu", tile: int = 128) -> Method:
+    """A tile-to-tile network ([N,1,T,T] normalised -> same) run through deblur's tiling and blending
+    (tiling.predict_tiled with deblur's overlap and batch size)."""
+    import torch
 
-    def fn(x: np.ndarray, dz: float, px: float) -> np.ndarray:
-        grid = tile_grid(x.shape, tile, overlap)
-        return stitch(predict(extract_tiles(x, grid)), grid)
+    from .inference import BATCH_SIZE, OVERLAP
+    from .tiling import predict_tiled
 
-    return at_working_scale(fn, scale)
+    @torch.inference_mode()
+    def fn(t: np.ndarray) -> np.ndarray:
+        return net(torch.from_numpy(np.ascontiguousarray(t, np.float32)).to(device)).float().cpu().numpy()
+
+    return at_working_scale(lambda x, dz, px: predict_tiled(x, fn, tile, OVERLAP, BATCH_SIZE), scale)
 
 
 def score_frames(days: Sequence[FrameDay], methods: dict[str, Method], dz_max: float = 15.0) -> list[dict[str, Any]]:
