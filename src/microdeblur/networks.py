@@ -305,12 +305,6 @@ def swap_batched(model: nn.Module, tiles: np.ndarray, blur: np.ndarray, device: 
     return run_batched(fn, tiles, np.asarray(blur, np.float32), device=device)[0]
 
 
-def deblur_batched(model: nn.Module, tiles: np.ndarray, blur: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """D(identity(tile), blur) for [N,T,T] tiles and one blur code [Db]."""
-    code = np.broadcast_to(np.asarray(blur, np.float32).reshape(1, -1), (len(tiles), np.size(blur)))
-    return swap_batched(model, tiles, code, device)
-
-
 def summarise_batched(model: nn.Module, tiles: np.ndarray, device: torch.device | str = "cpu"
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(reconstructions [N,T,T], compact identity summaries [N,K], blur codes [N,Db]) of tiles."""

@@ -25,7 +25,7 @@ from .interrupts import deferred
 from .io import atomic_path
 from .losses import beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
-from .networks import DisentangledAE, ModelConfig, blur_batched, deblur_batched, run_batched
+from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched
 from .normalize import IntensityModel, NormalizationSpec
 from .objectives import OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
@@ -249,10 +249,14 @@ class Probe:
     def metrics(self, model, device) -> dict:
         """Reconstruction and deblurring PSNR (plain and min-MSE fitted) on the probe; blur-code order for 1-D codes."""
         model.eval()
-        focus = blur_batched(model, self.focus_ref, device).mean(0)
-        blur = blur_batched(model, self.blurry, device)
-        rec = run_batched(lambda x: model(x[:, None])[:, 0], self.blurry, device=device)[0]
-        deb = deblur_batched(model, self.blurry, focus, device)
+        focus = torch.from_numpy(blur_batched(model, self.focus_ref, device).mean(0, keepdims=True))
+
+        def one_pass(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            c = model.encode(x[:, None])  # encode once: own reconstruction and in-focus decode share it
+            pair = model.decode(torch.cat([c.identity, c.identity]), torch.cat([c.blur, focus.to(x.device).expand(len(x), -1)]))
+            return pair[: len(x), 0], pair[len(x):, 0], c.blur
+
+        rec, deb, blur = run_batched(one_pass, self.blurry, device=device)
         model.train()
         blurry = self.blurry.astype(np.float32)
         target = self.target.astype(np.float32)
