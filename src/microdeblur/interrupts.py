@@ -18,10 +18,14 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = EXIT_CODES.get(signum, 130)
 
 
+def _raise_interrupted(signum: int, frame) -> None:  # noqa: ANN001 - signal handler signature
+    raise Interrupted(signum)
+
+
 def raise_on_sigterm() -> None:
     """Make SIGTERM raise `Interrupted` (like Ctrl-C) so cleanup code runs; main thread only."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(Interrupted(s)))
+        signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
 class StopFlag:
