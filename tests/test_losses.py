@@ -122,8 +122,8 @@ class SwapIgnoringModel(nn.Module):
 
     config = ModelConfig(variant="manifold", tile=32)
 
-    def level_shapes(self, side):
-        return [(4, 1)]
+    def learnt_identity(self, identity, side):
+        return identity, [4]
 
     def encode(self, x):
         m = x.mean(dim=(1, 2, 3))[:, None]
@@ -144,8 +144,8 @@ class LosslessModel(nn.Module):
 
     config = ModelConfig(variant="manifold", tile=32)
 
-    def level_shapes(self, side):
-        return [(2, 16)]
+    def learnt_identity(self, identity, side):
+        return identity, [512]
 
     def encode(self, x):
         flat = x.flatten(1)
@@ -193,8 +193,8 @@ def test_cross_reconstruction_targets_are_swapped_images():
     class CopyModel(nn.Module):
         config = ModelConfig(variant="manifold", tile=32)
 
-        def level_shapes(self, side):
-            return [(1, side)]
+        def learnt_identity(self, identity, side):
+            return identity, [side * side]
 
         def encode(self, x):
             return Codes(x.flatten(1), torch.zeros(x.shape[0], 4))

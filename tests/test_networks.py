@@ -125,3 +125,29 @@ def test_without_space_to_depth():
     model = DisentangledAE(cfg)
     x = torch.rand(2, 1, 32, 32)
     assert model.encode(x).identity.shape == (2, 2 * 32 * 32 + 2 * 16 * 16) and model(x).shape == x.shape
+
+
+def test_input_skip_starts_as_the_identity_map_and_keeps_the_pixels_in_the_identity():
+    """With `input_skip` the space-to-depth input is the first identity level and the fresh decoder
+    returns its input exactly (zero-initialised correction); the distances see only the learnt levels."""
+    cfg = ModelConfig(**{**tiny("manifold-1d").to_dict(), "input_skip": True})
+    model = DisentangledAE(cfg).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        c = model.encode(x)
+        torch.testing.assert_close(model.decode(c.identity, c.blur), x)
+    assert c.identity.shape == (2, cfg.id_dim_for(32)) and cfg.side_for(cfg.id_dim_for(32)) == 32
+    assert cfg.id_dim_for(32) == tiny("manifold-1d").id_dim_for(32) + 32 * 32
+    learnt, sizes = model.learnt_identity(c.identity, 32)
+    assert learnt.shape[1] == sum(sizes) == tiny("manifold-1d").id_dim_for(32)
+    assert ModelConfig.from_dict({k: v for k, v in tiny("manifold-1d").to_dict().items() if k != "input_skip"}).input_skip is False
+
+
+def test_input_skip_decoder_still_depends_on_the_blur_code_once_trained_away_from_zero():
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(**{**tiny("manifold-1d").to_dict(), "input_skip": True})).eval()
+    torch.nn.init.normal_(model.out.weight, std=0.1)
+    ident = model.encode(torch.rand(2, 1, 32, 32)).identity
+    with torch.no_grad():
+        a, b = model.decode(ident, torch.full((2, 1), -1.0)), model.decode(ident, torch.full((2, 1), 1.0))
+    assert (a - b).abs().mean() > 1e-3

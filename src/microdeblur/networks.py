@@ -27,6 +27,7 @@ class ModelConfig:
     blur_width: int = 64  # blur head and FiLM MLP width
     vector_blur_dim: int = 16  # blur code length of manifold and ml-vae (manifold-1d: 1)
     unshuffle: int = 2  # lossless space-to-depth at the input / depth-to-space at the output
+    input_skip: bool = False  # the input pixels are the finest identity level; the decoder adds its output to them
     arch: str = ARCH
 
     def __post_init__(self) -> None:
@@ -53,14 +54,20 @@ class ModelConfig:
         """Side every input must be a multiple of (space-to-depth times the strided levels)."""
         return self.unshuffle * 2 ** (self.levels - 1)
 
+    def identity_levels(self) -> list[tuple[int, int]]:
+        """(channels, halvings below the space-to-depth side) of every identity level, finest first; with
+        `input_skip` the first level is the space-to-depth input itself."""
+        learnt = [(c, k) for k, c in enumerate(self.id_channels)]
+        return ([(self.unshuffle**2, 0)] if self.input_skip else []) + learnt
+
     def id_dim_for(self, side: int) -> int:
         """Length of the flattened identity pyramid of a `side`-px square input."""
         s = side // self.unshuffle
-        return sum(c * (s >> k) ** 2 for k, c in enumerate(self.id_channels))
+        return sum(c * (s >> k) ** 2 for c, k in self.identity_levels())
 
     def side_for(self, id_dim: int) -> int:
         """Input side whose identity pyramid has `id_dim` numbers (inverse of `id_dim_for`)."""
-        per = sum(c / 4**k for k, c in enumerate(self.id_channels))
+        per = sum(c / 4**k for c, k in self.identity_levels())
         side = int(round(math.sqrt(id_dim / per))) * self.unshuffle
         if self.id_dim_for(side) != id_dim:
             raise ValueError(f"{id_dim} numbers are not an identity pyramid of this architecture")
@@ -84,7 +91,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of `to_dict` (unknown keys ignored; a file without `arch` is the old single-scale network)."""
+        """Inverse of `to_dict` (unknown keys ignored; a file without `arch` is the old single-scale network,
+        one without `input_skip` has none)."""
         names = set(cls.__dataclass_fields__)
         return cls(**({"arch": "single-scale-0.1"} | {k: v for k, v in d.items() if k in names}))
 
@@ -179,6 +187,9 @@ class DisentangledAE(nn.Module):
             dec.append(DecoderLevel(coarse, ids[k], cfg.widths[k]))
         self.dec = nn.ModuleList(dec)  # deepest first
         self.out = conv(cfg.widths[0], cfg.unshuffle**2)
+        if cfg.input_skip:  # start as the identity map: the decoder learns a correction of its input
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
         self.film_channels = [cfg.widths[k] for k in reversed(range(cfg.levels))]
         self.film = nn.Sequential(nn.Linear(cfg.blur_dim, cfg.blur_width), nn.SiLU(),
                                   nn.Linear(cfg.blur_width, 2 * sum(self.film_channels)))
@@ -187,9 +198,17 @@ class DisentangledAE(nn.Module):
     # -- identity pyramid <-> flat code
 
     def level_shapes(self, side: int) -> list[tuple[int, int]]:
-        """(channels, side) of every identity level for a `side`-px input, finest first."""
+        """(channels, side) of every identity level for a `side`-px input, finest first (the input level too)."""
         s = side // self.config.unshuffle
-        return [(c, s >> k) for k, c in enumerate(self.config.id_channels)]
+        return [(c, s >> k) for c, k in self.config.identity_levels()]
+
+    def learnt_identity(self, identity: Tensor, side: int) -> tuple[Tensor, list[int]]:
+        """The learnt part of flat identities (without the input level) and its level sizes: what the
+        distance losses act on (the input pixels are data, not a code to pull together)."""
+        sizes = [c * s * s for c, s in self.level_shapes(side)]
+        if not self.config.input_skip:
+            return identity, sizes
+        return identity[:, sizes[0]:], sizes[1:]
 
     def flatten_identity(self, maps: list[Tensor]) -> Tensor:
         """Identity maps (finest first) -> [B, Di]."""
@@ -221,7 +240,7 @@ class DisentangledAE(nn.Module):
         if x.shape[-1] % cfg.downsample or x.shape[-2] % cfg.downsample:
             raise ValueError(f"input sides must be multiples of {cfg.downsample}, got {tuple(x.shape[-2:])}")
         h = F.pixel_unshuffle(x, cfg.unshuffle) if cfg.unshuffle > 1 else x
-        feats, maps = [], []
+        feats, maps = [], [h] if cfg.input_skip else []
         for level in self.enc:
             h, m = level(h)
             feats.append(h)
@@ -252,10 +271,11 @@ class DisentangledAE(nn.Module):
     def decode(self, identity: Tensor, blur: Tensor) -> Tensor:
         """Codes identity [B,Di], blur [B,Db] -> images [B,1,S,S] (no output activation)."""
         maps = self.split_identity(identity)
+        base = maps.pop(0) if self.config.input_skip else None
         h = None
         for level, film, m in zip(self.dec, self.films(blur), reversed(maps)):
             h = level(m, h, film)
-        y = self.out(h)
+        y = self.out(h) if base is None else self.out(h) + base
         return F.pixel_shuffle(y, self.config.unshuffle) if self.config.unshuffle > 1 else y
 
     def forward(self, x: Tensor) -> Tensor:

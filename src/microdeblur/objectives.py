@@ -56,10 +56,6 @@ class TrainStep(nn.Module):
         return self.objective.losses(self.model, batch, self.opts, self.rec_fn, beta)
 
 
-def _level_sizes(model: DisentangledAE, side: int) -> list[int]:
-    return [c * s * s for c, s in model.level_shapes(side)]
-
-
 @dataclass(frozen=True)
 class Manifold:
     """Product-manifold objective (eq. 4.5, reweighted): rec + β·(cross + λ·(consistency + contrastive)) [+ dz tie].
@@ -91,11 +87,12 @@ def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2
                    opts: StepOptions, dz: Tensor | None = None) -> dict[str, Tensor]:
     """Loss terms of one manifold step; one encoder call for the inputs, one decoder call for own
     reconstructions and swaps, one encoder call for re-encoding the swaps (consistency)."""
-    n = x1.shape[0]
-    sizes = _level_sizes(model, x1.shape[-1])
+    n, side = x1.shape[0], x1.shape[-1]
     xs = torch.cat([x1, x2, y1, y2])
     codes = model.encode(xs)
     ids, blurs = codes.identity, codes.blur
+    learnt, sizes = model.learnt_identity(ids, side)  # what the distances act on (no input pixels)
+    lx1, lx2, ly1, ly2 = learnt.split(n)
     ix1, ix2, iy1, iy2 = ids.split(n)
     bx1, bx2, by1, by2 = blurs.split(n)
     zero = xs.new_zeros(())
@@ -111,11 +108,12 @@ def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2
     if opts.consistency:
         re = model.encode(swapped)
         # each swap keeps one code fixed: identity of D(ix1,bx2), D(ix2,bx1); blur of D(iy1,by2), D(iy2,by1)
-        out["cons"] = (consistency_loss(torch.cat([ix1, ix2]), re.identity[: 2 * n], sizes)
+        re_learnt = model.learnt_identity(re.identity[: 2 * n], side)[0]
+        out["cons"] = (consistency_loss(torch.cat([lx1, lx2]), re_learnt, sizes)
                        + consistency_loss(torch.cat([by2, by1]), re.blur[2 * n:]))
     if opts.contrastive:
-        out["cont"] = (contrastive_loss(ix1, ix2, True, opts.margin, sizes) + contrastive_loss(bx1, bx2, False, opts.margin)
-                       + contrastive_loss(by1, by2, True, opts.margin) + contrastive_loss(iy1, iy2, False, opts.margin, sizes))
+        out["cont"] = (contrastive_loss(lx1, lx2, True, opts.margin, sizes) + contrastive_loss(bx1, bx2, False, opts.margin)
+                       + contrastive_loss(by1, by2, True, opts.margin) + contrastive_loss(ly1, ly2, False, opts.margin, sizes))
     if dz is not None and opts.dz_weight > 0:
         out["dz"] = F.mse_loss(torch.cat([bx1, bx2]).reshape(-1), dz.to(blurs.dtype).reshape(-1) / opts.dz_scale)
     return out

@@ -52,6 +52,7 @@ class TrainConfig:
     dz_range: float | None = 30.0
     widths: tuple[int, ...] = (32, 48, 64, 96)
     id_channels: tuple[int, ...] = (16, 24, 32, 48)
+    input_skip: bool | None = None  # None: on for the manifold variants, off for the ml-vae baseline
     consistency: bool = True
     contrastive: bool = True
     cross: bool = True
@@ -69,6 +70,11 @@ class TrainConfig:
     beta_ramp: int = 600  # steps of the exponential ramp to β = 1
     margin: float = 0.6
     distance_weight: float = 0.1  # λ on consistency + contrastive (objectives.Manifold)
+
+    @property
+    def skip(self) -> bool:
+        """Whether the network's identity includes its input pixels (decoder output = input + correction)."""
+        return self.variant != "ml-vae" if self.input_skip is None else self.input_skip
 
     @property
     def dz_tie(self) -> float:
@@ -89,6 +95,7 @@ class TrainConfig:
         skip = {"resume", "init", "workers", "device", "overwrite", "checkpoint_every", "perceptual_weights"}
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["widths"], d["id_channels"], d["dz_weight"] = list(self.widths), list(self.id_channels), self.dz_tie
+        d["input_skip"] = self.skip
         return d
 
 
@@ -273,7 +280,8 @@ class Probe:
 def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, TrainConfig]:
     """The model to train and the config it implies (`--init` weights bring their own architecture)."""
     try:
-        mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels)
+        mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels,
+                         input_skip=cfg.skip)
     except ValueError as e:
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
@@ -284,7 +292,8 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
             raise UserError(f"--init weights use {src.config.tile}-px tiles but the data has {tile}-px tiles (prepare --tile)")
         if src.config.to_dict() != mc.to_dict():
             log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
-            cfg = replace(cfg, widths=src.config.widths, id_channels=src.config.id_channels)
+            cfg = replace(cfg, widths=src.config.widths, id_channels=src.config.id_channels,
+                          input_skip=src.config.input_skip)
         model = src
     return model.to(device).to(memory_format=torch.channels_last).train(), cfg
 
