@@ -8,7 +8,7 @@ from torch import nn
 
 from microdeblur import losses as L
 from microdeblur.networks import Codes, DisentangledAE, ModelConfig
-from microdeblur.objectives import StepOptions, manifold_terms, mlvae_terms
+from microdeblur.objectives import StepOptions, frozen, manifold_terms, mlvae_terms
 
 
 def terms(model, x1, x2, y1, y2, *, rec_fn, dz=None, **opts):
@@ -135,7 +135,7 @@ class SwapIgnoringModel(nn.Module):
 
 def test_consistency_zero_when_encoder_ignores_swapped_code():
     x = [torch.rand(2, 1, 32, 32) for _ in range(4)]
-    out = terms(SwapIgnoringModel(), *x, rec_fn=L.ms_ssim_l1)
+    out = terms(SwapIgnoringModel(), *x, rec_fn=L.ms_ssim_l1, cycle_weight=0.0)
     assert out["cons"] < 1e-5
 
 
@@ -158,7 +158,7 @@ class LosslessModel(nn.Module):
 def test_consistency_zero_for_a_lossless_model_with_distinct_blur_codes():
     """Each swap decoding re-encodes to the very codes it was decoded from, so L_cons is exactly 0."""
     x = [torch.rand(3, 1, 32, 32) for _ in range(4)]
-    out = terms(LosslessModel(), *x, rec_fn=L.ms_ssim_l1, contrastive=False)
+    out = terms(LosslessModel(), *x, rec_fn=L.ms_ssim_l1, contrastive=False, cycle_weight=0.0)
     assert out["cons"] < 1e-5
 
 
@@ -168,7 +168,7 @@ def test_manifold_losses_keys_and_gradients(variant):
     x1, x2, y1, y2 = (torch.rand(2, 1, 32, 32) for _ in range(4))
     out = terms(model, x1, x2, y1, y2, rec_fn=L.ms_ssim_l1, dz_weight=1.0,
                 dz=torch.tensor([-10.0, 5.0, 3.0, 20.0]) if variant == "manifold-1d" else None)
-    assert set(out) == {"rec", "cons", "cont", "cross", "dz"}
+    assert set(out) == {"rec", "cons", "cont", "cross", "cycle", "dz"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in out.values())
     assert out["cons"] > 0 and out["cross"] > 0
     assert (out["dz"] > 0) == (variant == "manifold-1d")
@@ -203,7 +203,7 @@ def test_cross_reconstruction_targets_are_swapped_images():
             return identity.view(-1, 1, 32, 32)
 
     x1, x2, y1, y2 = (torch.rand(1, 1, 32, 32) for _ in range(4))
-    terms(CopyModel(), x1, x2, y1, y2, rec_fn=rec, consistency=False, contrastive=False)
+    terms(CopyModel(), x1, x2, y1, y2, rec_fn=rec, consistency=False, contrastive=False, cycle_weight=0.0)
     (_, _), (pred, target) = seen
     # swaps D(id_x1, b_x2), D(id_x2, b_x1), D(id_y1, b_y2), D(id_y2, b_y1) against x2, x1, y1, y2
     torch.testing.assert_close(pred, torch.cat([x1, x2, y1, y2]))
@@ -220,3 +220,30 @@ def test_mlvae_losses():
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError):
         mlvae_terms(tiny("manifold"), groups, rec_fn=L.ms_ssim_l1)
+
+
+def test_cycle_term_reads_the_swapped_blur_code_and_trains_only_the_decoder():
+    """cycle = δ(b(x2), E_blur(D(id(x1), b(x2)))) over the x swaps; its gradient reaches the decoder and the
+    FiLM, never the encoder (a fixed reader cannot be taught to see what the decoder draws)."""
+    model = tiny("manifold-1d")
+    x = [torch.rand(2, 1, 32, 32) for _ in range(4)]
+    out = terms(model, *x, rec_fn=L.ms_ssim_l1, consistency=False, contrastive=False, cross=False, cycle_weight=1.0)
+    with torch.no_grad():
+        c1, c2 = model.encode(x[0]), model.encode(x[1])
+        read = model.encode_blur(model.decode(torch.cat([c1.identity, c2.identity]), torch.cat([c2.blur, c1.blur])))
+    expected = (read - torch.cat([c2.blur, c1.blur])).abs().mean()
+    torch.testing.assert_close(out["cycle"], expected, atol=1e-5, rtol=1e-4)
+    out["cycle"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.dec.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the freeze is undone
+    assert terms(model, *x, rec_fn=L.ms_ssim_l1, cycle_weight=0.0)["cycle"] == 0
+
+
+def test_frozen_reader_passes_gradient_to_its_input_only():
+    model = tiny("manifold-1d")
+    x = torch.rand(2, 1, 32, 32, requires_grad=True)
+    with frozen(model.enc, model.blur_head):
+        read = model.encode_blur(x)
+    read.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters()) and all(p.requires_grad for p in model.parameters())

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ class StepOptions:
     dz_scale: float = 30.0
     margin: float = 0.6
     distance_weight: float = 0.1
+    cycle_weight: float = 1.0
     group_size: int = 4
 
 
@@ -58,13 +60,16 @@ class TrainStep(nn.Module):
 
 @dataclass(frozen=True)
 class Manifold:
-    """Product-manifold objective (eq. 4.5, reweighted): rec + β·(cross + λ·(consistency + contrastive)) [+ dz tie].
+    """Product-manifold objective (eq. 4.5, reweighted, plus a cycle term):
+    rec + β·(cross + λ·(consistency + contrastive) + μ·cycle) [+ dz tie].
 
     λ = distance_weight (0.1): at λ = 1, as in the thesis, the distance terms on the pixel-rich pyramid
     identity dominated once β rose (held-out reconstruction fell from 29.7 to 21.5 dB, docs/model.md).
 
     (x1, x2) share identity, x2 in focus with probability p_focus, so D(id(x_dz), b_focus) -> x_focus (the
-    operation `deblur` ships) is a frequent cross-reconstruction target; (y1, y2) share dz."""
+    operation `deblur` ships) is a frequent cross-reconstruction target; (y1, y2) share dz.
+    μ = cycle_weight: the frozen encoder must read the swapped-in blur code back from D(id(x1), b(x2))
+    (what `focus` would read on a deblurred or refocused output)."""
 
     scalar_blur: bool
 
@@ -79,7 +84,8 @@ class Manifold:
         x1, x2, y1, y2 = (batch[k].contiguous(memory_format=torch.channels_last) for k in ("x1", "x2", "y1", "y2"))
         parts = manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=opts, dz=batch["dz"] if self.scalar_blur else None)
         distances = opts.distance_weight * (parts["cons"] + parts["cont"])
-        parts["total"] = parts["rec"] + beta * (parts["cross"] + distances) + opts.dz_weight * parts["dz"]
+        swapped = parts["cross"] + opts.cycle_weight * parts["cycle"]
+        parts["total"] = parts["rec"] + beta * (swapped + distances) + opts.dz_weight * parts["dz"]
         return parts
 
 
@@ -96,15 +102,19 @@ def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2
     ix1, ix2, iy1, iy2 = ids.split(n)
     bx1, bx2, by1, by2 = blurs.split(n)
     zero = xs.new_zeros(())
-    swaps = opts.cross or opts.consistency
+    swaps = opts.cross or opts.consistency or opts.cycle_weight > 0
     if swaps:  # D(ix1,bx2)->x2, D(ix2,bx1)->x1, D(iy1,by2)->y1, D(iy2,by1)->y2
         dec = model.decode(torch.cat([ids, ix1, ix2, iy1, iy2]), torch.cat([blurs, bx2, bx1, by2, by1]))
         own, swapped = dec.split(4 * n)
     else:
         own = model.decode(ids, blurs)
-    out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "dz": zero}
+    out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "cycle": zero, "dz": zero}
     if opts.cross:
         out["cross"] = rec_fn(swapped, torch.cat([x2, x1, y1, y2]))
+    if swaps and opts.cycle_weight > 0:  # gradient reaches the decoder only: the encoder is the fixed reader
+        with frozen(model.enc, model.blur_head):
+            read = model.encode_blur(swapped[: 2 * n])
+        out["cycle"] = consistency_loss(torch.cat([bx2, bx1]).detach(), read)
     if opts.consistency:
         re = model.encode(swapped)
         # each swap keeps one code fixed: identity of D(ix1,bx2), D(ix2,bx1); blur of D(iy1,by2), D(iy2,by1)
@@ -117,6 +127,19 @@ def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2
     if dz is not None and opts.dz_weight > 0:
         out["dz"] = F.mse_loss(torch.cat([bx1, bx2]).reshape(-1), dz.to(blurs.dtype).reshape(-1) / opts.dz_scale)
     return out
+
+
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Within the block the modules' parameters record no gradient (the graph still reaches their inputs)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @dataclass(frozen=True)

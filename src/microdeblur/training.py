@@ -70,6 +70,7 @@ class TrainConfig:
     beta_ramp: int = 600  # steps of the exponential ramp to β = 1
     margin: float = 0.6
     distance_weight: float = 0.1  # λ on consistency + contrastive (objectives.Manifold)
+    cycle_weight: float = 1.0  # μ on the swapped blur code read back by the frozen encoder
 
     @property
     def skip(self) -> bool:
@@ -88,7 +89,7 @@ class TrainConfig:
         return StepOptions(batch_size=self.batch_size, crop=self.crop, p_focus=self.p_focus, consistency=self.consistency,
                            contrastive=self.contrastive, cross=self.cross, dz_weight=self.dz_tie,
                            dz_scale=float(self.dz_range or 30.0), margin=self.margin, group_size=self.group_size,
-                           distance_weight=self.distance_weight)
+                           distance_weight=self.distance_weight, cycle_weight=self.cycle_weight)
 
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
@@ -160,6 +161,7 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--p-focus", cfg.p_focus, 0, 1)
     _finite("--margin", cfg.margin, 0, open_low=True)
     _finite("--distance-weight", cfg.distance_weight, 0)
+    _finite("--cycle-weight", cfg.cycle_weight, 0)
     _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
     if cfg.dz_range is not None:
         _finite("--dz-range", cfg.dz_range, 0, open_low=True)
