@@ -154,6 +154,8 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--variant", "vae"], "unknown --variant"),
     (["--batch-size", "0"], "--batch-size"),
     (["--variant", "manifold", "--dz-weight", "1"], "--dz-weight"),
+    (["--precision", "half"], "--precision"),
+    (["--cycle-weight", "nan"], "--cycle-weight"),
 ])
 def test_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])
@@ -231,3 +233,18 @@ def test_data_hash_ignores_where_the_raw_days_were():
     moved = {"tile": 128, "days": {"day01": {"source": "/b/elsewhere/day01", "lo": [1.0], "hi": [2.0]}}}
     changed = {"tile": 128, "days": {"day01": {"source": "/a/raw/day01", "lo": [1.5], "hi": [2.0]}}}
     assert data_hash(index) == data_hash(moved) != data_hash(changed)
+
+
+def test_bfloat16_autocast_trains_and_exports_float32_weights(tmp_path, data):
+    """The GPU mixed-precision path (bfloat16 autocast, no loss scaling) runs on CPU too; the weights stay
+    float32 and deblur within a loose tolerance of the same model run in float32."""
+    out = train(data, tmp_path / "bf.safetensors", TrainConfig(max_steps=6, precision="bfloat16", seed=4, **TINY))
+    model, meta = load_weights(out)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert meta.training["precision"] == "bfloat16" and np.isfinite(meta.training["last"]["total"])
+    x = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x).float()
+    assert (low - ref).abs().max() < 0.05

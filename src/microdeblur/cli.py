@@ -223,6 +223,7 @@ def train(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning); 'shipped' = the packaged manifold-1d weights."),
     workers: int = typer.Option(0, "--workers", help="Torch threads (0: all cores)."),
     device: str = DeviceOpt,
+    precision: str = typer.Option("auto", "--precision", help="auto (bfloat16 autocast on CUDA GPUs that support it, else float32), float32 or bfloat16."),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a disentangling autoencoder on a prepared folder and write safetensors weights."""
@@ -236,7 +237,7 @@ def train(
         input_skip=input_skip, beta_delay=beta_delay, beta_ramp=beta_ramp, distance_weight=distance_weight, cycle_weight=cycle_weight,
         consistency=not no_consistency, contrastive=not no_contrastive, cross=not no_cross, dz_weight=dz_weight,
         perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
-        init=init, workers=workers, device=device, overwrite=overwrite,
+        init=init, workers=workers, device=device, precision=precision, overwrite=overwrite,
     )
     run_train(data, output, cfg)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
@@ -43,3 +43,25 @@ def torch_threads(n: int = 0) -> Iterator[int]:
         yield want
     finally:
         torch.set_num_threads(before)
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """Autocast dtype for `precision` on `device` (None: plain float32). 'auto' is bfloat16 on a CUDA GPU
+    that supports it (no loss scaling needed) and float32 elsewhere; 'bfloat16' is honoured on CPU too."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed-precision context for `device` (a no-op context for dtype None)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

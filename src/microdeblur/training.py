@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import log
 from .calibration import fit_calibration, spearman
 from .dataset import PairSampler, PreparedData
-from .devices import torch_threads
+from .devices import PRECISIONS, autocast, compute_dtype, torch_threads
 from .distributed import World, any_rank, gather_objects, world
 from .errors import UserError
 from .interrupts import deferred
@@ -64,6 +64,7 @@ class TrainConfig:
     init: Path | None = None
     workers: int = 0
     device: str = "auto"
+    precision: str = "auto"  # autocast: bfloat16 on CUDA GPUs that support it, float32 elsewhere
     overwrite: bool = False
     group_size: int = 4
     beta_delay: int = 300  # steps of reconstruction only (thesis: 30 of 400 epochs)
@@ -93,7 +94,7 @@ class TrainConfig:
 
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
-        skip = {"resume", "init", "workers", "device", "overwrite", "checkpoint_every", "perceptual_weights"}
+        skip = {"resume", "init", "workers", "device", "precision", "overwrite", "checkpoint_every", "perceptual_weights"}
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["widths"], d["id_channels"], d["dz_weight"] = list(self.widths), list(self.id_channels), self.dz_tie
         d["input_skip"] = self.skip
@@ -162,6 +163,8 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--margin", cfg.margin, 0, open_low=True)
     _finite("--distance-weight", cfg.distance_weight, 0)
     _finite("--cycle-weight", cfg.cycle_weight, 0)
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {cfg.precision!r}: use {', '.join(PRECISIONS)}")
     _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
     if cfg.dz_range is not None:
         _finite("--dz-range", cfg.dz_range, 0, open_low=True)
@@ -394,6 +397,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     if isinstance(rec_fn, torch.nn.Module):
         rec_fn = rec_fn.to(device)
     step_module = TrainStep(model, objective, opts, rec_fn)
+    amp = compute_dtype(device, cfg.precision)
     if w.size > 1:
         step_module = DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
     ckpt = checkpoint_path(output)
@@ -439,7 +443,8 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
                 g["lr"] = learning_rate(cfg, state.step)
             beta = beta_schedule(state.step, cfg.beta_delay, cfg.beta_ramp)
             batch = {k: v.to(device) for k, v in objective.sample(sampler, opts).items()}
-            parts = step_module(batch, beta)
+            with autocast(device, amp):
+                parts = step_module(batch, beta)
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
             opt.step()
@@ -477,7 +482,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
                "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(), "world_size": w.size,
-               "device": str(device), "last": state.history[-1] if state.history else {}}
+               "device": str(device), "precision": str(amp or torch.float32).replace("torch.", ""), "last": state.history[-1] if state.history else {}}
     norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
     meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
                        z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary)
