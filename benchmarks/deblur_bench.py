@@ -186,7 +186,7 @@ def section_c(weights: Path, repeats: int) -> None:
     """In-process deblur_plane of a 2048x1536 frame for several tile grids."""
     import torch
 
-    from microdeblur.inference import Deblurrer
+    from microdeblur.engine import Deblurrer
     from microdeblur.weights import load_weights
 
     model, meta = load_weights(weights)
@@ -234,7 +234,7 @@ def section_e(work: Path, weights: Path) -> None:
     """Seams: tiled vs whole-image prediction of the same network on a simulated 512x512 working image."""
     import torch
 
-    from microdeblur.inference import rescale
+    from microdeblur.engine import rescale
     from microdeblur.io import read_image
     from microdeblur.normalize import frame_normalizer
     from microdeblur.simulate import simulate_days
@@ -349,7 +349,7 @@ def section_f(weights: Path, n: int = 64) -> None:
 STAGES_CHILD = """
 import sys, time
 t0 = time.perf_counter()
-from microdeblur.inference import Deblurrer
+from microdeblur.engine import Deblurrer
 t1 = time.perf_counter()
 from microdeblur.io import read_image, write_tiff
 from microdeblur.weights import load_weights
@@ -379,7 +379,7 @@ def section_h(work: Path, weights: Path, repeats: int) -> None:
     start = child([sys.executable, "-c", "pass"])[0]
     m = np.median(np.array(rows), axis=0)
     print(f"(h) one fresh process, 1024x768 frame at the weights' scale (median of {repeats}, {load()}): interpreter "
-          f"{start:.2f} s, import microdeblur.inference (torch) {m[0]:.2f} s, load weights {m[1]:.2f} s, read {m[2]:.2f} s, "
+          f"{start:.2f} s, import microdeblur.engine (torch) {m[0]:.2f} s, load weights {m[1]:.2f} s, read {m[2]:.2f} s, "
           f"deblur_plane {m[3]:.2f} s, write {m[4]:.2f} s ({time.perf_counter() - t:.0f} s for the section)")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 
 from microdeblur import calibration
-from microdeblur.inference import Deblurrer
+from microdeblur.engine import Deblurrer
 from microdeblur.weights import load_weights
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
-from microdeblur.inference import Deblurrer
+from microdeblur.engine import Deblurrer
 from microdeblur.weights import load_weights
 
 

@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from microdeblur.evaluation import bin_table, evaluate, main_table
+from microdeblur.eval_report import bin_table, main_table
+from microdeblur.evaluation import evaluate
 
 
 def parse_args() -> argparse.Namespace:

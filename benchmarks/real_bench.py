@@ -18,7 +18,7 @@ import numpy as np
 
 from microdeblur import calibration, frame_eval
 from microdeblur.calibration import spearman
-from microdeblur.inference import Deblurrer
+from microdeblur.engine import Deblurrer
 from microdeblur.weights import load_weights
 
 # stack file, in-focus plane (the source projects' own answers; README of shared/data/real), z step, pixel um

@@ -57,7 +57,7 @@ def test_two_processes_train_and_the_result_deblurs(tmp_path, data):
     assert ck["rank_steps"] == [4, 4] and len(ck["rank_rngs"]) == 2  # rank 1 reached every step too
     assert ck["rank_rngs"][0] != ck["rank_rngs"][1]  # each rank drew its own pairs
     img = (np.random.default_rng(0).random((80, 96)) * 4000).astype(np.uint16)
-    from microdeblur.inference import Deblurrer
+    from microdeblur.engine import Deblurrer
 
     outimg = Deblurrer(model, meta, device="cpu", overlap=16).deblur_plane(img)
     assert outimg.shape == img.shape and outimg.dtype == np.uint16

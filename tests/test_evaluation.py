@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity
 from skimage.restoration import richardson_lucy, wiener
 from typer.testing import CliRunner
 
-from microdeblur import baselines, evaluation, metrics
+from microdeblur import baselines, eval_protocol, evaluation, metrics
 from microdeblur.cli import app
 from microdeblur.simulate import Optics, defocus_psf
 
@@ -181,12 +181,12 @@ def test_evaluate_rejects_bad_split(prepared: Path, tmp_path: Path):
 def test_eval_set_takes_the_asked_split_and_at_most_the_asked_identities(prepared: Path):
     from microdeblur.dataset import PreparedData
 
-    data = PreparedData.load(prepared, dz_range=evaluation.DZ_RANGE)
+    data = PreparedData.load(prepared, dz_range=eval_protocol.DZ_RANGE)
     train, val = data.split()
-    es = evaluation.build_eval_set(data, "train", quick=False, identities=2)
+    es = eval_protocol.build_eval_set(data, "train", quick=False, identities=2)
     assert len(es.names) == 2 and set(es.names) <= {data.identities[i] for i in train}
     assert not set(es.names) & {data.identities[i] for i in val}
-    everything = evaluation.build_eval_set(data, "all", quick=False)
+    everything = eval_protocol.build_eval_set(data, "all", quick=False)
     assert sorted(everything.names) == sorted(data.identities)
 
 
@@ -198,7 +198,7 @@ def test_evaluate_rejects_too_few_identities(prepared: Path, tmp_path: Path):
 
 def test_working_pixel_sizes_from_index_or_reference_optics():
     index = {"days": {"a": {"pixel_size_um": 0.2}, "b": {"pixel_size_um": None}, "c": {}}}
-    px, assumed = evaluation.working_pixel_sizes(index, ["b", "a", "a", "c"], 0.5)
+    px, assumed = eval_protocol.working_pixel_sizes(index, ["b", "a", "a", "c"], 0.5)
     assert px == pytest.approx({"a": 0.2, "b": 0.65, "c": 0.65}) and assumed == ["b", "c"]
 
 

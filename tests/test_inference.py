@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from microdeblur.calibration import dz_to_code, fit_calibration
 from microdeblur.cli import app
+from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
-from microdeblur.inference import Deblurrer, deblur_paths, focus_paths, interpolate_paths
+from microdeblur.inference import deblur_paths, focus_paths, interpolate_paths
 from microdeblur.io import read_image, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.normalize import Normalizer, frame_normalizer
@@ -408,8 +409,8 @@ def test_truth_of_another_size_is_refused_before_writing(tmp_path):
 @pytest.mark.parametrize("shape,scale", [((1536, 2048), 0.5), ((300, 401), 0.5), ((301, 400), 0.5), ((90, 120), 1 / 3),
                                          ((64, 64), 0.25), ((100, 150), 0.6), ((7, 9), 0.5)])
 def test_rescale_is_bit_identical_to_prepare(shape, scale):
-    """inference.rescale bins without importing prepare/skimage; it must stay exactly the training resampler."""
-    from microdeblur.inference import rescale
+    """engine.rescale bins without importing prepare/skimage; it must stay exactly the training resampler."""
+    from microdeblur.engine import rescale
     from microdeblur.prepare import rescale_frame
 
     plane = _image(shape, np.uint16, seed=4)

@@ -106,6 +106,14 @@ def test_png_jpeg_and_rgb_become_grey(tmp_path: Path, capsys):
     assert abs(int(read_image(tmp_path / "j.jpg").data.mean()) - 77) <= 1
 
 
+def test_colour_notice_is_once_per_folder_and_its_memory_is_bounded():
+    notices = mdio._FolderNotices(limit=2)
+    a, b, c = Path("a"), Path("b"), Path("c")
+    assert notices.first(a) and not notices.first(a) and notices.first(b) and not notices.first(a)
+    assert notices.first(c)  # b, seen least recently, is forgotten
+    assert not notices.first(a) and notices.first(b)
+
+
 @pytest.mark.parametrize("content", [b"", b"not a tiff at all" * 10, "truncated"])
 @pytest.mark.parametrize("suffix", [".tif", ".png"])
 def test_corrupt_files_give_one_line_user_error(tmp_path: Path, content, suffix):

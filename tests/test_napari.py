@@ -24,7 +24,7 @@ if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.env
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from microdeblur.calibration import dz_to_code, fit_calibration  # noqa: E402
-from microdeblur.inference import Deblurrer  # noqa: E402
+from microdeblur.engine import Deblurrer  # noqa: E402
 from microdeblur.napari import _engine as engine  # noqa: E402
 from microdeblur.napari._widgets import DeblurWidget, FocusWidget, RefocusWidget  # noqa: E402
 from microdeblur.networks import DisentangledAE, ModelConfig  # noqa: E402

@@ -20,7 +20,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from microdeblur import inference
+from microdeblur import engine, inference
 from microdeblur import io as mdio
 from microdeblur import prepare as prep
 from microdeblur import simulate as sim
@@ -420,7 +420,7 @@ def test_focus_median_leaves_out_empty_tiles(tmp_path: Path, weights: Path):
     img = np.full((128, 384), 2000.0, np.float32)
     img[:, 256:] = _texture((128, 128), 3)  # one textured tile on the right, two empty ones
     model, meta = wmod.load_weights(weights)
-    db = inference.Deblurrer(model, meta, overlap=0)
+    db = engine.Deblurrer(model, meta, overlap=0)
     dmap, summary = db.focus_map(img)
     assert np.isnan(dmap[:, :256]).all() and np.isfinite(dmap[:, 256:]).all()  # NaN where an empty tile is nearest
     assert summary["median_dz_um"] == pytest.approx(float(np.median(dmap[:, 256:])))
@@ -531,9 +531,9 @@ def test_corrupt_file_messages_hold_no_python_reprs(tmp_path: Path, content):
 
 
 def test_float64_input_keeps_float64(tmp_path: Path, weights: Path, monkeypatch):
-    monkeypatch.setattr(inference.Deblurrer, "encode_tiles", lambda self, t: (torch.from_numpy(t).flatten(1),
+    monkeypatch.setattr(engine.Deblurrer, "encode_tiles", lambda self, t: (torch.from_numpy(t).flatten(1),
                                                                               torch.zeros(len(t), 1)))
-    monkeypatch.setattr(inference.Deblurrer, "decode_tiles",
+    monkeypatch.setattr(engine.Deblurrer, "decode_tiles",
                         lambda self, i, b: i.reshape(-1, 1, self.tile, self.tile).numpy())
     data = np.random.default_rng(0).random((40, 50)) * 1e-3 + 1.0
     src = tmp_path / "f64.tif"

@@ -12,7 +12,7 @@ import tifffile
 import torch
 from typer.testing import CliRunner
 
-from microdeblur import inference
+from microdeblur import engine
 from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
 from microdeblur.errors import UserError
@@ -206,7 +206,7 @@ def test_manifest_replaces_a_manifest_but_not_another_file(tmp_path, weights):
 def test_interrupted_batch_keeps_finished_outputs_and_its_manifest(tmp_path, weights, monkeypatch):
     _inputs(tmp_path / "in", 4)
     calls = {"n": 0}
-    real = inference.Deblurrer.deblur_plane
+    real = engine.Deblurrer.deblur_plane
 
     def stop_on_third(self, *a, **k):
         calls["n"] += 1
@@ -214,7 +214,7 @@ def test_interrupted_batch_keeps_finished_outputs_and_its_manifest(tmp_path, wei
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(inference.Deblurrer, "deblur_plane", stop_on_third)
+    monkeypatch.setattr(engine.Deblurrer, "deblur_plane", stop_on_third)
     with pytest.raises(KeyboardInterrupt):
         deblur_paths([str(tmp_path / "in")], str(tmp_path / "out") + "/", weights=weights, device="cpu",
                      skip_existing=True, manifest=tmp_path / "m.csv")

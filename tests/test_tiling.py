@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from microdeblur.tiling import axis_weights, extract_tiles, predict_tiled, stitch, tile_grid, tile_starts
+from microdeblur.engine import predict_tiled
+from microdeblur.tiling import axis_weights, extract_tiles, stitch, tile_grid, tile_starts
 
 SHAPES = [(1, 1), (5, 200), (50, 70), (127, 129), (128, 128), (129, 300), (256, 384), (300, 200), (210, 333)]
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
-from .inference import normalization_spec
+from .engine import normalization_spec
 from .normalize import EXACT_PIXELS
 
 EXTRA_HINT = "pip install 'microdeblur[bioimageio]'"

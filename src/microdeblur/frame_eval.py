@@ -75,7 +75,7 @@ def find_frame_days(raw: Sequence[Path]) -> list[FrameDay]:
 def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale: float) -> Method:
     """Method that resizes by `scale`, normalises by the frame's percentiles, applies fn(normalised, dz,
     working pixel um), reverts the normalisation and resizes back, as `deblur` does around its network."""
-    from .inference import rescale, resize_to
+    from .engine import rescale, resize_to
 
     def method(plane: np.ndarray, dz: float, pixel_um: float) -> np.ndarray:
         work = rescale(plane, scale)
@@ -101,17 +101,16 @@ def baseline_methods(scale: float, rl_iterations: int = 10) -> dict[str, Method]
 
 
 def model_method(deblurrer) -> Method:
-    """A loaded model's real `deblur` path (inference.Deblurrer.deblur_plane) as a frame method."""
+    """A loaded model's real `deblur` path (engine.Deblurrer.deblur_plane) as a frame method."""
     return lambda plane, dz, px: deblurrer.deblur_plane(plane).astype(np.float32)
 
 
 def tiled_method(net, scale: float, device="cpu", tile: int = 128) -> Method:
     """A tile-to-tile network ([N,1,T,T] normalised -> same) run through deblur's tiling and blending
-    (tiling.predict_tiled with deblur's overlap and batch size)."""
+    (engine.predict_tiled, the Deblurrer's tiled predictor, with deblur's overlap and batch size)."""
     import torch
 
-    from .inference import BATCH_SIZE, OVERLAP
-    from .tiling import predict_tiled
+    from .engine import BATCH_SIZE, OVERLAP, predict_tiled
 
     @torch.inference_mode()
     def fn(t: np.ndarray) -> np.ndarray:

@@ -39,8 +39,31 @@ _FATAL_TIFF_WARNINGS = ("corrupt", "invalid", "truncat", "failed to reshape")
 _LOSSLESS = {"LZW", "ADOBE_DEFLATE", "DEFLATE", "PACKBITS", "LZMA", "ZSTD"}  # compressions kept on write
 _TIFFFILE_IJ_VERSION = "1.11a"  # tifffile signs the ImageJ files it writes with this version
 _TEMP_NAME_BYTES = 32  # temp and set-aside names add at most this many bytes to an output's name (24 used)
-_rgb_warned: set[Path] = set()
 T = TypeVar("T")
+
+
+class _FolderNotices:
+    """Folders a once-per-folder notice was given for. Bounded: it remembers the `limit` folders seen last, so a
+    long-lived process (napari, a batch job over many folders) does not grow it forever; a forgotten folder gets
+    the notice again."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._seen: dict[Path, None] = {}  # insertion order: least recently seen first
+        self._lock = threading.Lock()  # planes are also read in prefetch threads
+
+    def first(self, folder: Path) -> bool:
+        """True when `folder` is not remembered (it is from now on), False when it is."""
+        with self._lock:
+            known = folder in self._seen
+            self._seen.pop(folder, None)
+            self._seen[folder] = None
+            if len(self._seen) > self.limit:
+                del self._seen[next(iter(self._seen))]
+            return not known
+
+
+_RGB_NOTICES = _FolderNotices()  # colour input converted to grey: a warning once per folder, then debug lines
 
 
 # ---------------------------------------------------------------- names and inputs
@@ -418,10 +441,9 @@ def _is_colour(axes: str, shape: Sequence[int]) -> bool:
 
 def _to_grey(x: np.ndarray, path: Path) -> np.ndarray:
     """Luminance of an array whose last axis holds 2-4 colour samples, in the source dtype."""
-    first = path.parent not in _rgb_warned
+    first = _RGB_NOTICES.first(path.parent)
     (log.warn if first else log.debug)(f"{path}: colour image converted to grey (luminance)"
                                        + ("; same for further files in this folder" if first else ""))
-    _rgb_warned.add(path.parent)
     if x.shape[-1] == 2:  # grey + alpha
         return np.ascontiguousarray(x[..., 0])
     return to_dtype(x[..., :3].astype(np.float32) @ _LUMA.astype(np.float32), x.dtype)

@@ -6,7 +6,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -118,9 +118,10 @@ def detect_focus(stack: np.ndarray) -> FocusEstimate:
 # ---------------------------------------------------------------- finding days
 
 
-@dataclass
+@dataclass(frozen=True)
 class Day:
-    """One raw through-focus day: a folder of plane files or one stack file, and what is known about it."""
+    """One raw through-focus day: a folder of plane files or one stack file, and what is known about it (each
+    settings pass returns a new Day)."""
 
     name: str
     source: Path
@@ -216,38 +217,42 @@ def _read_marker(path: Path) -> int:
         raise UserError(f"{path}: first line must be the in-focus plane index, got {first!r}") from None
 
 
-def _set_focus(day: Day, option: int | None) -> None:
-    """Focus from --focus-plane, else the marker file, else an 'infocus' file name; else left to auto."""
+def _with_focus(day: Day, option: int | None) -> Day:
+    """The day with its focus from --focus-plane, else the marker file, else an 'infocus' file name; else left
+    to auto."""
     named = [i for i, f in enumerate(day.files) if _INFOCUS.search(f.stem)] if not day.stack else []
     if option is not None:
-        day.focus_plane, day.focus_method, day.focus_reason = option, "option", "--focus-plane"
+        day = replace(day, focus_plane=option, focus_method="option", focus_reason="--focus-plane")
     elif day.marker.is_file():
-        day.focus_plane, day.focus_method, day.focus_reason = _read_marker(day.marker), "marker", str(day.marker)
+        day = replace(day, focus_plane=_read_marker(day.marker), focus_method="marker", focus_reason=str(day.marker))
     elif named:
         if len(named) > 1:
             raise UserError(f"{day.source}: several files are marked in-focus "
                             f"({', '.join(day.files[i].name for i in named)})")
-        day.focus_plane, day.focus_method = named[0], "marker"
-        day.focus_reason = f"file name {day.files[named[0]].name}"
+        day = replace(day, focus_plane=named[0], focus_method="marker",
+                      focus_reason=f"file name {day.files[named[0]].name}")
     if day.focus_plane is not None and not 0 <= day.focus_plane < day.n_planes:
         raise UserError(f"{day.name}: focus plane {day.focus_plane} (from {day.focus_reason}) is out of range "
                         f"0..{day.n_planes - 1}")
+    return day
 
 
-def _set_z_step(day: Day, option: float | None) -> None:
-    """z step from --z-step, else image metadata, else ground_truth.json 'z_step_um', else unknown."""
+def _with_z_step(day: Day, option: float | None) -> Day:
+    """The day with its z step from --z-step, else image metadata, else ground_truth.json 'z_step_um', else
+    unknown."""
     if option is not None:
-        day.z_step_um, day.z_step_from = option, "--z-step"
-    elif day.info.z_step_um:
-        day.z_step_um, day.z_step_from = day.info.z_step_um, "metadata"
-    elif day.ground_truth.is_file():
+        return replace(day, z_step_um=option, z_step_from="--z-step")
+    if day.info.z_step_um:
+        return replace(day, z_step_um=day.info.z_step_um, z_step_from="metadata")
+    if day.ground_truth.is_file():
         try:
             value = json.loads(day.ground_truth.read_text()).get("z_step_um")
         except (OSError, ValueError, AttributeError) as e:
             log.warn(f"{day.ground_truth}: ignored ({e})")
             value = None
         if value:
-            day.z_step_um, day.z_step_from = float(value), day.ground_truth.name
+            return replace(day, z_step_um=float(value), z_step_from=day.ground_truth.name)
+    return day
 
 
 def _check_day(day: Day, scale: float, tile: int) -> None:
@@ -306,7 +311,7 @@ def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
             bar.advance()
         if day.focus_plane is None:
             est = focus_from_contrast(contrast)
-            day.focus_plane, day.focus_reason = est.plane, est.reason
+            day = replace(day, focus_plane=est.plane, focus_reason=est.reason)
             if not est.reliable:
                 log.warn(f"{day.name}: auto focus uncertain ({est.reason}); give --focus-plane or {FOCUS_MARKER}")
         bar.set("writing crops")
@@ -385,11 +390,10 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
     if z_step_um is not None and not (z_step_um > 0 and math.isfinite(z_step_um)):
         raise UserError(f"--z-step must be a positive number of um, got {z_step_um}")
     data = Path(data)
-    days = find_days(raw)
-    for day in days:
+    days = []
+    for day in find_days(raw):
         _check_day(day, scale, tile)
-        _set_focus(day, focus_plane)
-        _set_z_step(day, z_step_um)
+        days.append(_with_z_step(_with_focus(day, focus_plane), z_step_um))
     _open_data(data, scale, tile, days, overwrite)  # refuse clashes before any work
     entries = {}
     with StagedFolder(data, overwrite) as stage:

@@ -9,12 +9,13 @@ partition of unity: 1 inside the tile, a raised-cosine ramp across the band it s
 neighbour (exactly 0 on the tile's inner edge pixel), no ramp on sides that touch the image
 border. Sum of weights is therefore 1 everywhere (no 0/0), and stitching is sum(w*y) / sum(w).
 Images smaller than a tile in a dimension are reflect-padded (centred) to the tile size.
+Running a network over the tiles in batches is `engine.predict_tiled`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -181,18 +182,3 @@ def _weight_sum(grid: TileGrid) -> np.ndarray:
     for t in grid.tiles[: len(grid.xs)]:
         sx[t.slices[1]] += t.wx
     return np.outer(sy, sx)
-
-
-def predict_tiled(
-    image2d: np.ndarray,
-    fn: Callable[[np.ndarray], np.ndarray],
-    tile: int = 128,
-    overlap: int = 48,
-    batch_size: int = 32,
-    align: int = 1,
-) -> np.ndarray:
-    """Run `fn` ([n,1,T,T] float32 -> same) on batches of tiles of a 2-D image and stitch."""
-    grid = tile_grid(image2d.shape, tile, overlap, align)
-    tiles = extract_tiles(image2d, grid)[:, None]
-    out = np.concatenate([fn(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)])
-    return stitch(out[:, 0], grid)

@@ -1,6 +1,6 @@
 """Qt-free work behind the napari widgets: layer checks, a weights cache, plane loops and refocus sessions.
 
-Everything here goes through `microdeblur.inference.Deblurrer` (the CLI's core object), so a widget's
+Everything here goes through `microdeblur.engine.Deblurrer` (the CLI's core object), so a widget's
 output equals what `microdeblur deblur` / `focus` / `deblur --dz` give for the same plane.
 """
 
@@ -47,7 +47,7 @@ def weights_path(value: Any) -> Path | None:
 def _load(path: str | None, stamp: int, device: str):
     """Deblurrer for one weights file version (cached: the three widgets share it)."""
     from ..devices import resolve_device
-    from ..inference import Deblurrer
+    from ..engine import Deblurrer
     from ..weights import load_weights
 
     dev = resolve_device(device)
@@ -97,10 +97,10 @@ class LayerImage:
 
     def plane(self, i: int) -> np.ndarray:
         """Plane i as a numpy array, refused (CLI message) when it holds NaN, inf or values beyond float32."""
-        from ..inference import _finite
+        from ..engine import check_finite
 
         plane = np.asarray(self.data[self.index(i)])
-        return _finite(plane, self.name, i if self.n_planes > 1 else None)  # type: ignore[arg-type]
+        return check_finite(plane, self.name, i if self.n_planes > 1 else None)
 
 
 def layer_image(name: str, data: Any, *, rgb: bool = False, multiscale: bool = False) -> LayerImage:
@@ -170,7 +170,7 @@ def summary_text(rows: Sequence[dict]) -> str:
     """One line over all planes: median dz and fraction in focus (planes without contrast left out)."""
     known = [r for r in rows if np.isfinite(r["median_dz_um"])]
     if not known:
-        from ..inference import NO_CONTRAST
+        from ..engine import NO_CONTRAST
 
         return f"{NO_CONTRAST} (map is NaN)"
     med = float(np.median([r["median_dz_um"] for r in known]))
@@ -186,10 +186,10 @@ class RefocusSession:
     """One plane encoded once; `render(dz)` only decodes its identity codes with the blur code for dz."""
 
     def __init__(self, db, plane: np.ndarray, key: tuple, weights: Any = None) -> None:
-        from ..inference import _require_calibration
+        from ..engine import require_calibration
 
         self.db, self.key = db, key
-        self.cal = _require_calibration(db.meta, weights_path(weights), "refocus")
+        self.cal = require_calibration(db.meta, weights_path(weights), "refocus")
         if db.model.config.blur_dim != 1:
             raise UserError("refocus needs a 1-D blur code (manifold-1d weights)")
         self.enc = db.encode(plane)

@@ -1,0 +1,360 @@
+"""The array-level engine: resizing, tiled batched prediction and the `Deblurrer` (no paths, no files).
+
+Per plane: float32 -> resize by `scale` (`rescale`, exactly as `prepare` resized the training frames) ->
+per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches -> replace the blur
+code -> decode -> blend-stitch (`predict_tiled`, the one tiled, batched predictor) -> revert to raw units
+(with the weights' focus-plane ratios for the target dz when they hold them) -> resize back to the input
+shape (`resize_to`, bilinear) -> cast to the input dtype (clip, round). Also here: per-tile defocus maps
+(`Deblurrer.focus_map`, tile contrast, tile-centre interpolation) and the checks every front end applies
+to a plane and to the weights (`check_finite`, `require_calibration`, `normalization_spec`).
+The path-level commands are in `inference.py`, batch-run bookkeeping in `batch_runs.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import calibration, log
+from .errors import UserError
+from .normalize import Normalizer, NormalizationSpec, frame_median, frame_normalizer
+from .tiling import TileGrid, extract_tiles, stitch, tile_grid
+
+IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
+# Tile overlap (px at working scale). With tiles aligned to the network's stride, 32 px keeps the difference to a
+# whole-image pass at a quarter of what 48 px unaligned gave, with 25 % fewer tiles (docs/benchmarks.md, issue 14).
+OVERLAP = 32
+BATCH_SIZE = 32
+# A tile's contrast: std of its band-passed working-scale plane (Gaussian sigma 1 px minus sigma 8 px) over the
+# local mean level, raw units. Below this a tile shows nothing to estimate defocus from: measured 0.0026-0.0031
+# on the simulator's empty background, >= 0.035 on every tile of the real yeast and THP-1 stacks at any plane
+# (docs/reliability.md has the measurement and its command).
+MIN_TILE_CONTRAST = 0.01
+NO_CONTRAST = "no tile has enough contrast to estimate defocus"
+
+
+# ---------------------------------------------------------------- resizing
+
+
+def resize_to(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float32 plane to an exact shape (pixel-centre aligned, edges clamped)."""
+    if plane.shape == tuple(shape):
+        return plane
+    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _binning_factor(shape: tuple[int, int], scale: float) -> int | None:
+    """k when resizing `shape` by `scale` is exact k x k binning (prepare.rescale_frame's first case), else None."""
+    k = round(1 / scale)
+    out = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
+    return k if scale < 1 and k > 1 and (out[0] * k, out[1] * k) == tuple(shape) else None
+
+
+def _bin(frame: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k blocks, float32, with the very operations of prepare's binning (bit-identical, tested)."""
+    h, w = frame.shape[0] // k, frame.shape[1] // k
+    rows = sum(frame[i::k][:h] for i in range(k))
+    return sum(rows[:, j::k][:, :w] for j in range(k)) / np.float32(k * k)
+
+
+def rescale(plane: np.ndarray, scale: float) -> np.ndarray:
+    """Plane at working scale, resized exactly as `prepare` resized the training frames."""
+    plane = np.asarray(plane, dtype=np.float32)
+    if scale == 1:
+        return plane
+    k = _binning_factor(plane.shape, scale)
+    if k is not None:  # the common case (scale 0.5) without importing prepare, scipy and skimage (~0.4 s)
+        return _bin(plane, k)
+    from .prepare import rescale_frame
+
+    return rescale_frame(plane, scale)
+
+
+# ---------------------------------------------------------------- tiled, batched prediction
+
+
+def predict_tiled(image2d: np.ndarray, fn: Callable[..., np.ndarray], tile: int = 128, overlap: int = OVERLAP,
+                  batch_size: int = BATCH_SIZE, align: int = 1, *, grid: TileGrid | None = None,
+                  per_tile=None) -> np.ndarray:
+    """Run `fn` on batches of tiles of a 2-D image and blend-stitch its outputs: the one tiled, batched predictor
+    (the Deblurrer's encode -> decode, and frame_eval's tile-to-tile baselines).
+
+    `fn` maps tiles [n,1,T,T] float32 to the same shape; with `per_tile` (one row per tile, e.g. blur codes) it is
+    called as fn(tiles, rows) with the rows of its tiles. A given `grid` (tile_grid of the image's shape) is used
+    instead of building one from tile, overlap and align."""
+    grid = tile_grid(image2d.shape, tile, overlap, align) if grid is None else grid
+    tiles = extract_tiles(image2d, grid)[:, None]
+    batches = range(0, len(tiles), batch_size)
+    if per_tile is None:
+        out = [fn(tiles[i:i + batch_size]) for i in batches]
+    else:
+        out = [fn(tiles[i:i + batch_size], per_tile[i:i + batch_size]) for i in batches]
+    return stitch(np.concatenate(out)[:, 0], grid)
+
+
+# ---------------------------------------------------------------- the core object
+
+
+@dataclass
+class Encoded:
+    """Codes of every tile of one plane plus what is needed to decode it back to that plane."""
+
+    identity: torch.Tensor  # [N, Di]
+    blur: torch.Tensor  # [N, Db]
+    grid: TileGrid
+    norm: Normalizer
+    shape: tuple[int, int]
+    dtype: np.dtype
+    median: float | None = None  # median of the working-scale plane (raw units), when focus ratios need it
+
+
+class Deblurrer:
+    """Tiled, batched encode/decode of whole planes with a loaded model and its metadata."""
+
+    def __init__(self, model: nn.Module, meta, *, device: torch.device | str = "cpu", scale: float | None = None,
+                 overlap: int = OVERLAP, batch_size: int = BATCH_SIZE) -> None:
+        self.device = torch.device(device)
+        self.tile = int(model.config.tile)
+        self.align = int(getattr(model.config, "downsample", 1))  # tiles start on the network's stride
+        self._grids: dict[tuple[int, int], TileGrid] = {}
+        if not 0 <= overlap < self.tile // 2:
+            raise UserError(f"--overlap must be between 0 and {self.tile // 2 - 1} px, got {overlap}")
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        self.scale = float(meta.scale if scale is None else scale)
+        if not 0 < self.scale <= 8:
+            raise UserError(f"--scale must be in (0, 8], got {self.scale:g}")
+        self.overlap, self.batch_size, self.meta = overlap, batch_size, meta
+        self.model = copy.deepcopy(model).eval().to(self.device)
+        self.channels_last = self.device.type == "cpu"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.spec = normalization_spec(meta)
+        self.pmin, self.pmax = self.spec.pmin, self.spec.pmax
+        self.focus_ratios = self.spec.intensity
+        self._median_warned = False
+        focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
+        self.target = self.as_code(focus) if focus.size == model.config.blur_dim else None
+
+    # -- codes
+
+    def as_code(self, code) -> torch.Tensor:
+        """Blur code(s) as a float32 tensor on the device, [Db] or [N, Db]."""
+        if isinstance(code, torch.Tensor):
+            return code.to(self.device, torch.float32)
+        return torch.as_tensor(np.asarray(code, dtype=np.float32), device=self.device)
+
+    def encode_tiles(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network call: tiles [n,1,T,T] float32 -> (identity [n,Di], blur [n,Db])."""
+        x = torch.from_numpy(tiles).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        codes = self.model.encode(x)
+        return codes.identity, codes.blur
+
+    def decode_tiles(self, identity: torch.Tensor, blur: torch.Tensor) -> np.ndarray:
+        """One network call: codes -> tiles [n,1,T,T] float32 on the host."""
+        return self.model.decode(identity, blur).float().cpu().numpy()
+
+    # -- planes
+
+    def grid(self, shape: tuple[int, int]) -> TileGrid:
+        """The tile grid of a working-scale plane shape (built once per shape)."""
+        shape = tuple(int(v) for v in shape)
+        if shape not in self._grids:
+            self._grids[shape] = tile_grid(shape, self.tile, self.overlap, self.align)
+        return self._grids[shape]
+
+    def _working(self, plane: np.ndarray) -> tuple[np.ndarray, Normalizer, float | None]:
+        """Resized, normalised float32 plane, its normaliser and (with focus ratios) its raw median."""
+        work = rescale(plane, self.scale)
+        norm = frame_normalizer(work, self.pmin, self.pmax)
+        median = frame_median(work) if self.focus_ratios is not None else None
+        return norm.before(work), norm, median
+
+    @torch.inference_mode()
+    def encode(self, plane: np.ndarray) -> Encoded:
+        """Encode every tile of a 2-D plane (any dtype) in batches."""
+        plane = np.asarray(plane)
+        if plane.ndim != 2:
+            raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
+        work, norm, median = self._working(plane)
+        grid = self.grid(work.shape)
+        tiles = extract_tiles(work, grid)[:, None]
+        parts = [self.encode_tiles(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
+        identity = torch.cat([p[0] for p in parts])
+        blur = torch.cat([p[1] for p in parts])
+        return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype, median)
+
+    def encode_plane(self, plane2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, TileGrid]:
+        """(identity codes [N,Di], blur codes [N,Db], tile grid) of a 2-D plane."""
+        enc = self.encode(plane2d)
+        return enc.identity.cpu().numpy(), enc.blur.cpu().numpy(), enc.grid
+
+    @torch.inference_mode()
+    def decode(self, enc: Encoded, blur: torch.Tensor | np.ndarray, norm: Normalizer | None = None) -> np.ndarray:
+        """Decode `enc`'s identity codes with blur code(s) [Db] or [N,Db] into a plane of the input shape."""
+        from .io import to_dtype
+
+        blur = self.as_code(blur)
+        n = len(enc.identity)
+        blur = blur.expand(n, -1) if blur.ndim == 1 else blur
+        out = np.concatenate([self.decode_tiles(enc.identity[i:i + self.batch_size], blur[i:i + self.batch_size])
+                              for i in range(0, n, self.batch_size)])
+        plane = (norm or enc.norm).after(stitch(out[:, 0], enc.grid))
+        return to_dtype(resize_to(plane, enc.shape), enc.dtype)
+
+    def revert_for(self, enc: Encoded, dz: float | None) -> Normalizer:
+        """Normaliser back to raw units for a decode targeting dz (um): focus ratios x median, else the input's."""
+        if dz is None or self.focus_ratios is None:
+            return enc.norm
+        if not (enc.median is not None and enc.median > 0):
+            if not self._median_warned:
+                log.warn("a plane's median is not positive: its output keeps the input's intensity range")
+                self._median_warned = True
+            return enc.norm
+        return self.focus_ratios.normalizer(dz, enc.median)
+
+    def deblur_plane(self, plane2d: np.ndarray, blur_code=None, dz: float | None = 0.0) -> np.ndarray:
+        """Plane with every tile's blur code replaced (default: the in-focus code); same shape and dtype.
+
+        `dz` is the defocus (um) the code stands for (0 = in focus); it picks the intensity range of
+        the output (see revert_for); None keeps the input plane's range.
+        """
+        if blur_code is None and self.target is None:
+            raise UserError("the weights hold no in-focus blur code; use --reference or --dz")
+        return self._swap(np.asarray(plane2d), self.target if blur_code is None else blur_code, dz)
+
+    @torch.inference_mode()
+    def _swap(self, plane: np.ndarray, code, dz: float | None) -> np.ndarray:
+        """encode -> decode batch by batch (no plane-wide identity kept), stitched and reverted for dz."""
+        from .io import to_dtype
+
+        if plane.ndim != 2:
+            raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
+        work, norm, median = self._working(plane)
+        grid = self.grid(work.shape)
+        code = self.as_code(code)
+        code = code.expand(len(grid), -1) if code.ndim == 1 else code
+        out = predict_tiled(work, lambda tiles, blur: self.decode_tiles(self.encode_tiles(tiles)[0], blur),
+                            batch_size=self.batch_size, grid=grid, per_tile=code)
+        enc = Encoded(torch.empty(0), torch.empty(0), grid, norm, plane.shape, plane.dtype, median)
+        result = self.revert_for(enc, dz).after(out)
+        return to_dtype(resize_to(result, plane.shape), plane.dtype)
+
+    def mean_blur_code(self, plane2d: np.ndarray) -> np.ndarray:
+        """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""
+        return self.encode(plane2d).blur.mean(0).cpu().numpy()
+
+    def focus_map(self, plane2d: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Defocus map (dz um, float32, input size) from each tile's blur code, and its summary.
+
+        Tiles below MIN_TILE_CONTRAST are NaN (and NaN where they are the nearest tile) and left out of the
+        median; a plane without any usable tile has a NaN median and fraction in focus."""
+        cal = getattr(self.meta, "calibration", None)
+        if not cal:
+            raise UserError("focus maps need weights with a blur-code calibration")
+        enc = self.encode(plane2d)
+        if enc.blur.shape[1] != 1:
+            raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
+        rows, cols = enc.grid.rows_cols
+        dz = calibration.code_to_dz(cal, enc.blur[:, 0].cpu().numpy()).astype(np.float32)
+        usable = tile_contrast(rescale(np.asarray(plane2d), self.scale), enc.grid) >= MIN_TILE_CONTRAST
+        dz = np.where(usable, dz, np.nan).reshape(rows, cols)
+        dmap = upsample_tile_values(dz, enc.grid, enc.shape)
+        known = dmap[np.isfinite(dmap)]
+        summary = {"median_dz_um": float(np.median(known)) if known.size else float("nan"),
+                   "frac_in_focus": float(np.mean(np.abs(known) <= IN_FOCUS_UM)) if known.size else float("nan"),
+                   "n_tiles": int(dz.size), "n_tiles_used": int(usable.sum())}
+        return dmap, summary
+
+
+def normalization_spec(meta) -> NormalizationSpec:
+    """The weights' typed normalisation spec, or a UserError naming what is wrong with it."""
+    try:
+        return NormalizationSpec.from_dict(getattr(meta, "normalization", None))
+    except ValueError as e:
+        raise UserError(f"the weights' normalization metadata is inconsistent: {e}") from None
+
+
+def tile_centres(grid: TileGrid, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tile centres (row, column pixel coordinates) mapped into an image of `shape`."""
+    out = []
+    for starts, (pad, _), n_work, n_out in zip((grid.ys, grid.xs), grid.pad, grid.shape, shape):
+        c_work = starts + (grid.tile - 1) / 2.0 - pad
+        out.append((c_work + 0.5) * (n_out / n_work) - 0.5)
+    return out[0], out[1]
+
+
+def _interp_matrix(n: int, centres: np.ndarray) -> np.ndarray:
+    """(n, k) linear interpolation weights from k sorted centres to pixels 0..n-1 (ends held flat)."""
+    eye = np.eye(len(centres), dtype=np.float64)
+    pos = np.arange(n, dtype=np.float64)
+    return np.stack([np.interp(pos, centres, e) for e in eye], axis=1).astype(np.float32)
+
+
+def upsample_tile_values(values: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
+    """Per-tile values (rows, cols) placed at tile centres, bilinearly interpolated to `shape`.
+
+    NaN tiles are left out of the interpolation and stay NaN over the pixels they are the nearest tile of."""
+    cy, cx = tile_centres(grid, shape)
+    my, mx = _interp_matrix(shape[0], cy), _interp_matrix(shape[1], cx)
+    ok = np.isfinite(values)
+    if ok.all():
+        return my @ values @ mx.T
+    num = my @ np.where(ok, values, 0).astype(np.float32) @ mx.T
+    den = my @ ok.astype(np.float32) @ mx.T
+    nearest = ok[np.argmax(my, axis=1)][:, np.argmax(mx, axis=1)]
+    return np.where(nearest, num / np.maximum(den, 1e-12), np.nan).astype(np.float32)
+
+
+def tile_contrast(work: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Per-tile contrast of a raw-unit working-scale plane: std of the band-passed tile (Gaussian sigma 1 minus
+    sigma 8 px: no pixel noise, no illumination gradient) over the tile's mean level (0 where that is 0)."""
+    from scipy import ndimage as ndi
+
+    work = np.asarray(work, dtype=np.float32)
+    base = ndi.gaussian_filter(work, 8.0)
+    detail = extract_tiles(ndi.gaussian_filter(work, 1.0) - base, grid).reshape(len(grid), -1)
+    level = np.abs(extract_tiles(base, grid).reshape(len(grid), -1).mean(axis=1))
+    spread = detail.std(axis=1)
+    return np.where(level > 0, spread / np.maximum(level, np.finfo(np.float32).tiny), 0.0)
+
+
+# ---------------------------------------------------------------- checks of planes and weights (every front end)
+
+
+def check_finite(plane: np.ndarray, source: Path | str, index: int | None = None) -> np.ndarray:
+    """The plane, or a UserError naming its source (a file, a napari layer) and plane when it holds NaN, inf or
+    values beyond float32."""
+    if plane.dtype.kind == "f":
+        bad = ~np.isfinite(plane)
+        if plane.dtype.itemsize > 4:
+            bad |= np.abs(np.nan_to_num(plane)) > np.finfo(np.float32).max
+        n = int(np.count_nonzero(bad))
+        if n:
+            where = "" if index is None else f" plane {index}"
+            raise UserError(f"{source}{where}: {n} pixel(s) are NaN, infinite or beyond float32; "
+                            "replace them (e.g. with the image median) before processing")
+    return plane
+
+
+def require_calibration(meta, weights: Path | None, what: str) -> dict:
+    """The weights' calibration dict, or a UserError naming what needs it (`weights`: the file, None for the
+    shipped default; only named in messages)."""
+    cal = getattr(meta, "calibration", None)
+    if not cal:
+        name = weights or "the default weights"
+        raise UserError(f"{what} needs calibrated manifold-1d weights; {name} has no blur-code calibration")
+    if not cal.get("ok", True):
+        log.warn(f"the calibration of {weights or 'the default weights'} is weak "
+                 f"(Spearman rho {cal.get('spearman_rho', float('nan')):.2f}); dz values are unreliable")
+    return cal
