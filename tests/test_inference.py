@@ -351,6 +351,7 @@ def test_cli_errors(tmp_path, cal_weights, plain_weights):
     small = write_tiff(tmp_path / "small.tif", _image((30, 40), np.uint16), "YX")
     _fails(_cli("interpolate", good, small, "-o", tmp_path / "i.tif", *w), "same")
     _fails(_cli("interpolate", good, "-o", tmp_path / "i.tif", "--dz-from", "1", *w), "together")
+    _fails(_cli("deblur", good, "-o", tmp_path / "o.tif", *w, "--precision", "half"), "precision")
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "i.tif").exists()
 
 
@@ -431,3 +432,14 @@ def test_fused_deblur_equals_encode_then_decode(cal_weights):
     plane = _image((150, 260), np.uint16, seed=5)
     enc = db.encode(plane)
     assert np.array_equal(db.deblur_plane(plane), db.decode(enc, db.target, db.revert_for(enc, 0.0)))
+
+
+def test_bfloat16_autocast_stays_close_to_float32(cal_weights):
+    """The GPU path's bfloat16 autocast (here on CPU) gives the float32 result within bfloat16's precision."""
+    model, meta = load_weights(cal_weights)
+    plane = _image((150, 260), np.uint16, seed=6)
+    ref = Deblurrer(model, meta, device="cpu").deblur_plane(plane).astype(np.float64)
+    low = Deblurrer(model, meta, device="cpu", precision="bfloat16").deblur_plane(plane).astype(np.float64)
+    assert Deblurrer(model, meta, device="cpu", batch_size=None).batch_size == 32
+    assert not np.array_equal(ref, low)  # autocast really ran
+    assert np.abs(low - ref).max() <= 0.02 * (ref.max() - ref.min())

@@ -55,7 +55,8 @@ ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network,
                         "1 = already at working pixel size).")
 OverlapOpt = typer.Option(32, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
                           "tiles start on multiples of the network's stride).")
-BatchOpt = typer.Option(32, "--batch-size", help="Tiles per network call.")
+BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default: 32 on CPU; sized to free memory on a GPU).")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto (bfloat16 autocast on CUDA GPUs that support it, else float32), float32 or bfloat16.")
 ShardOpt = typer.Option(None, "--shard", metavar="I/N", help="Process only share I of N (I counts from 0) of the sorted "
                         "inputs, for job arrays: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT. Batch mode.")
 SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave outputs that exist already (they are complete: "
@@ -251,7 +252,8 @@ def deblur(
     reference: Optional[Path] = typer.Option(None, "--reference", help="In-focus image whose blur code is used instead of the stored one."),
     scale: Optional[float] = ScaleOpt,
     overlap: int = OverlapOpt,
-    batch_size: int = BatchOpt,
+    batch_size: Optional[int] = BatchOpt,
+    precision: str = PrecisionOpt,
     dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
@@ -275,7 +277,7 @@ def deblur(
 
         check_truth(expand_inputs(inputs), truth)  # fail before any work
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
-                        batch_size=batch_size, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
+                        batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
                         shard=shard, skip_existing=skip_existing, manifest=manifest)
     if truth is not None:
         from .metrics import compare_to_truth
@@ -295,7 +297,8 @@ def interpolate(
     weights: Optional[Path] = WeightsOpt,
     scale: Optional[float] = ScaleOpt,
     overlap: int = OverlapOpt,
-    batch_size: int = BatchOpt,
+    batch_size: Optional[int] = BatchOpt,
+    precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
@@ -303,7 +306,7 @@ def interpolate(
     from .inference import interpolate_paths
 
     interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
-                      overlap=overlap, batch_size=batch_size, device=device, overwrite=overwrite)
+                      overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite)
 
 
 @app.command()
@@ -314,7 +317,8 @@ def focus(
     weights: Optional[Path] = WeightsOpt,
     scale: Optional[float] = ScaleOpt,
     overlap: int = OverlapOpt,
-    batch_size: int = BatchOpt,
+    batch_size: Optional[int] = BatchOpt,
+    precision: str = PrecisionOpt,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write a per-image summary table."),
     shard: Optional[str] = ShardOpt,
     skip_existing: bool = SkipExistingOpt,
@@ -327,7 +331,7 @@ def focus(
     Batch mode (--shard, --skip-existing or --manifest) works as for deblur."""
     from .inference import focus_paths
 
-    focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size,
+    focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
                 csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest)
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import calibration, log
+from .devices import autocast, compute_dtype
 from .errors import UserError
 from .normalize import Normalizer, NormalizationSpec, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
@@ -116,12 +117,24 @@ class Encoded:
     median: float | None = None  # median of the working-scale plane (raw units), when focus ratios need it
 
 
+def default_batch_size(device: torch.device, tile: int) -> int:
+    """Tiles per network call: BATCH_SIZE on CPU; on a CUDA GPU as many as a quarter of its free memory holds
+    at 400 bytes per tile pixel (about twice the live activations of the default network, counted from its
+    layer sizes), between BATCH_SIZE and 2048."""
+    if device.type != "cuda":
+        return BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(np.clip(free // 4 // (400 * tile * tile), BATCH_SIZE, 2048))
+
+
 class Deblurrer:
     """Tiled, batched encode/decode of whole planes with a loaded model and its metadata."""
 
     def __init__(self, model: nn.Module, meta, *, device: torch.device | str = "cpu", scale: float | None = None,
-                 overlap: int = OVERLAP, batch_size: int = BATCH_SIZE) -> None:
+                 overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto") -> None:
         self.device = torch.device(device)
+        self.amp = compute_dtype(self.device, precision)  # bfloat16 autocast on a GPU, float32 on CPU (auto)
+        batch_size = default_batch_size(self.device, int(model.config.tile)) if batch_size is None else batch_size
         self.tile = int(model.config.tile)
         self.align = int(getattr(model.config, "downsample", 1))  # tiles start on the network's stride
         self._grids: dict[tuple[int, int], TileGrid] = {}
@@ -157,12 +170,15 @@ class Deblurrer:
         x = torch.from_numpy(tiles).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        codes = self.model.encode(x)
+        with autocast(self.device, self.amp):
+            codes = self.model.encode(x)
         return codes.identity, codes.blur
 
     def decode_tiles(self, identity: torch.Tensor, blur: torch.Tensor) -> np.ndarray:
         """One network call: codes -> tiles [n,1,T,T] float32 on the host."""
-        return self.model.decode(identity, blur).float().cpu().numpy()
+        with autocast(self.device, self.amp):
+            out = self.model.decode(identity, blur)
+        return out.float().cpu().numpy()
 
     # -- planes
 

@@ -254,7 +254,7 @@ def _blur_target(db: Deblurrer, meta, weights: Path | None, reference: Path | No
 
 def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None,
                  reference: Path | None = None, scale: float | None = None, overlap: int = OVERLAP,
-                 batch_size: int = BATCH_SIZE, dz: float | None = None, save_comparison: Path | None = None,
+                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
                  skip_existing: bool = False, manifest: Path | None = None) -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs.
@@ -284,7 +284,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
             raise UserError("--dz and --reference cannot be combined")
         _single_plane_info(Path(reference), "--reference")
     model, meta, dev = _load(weights, device)
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
+    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
     code = _blur_target(db, meta, weights, reference, dz)
     target_dz = 0.0 if dz is None else float(dz)  # the stored code and --reference target focus
     if batch.active:
@@ -321,7 +321,7 @@ def _deblur_batch(db: Deblurrer, pairs: list[tuple[Path, Path]], batch: Batch, c
 
 def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, dz_from: float | None = None,
                       dz_to: float | None = None, weights: Path | None = None, scale: float | None = None,
-                      overlap: int = OVERLAP, batch_size: int = BATCH_SIZE, device: str = "auto",
+                      overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", device: str = "auto",
                       overwrite: bool = False) -> Path:
     """Z-stack walking the blur code from A's to B's (per tile) or between two dz, with A's identity code."""
     from .io import read_image, write_tiff
@@ -351,7 +351,7 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
     inputs = [Path(a)] + ([Path(b)] if b is not None else [])
     _check_outputs([output], inputs, overwrite)
     model, meta, dev = _load(weights, device)
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
+    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
     plane_a = check_finite(read_image(a).data, Path(a))
     if by_dz:
         planes, z_step = _walk_dz(db, plane_a, require_calibration(meta, weights, "--dz-from/--dz-to"),
@@ -428,7 +428,7 @@ def _focus_file(db: Deblurrer, path: Path, info, out, bar) -> Iterator[dict]:
 
 
 def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None, scale: float | None = None,
-                overlap: int = OVERLAP, batch_size: int = BATCH_SIZE, csv: Path | None = None, device: str = "auto",
+                overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", csv: Path | None = None, device: str = "auto",
                 overwrite: bool = False, shard: Shard | str | None = None, skip_existing: bool = False,
                 manifest: Path | None = None) -> list[Path]:
     """Defocus maps (float32 TIFF, dz in um, input size) of images/stacks from the calibrated blur code.
@@ -457,7 +457,7 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
     cal = require_calibration(meta, weights, "focus")
     if cal["kind"] == "abs":
         log.warn("the calibration follows |dz| only: maps hold unsigned defocus")
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size)
+    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
     if batch.active:
         return _focus_batch(db, pairs, batch, csv, overwrite=overwrite, files=files, outs=outs)
     rows = []
