@@ -11,6 +11,8 @@ import torch
 from scipy.ndimage import uniform_filter
 from torch import nn
 
+from .devices import torch_threads
+
 DATA_RANGE = 1.0  # normalised tiles: the plane's 1st..99.8th percentile maps to 0..1
 PSNR_CAP_DB = 100.0  # PSNR of identical tiles (MSE 0) is reported as this instead of inf
 SSIM_WINDOW = 7  # skimage.metrics.structural_similarity default (uniform window)
@@ -116,13 +118,9 @@ def classifier_accuracy(codes: np.ndarray, labels: np.ndarray, test: np.ndarray,
     train = torch.as_tensor(~test)
     mu, sd = x[train].mean(0), x[train].std(0, unbiased=False).clamp_min(1e-6)
     x = (x - mu) / sd
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny MLP: threads only add synchronisation overhead
-    try:
+    with torch_threads(1):  # a tiny MLP: threads only add synchronisation overhead
         return _fit_and_score(x[train], y[train], x[~train], y[~train], int(labels.max()) + 1, epochs=epochs,
                               seed=seed, batch_size=batch_size)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit_and_score(xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, n_classes: int, *,
