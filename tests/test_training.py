@@ -248,3 +248,18 @@ def test_bfloat16_autocast_trains_and_exports_float32_weights(tmp_path, data):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x).float()
     assert (low - ref).abs().max() < 0.05
+
+
+def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_path, data):
+    """A checkpoint whose recipe predates --cycle-weight resumes at the default (0 = the old behaviour) and is
+    refused with any other value."""
+    out = tmp_path / "w.safetensors"
+    train(data, out, TrainConfig(max_steps=2, **TINY))
+    ckpt = tmp_path / "w.ckpt"
+    ck = torch.load(ckpt, weights_only=True)
+    del ck["recipe"]["cycle_weight"]
+    torch.save(ck, ckpt)
+    with pytest.raises(UserError, match="cycle_weight=0.0"):
+        train(data, tmp_path / "x.safetensors", TrainConfig(max_steps=4, cycle_weight=1.0, resume=ckpt, **TINY))
+    train(data, tmp_path / "y.safetensors", TrainConfig(max_steps=4, resume=ckpt, **TINY))
+    assert load_weights(tmp_path / "y.safetensors")[1].training["steps"] == 4

@@ -214,7 +214,7 @@ def train(
     no_cross: bool = typer.Option(False, "--no-cross", help="Drop the cross-reconstruction term (ablation)."),
     dz_weight: Optional[float] = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
     distance_weight: float = typer.Option(0.1, "--distance-weight", help="Weight of the consistency and contrastive terms inside β (thesis: 1)."),
-    cycle_weight: float = typer.Option(1.0, "--cycle-weight", help="Weight of the swapped blur code read back from the swap's decoding (refocus agrees with focus)."),
+    cycle_weight: float = typer.Option(0.0, "--cycle-weight", help="Weight of the swapped blur code read back from the swap's decoding by the frozen encoder (off by default: 1 diverged)."),
     beta_delay: int = typer.Option(300, "--beta-delay", help="Steps of reconstruction only before β starts rising."),
     beta_ramp: int = typer.Option(600, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),

@@ -30,7 +30,7 @@ class StepOptions:
     dz_scale: float = 30.0
     margin: float = 0.6
     distance_weight: float = 0.1
-    cycle_weight: float = 1.0
+    cycle_weight: float = 0.0
     group_size: int = 4
 
 

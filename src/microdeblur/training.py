@@ -71,7 +71,7 @@ class TrainConfig:
     beta_ramp: int = 600  # steps of the exponential ramp to β = 1
     margin: float = 0.6
     distance_weight: float = 0.1  # λ on consistency + contrastive (objectives.Manifold)
-    cycle_weight: float = 1.0  # μ on the swapped blur code read back by the frozen encoder
+    cycle_weight: float = 0.0  # μ on the swapped blur code read back by the frozen encoder (off: 1 diverged)
 
     @property
     def skip(self) -> bool:
@@ -181,7 +181,16 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
+ADDED_OPTIONS = ("cycle_weight",)  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
+
+
+def _with_defaults(recipe: dict) -> dict:
+    """A stored recipe with options added since it was written set to their defaults (which reproduce the
+    behaviour before they existed), so such checkpoints still resume."""
+    fields = TrainConfig.__dataclass_fields__
+    added = {k: fields[k].default for k in ADDED_OPTIONS if k not in recipe}
+    return recipe | added
 
 
 def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: TrainState, cfg: TrainConfig,
@@ -212,9 +221,10 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
     if ck["recipe"]["variant"] != cfg.variant:
         raise UserError(f"checkpoint {path} is for variant {ck['recipe']['variant']}, not {cfg.variant}")
     now = cfg.recipe()
-    diff = sorted(k for k in now if k not in RUN_CONTROLS and ck["recipe"].get(k) != now[k])
+    was_run = _with_defaults(ck["recipe"])
+    diff = sorted(k for k in now if k not in RUN_CONTROLS and was_run.get(k) != now[k])
     if diff:
-        was = ", ".join(f"{k}={ck['recipe'].get(k)}" for k in diff)
+        was = ", ".join(f"{k}={was_run.get(k)}" for k in diff)
         raise UserError(f"checkpoint {path} was trained with {was}: resume with the same options")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
