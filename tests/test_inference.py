@@ -106,7 +106,7 @@ def test_stack_streams_every_plane_and_keeps_axes(tmp_path, identity_net, cal_we
     data = _image((5, 60, 90), np.uint16)
     src = write_tiff(tmp_path / "stack.tif", data, "ZYX", pixel_size_um=0.5, z_step_um=0.3)
     out = tmp_path / "o" / "deep" / "stack_out.tif"
-    deblur_paths([str(src)], out, weights=cal_weights, batch_size=3, device="cpu")
+    deblur_paths([str(src)], out, weights=cal_weights, batch_size=3, device="cpu", scale=1.0)
     img = read_image(out)
     assert img.axes == "ZYX" and img.shape == data.shape and img.z_step_um == pytest.approx(0.3)
     assert np.abs(img.data.astype(int) - data).max() <= 1
@@ -266,7 +266,7 @@ def test_float16_is_computed_and_written_as_float32(tmp_path, identity_net, cal_
 def test_interpolate_end_points_reproduce_a_and_b(tmp_path, blur_is_tile_net, cal_weights):
     a, b = _image((60, 150), np.uint16, 3), _image((60, 150), np.uint16, 4)
     pa, pb = write_tiff(tmp_path / "a.tif", a, "YX", pixel_size_um=0.2), write_tiff(tmp_path / "b.tif", b, "YX")
-    out = interpolate_paths(pa, pb, tmp_path / "walk.tif", steps=4, weights=cal_weights, device="cpu")
+    out = interpolate_paths(pa, pb, tmp_path / "walk.tif", steps=4, weights=cal_weights, device="cpu", scale=1.0)
     img = read_image(out)
     assert img.axes == "ZYX" and img.shape == (4, 60, 150) and img.dtype == np.uint16
     assert img.pixel_size_um == pytest.approx(0.2)

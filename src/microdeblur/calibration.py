@@ -5,9 +5,17 @@ exact variable. If the code orders signed dz (|Spearman rho| > 0.8) the relation
 otherwise, if it orders |dz| (|rho| > 0.8), it is 'abs' (the sign of the defocus cannot be read
 from the code); if it orders neither, 'signed' with `ok` false.
 The result is a JSON-serialisable dict stored in the weights' metadata.
+
+Units: the calibration is in µm of defocus of the microscope the weights were trained for. Depth of field
+scales as λ/NA², so the optical defocus u = Δz·NA²/λ (Δz and λ in µm) is the same blur on any objective;
+`Microscope` holds an objective's NA and wavelength (and the pixel sizes the resizing needs) and `dz_factor`
+converts µm of the training microscope into µm of another: dz_user = dz_train · dz_factor(train, user).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -15,6 +23,58 @@ from . import log
 
 RHO_MIN = 0.8
 FORMAT_VERSION = 1
+NA_RANGE = (0.0, 1.6)  # objective NA: exclusive, inclusive
+WAVELENGTH_RANGE_UM = (0.2, 2.0)  # exclusive, inclusive
+PIXEL_RANGE_UM = (0.0, 100.0)  # pixel size at the sample: exclusive, inclusive
+
+
+@dataclass(frozen=True)
+class Microscope:
+    """An objective's NA, the wavelength (µm), the camera pixel size at the sample (µm) and the pixel size the
+    network sees after resizing (µm, = pixel_um / scale); the pixel sizes may be None where unknown."""
+
+    na: float
+    wavelength_um: float
+    pixel_um: float | None = None
+    working_pixel_um: float | None = None
+
+    @property
+    def per_um(self) -> float:
+        """Optical defocus units per µm of defocus: NA² / λ (1/µm)."""
+        return self.na ** 2 / self.wavelength_um
+
+    def optical_units(self, dz_um):
+        """Defocus u = Δz·NA²/λ of a Δz in µm (dimensionless; the same blur on any objective)."""
+        return np.asarray(dz_um, dtype=np.float64) * self.per_um
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Microscope":
+        """From a weights' `optics` entry; ValueError when a value is missing or out of range."""
+        if not isinstance(d, dict):
+            raise ValueError(f"optics must be a JSON object, got {d!r}")
+        m = cls(float(d["na"]), float(d["wavelength_um"]),
+                *(None if d.get(k) is None else float(d[k]) for k in ("pixel_um", "working_pixel_um")))
+        for what, v, (lo, hi) in (("na", m.na, NA_RANGE), ("wavelength_um", m.wavelength_um, WAVELENGTH_RANGE_UM),
+                                  ("pixel_um", m.pixel_um, PIXEL_RANGE_UM),
+                                  ("working_pixel_um", m.working_pixel_um, PIXEL_RANGE_UM)):
+            if v is not None and not (math.isfinite(v) and lo < v <= hi):
+                raise ValueError(f"optics {what} {v} is outside ({lo:g}, {hi:g}]")
+        return m
+
+
+# The microscope the shipped weights were trained for (simulate.Optics(): 20x/0.40, 6.5 µm camera pixels, so
+# 0.325 µm at the sample; prepare's scale 0.5 gives 0.65 µm working pixels). Weights without an `optics` entry
+# are read as this microscope.
+REFERENCE = Microscope(na=0.40, wavelength_um=0.55, pixel_um=0.325, working_pixel_um=0.65)
+
+
+def dz_factor(train: Microscope, user: Microscope) -> float:
+    """µm of defocus on `user` per µm on `train` (same optical defocus u = Δz·NA²/λ):
+    dz_user = dz_train · (NA_train²/λ_train) / (NA_user²/λ_user)."""
+    return train.per_um / user.per_um
 
 
 def pava(y: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

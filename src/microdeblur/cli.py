@@ -51,8 +51,15 @@ app = _Typer(
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs.")
 WeightsOpt = typer.Option(None, "--weights", "-w", help="Weights file (default: shipped manifold-1d).")
-ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network, in (0, 8] (default: from the weights; "
+ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network, in (0, 8]; wins over the pixel size "
+                        "(default: pixel size / the weights' working pixel size, else the weights' factor; "
                         "1 = already at working pixel size).")
+NaOpt = typer.Option(None, "--na", help="Objective NA, in (0, 1.6] (default: the file's OME LensNA, else the reference "
+                     "microscope's 0.40); dz values are converted by NA^2/wavelength.")
+WavelengthOpt = typer.Option(None, "--wavelength", help="Illumination wavelength in um, in (0.2, 2] (default: the file's "
+                             "OME channel wavelength, else 0.55).")
+PixelSizeOpt = typer.Option(None, "--pixel-size", help="Pixel size at the sample in um, in (0, 100] (default: the file's "
+                            "OME/ImageJ/TIFF metadata); sets the resize factor to the network's working pixel size.")
 OverlapOpt = typer.Option(32, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
                           "tiles start on multiples of the network's stride).")
 BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default: 32 on CPU; sized to free memory on a GPU).")
@@ -170,15 +177,19 @@ def simulate(
     planes: int = typer.Option(100, "--planes", help="Planes per day."),
     size: str = typer.Option("2048x1536", "--size", help="Frame size WIDTHxHEIGHT in camera pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
-    z_step: float = typer.Option(1.0, "--z-step", help="Plane spacing in um."),
+    z_step: Optional[float] = typer.Option(None, "--z-step", help="Plane spacing in um (default: the preset's, 1.0 for reference; drawn per day with --randomize)."),
     cells: Optional[int] = typer.Option(None, "--cells", help="Cells per field (default: crowded, scaled to the area)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Microscope and specimen: reference (default), yeast-40x, budding-yeast-60x, mammalian-10x, bacteria-100x-like or confluent-20x (docs/simulator.md)."),
+    randomize: bool = typer.Option(False, "--randomize", help="Draw a new microscope, camera, illumination, dust and specimen family for every day (documented ranges)."),
+    specimen: Optional[str] = typer.Option(None, "--specimen", help="Force the specimen family: protoplasts, yeast, mammalian, bacteria or confluent."),
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Simulate bright-field through-focus days of plant protoplasts (raw layout that prepare reads)."""
+    """Simulate bright-field through-focus days (reference: plant protoplasts; raw layout that prepare reads)."""
     from .simulate import simulate_days
 
     w, h = _parse_size(size)
-    simulate_days(out, days=days, planes=planes, size=(w, h), seed=seed, z_step_um=z_step, cells=cells, overwrite=overwrite)
+    simulate_days(out, days=days, planes=planes, size=(w, h), seed=seed, z_step_um=z_step, cells=cells, overwrite=overwrite,
+                  preset=preset, randomize=randomize, specimen=specimen)
 
 
 def _int_list(name: str, text: str) -> tuple[int, ...]:
@@ -251,10 +262,13 @@ def deblur(
     weights: Optional[Path] = WeightsOpt,
     reference: Optional[Path] = typer.Option(None, "--reference", help="In-focus image whose blur code is used instead of the stored one."),
     scale: Optional[float] = ScaleOpt,
+    na: Optional[float] = NaOpt,
+    wavelength: Optional[float] = WavelengthOpt,
+    pixel_size: Optional[float] = PixelSizeOpt,
     overlap: int = OverlapOpt,
     batch_size: Optional[int] = BatchOpt,
     precision: str = PrecisionOpt,
-    dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um) instead of focus (calibrated manifold-1d weights)."),
+    dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um on your microscope: see --na, --wavelength) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
     shard: Optional[str] = ShardOpt,
@@ -267,9 +281,10 @@ def deblur(
 
     Batch mode (--shard, --skip-existing or --manifest): each output is moved into place as soon as it is
     complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
-    from .inference import deblur_paths
+    from .inference import OpticsOptions, deblur_paths
     from .io import expand_inputs
 
+    optics = OpticsOptions(na, wavelength, pixel_size).checked()  # fail before any work
     if truth is not None:
         if shard is not None:
             raise UserError("--truth cannot be combined with --shard")
@@ -278,7 +293,7 @@ def deblur(
         check_truth(expand_inputs(inputs), truth)  # fail before any work
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
                         batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
-                        shard=shard, skip_existing=skip_existing, manifest=manifest)
+                        shard=shard, skip_existing=skip_existing, manifest=manifest, optics=optics)
     if truth is not None:
         from .metrics import compare_to_truth
 
@@ -292,10 +307,13 @@ def interpolate(
     b: Optional[Path] = typer.Argument(None, help="Image of the same field at the second focus level (not needed with --dz-from/--dz-to)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output Z-stack (ImageJ TIFF)."),
     steps: int = typer.Option(6, "--steps", help="Number of planes in the output."),
-    dz_from: Optional[float] = typer.Option(None, "--dz-from", help="Start dz in um (calibrated manifold-1d weights)."),
-    dz_to: Optional[float] = typer.Option(None, "--dz-to", help="End dz in um."),
+    dz_from: Optional[float] = typer.Option(None, "--dz-from", help="Start dz in um on your microscope (see --na, --wavelength; calibrated manifold-1d weights)."),
+    dz_to: Optional[float] = typer.Option(None, "--dz-to", help="End dz in um on your microscope."),
     weights: Optional[Path] = WeightsOpt,
     scale: Optional[float] = ScaleOpt,
+    na: Optional[float] = NaOpt,
+    wavelength: Optional[float] = WavelengthOpt,
+    pixel_size: Optional[float] = PixelSizeOpt,
     overlap: int = OverlapOpt,
     batch_size: Optional[int] = BatchOpt,
     precision: str = PrecisionOpt,
@@ -303,10 +321,11 @@ def interpolate(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Walk the blur code from A's focus level to B's (or between two dz) and write the stack."""
-    from .inference import interpolate_paths
+    from .inference import OpticsOptions, interpolate_paths
 
     interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
-                      overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite)
+                      overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite,
+                      optics=OpticsOptions(na, wavelength, pixel_size))
 
 
 @app.command()
@@ -316,6 +335,9 @@ def focus(
     output: str = typer.Option(..., "--output", "-o", help="Defocus map TIFF (one input) or folder (several; a trailing / always means a folder)."),
     weights: Optional[Path] = WeightsOpt,
     scale: Optional[float] = ScaleOpt,
+    na: Optional[float] = NaOpt,
+    wavelength: Optional[float] = WavelengthOpt,
+    pixel_size: Optional[float] = PixelSizeOpt,
     overlap: int = OverlapOpt,
     batch_size: Optional[int] = BatchOpt,
     precision: str = PrecisionOpt,
@@ -326,13 +348,15 @@ def focus(
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Estimate the defocus (dz, um) of every tile from the calibrated 1-D blur code.
+    """Estimate the defocus (dz, um on your microscope: see --na, --wavelength) of every tile from the calibrated
+    1-D blur code.
 
     Batch mode (--shard, --skip-existing or --manifest) works as for deblur."""
-    from .inference import focus_paths
+    from .inference import OpticsOptions, focus_paths
 
     focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
-                csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest)
+                csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest,
+                optics=OpticsOptions(na, wavelength, pixel_size))
 
 
 @app.command()

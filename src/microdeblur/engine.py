@@ -145,6 +145,10 @@ class Deblurrer:
         self.scale = float(meta.scale if scale is None else scale)
         if not 0 < self.scale <= 8:
             raise UserError(f"--scale must be in (0, 8], got {self.scale:g}")
+        self.scale_given = scale is not None  # an explicit --scale wins over every input's pixel size
+        from .weights import training_optics
+
+        self.optics = training_optics(meta)  # the microscope the weights were trained for (calibration's µm)
         self.overlap, self.batch_size, self.meta = overlap, batch_size, meta
         self.model = copy.deepcopy(model).eval().to(self.device)
         self.channels_last = self.device.type == "cpu"
@@ -156,6 +160,30 @@ class Deblurrer:
         self._median_warned = False
         focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
         self.target = self.as_code(focus) if focus.size == model.config.blur_dim else None
+
+    # -- resizing per input
+
+    def scale_for(self, pixel_um: float | None, source: Path | str = "the input") -> float:
+        """Resize factor for an input with this pixel size (µm at the sample): an explicit scale, else
+        pixel_um / the weights' working pixel size, else (pixel size unknown) the weights' scale."""
+        if self.scale_given or not pixel_um or not self.optics.working_pixel_um:
+            return self.scale
+        scale = float(f"{pixel_um / self.optics.working_pixel_um:.10g}")  # 0.325 / 0.65 -> exactly 0.5
+        if not 0 < scale <= 8:
+            raise UserError(f"{source}: its pixel size {pixel_um:g} um gives a resize factor of {scale:g} to the "
+                            f"network's {self.optics.working_pixel_um:g} um pixels, outside (0, 8]; check "
+                            "--pixel-size or the file's metadata, or give --scale")
+        return scale
+
+    def with_scale(self, scale: float) -> "Deblurrer":
+        """This Deblurrer resizing by `scale` (a shallow copy sharing the model and tile grids; self if equal)."""
+        if scale == self.scale:
+            return self
+        if not 0 < scale <= 8:
+            raise UserError(f"resize factor must be in (0, 8], got {scale:g}")
+        other = copy.copy(self)
+        other.scale = float(scale)
+        return other
 
     # -- codes
 
@@ -270,9 +298,11 @@ class Deblurrer:
         """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""
         return self.encode(plane2d).blur.mean(0).cpu().numpy()
 
-    def focus_map(self, plane2d: np.ndarray) -> tuple[np.ndarray, dict]:
+    def focus_map(self, plane2d: np.ndarray, dz_factor: float = 1.0) -> tuple[np.ndarray, dict]:
         """Defocus map (dz um, float32, input size) from each tile's blur code, and its summary.
 
+        The calibration gives µm of the training microscope; `dz_factor` (calibration.dz_factor) turns them into µm
+        of the imaging microscope, in which the map, the median and the fraction within IN_FOCUS_UM are given.
         Tiles below MIN_TILE_CONTRAST are NaN (and NaN where they are the nearest tile) and left out of the
         median; a plane without any usable tile has a NaN median and fraction in focus."""
         cal = getattr(self.meta, "calibration", None)
@@ -282,7 +312,8 @@ class Deblurrer:
         if enc.blur.shape[1] != 1:
             raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
         rows, cols = enc.grid.rows_cols
-        dz = calibration.code_to_dz(cal, enc.blur[:, 0].cpu().numpy()).astype(np.float32)
+        dz = calibration.code_to_dz(cal, enc.blur[:, 0].cpu().numpy()) * float(dz_factor)
+        dz = dz.astype(np.float32)
         usable = tile_contrast(rescale(np.asarray(plane2d), self.scale), enc.grid) >= MIN_TILE_CONTRAST
         dz = np.where(usable, dz, np.nan).reshape(rows, cols)
         dmap = upsample_tile_values(dz, enc.grid, enc.shape)

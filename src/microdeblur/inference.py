@@ -11,12 +11,14 @@ import csv as csvlib
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import calibration, log
+from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope
 from .batch_runs import Batch, check_replaceable, has_header, run_batch, shard_pairs
 from .engine import BATCH_SIZE, IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, check_finite, require_calibration
 from .errors import UserError
@@ -56,6 +58,108 @@ def _require_finite(option: str, value: float | None) -> None:
     """UserError naming the option when a given number is NaN or infinite."""
     if value is not None and not math.isfinite(value):
         raise UserError(f"{option} must be a finite number, got {value}")
+
+
+# ---------------------------------------------------------------- optics: options, metadata, resize and dz units
+
+AGREE = 0.05  # an option and the file's metadata more than 5 % apart contradict each other
+
+
+@dataclass(frozen=True)
+class OpticsOptions:
+    """--na, --wavelength (um) and --pixel-size (um at the sample) as given (None: not given); `checked` validates."""
+
+    na: float | None = None
+    wavelength_um: float | None = None
+    pixel_size_um: float | None = None
+
+    def checked(self) -> "OpticsOptions":
+        """self, or a UserError naming the option whose value is impossible."""
+        if self.na is not None and not (math.isfinite(self.na) and NA_RANGE[0] < self.na <= NA_RANGE[1]):
+            raise UserError(f"--na must be an objective NA in ({NA_RANGE[0]:g}, {NA_RANGE[1]:g}], got {self.na:g}")
+        wl = self.wavelength_um
+        if wl is not None and not (math.isfinite(wl) and WAVELENGTH_RANGE_UM[0] < wl <= WAVELENGTH_RANGE_UM[1]):
+            if math.isfinite(wl) and 100 <= wl <= 2000:
+                raise UserError(f"--wavelength {wl:g} looks like nanometres; give micrometres, e.g. --wavelength "
+                                f"{wl / 1000:g}")
+            raise UserError(f"--wavelength must be in ({WAVELENGTH_RANGE_UM[0]:g}, {WAVELENGTH_RANGE_UM[1]:g}] um, "
+                            f"got {wl:g}")
+        px = self.pixel_size_um
+        if px is not None and not (math.isfinite(px) and PIXEL_RANGE_UM[0] < px <= PIXEL_RANGE_UM[1]):
+            raise UserError(f"--pixel-size must be a finite pixel size at the sample in ({PIXEL_RANGE_UM[0]:g}, "
+                            f"{PIXEL_RANGE_UM[1]:g}] um, got {px:g}")
+        return self
+
+
+def _agreed(path, option: str, what: str, unit: str, given: float | None, stored: float | None,
+            valid: tuple[float, float]) -> float | None:
+    """The file's value, else the option's; a UserError when both exist and differ by more than AGREE."""
+    if stored is not None and not valid[0] < stored <= valid[1]:
+        log.warn(f"{path}: its metadata's {what} {stored:g}{unit} is outside ({valid[0]:g}, {valid[1]:g}]: ignored")
+        stored = None
+    if given is not None and stored is not None and abs(given - stored) > AGREE * stored:
+        raise UserError(f"{path}: {option} {given:g}{unit} contradicts the {what} in the file's metadata, "
+                        f"{stored:g}{unit} (more than {AGREE:.0%} apart); correct the option or the file")
+    return stored if stored is not None else given
+
+
+class OpticsRun:
+    """The optics of every input of one run: options against metadata, the resize factor (pixel size / the
+    network's working pixel size, unless --scale) and the dz factor (um of the input's microscope per um of the
+    training microscope); what falls back to a default is said once per run, by `report` at the end of a run that
+    succeeded (a failed run shows its one error line only). `dz` says whether the run reports or asks for dz (only
+    then do NA and wavelength matter)."""
+
+    def __init__(self, db: Deblurrer, options: OpticsOptions, dz: bool) -> None:
+        self.db, self.options, self.dz = db, options, dz
+        self._notes: dict = {}  # key -> [log function, message, first input or None, inputs], in the order first met
+
+    def _once(self, key, message: str, say=None, path=None) -> None:
+        note = self._notes.setdefault(key, [say or log.info, message, path, set()])
+        if path is not None:
+            note[3].add(str(path))
+
+    def report(self) -> None:
+        """Say each note of this run once, naming the first input it concerns and how many others (then forget)."""
+        for say, message, path, paths in self._notes.values():
+            others = len(paths) - 1
+            who = "" if path is None else f"{path}{f' and {others} other input(s)' if others > 0 else ''}: "
+            say(who + message)
+        self._notes = {}
+
+    def microscope(self, info) -> Microscope:
+        """The input's NA, wavelength and pixel size (None when unknown) from its metadata and the options."""
+        o, path = self.options, info.path
+        na = _agreed(path, "--na", "objective NA", "", o.na, getattr(info, "na", None), NA_RANGE)
+        wl = _agreed(path, "--wavelength", "wavelength", " um", o.wavelength_um, getattr(info, "wavelength_um", None),
+                     WAVELENGTH_RANGE_UM)
+        px = _agreed(path, "--pixel-size", "pixel size", " um", o.pixel_size_um, info.pixel_size_um, PIXEL_RANGE_UM)
+        if self.dz and (na is None or wl is None):
+            gaps = [(w, opt, ref) for w, opt, ref, v in (
+                ("NA", "--na", f"NA {REFERENCE.na:.2f}", na),
+                ("wavelength", "--wavelength", f"wavelength {REFERENCE.wavelength_um:g} um", wl)) if v is None]
+            self._once(("reference", tuple(g[0] for g in gaps)), f"no {' or '.join(g[0] for g in gaps)} given "
+                       f"({', '.join(g[1] for g in gaps)}) or in the metadata: dz is converted with the reference "
+                       f"microscope's {' and '.join(g[2] for g in gaps)}", path=path)
+        return Microscope(na or REFERENCE.na, wl or REFERENCE.wavelength_um, px)
+
+    def resolve(self, info) -> tuple[Deblurrer, float]:
+        """(the Deblurrer at this input's resize factor, the input's dz factor)."""
+        m = self.microscope(info)
+        db = self.db.with_scale(self.db.scale_for(m.pixel_um, info.path))
+        if m.pixel_um is None and not self.db.scale_given:
+            self._once("pixel", f"no pixel size given (--pixel-size) or in the metadata: resized by the weights' "
+                       f"factor {self.db.scale:g}, as for {self.db.optics.working_pixel_um * self.db.scale:g} um pixels",
+                       log.debug, info.path)  # as before the pixel size counted
+        factor = calibration.dz_factor(self.db.optics, m)
+        if self.dz and abs(factor - 1) > 1e-9:
+            t = self.db.optics
+            self._once(("factor", round(factor, 12)), f"dz in um at NA {m.na:g} and {m.wavelength_um:g} um: "
+                       f"{factor:.4g} x the network's um (trained for NA {t.na:.2f} at {t.wavelength_um:g} um; "
+                       "depth of field scales as wavelength / NA^2)")
+        log.debug(f"{info.path}: pixel {m.pixel_um} um, resize factor {db.scale:g}, NA {m.na:g}, "
+                  f"wavelength {m.wavelength_um:g} um, dz factor {factor:.6g}")
+        return db, factor
 
 
 def _warn_half(info) -> None:
@@ -117,13 +221,14 @@ def _load(weights: Path | None, device: str):
     return model, meta, dev
 
 
-def _dz_code(cal: dict, dz: np.ndarray | float) -> np.ndarray:
-    """Blur code(s) at dz (um), warning when dz lies outside the calibrated range."""
+def _dz_code(cal: dict, dz: np.ndarray | float, factor: float = 1.0) -> np.ndarray:
+    """Blur code(s) at dz (um of the training microscope), warning when dz lies outside the calibrated range
+    (named in um of the input's microscope: `factor` = calibration.dz_factor)."""
     lo, hi = calibration.dz_range(cal)
     dzs = np.atleast_1d(np.asarray(dz, dtype=np.float64))
     probe = np.abs(dzs) if cal["kind"] == "abs" else dzs
     if np.any(probe < lo - 1e-9) or np.any(probe > hi + 1e-9):
-        log.warn(f"dz outside the calibrated range [{lo:g}, {hi:g}] um is clipped to it")
+        log.warn(f"dz outside the calibrated range [{lo * factor:.4g}, {hi * factor:.4g}] um is clipped to it")
     return calibration.dz_to_code(cal, dz)
 
 
@@ -237,31 +342,49 @@ def _plan(inputs: Sequence[str], output: str | Path, name_for: Callable[[Path], 
     return files, infos, _output_paths(files, Path(output), name_for, _is_folder_name(output))
 
 
-def _blur_target(db: Deblurrer, meta, weights: Path | None, reference: Path | None, dz: float | None):
-    """The blur code every tile is decoded with: from --dz, from --reference, else the weights' in-focus code."""
-    code = None
-    if dz is not None:
-        code = db.as_code(np.atleast_1d(_dz_code(require_calibration(meta, weights, "--dz"), dz)))
-    elif reference is not None:
-        from .io import read_image
+class _Targets:
+    """Per input: (Deblurrer at its resize factor, the blur code every tile is decoded with, the dz in the
+    network's um that code stands for): from --dz (um of the input's microscope, converted), from --reference
+    (encoded at its own resize factor), else the weights' in-focus code."""
 
-        code = db.as_code(db.mean_blur_code(check_finite(read_image(reference).data, Path(reference))))
-        log.debug(f"reference blur code from {reference}")
-    if code is None and db.target is None:
-        raise UserError(f"{weights or 'the default weights'} hold no in-focus blur code; use --reference or --dz")
-    return code
+    def __init__(self, db: Deblurrer, optics: OpticsRun, meta, weights: Path | None, reference: Path | None,
+                 dz: float | None) -> None:
+        self.optics, self.dz, self.code = optics, dz, None
+        self._codes: dict[float, object] = {}
+        self.cal = require_calibration(meta, weights, "--dz") if dz is not None else None
+        if reference is not None:
+            from .io import read_image
+
+            ref = read_image(reference)
+            db_ref, _ = optics.resolve(ref)
+            self.code = db.as_code(db_ref.mean_blur_code(check_finite(ref.data, Path(reference))))
+            log.debug(f"reference blur code from {reference}")
+        if dz is None and self.code is None and db.target is None:
+            raise UserError(f"{weights or 'the default weights'} hold no in-focus blur code; use --reference or --dz")
+
+    def __call__(self, info) -> tuple[Deblurrer, object, float]:
+        db, factor = self.optics.resolve(info)
+        if self.dz is None:
+            return db, self.code, 0.0  # the stored code and --reference target focus
+        dz_train = float(self.dz) / factor
+        if factor not in self._codes:
+            self._codes[factor] = db.as_code(np.atleast_1d(_dz_code(self.cal, dz_train, factor)))
+        return db, self._codes[factor], dz_train
 
 
 def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None,
                  reference: Path | None = None, scale: float | None = None, overlap: int = OVERLAP,
                  batch_size: int | None = BATCH_SIZE, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
-                 skip_existing: bool = False, manifest: Path | None = None) -> list[Path]:
+                 skip_existing: bool = False, manifest: Path | None = None,
+                 optics: OpticsOptions = OpticsOptions()) -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs.
 
-    With `shard`, `skip_existing` or `manifest` the run is a batch run (see `run_batch`): it returns the outputs of
-    its shard that exist at the end."""
+    `dz` is in um of the inputs' microscope (`optics` and metadata; see OpticsRun). With `shard`, `skip_existing`
+    or `manifest` the run is a batch run (see `run_batch`): it returns the outputs of its shard that exist at the
+    end."""
     t0 = time.perf_counter()
+    optics = optics.checked()
     batch = Batch(shard, skip_existing, manifest)
     _require_finite("--dz", dz)
     files, infos, outs = _plan(inputs, output, _deblur_name, batch)
@@ -285,22 +408,23 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
         _single_plane_info(Path(reference), "--reference")
     model, meta, dev = _load(weights, device)
     db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
-    code = _blur_target(db, meta, weights, reference, dz)
-    target_dz = 0.0 if dz is None else float(dz)  # the stored code and --reference target focus
+    targets = _Targets(db, OpticsRun(db, optics, dz is not None), meta, weights, reference, dz)
     if batch.active:
-        return _deblur_batch(db, pairs, batch, code, target_dz, overwrite=overwrite, files=files, t0=t0)
+        return _deblur_batch(targets, pairs, batch, overwrite=overwrite, files=files, t0=t0)
     n_planes = sum(i.n_planes for i in infos)
+    per_file = [targets(info) for info in infos]  # every input's optics checked before anything is written
     with Outputs(overwrite, files) as written, log.progress("deblur", total=n_planes) as bar:
-        firsts = [_deblur_file(db, f, info, written.add(o), code, target_dz, bar)
-                  for f, info, o in zip(files, infos, outs)]
+        firsts = [_deblur_file(db_f, f, info, written.add(o), code, target_dz, bar)
+                  for f, info, o, (db_f, code, target_dz) in zip(files, infos, outs, per_file)]
         if save_comparison is not None:
             plane, out = firsts[0]
             _write_png(written.add(save_comparison).tmp, np.concatenate([_display(plane), _display(out)], axis=1))
+    targets.optics.report()
     log.info(f"deblurred {len(files)} file(s), {n_planes} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")
     return outs
 
 
-def _deblur_batch(db: Deblurrer, pairs: list[tuple[Path, Path]], batch: Batch, code, dz: float, *, overwrite: bool,
+def _deblur_batch(targets: _Targets, pairs: list[tuple[Path, Path]], batch: Batch, *, overwrite: bool,
                   files: list[Path], t0: float) -> list[Path]:
     """Batch-mode deblurring of a shard's pairs (one atomic output each, failures recorded, manifest)."""
     infos = _tolerant_infos(f for f, o in pairs if not (batch.skip_existing and o.is_file()))
@@ -308,10 +432,12 @@ def _deblur_batch(db: Deblurrer, pairs: list[tuple[Path, Path]], batch: Batch, c
     def process(path: Path, out) -> None:
         info = _info_or_raise(infos, path)
         _check_deblur_output(out.path, info)
+        db, code, dz = targets(info)
         _deblur_file(db, path, info, out, code, dz, bar)
 
     with log.progress("deblur", total=_planes_to_do(pairs, infos, batch.skip_existing)) as bar:
         rows = run_batch(pairs, process, batch, overwrite=overwrite, files=files, what="deblur")
+    targets.optics.report()
     log.debug(f"batch of {len(rows)} input(s) in {time.perf_counter() - t0:.1f} s")
     return [r.output for r in rows if r.status != "failed"]
 
@@ -322,11 +448,13 @@ def _deblur_batch(db: Deblurrer, pairs: list[tuple[Path, Path]], batch: Batch, c
 def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, dz_from: float | None = None,
                       dz_to: float | None = None, weights: Path | None = None, scale: float | None = None,
                       overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", device: str = "auto",
-                      overwrite: bool = False) -> Path:
-    """Z-stack walking the blur code from A's to B's (per tile) or between two dz, with A's identity code."""
+                      overwrite: bool = False, optics: OpticsOptions = OpticsOptions()) -> Path:
+    """Z-stack walking the blur code from A's to B's (per tile) or between two dz (um of A's microscope), with A's
+    identity code. B is encoded at A's resize factor (the same field at the same size)."""
     from .io import read_image, write_tiff
 
     output = Path(output)
+    optics = optics.checked()
     if steps < 2:
         raise UserError(f"--steps must be at least 2, got {steps}")
     _require_finite("--dz-from", dz_from)
@@ -352,15 +480,20 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
     _check_outputs([output], inputs, overwrite)
     model, meta, dev = _load(weights, device)
     db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
+    run = OpticsRun(db, optics, by_dz)
+    db, factor = run.resolve(info_a)
+    if b is not None:
+        run.microscope(info_b)  # B's metadata must agree with the options too
     plane_a = check_finite(read_image(a).data, Path(a))
     if by_dz:
         planes, z_step = _walk_dz(db, plane_a, require_calibration(meta, weights, "--dz-from/--dz-to"),
-                                  dz_from, dz_to, steps)
+                                  dz_from, dz_to, steps, factor)
     else:
         planes, z_step = walk_codes(db, plane_a, check_finite(read_image(b).data, Path(b)), steps), None
     write_tiff(output, np.stack(planes), "ZYX", pixel_size_um=info_a.pixel_size_um, z_step_um=z_step,
                unit=info_a.unit, compression=info_a.compression, predictor=info_a.predictor, ome=info_a.ome,
                overwrite=overwrite, inputs=inputs)
+    run.report()
     log.info(f"wrote {steps} interpolated planes to {output}")
     return output
 
@@ -385,10 +518,11 @@ def walk_codes(db: Deblurrer, plane_a: np.ndarray, plane_b: np.ndarray, steps: i
 
 
 def _walk_dz(db: Deblurrer, plane_a: np.ndarray, cal: dict, dz_from: float, dz_to: float,
-             steps: int) -> tuple[list[np.ndarray], float | None]:
-    """Planes at evenly spaced dz from dz_from to dz_to (um), each reverted for its dz, and their spacing."""
-    dzs = np.linspace(dz_from, dz_to, steps)
-    codes = _dz_code(cal, dzs)
+             steps: int, factor: float = 1.0) -> tuple[list[np.ndarray], float | None]:
+    """Planes at evenly spaced dz from dz_from to dz_to (um of A's microscope: `factor` x the network's um), each
+    reverted for its dz, and their spacing (um of A's microscope)."""
+    dzs = np.linspace(dz_from, dz_to, steps) / factor  # the network's (training microscope's) um
+    codes = _dz_code(cal, dzs, factor)
     enc = db.encode(plane_a)
     out = []
     with log.progress("interpolate", total=steps) as bar:
@@ -407,8 +541,9 @@ def _focus_name(path: Path) -> str:
     return f"{path.stem}_dz.tif"
 
 
-def _focus_file(db: Deblurrer, path: Path, info, out, bar) -> Iterator[dict]:
-    """Write the defocus map(s) of one input into the AtomicFile `out`; yields one summary row per plane."""
+def _focus_file(db: Deblurrer, path: Path, info, out, bar, factor: float = 1.0) -> Iterator[dict]:
+    """Write the defocus map(s) of one input into the AtomicFile `out` (dz in um of its microscope: `factor` x the
+    network's um); yields one summary row per plane."""
     from .io import StackWriter
 
     kw = info.write_kwargs()
@@ -416,7 +551,7 @@ def _focus_file(db: Deblurrer, path: Path, info, out, bar) -> Iterator[dict]:
         planes = _checked_planes(path, info)
         try:
             for i, plane in planes:
-                dmap, s = db.focus_map(plane)
+                dmap, s = db.focus_map(plane, factor)
                 writer.write(dmap)
                 bar.advance()
                 if info.n_planes > 1:
@@ -430,11 +565,13 @@ def _focus_file(db: Deblurrer, path: Path, info, out, bar) -> Iterator[dict]:
 def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None, scale: float | None = None,
                 overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", csv: Path | None = None, device: str = "auto",
                 overwrite: bool = False, shard: Shard | str | None = None, skip_existing: bool = False,
-                manifest: Path | None = None) -> list[Path]:
-    """Defocus maps (float32 TIFF, dz in um, input size) of images/stacks from the calibrated blur code.
+                manifest: Path | None = None, optics: OpticsOptions = OpticsOptions()) -> list[Path]:
+    """Defocus maps (float32 TIFF, dz in um of each input's microscope, input size) of images/stacks from the
+    calibrated blur code (see OpticsRun for the optics).
 
     With `shard`, `skip_existing` or `manifest` the run is a batch run (see `run_batch`)."""
     t0 = time.perf_counter()
+    optics = optics.checked()
     batch = Batch(shard, skip_existing, manifest)
     files, infos, outs = _plan(inputs, output, _focus_name, batch)
     for o in outs:
@@ -458,21 +595,24 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
     if cal["kind"] == "abs":
         log.warn("the calibration follows |dz| only: maps hold unsigned defocus")
     db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
+    run = OpticsRun(db, optics, True)
     if batch.active:
-        return _focus_batch(db, pairs, batch, csv, overwrite=overwrite, files=files, outs=outs)
+        return _focus_batch(run, pairs, batch, csv, overwrite=overwrite, files=files, outs=outs)
     rows = []
+    per_file = [run.resolve(info) for info in infos]  # every input's optics checked before anything is written
     with Outputs(overwrite, files) as written, log.progress("focus", total=sum(i.n_planes for i in infos)) as bar:
-        for f, info, o in zip(files, infos, outs):
-            file_rows = list(_focus_file(db, f, info, written.add(o), bar))
+        for f, info, o, (db_f, factor) in zip(files, infos, outs, per_file):
+            file_rows = list(_focus_file(db_f, f, info, written.add(o), bar, factor))
             rows.extend(file_rows)
             _report_focus(f, file_rows)
         if csv is not None:
             _write_csv(written.add(csv).tmp, rows)
+    run.report()
     log.info(f"focus maps for {len(files)} file(s), {len(rows)} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")
     return outs
 
 
-def _focus_batch(db: Deblurrer, pairs: list[tuple[Path, Path]], batch: Batch, csv: Path | None, *, overwrite: bool,
+def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, csv: Path | None, *, overwrite: bool,
                  files: list[Path], outs: list[Path]) -> list[Path]:
     """Batch-mode focus maps; the CSV holds the rows of the inputs this run mapped, plus (with --skip-existing)
     the rows an earlier CSV of the same name held for the inputs skipped now."""
@@ -482,13 +622,16 @@ def _focus_batch(db: Deblurrer, pairs: list[tuple[Path, Path]], batch: Batch, cs
     rows: dict[Path, list[dict]] = {}
 
     def process(path: Path, out) -> None:
-        file_rows = list(_focus_file(db, path, _info_or_raise(infos, path), out, bar))
+        info = _info_or_raise(infos, path)
+        db, factor = run.resolve(info)
+        file_rows = list(_focus_file(db, path, info, out, bar, factor))
         rows[path] = file_rows
         _report_focus(path, file_rows)
 
     try:
         with log.progress("focus", total=_planes_to_do(pairs, infos, batch.skip_existing)) as bar:
             done = run_batch(pairs, process, batch, overwrite=overwrite, files=files, what="focus")
+        run.report()
     finally:  # also after failed inputs: the table holds every input that was mapped
         if csv is not None:
             kept = _earlier_rows(Path(csv), {str(f) for f, o in pairs if f not in rows}) if batch.skip_existing else []

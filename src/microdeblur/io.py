@@ -207,6 +207,8 @@ class ImageInfo:
     dtype: np.dtype | None = None
     pixel_size_um: float | None = None
     z_step_um: float | None = None
+    na: float | None = None  # objective NA (OME Objective LensNA), None when the file does not say
+    wavelength_um: float | None = None  # OME channel emission (else excitation) wavelength, µm
     unit: str = "um"
     metadata: dict = field(default_factory=dict)  # extra ImageJ entries kept on write (e.g. finterval)
     compression: int | None = None  # lossless TIFF compression code kept on write (None: uncompressed)
@@ -262,22 +264,59 @@ def _unit_factor(unit: str | None) -> tuple[str, float] | None:
     return (u, _UNIT_UM[u]) if u in _UNIT_UM else None
 
 
+def _ome_length(element: ET.Element | None, name: str, default_unit: str) -> float | None:
+    """A positive finite OME length attribute `name` (unit in `name`Unit, OME's default otherwise), in µm."""
+    value = None if element is None else element.get(name)
+    unit = _unit_factor(element.get(f"{name}Unit", default_unit)) if element is not None else None
+    try:
+        v = float(value) * unit[1] if value and unit else None
+    except ValueError:
+        return None
+    return v if v is not None and np.isfinite(v) and v > 0 else None
+
+
+def _local(tag: str) -> str:
+    """An XML tag without its namespace."""
+    return tag.rsplit("}", 1)[-1]
+
+
 def _ome_physical(xml: str) -> tuple[float | None, float | None]:
-    """PhysicalSizeX and PhysicalSizeZ of the first OME image, in µm."""
+    """Pixel size (PhysicalSizeX, else PhysicalSizeY) and PhysicalSizeZ of the first OME image, in µm."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return None, None
-    pixels = next((e for e in root.iter() if e.tag.endswith("Pixels")), None)
+    pixels = next((e for e in root.iter() if _local(e.tag) == "Pixels"), None)
     if pixels is None:
         return None, None
+    px = _ome_length(pixels, "PhysicalSizeX", "µm") or _ome_length(pixels, "PhysicalSizeY", "µm")
+    return px, _ome_length(pixels, "PhysicalSizeZ", "µm")
 
-    def size(axis: str) -> float | None:
-        value = pixels.get(f"PhysicalSize{axis}")
-        unit = _unit_factor(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        return float(value) * unit[1] if value and unit else None
 
-    return size("X"), size("Z")
+def _ome_optics(xml: str) -> tuple[float | None, float | None]:
+    """(objective NA, wavelength µm) of the first OME image: LensNA of the Objective its ObjectiveSettings name
+    (or of the only objective listed), and its first channel's EmissionWavelength, else ExcitationWavelength
+    (OME's default unit: nm). None for what the file does not say."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None, None
+    objectives = {e.get("ID"): e for e in root.iter() if _local(e.tag) == "Objective"}
+    image = next((e for e in root.iter() if _local(e.tag) == "Image"), None)
+    settings = None if image is None else next((e for e in image if _local(e.tag) == "ObjectiveSettings"), None)
+    objective = objectives.get(settings.get("ID")) if settings is not None else None
+    if objective is None and len(objectives) == 1:
+        objective = next(iter(objectives.values()))
+    na = None
+    try:
+        na = float(objective.get("LensNA")) if objective is not None and objective.get("LensNA") else None
+    except ValueError:
+        pass
+    na = na if na is not None and np.isfinite(na) and na > 0 else None
+    pixels = None if image is None else next((e for e in image.iter() if _local(e.tag) == "Pixels"), None)
+    channel = None if pixels is None else next((e for e in pixels if _local(e.tag) == "Channel"), None)
+    wavelength = _ome_length(channel, "EmissionWavelength", "nm") or _ome_length(channel, "ExcitationWavelength", "nm")
+    return na, wavelength
 
 
 def _tidy(value: float | None) -> float | None:
@@ -410,10 +449,12 @@ def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
         axes, shape = axes[:i] + axes[i + 1:], shape[:i] + shape[i + 1:]
         full_axes, full_shape = full_axes[:j] + full_axes[j + 1:], full_shape[:j] + full_shape[j + 1:]
     px, dz, unit, extra = _tiff_physical(tif)
+    na, wavelength = _ome_optics(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else (None, None)
     page = tif.pages.first
     compression = _kept_compression(page, path)
     return ImageInfo(axes=_rename_sequence_axes(axes), shape=shape, dtype=np.dtype(s.dtype), pixel_size_um=px,
-                     z_step_um=dz, unit=unit, metadata=extra, path=path, compression=compression,
+                     z_step_um=dz, na=_tidy(na), wavelength_um=_tidy(wavelength), unit=unit, metadata=extra,
+                     path=path, compression=compression,
                      predictor=compression is not None and page.predictor != 1, ome=bool(tif.is_ome),
                      full_axes=_rename_sequence_axes(full_axes), full_shape=full_shape)
 

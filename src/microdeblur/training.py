@@ -496,6 +496,11 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
     meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
                        z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary)
+    # -- optics entry (issue 13): the microscope trained for (NA, wavelength, pixel sizes), reference where unknown
+    from .weights import optics_of_prepared
+
+    meta.optics = optics_of_prepared(index, data.scale)
+    # -- end optics entry
     save_weights(output, model.to("cpu").to(memory_format=torch.contiguous_format).eval(), meta,
                  overwrite=cfg.overwrite)
     log.info(f"trained {cfg.variant} for {state.step} steps in {state.elapsed_s / 60:.1f} min -> {output}")

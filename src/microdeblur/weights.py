@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .calibration import REFERENCE, Microscope
 from .errors import UserError
 from .io import atomic_path, check_output_path
 from .normalize import NORMALIZATION
@@ -37,6 +39,7 @@ class WeightsMeta:
     focus_blur_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     calibration: Optional[dict] = None
     training: dict = field(default_factory=dict)
+    optics: Optional[dict] = None  # the microscope trained for (training_optics); None: the reference microscope
 
     def __post_init__(self) -> None:
         self.focus_blur_code = np.asarray(self.focus_blur_code, dtype=np.float32).reshape(-1)
@@ -61,6 +64,8 @@ def meta_to_strings(meta: WeightsMeta) -> dict[str, str]:
         "calibration": meta.calibration,
         "training": meta.training,
     }
+    if meta.optics is not None:  # files without the entry (written before it existed) read as the reference
+        values["optics"] = meta.optics
     out = {PREFIX + "format_version": FORMAT_VERSION}
     out.update({PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
     return out
@@ -81,7 +86,75 @@ def meta_from_strings(md: dict[str, str]) -> WeightsMeta:
         focus_blur_code=np.asarray(get("focus_blur_code"), dtype=np.float32),
         calibration=get("calibration"),
         training=get("training"),
+        optics=_checked_optics(get("optics")) if PREFIX + "optics" in md else None,
     )
+
+
+def _checked_optics(entry: Any) -> Optional[dict]:
+    """The `optics` entry as stored, after checking it (ValueError when malformed); null reads as absent."""
+    if entry is None:
+        return None
+    Microscope.from_dict(entry)
+    return entry
+
+
+def training_optics(meta) -> Microscope:
+    """The microscope the weights were trained for: their `optics` entry, else (weights written before it existed,
+    or test stand-ins) the reference microscope, whose 0.325 µm camera pixels the weights' scale resized."""
+    entry = getattr(meta, "optics", None)
+    scale = float(getattr(meta, "scale", 1.0) or 1.0)
+    if entry:
+        m = Microscope.from_dict(entry)
+        if m.working_pixel_um is None:  # an entry without it: the camera pixel (or the reference's) / scale
+            m = replace(m, working_pixel_um=(m.pixel_um or REFERENCE.pixel_um) / scale)
+        return m
+    return replace(REFERENCE, working_pixel_um=REFERENCE.pixel_um / scale)
+
+
+def _ground_truth_optics(source: str | None) -> dict:
+    """The simulator's `optics` (ground_truth.json) of a prepared day's raw source, {} when there is none."""
+    from .prepare import GROUND_TRUTH, _stem
+
+    if not source:
+        return {}
+    src = Path(source)
+    path = src / GROUND_TRUTH if src.is_dir() else src.with_name(f"{_stem(src)}.{GROUND_TRUTH}")
+    try:
+        optics = json.loads(path.read_text()).get("optics") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return optics if isinstance(optics, dict) else {}
+
+
+def optics_of_prepared(index: dict, scale: float) -> dict:
+    """The weights' `optics` entry for training on a prepared folder (its index.json): working pixel size from the
+    index (prepare records native / scale), NA and wavelength from the simulator's ground_truth.json next to each
+    day's raw source when it is still there; what is unknown is the reference microscope's and listed in
+    `assumed`. Days that disagree get their median, with a warning."""
+    from . import log
+
+    days = list(index.get("days", {}).values())
+    truths = [_ground_truth_optics(d.get("source")) for d in days]
+
+    def median(name: str, values: list) -> float | None:
+        values = [float(v) for v in values if isinstance(v, (int, float)) and v and math.isfinite(v)]
+        if not values:
+            return None
+        m = float(np.median(values))
+        if max(values) - min(values) > 0.05 * m:
+            log.warn(f"training days differ in {name} ({min(values):g} to {max(values):g}); the weights record {m:g}")
+        return m
+
+    working = median("working pixel size", [d.get("pixel_size_um") for d in days])
+    native = working * scale if working else median("pixel size", [t.get("pixel_um") for t in truths])
+    na = median("objective NA", [t.get("na") for t in truths])
+    wavelength = median("wavelength", [t.get("wavelength_um") for t in truths])
+    assumed = [k for k, v in (("na", na), ("wavelength_um", wavelength), ("pixel_um", native)) if v is None]
+    native = native or REFERENCE.pixel_um
+    m = Microscope(na or REFERENCE.na, wavelength or REFERENCE.wavelength_um, float(f"{native:.10g}"),
+                   float(f"{(working or native / scale):.10g}"))
+    Microscope.from_dict(m.to_dict())  # a clear ValueError now rather than unreadable weights later
+    return {**m.to_dict(), "assumed": assumed}
 
 
 def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, overwrite: bool = False, half: bool = False) -> None:

@@ -1,0 +1,375 @@
+"""Defocus in optical units (issue 13): NA, wavelength and pixel size from options and metadata, the resize they
+drive, dz converted between the training microscope and the user's, and the weights' `optics` entry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from typer.testing import CliRunner
+
+from microdeblur import engine, log
+from microdeblur.calibration import REFERENCE, Microscope, dz_factor, fit_calibration
+from microdeblur.cli import app
+from microdeblur.engine import Deblurrer
+from microdeblur.errors import UserError
+from microdeblur.inference import OpticsOptions, OpticsRun, deblur_paths, focus_paths, interpolate_paths
+from microdeblur.io import read_image, read_info, write_tiff
+from microdeblur.networks import DisentangledAE, ModelConfig
+from microdeblur.weights import (WeightsMeta, default_weights_path, load_weights, optics_of_prepared, save_weights,
+                                 training_optics)
+
+TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4))
+OBJ_40X = Microscope(0.75, 0.55)  # 40x/0.75
+OBJ_10X = Microscope(0.30, 0.55)  # 10x/0.3
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "1000"})
+
+
+def _one_error(res, *words: str) -> str:
+    """The single `error:` line of a failed run (exit 1), containing every word."""
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1, res.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert "Traceback" not in res.output and all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def _save(path: Path, scale: float = 0.5, optics: dict | None = None) -> Path:
+    """Tiny calibrated manifold-1d weights (code = 0.05 dz over -20..20 um)."""
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(**TINY)).eval()
+    dz = np.linspace(-20, 20, 41)
+    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale,
+                                          focus_blur_code=np.array([0.1], np.float32),
+                                          calibration=fit_calibration(0.05 * dz, dz), optics=optics))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ref_weights(tmp_path_factory) -> Path:
+    """Weights without an optics entry, at scale 0.5: read as the reference microscope (0.65 um working pixels)."""
+    return _save(tmp_path_factory.mktemp("w") / "ref.safetensors")
+
+
+def _texture(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random(shape) * 3000 + 1000).astype(np.uint16)
+
+
+def _ome(path: Path, data: np.ndarray, *, na: float | None = None, wavelength_nm: float | None = None,
+         pixel_nm: float | None = None, y_only: bool = False, objectives: tuple = (), settings: str | None = None) -> Path:
+    """An OME-TIFF whose XML names an objective (LensNA), a channel wavelength (nm) and a pixel size (nm)."""
+    h, w = data.shape
+    objs = "".join(f'<Objective ID="Objective:{i}" LensNA="{v}"/>' for i, v in enumerate(objectives or
+                                                                                        ((na,) if na else ())))
+    ref = f'<ObjectiveSettings ID="{settings}"/>' if settings else ""
+    size = "" if pixel_nm is None else (f'PhysicalSizeY="{pixel_nm}" PhysicalSizeYUnit="nm"' if y_only else
+                                        f'PhysicalSizeX="{pixel_nm}" PhysicalSizeXUnit="nm" '
+                                        f'PhysicalSizeY="{pixel_nm}" PhysicalSizeYUnit="nm"')
+    wl = "" if wavelength_nm is None else f'EmissionWavelength="{wavelength_nm}" EmissionWavelengthUnit="nm"'
+    xml = (f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           f'<Instrument ID="Instrument:0">{objs}</Instrument><Image ID="Image:0">{ref}'
+           f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="{w}" SizeY="{h}" SizeC="1" SizeZ="1" '
+           f'SizeT="1" {size}><Channel ID="Channel:0:0" SamplesPerPixel="1" {wl}/><TiffData/></Pixels></Image></OME>')
+    tifffile.imwrite(path, data, description=xml, metadata=None)
+    return path
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_dz_conversion_follows_na_squared_over_wavelength_and_round_trips():
+    f40, f10 = dz_factor(REFERENCE, OBJ_40X), dz_factor(REFERENCE, OBJ_10X)
+    assert f40 == pytest.approx(0.40 ** 2 / 0.75 ** 2) and f10 == pytest.approx(0.40 ** 2 / 0.30 ** 2)
+    assert dz_factor(REFERENCE, Microscope(0.40, 0.65)) == pytest.approx(0.65 / 0.55)  # longer wavelength: deeper
+    dz = np.linspace(-30, 30, 13)
+    for user in (OBJ_40X, OBJ_10X, REFERENCE):
+        back = dz * dz_factor(REFERENCE, user) * dz_factor(user, REFERENCE)
+        assert np.allclose(back, dz, rtol=1e-12, atol=1e-12)
+        # the optical defocus u = dz NA^2 / lambda is the same on both microscopes
+        assert np.allclose(REFERENCE.optical_units(dz), user.optical_units(dz * dz_factor(REFERENCE, user)))
+    assert dz_factor(REFERENCE, REFERENCE) == 1.0
+
+
+def test_reference_microscope_is_the_simulators():
+    from microdeblur.simulate import Optics
+
+    o = Optics()
+    assert (REFERENCE.na, REFERENCE.wavelength_um, REFERENCE.pixel_um) == (o.na, o.wavelength_um, o.pixel_um)
+    assert REFERENCE.working_pixel_um == pytest.approx(o.pixel_um / 0.5)
+
+
+# ---------------------------------------------------------------- the weights' optics entry
+
+
+def test_weights_without_optics_read_as_the_reference_microscope(tmp_path, ref_weights):
+    _, meta = load_weights(ref_weights)
+    assert meta.optics is None
+    assert training_optics(meta) == REFERENCE  # scale 0.5: 0.325 um camera pixels -> 0.65 um working pixels
+    _, meta1 = load_weights(_save(tmp_path / "s1.safetensors", scale=1.0))
+    assert training_optics(meta1) == Microscope(0.40, 0.55, 0.325, 0.325)
+    if default_weights_path().is_file():  # the shipped weights predate the entry
+        _, shipped = load_weights(None)
+        assert shipped.optics is None and training_optics(shipped) == REFERENCE
+
+
+def test_weights_optics_entry_round_trips_and_is_checked(tmp_path):
+    entry = {**Microscope(0.75, 0.6, 0.1625, 0.325).to_dict(), "assumed": []}
+    _, meta = load_weights(_save(tmp_path / "o.safetensors", optics=entry))
+    assert meta.optics == entry and training_optics(meta) == Microscope(0.75, 0.6, 0.1625, 0.325)
+    with pytest.raises(UserError, match="damaged microdeblur metadata"):
+        load_weights(_save(tmp_path / "bad.safetensors", optics={**entry, "na": 3.0}))
+
+
+def _raw_day(folder: Path, truth_optics: dict | None, pixel_um: float | None, planes: int = 5) -> None:
+    """A raw day as `simulate` lays it out: plane files (ImageJ resolution), focus.txt, ground_truth.json."""
+    folder.mkdir(parents=True)
+    res = {} if pixel_um is None else {"resolution": (1 / pixel_um, 1 / pixel_um)}
+    for k in range(planes):
+        tifffile.imwrite(folder / f"{folder.name}_z{k:03d}.tif", _texture((256, 256), k), imagej=True,
+                         metadata={"axes": "YX", **({"unit": "um"} if pixel_um else {})}, **res)
+    (folder / "focus.txt").write_text(f"{planes // 2}\n")
+    if truth_optics is not None:
+        (folder / "ground_truth.json").write_text(json.dumps({"z_step_um": 2.0, "optics": truth_optics}))
+
+
+def test_optics_of_a_prepared_folder_from_ground_truth_and_index(tmp_path):
+    from microdeblur.simulate import Optics
+
+    o = Optics(na=0.75, magnification=40.0)
+    _raw_day(tmp_path / "raw" / "d1", {"na": o.na, "wavelength_um": o.wavelength_um, "pixel_um": o.pixel_um},
+             o.pixel_um)
+    index = {"days": {"d1": {"source": str(tmp_path / "raw" / "d1"), "pixel_size_um": o.pixel_um / 0.5}}}
+    entry = optics_of_prepared(index, 0.5)
+    assert (entry["na"], entry["wavelength_um"], entry["assumed"]) == (0.75, 0.55, [])
+    assert entry["pixel_um"] == pytest.approx(0.1625) and entry["working_pixel_um"] == pytest.approx(0.325)
+    # nothing known (raw data moved away, no pixel size): the reference microscope, every value listed as assumed
+    entry = optics_of_prepared({"days": {"d": {"source": str(tmp_path / "gone"), "pixel_size_um": None}}}, 0.5)
+    assert Microscope.from_dict(entry) == REFERENCE and set(entry["assumed"]) == {"na", "wavelength_um", "pixel_um"}
+
+
+def test_training_writes_the_optics_entry(tmp_path):
+    from microdeblur.training import TrainConfig, train
+
+    for day in ("d1", "d2"):
+        _raw_day(tmp_path / "raw" / day, {"na": 0.75, "wavelength_um": 0.6, "pixel_um": 0.1625}, 0.1625)
+    res = _cli("-q", "prepare", tmp_path / "raw", tmp_path / "data", "--tile", "64")
+    assert res.exit_code == 0, res.output
+    cfg = TrainConfig(max_steps=2, batch_size=2, crop=32, workers=1, checkpoint_every=2, eval_every=2,
+                      widths=(4, 8, 8), id_channels=(2, 3, 4), beta_delay=1, beta_ramp=1)
+    train(tmp_path / "data", tmp_path / "w.safetensors", cfg)
+    _, meta = load_weights(tmp_path / "w.safetensors")
+    assert meta.optics["assumed"] == [] and training_optics(meta) == Microscope(0.75, 0.6, 0.1625, 0.325)
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_ome_objective_na_channel_wavelength_and_pixel_size_are_read(tmp_path):
+    info = read_info(_ome(tmp_path / "a.ome.tif", _texture((48, 64)), na=0.75, wavelength_nm=550, pixel_nm=162.5))
+    assert (info.na, info.wavelength_um, info.pixel_size_um) == (0.75, 0.55, 0.1625)
+    info = read_info(_ome(tmp_path / "b.ome.tif", _texture((48, 64)), pixel_nm=325, y_only=True,
+                          objectives=(0.3, 0.75), settings="Objective:1"))
+    assert (info.na, info.wavelength_um, info.pixel_size_um) == (0.75, None, 0.325)
+    info = read_info(_ome(tmp_path / "c.ome.tif", _texture((48, 64)), objectives=(0.3, 0.75)))  # which one? none
+    assert (info.na, info.wavelength_um, info.pixel_size_um) == (None, None, None)
+    assert read_info(write_tiff(tmp_path / "ij.tif", _texture((48, 64)), "YX", pixel_size_um=0.65)).na is None
+
+
+# ---------------------------------------------------------------- options against metadata
+
+
+def _run(weights: Path, options: OpticsOptions = OpticsOptions(), dz: bool = True) -> OpticsRun:
+    model, meta = load_weights(weights)
+    return OpticsRun(Deblurrer(model, meta), options.checked(), dz)
+
+
+def test_options_fill_missing_metadata_and_metadata_wins_within_five_percent(tmp_path, ref_weights, capsys):
+    plain = read_info(write_tiff(tmp_path / "plain.tif", _texture((48, 64)), "YX"))
+    ome = read_info(_ome(tmp_path / "m.ome.tif", _texture((48, 64)), na=0.75, wavelength_nm=600, pixel_nm=325))
+    assert _run(ref_weights, OpticsOptions(0.3, 0.5, 0.65)).microscope(plain) == Microscope(0.3, 0.5, 0.65)
+    # within 5 %: the file's own values
+    assert _run(ref_weights, OpticsOptions(0.74, 0.61, 0.33)).microscope(ome) == Microscope(0.75, 0.6, 0.325)
+    assert _run(ref_weights).microscope(ome) == Microscope(0.75, 0.6, 0.325)
+    capsys.readouterr()
+    run = _run(ref_weights)  # neither: the reference microscope, said once per run
+    with log.at_level(2):  # a CLI test with -q before may have left the level at 0; the pixel notice is -v
+        assert run.microscope(plain) == Microscope(REFERENCE.na, REFERENCE.wavelength_um, None)
+        run.microscope(plain), run.resolve(plain), run.resolve(plain)
+        early = capsys.readouterr().err  # said at the end of a run that succeeded, not before an error
+        assert "reference microscope" not in early and "no pixel size" not in early, early
+        run.report()
+        run.report()
+    err = capsys.readouterr().err
+    assert err.count("reference microscope") == 1 and err.count("no pixel size") == 1, err
+
+
+@pytest.mark.parametrize("option,value,stored,words", [
+    ("--na", "0.4", "na", ("--na 0.4", "0.75")),
+    ("--wavelength", "0.45", "wl", ("--wavelength 0.45 um", "0.6 um")),
+    ("--pixel-size", "0.65", "px", ("--pixel-size 0.65 um", "0.325 um")),
+])
+@pytest.mark.parametrize("command", ["deblur", "focus", "interpolate"])
+def test_an_option_contradicting_the_metadata_is_an_error_naming_both(tmp_path, ref_weights, command, option, value,
+                                                                     stored, words):
+    src = _ome(tmp_path / "m.ome.tif", _texture((48, 64)), na=0.75, wavelength_nm=600, pixel_nm=325)
+    extra = ["--dz-from", "0", "--dz-to", "4"] if command == "interpolate" else []
+    out = tmp_path / "out.tif"
+    _one_error(_cli(command, src, *extra, "-o", out, "-w", ref_weights, option, value), *words, "contradicts")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.ome.tif"]
+
+
+BAD = [
+    ("--na", "0", "--na must be"), ("--na", "1.7", "(0, 1.6]"), ("--na", "nan", "--na must be"),
+    ("--na", "-0.3", "--na must be"),
+    ("--wavelength", "550", "looks like nanometres"), ("--wavelength", "550", "0.55"),
+    ("--wavelength", "0.1", "(0.2, 2]"), ("--wavelength", "2.5", "--wavelength must be"),
+    ("--wavelength", "inf", "--wavelength must be"),
+    ("--pixel-size", "0", "--pixel-size must be"), ("--pixel-size", "-0.5", "(0, 100]"),
+    ("--pixel-size", "101", "--pixel-size must be"), ("--pixel-size", "inf", "--pixel-size must be"),
+    ("--pixel-size", "nan", "--pixel-size must be"),
+]
+
+
+@pytest.mark.parametrize("option,value,words", BAD)
+@pytest.mark.parametrize("command", ["deblur", "focus", "interpolate"])
+def test_bad_optics_values_are_one_error_line_and_nothing_written(tmp_path, ref_weights, command, option, value,
+                                                                  words):
+    src = write_tiff(tmp_path / "in.tif", _texture((48, 64)), "YX", pixel_size_um=0.65)
+    extra = ["--dz-from", "0", "--dz-to", "4"] if command == "interpolate" else []
+    out = tmp_path / "out" / "o.tif"
+    _one_error(_cli(command, src, *extra, "-o", out, "-w", ref_weights, option, value), words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_the_nanometre_hint_suggests_micrometres():
+    with pytest.raises(UserError, match=r"looks like nanometres; give micrometres, e\.g\. --wavelength 0\.633"):
+        OpticsOptions(wavelength_um=633).checked()
+    OpticsOptions(1.6, 2.0, 100.0).checked()  # the upper ends are allowed
+    OpticsOptions(0.01, 0.2001, 1e-3).checked()
+
+
+# ---------------------------------------------------------------- pixel size drives the resize
+
+
+@pytest.fixture
+def scales(monkeypatch) -> list[float]:
+    """The resize factor of every plane that goes through the engine's rescale."""
+    seen: list[float] = []
+    real = engine.rescale
+
+    def spy(plane, scale):
+        seen.append(scale)
+        return real(plane, scale)
+
+    monkeypatch.setattr(engine, "rescale", spy)
+    return seen
+
+
+@pytest.mark.parametrize("pixel,option,scale_opt,expected", [
+    (0.65, None, None, 1.0),     # 0.65 um pixels are the reference weights' working pixels: no resize
+    (0.325, None, None, 0.5),    # the shipped examples' pixel size: the weights' own factor
+    (None, None, None, 0.5),     # unknown: the weights' factor, as before
+    (None, 1.3, None, 2.0),      # --pixel-size fills the gap
+    (0.65, None, 0.25, 0.25),    # --scale wins over the pixel size
+    (0.26, None, None, 0.4),
+])
+def test_pixel_size_drives_the_resize(tmp_path, ref_weights, scales, pixel, option, scale_opt, expected):
+    src = write_tiff(tmp_path / "in.tif", _texture((96, 128)), "YX", pixel_size_um=pixel)
+    deblur_paths([str(src)], tmp_path / "out.tif", weights=ref_weights, device="cpu", scale=scale_opt,
+                 optics=OpticsOptions(pixel_size_um=option))
+    assert scales == [expected]
+    out = read_image(tmp_path / "out.tif")
+    assert out.shape == (96, 128) and out.pixel_size_um == (pixel or None)
+
+
+def test_pixel_size_far_from_the_networks_is_an_error_before_writing(tmp_path, ref_weights):
+    src = write_tiff(tmp_path / "in.tif", _texture((48, 64)), "YX", pixel_size_um=20.0)  # factor 30.8
+    _one_error(_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights), "20 um", "outside (0, 8]", "--scale")
+    assert not (tmp_path / "o.tif").exists()
+    assert _cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights, "--scale", "1").exit_code == 0
+
+
+def test_weights_trained_at_another_pixel_size_resize_to_it(tmp_path, scales):
+    entry = {**Microscope(0.75, 0.55, 0.1625, 0.325).to_dict(), "assumed": []}
+    w = _save(tmp_path / "w40.safetensors", optics=entry)
+    src = write_tiff(tmp_path / "in.tif", _texture((96, 128)), "YX", pixel_size_um=0.65)
+    deblur_paths([str(src)], tmp_path / "out.tif", weights=w, device="cpu")
+    assert scales == [2.0]
+
+
+# ---------------------------------------------------------------- dz in the user's um
+
+
+def test_focus_map_at_other_optics_scales_by_the_na2_over_wavelength_ratio(tmp_path, ref_weights):
+    data = _texture((160, 200), 3)
+    plain = write_tiff(tmp_path / "plain.tif", data, "YX", pixel_size_um=0.325)
+    ome = _ome(tmp_path / "m.ome.tif", data, na=0.75, wavelength_nm=550, pixel_nm=325)
+    focus_paths([str(plain)], tmp_path / "ref.tif", weights=ref_weights, device="cpu", csv=tmp_path / "ref.csv")
+    focus_paths([str(plain)], tmp_path / "opt.tif", weights=ref_weights, device="cpu", csv=tmp_path / "opt.csv",
+                optics=OpticsOptions(na=0.75, wavelength_um=0.55))
+    focus_paths([str(ome)], tmp_path / "meta.tif", weights=ref_weights, device="cpu")
+    ref, opt, meta = (read_image(tmp_path / f"{n}.tif").data for n in ("ref", "opt", "meta"))
+    factor = (0.40 ** 2 / 0.55) / (0.75 ** 2 / 0.55)
+    assert np.isfinite(ref).all() and np.abs(ref).max() > 0.5
+    assert np.allclose(opt, ref * factor, rtol=1e-5, atol=1e-6) and np.array_equal(meta, opt)
+    med = [float(next(iter(_rows(tmp_path / f"{n}.csv")))["median_dz_um"]) for n in ("ref", "opt")]
+    assert med[1] == pytest.approx(med[0] * factor, abs=1e-3)
+
+
+def _rows(path: Path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def code_net(monkeypatch):
+    """Network whose output tile is its blur code everywhere: outputs show which code a dz asked for."""
+    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (torch.zeros(len(t), 1), torch.zeros(len(t), 1)))
+    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: b.float().cpu().numpy()[:, :, None, None]
+                        * np.ones((1, 1, self.tile, self.tile), np.float32))
+
+
+def test_deblur_dz_is_in_the_users_um(tmp_path, ref_weights, code_net):
+    src = write_tiff(tmp_path / "in.tif", _texture((96, 128), 4), "YX", pixel_size_um=0.325)
+    factor = dz_factor(REFERENCE, OBJ_10X)
+    deblur_paths([str(src)], tmp_path / "ref.tif", weights=ref_weights, device="cpu", dz=6.0)
+    deblur_paths([str(src)], tmp_path / "10x.tif", weights=ref_weights, device="cpu", dz=6.0 * factor,
+                 optics=OpticsOptions(na=0.30, wavelength_um=0.55))
+    deblur_paths([str(src)], tmp_path / "10x_same_um.tif", weights=ref_weights, device="cpu", dz=6.0,
+                 optics=OpticsOptions(na=0.30, wavelength_um=0.55))
+    ref, x10, same = (read_image(tmp_path / f"{n}.tif").data.astype(int) for n in ("ref", "10x", "10x_same_um"))
+    assert np.abs(ref - x10).max() <= 1  # the same optical defocus gives the same output (float rounding of dz)
+    assert np.abs(ref - same).min() > 100  # 6 um on the 10x is less blur than 6 um on the reference
+
+
+def test_interpolate_dz_range_and_z_step_are_in_the_users_um(tmp_path, ref_weights, code_net):
+    src = write_tiff(tmp_path / "a.tif", _texture((96, 128), 5), "YX", pixel_size_um=0.325)
+    factor = dz_factor(REFERENCE, OBJ_40X)
+    interpolate_paths(src, None, tmp_path / "ref.tif", steps=3, dz_from=0.0, dz_to=8.0, weights=ref_weights,
+                      device="cpu")
+    interpolate_paths(src, None, tmp_path / "40x.tif", steps=3, dz_from=0.0, dz_to=8.0 * factor, weights=ref_weights,
+                      device="cpu", optics=OpticsOptions(na=0.75))
+    ref, x40 = read_image(tmp_path / "ref.tif"), read_image(tmp_path / "40x.tif")
+    assert np.abs(ref.data.astype(int) - x40.data).max() <= 1
+    assert np.abs(np.diff(ref.data.astype(int), axis=0)).min() > 100  # each plane has its own code
+    assert ref.z_step_um == pytest.approx(4.0) and x40.z_step_um == pytest.approx(4.0 * factor, rel=1e-4)
+
+
+def test_dz_range_warning_is_named_in_the_users_um(tmp_path, ref_weights, capsys):
+    src = write_tiff(tmp_path / "in.tif", _texture((48, 64)), "YX", pixel_size_um=0.325)
+    with log.at_level(1):
+        deblur_paths([str(src)], tmp_path / "o.tif", weights=ref_weights, device="cpu", dz=30.0,
+                     optics=OpticsOptions(na=0.75))
+    err = capsys.readouterr().err
+    hi = 20 * dz_factor(REFERENCE, Microscope(0.75, 0.55))
+    assert f"[{-hi:.4g}, {hi:.4g}] um is clipped" in err and "0.2844 x the network's um" in err, err
