@@ -29,7 +29,7 @@ from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched
 from .normalize import IntensityModel, NormalizationSpec
 from .objectives import OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
-from .weights import WeightsMeta, load_weights, save_weights
+from .weights import WeightsMeta, load_weights, optics_of_prepared, save_weights
 
 CKPT_VERSION = 2
 
@@ -495,12 +495,8 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
                "device": str(device), "precision": str(amp or torch.float32).replace("torch.", ""), "last": state.history[-1] if state.history else {}}
     norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
     meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
-                       z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary)
-    # -- optics entry (issue 13): the microscope trained for (NA, wavelength, pixel sizes), reference where unknown
-    from .weights import optics_of_prepared
-
-    meta.optics = optics_of_prepared(index, data.scale)
-    # -- end optics entry
+                       z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary,
+                       optics=optics_of_prepared(index, data.scale))  # the microscope trained for, reference where unknown
     save_weights(output, model.to("cpu").to(memory_format=torch.contiguous_format).eval(), meta,
                  overwrite=cfg.overwrite)
     log.info(f"trained {cfg.variant} for {state.step} steps in {state.elapsed_s / 60:.1f} min -> {output}")
