@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from typer.testing import CliRunner
 
 from microdeblur import engine, log
 from microdeblur.calibration import REFERENCE, Microscope, dz_factor, fit_calibration
-from microdeblur.cli import app
 from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
 from microdeblur.inference import OpticsOptions, OpticsRun, deblur_paths, focus_paths, interpolate_paths
@@ -23,22 +21,11 @@ from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import (WeightsMeta, default_weights_path, load_weights, optics_of_prepared, save_weights,
                                  training_optics)
 
+from cli_helpers import one_error, run_cli
+
 TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4))
 OBJ_40X = Microscope(0.75, 0.55)  # 40x/0.75
 OBJ_10X = Microscope(0.30, 0.55)  # 10x/0.3
-
-
-def _cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "1000"})
-
-
-def _one_error(res, *words: str) -> str:
-    """The single `error:` line of a failed run (exit 1), containing every word."""
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 1, res.output
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    assert "Traceback" not in res.output and all(w in lines[0] for w in words), lines[0]
-    return lines[0]
 
 
 def _save(path: Path, scale: float = 0.5, optics: dict | None = None) -> Path:
@@ -160,7 +147,7 @@ def test_training_writes_the_optics_entry(tmp_path):
 
     for day in ("d1", "d2"):
         _raw_day(tmp_path / "raw" / day, {"na": 0.75, "wavelength_um": 0.6, "pixel_um": 0.1625}, 0.1625)
-    res = _cli("-q", "prepare", tmp_path / "raw", tmp_path / "data", "--tile", "64")
+    res = run_cli("-q", "prepare", tmp_path / "raw", tmp_path / "data", "--tile", "64")
     assert res.exit_code == 0, res.output
     cfg = TrainConfig(max_steps=2, batch_size=2, crop=32, workers=1, checkpoint_every=2, eval_every=2,
                       widths=(4, 8, 8), id_channels=(2, 3, 4), beta_delay=1, beta_ramp=1)
@@ -222,7 +209,7 @@ def test_an_option_contradicting_the_metadata_is_an_error_naming_both(tmp_path, 
     src = _ome(tmp_path / "m.ome.tif", _texture((48, 64)), na=0.75, wavelength_nm=600, pixel_nm=325)
     extra = ["--dz-from", "0", "--dz-to", "4"] if command == "interpolate" else []
     out = tmp_path / "out.tif"
-    _one_error(_cli(command, src, *extra, "-o", out, "-w", ref_weights, option, value), *words, "contradicts")
+    one_error(run_cli(command, src, *extra, "-o", out, "-w", ref_weights, option, value), *words, "contradicts")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.ome.tif"]
 
 
@@ -245,7 +232,7 @@ def test_bad_optics_values_are_one_error_line_and_nothing_written(tmp_path, ref_
     src = write_tiff(tmp_path / "in.tif", _texture((48, 64)), "YX", pixel_size_um=0.65)
     extra = ["--dz-from", "0", "--dz-to", "4"] if command == "interpolate" else []
     out = tmp_path / "out" / "o.tif"
-    _one_error(_cli(command, src, *extra, "-o", out, "-w", ref_weights, option, value), words)
+    one_error(run_cli(command, src, *extra, "-o", out, "-w", ref_weights, option, value), words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
@@ -292,9 +279,9 @@ def test_pixel_size_drives_the_resize(tmp_path, ref_weights, scales, pixel, opti
 
 def test_pixel_size_far_from_the_networks_is_an_error_before_writing(tmp_path, ref_weights):
     src = write_tiff(tmp_path / "in.tif", _texture((48, 64)), "YX", pixel_size_um=20.0)  # factor 30.8
-    _one_error(_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights), "20 um", "outside (0, 8]", "--scale")
+    one_error(run_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights), "20 um", "outside (0, 8]", "--scale")
     assert not (tmp_path / "o.tif").exists()
-    assert _cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights, "--scale", "1").exit_code == 0
+    assert run_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights, "--scale", "1").exit_code == 0
 
 
 def test_weights_trained_at_another_pixel_size_resize_to_it(tmp_path, scales):

@@ -18,10 +18,8 @@ import pytest
 import tifffile
 import torch
 import typer
-from typer.testing import CliRunner
 
 from microdeblur import engine, inference
-from microdeblur import io as mdio
 from microdeblur import prepare as prep
 from microdeblur import simulate as sim
 from microdeblur import weights as wmod
@@ -29,25 +27,14 @@ from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
 from microdeblur.errors import UserError
 from microdeblur.interrupts import raise_on_sigterm
-from microdeblur.io import (AtomicFile, Outputs, StackWriter, StagedFolder, atomic_path, read_image, read_info,
+from microdeblur.io import (Outputs, StackWriter, StagedFolder, atomic_path, read_image, read_info,
                             remove_stale_temps, temp_path, write_tiff)
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, save_weights
 
+from cli_helpers import one_error, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "1000"})
-
-
-def _one_error(res, *words: str) -> str:
-    """The single `error:` line of a failed run (exit 1), containing every word."""
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 1, res.output
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    assert "Traceback" not in res.output and all(w in lines[0] for w in words), lines[0]
-    return lines[0]
 
 
 def _tiny_model() -> DisentangledAE:
@@ -157,7 +144,7 @@ def test_a_day_folder_created_meanwhile_is_never_replaced(tmp_path: Path, monkey
         (out / name / "theirs.txt").write_text("theirs")
 
     monkeypatch.setattr(sim, "simulate_day", racing_day)
-    _one_error(_cli("simulate", out, "--planes", "2", "--size", "128x128"), "day01: already exists")
+    one_error(run_cli("simulate", out, "--planes", "2", "--size", "128x128"), "day01: already exists")
     assert sorted(p.name for p in out.rglob("*")) == ["day01", "theirs.txt"]
 
 
@@ -274,7 +261,7 @@ def test_two_processes_writing_one_output_exactly_one_wins(tmp_path: Path, weigh
     assert loser.strip().splitlines()[-1].startswith("error:") and "already exists (use --overwrite" in loser
     winner = [a, b][[rc for rc, _ in results].index(0)]
     expected = tmp_path / "expected.tif"
-    assert _cli("deblur", winner, "-o", expected, "-w", weights, "--device", "cpu").exit_code == 0
+    assert run_cli("deblur", winner, "-o", expected, "-w", weights, "--device", "cpu").exit_code == 0
     assert np.array_equal(read_image(out).data, read_image(expected).data)
     assert _hidden(tmp_path / "out") == []
 
@@ -382,7 +369,7 @@ def test_bad_numbers_of_inference_commands_are_refused(tmp_path: Path, weights: 
     else:
         extra += [option, value]
     out = tmp_path / "out.tif"
-    _one_error(_cli(command, src, "-o", out, "-w", weights, "--device", "cpu", *extra), option)
+    one_error(run_cli(command, src, "-o", out, "-w", weights, "--device", "cpu", *extra), option)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
@@ -397,7 +384,7 @@ def test_bad_numbers_of_simulate_and_prepare_are_refused(tmp_path: Path, command
     args = [tmp_path / "out", "--planes", "2", "--size", "128x128"] if command == "simulate" else [
         write_day(tmp_path / "day", bf_stack(3, 1, shape=(32, 32)), focus=1), tmp_path / "out", "--tile", "32",
         "--scale", "1"]
-    _one_error(_cli(command, *args, option, value), option)
+    one_error(run_cli(command, *args, option, value), option)
     assert not (tmp_path / "out").exists()
 
 
@@ -408,7 +395,7 @@ def test_bad_numbers_of_simulate_and_prepare_are_refused(tmp_path: Path, command
                                    np.full((200, 300), 1234.5, np.float32)], ids=["zeros", "1x1", "flat"])
 def test_focus_on_an_image_without_contrast_reports_no_number(tmp_path: Path, weights: Path, image):
     src = write_tiff(tmp_path / "in.tif", image, "YX")
-    res = _cli("focus", src, "-o", tmp_path / "m.tif", "--csv", tmp_path / "s.csv", "-w", weights, "--device", "cpu")
+    res = run_cli("focus", src, "-o", tmp_path / "m.tif", "--csv", tmp_path / "s.csv", "-w", weights, "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert "no tile has enough contrast to estimate defocus" in res.output
     assert np.isnan(read_image(tmp_path / "m.tif").data).all()
@@ -437,7 +424,7 @@ def test_ome_input_gives_ome_output_with_physical_sizes(tmp_path: Path, weights:
         "PhysicalSizeYUnit": "nm", "PhysicalSizeZ": 0.5, "PhysicalSizeZUnit": "µm"})
     for cmd, out in (("deblur", tmp_path / "out.ome.tif"), ("deblur", tmp_path / "out.tif"),
                      ("focus", tmp_path / "map.tif")):
-        assert _cli(cmd, src, "-o", out, "-w", weights, "--device", "cpu").exit_code == 0
+        assert run_cli(cmd, src, "-o", out, "-w", weights, "--device", "cpu").exit_code == 0
         with tifffile.TiffFile(out) as tif:
             assert tif.is_ome and not tif.is_imagej, out
             pixels = tif.ome_metadata.split("<Pixels", 1)[1].split(">", 1)[0]
@@ -455,7 +442,7 @@ def test_no_pixel_size_in_means_no_pixel_size_out(tmp_path: Path, weights: Path)
     tifffile.imwrite(ome, _texture((40, 50)), ome=True, metadata={"axes": "YX"})
     for src in (plain, ome):
         out = tmp_path / f"out_{src.name}"
-        assert _cli("deblur", src, "-o", out, "-w", weights, "--device", "cpu").exit_code == 0
+        assert run_cli("deblur", src, "-o", out, "-w", weights, "--device", "cpu").exit_code == 0
         with tifffile.TiffFile(out) as tif:
             if tif.is_ome:
                 assert "PhysicalSize" not in tif.ome_metadata
@@ -475,7 +462,7 @@ def test_unwritable_output_folder_names_the_users_path(tmp_path: Path, weights: 
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(tifffile, "memmap", denied)
-    line = _one_error(_cli("deblur", src, "-o", tmp_path / "ro" / "o.tif", "-w", weights), "Permission denied",
+    line = one_error(run_cli("deblur", src, "-o", tmp_path / "ro" / "o.tif", "-w", weights), "Permission denied",
                       str(tmp_path / "ro" / "o.tif"))
     assert ".tmp" not in line
     monkeypatch.setattr(tifffile, "memmap", real_memmap)
@@ -484,7 +471,7 @@ def test_unwritable_output_folder_names_the_users_path(tmp_path: Path, weights: 
         ro.mkdir()
         ro.chmod(0o555)
         try:
-            line = _one_error(_cli("deblur", src, "-o", ro / "o.tif", "-w", weights), str(ro / "o.tif"))
+            line = one_error(run_cli("deblur", src, "-o", ro / "o.tif", "-w", weights), str(ro / "o.tif"))
             assert ".tmp" not in line
         finally:
             ro.chmod(0o755)
@@ -501,7 +488,7 @@ def test_disk_full_names_the_output_keeps_the_old_one_and_leaves_no_temp(tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
-    _one_error(_cli("deblur", src, "-o", out, "-w", weights, "--overwrite"), f"{out}: cannot write",
+    one_error(run_cli("deblur", src, "-o", out, "-w", weights, "--overwrite"), f"{out}: cannot write",
                "No space left on device")
     a = write_tiff(tmp_path / "a.tif", _texture((40, 50)), "YX")
     real_imwrite = tifffile.imwrite
@@ -511,7 +498,7 @@ def test_disk_full_names_the_output_keeps_the_old_one_and_leaves_no_temp(tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tifffile, "imwrite", full_after_header)
-    _one_error(_cli("interpolate", a, "-o", out,
+    one_error(run_cli("interpolate", a, "-o", out,
                     "--dz-from", "0", "--dz-to", "2", "--steps", "2", "-w", weights, "--overwrite"),
                f"{out}: cannot write (No space left on device)")
     assert out.read_bytes() == b"previous result" and _hidden(tmp_path / "out") == []
@@ -552,14 +539,14 @@ def test_every_option_of_focus_and_interpolate_has_help_and_flags_show_no_metava
         for p in _click_commands()[name].params:
             assert p.help, (name, p.name)
     for name in ("", *_click_commands()):
-        res = _cli(*([name] if name else []), "--help")
+        res = run_cli(*([name] if name else []), "--help")
         assert res.exit_code == 0 and "<bool>" not in res.output, name
 
 
 def test_quiet_and_verbose_work_after_the_command(tmp_path: Path, weights: Path):
     src = write_tiff(tmp_path / "in.tif", _texture((40, 50)), "YX")
-    quiet = _cli("deblur", src, "-o", tmp_path / "q.tif", "-w", weights, "--device", "cpu", "-q")
+    quiet = run_cli("deblur", src, "-o", tmp_path / "q.tif", "-w", weights, "--device", "cpu", "-q")
     assert quiet.exit_code == 0 and quiet.output.strip() == "", quiet.output
-    verbose = _cli("deblur", src, "-o", tmp_path / "v.tif", "-w", weights, "--device", "cpu", "--verbose")
+    verbose = run_cli("deblur", src, "-o", tmp_path / "v.tif", "-w", weights, "--device", "cpu", "--verbose")
     assert verbose.exit_code == 0 and "plane 1/1" in verbose.output, verbose.output
-    _one_error(_cli("deblur", tmp_path / "missing.tif", "-o", tmp_path / "x.tif", "-q"), "missing.tif")
+    one_error(run_cli("deblur", tmp_path / "missing.tif", "-o", tmp_path / "x.tif", "-q"), "missing.tif")

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, log
-from .errors import UserError, one_line
+from .errors import UserError
 from .interrupts import raise_on_sigterm
 
 def _no_flag_metavars(params: list) -> list:
