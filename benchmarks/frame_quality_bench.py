@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--weights", "-w", type=Path, action="append", default=[], help="repeatable; default: shipped")
     ap.add_argument("--unet", type=Path, default=None, help="U-Net baseline weights (benchmarks/train_unet.py)")
     ap.add_argument("--dz-max", type=float, default=15.0)
-    ap.add_argument("--rl-iterations", type=int, default=10)
+    ap.add_argument("--rl-iterations", type=int, nargs="+", default=[1, 10], help="one Richardson-Lucy row per count")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-frame rows and the summary here")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables here")

@@ -86,18 +86,22 @@ def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale
     return method
 
 
-def baseline_methods(scale: float, rl_iterations: int = 10) -> dict[str, Method]:
-    """The blurry input, unsharp masking and Richardson-Lucy (reference optics' defocus PSF at the true |dz|)."""
+def baseline_methods(scale: float, rl_iterations: int | Sequence[int] = 10) -> dict[str, Method]:
+    """The blurry input, unsharp masking and Richardson-Lucy (reference optics' defocus PSF at the true |dz|),
+    one row per iteration count (the best count depends on noise and |dz|: give the peer its best)."""
     from .baselines import deconvolve, richardson_lucy_tiles, unsharp
 
-    def rl(x: np.ndarray, dz: float, px: float | None) -> np.ndarray:
-        if px is None or not np.isfinite(px):  # unknown pixel size: no PSF to deconvolve with
-            return np.full_like(x, np.nan)
-        return deconvolve(x[None], np.array([dz]), px, lambda t, psf: richardson_lucy_tiles(t, psf, rl_iterations))[0]
+    def rl(iterations: int) -> Method:
+        def run(x: np.ndarray, dz: float, px: float | None) -> np.ndarray:
+            if px is None or not np.isfinite(px):  # unknown pixel size: no PSF to deconvolve with
+                return np.full_like(x, np.nan)
+            return deconvolve(x[None], np.array([dz]), px, lambda t, psf: richardson_lucy_tiles(t, psf, iterations))[0]
+        return at_working_scale(run, scale)
 
+    counts = [rl_iterations] if isinstance(rl_iterations, int) else list(rl_iterations)
     return {INPUT: lambda plane, dz, px: np.asarray(plane, np.float32),
             "unsharp mask": at_working_scale(lambda x, dz, px: unsharp(x[None])[0], scale),
-            f"Richardson-Lucy ({rl_iterations} it.)": at_working_scale(rl, scale)}
+            **{f"Richardson-Lucy ({n} it.)": rl(n) for n in counts}}
 
 
 def model_method(deblurrer) -> Method:
