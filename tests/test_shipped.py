@@ -22,7 +22,7 @@ def test_shipped_weights_load_with_everything_inference_needs():
     assert default_weights_path().exists()
     model, meta = load_weights(None, expect_variant="manifold-1d")
     assert model.config.blur_dim == 1 and meta.scale == 0.5 and meta.z_step_um == 2.0
-    assert meta.focus_blur_code.shape == (1,)
+    assert meta.focus_blur_code.shape == (1,) and model.config.input_skip
     assert meta.calibration["kind"] in ("signed", "abs") and meta.calibration["ok"]
     ratios = meta.normalization["focus_ratios"]
     assert len(ratios["dz_um"]) == len(ratios["lo"]) == len(ratios["hi"]) > 10
@@ -98,3 +98,34 @@ def test_shipped_weights_restore_pixel_scale_detail(tmp_path):
     for name, x, y, ref in _deblurred_examples(tmp_path):
         r_in, r_out = (_detail(v, 0.0) / _detail(ref, 0.0) for v in (x, y))
         assert abs(r_out - 1) < abs(r_in - 1), (name, r_in, r_out)
+
+
+def _refocus_readings(tmp_path, targets=(-8.0, 8.0)) -> dict[float, float]:
+    """`deblur --dz T` of the in-focus example, then `focus --csv` on every output: T -> median reading (µm)."""
+    src, outs = EXAMPLES / "example_infocus.tif", []
+    for t in targets:
+        out = tmp_path / f"refocus_{t:+g}.tif"
+        res = runner.invoke(app, ["deblur", str(src), "-o", str(out), "--dz", str(t)])
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    res = runner.invoke(app, ["focus", *map(str, outs), "-o", str(tmp_path / "maps"), "--csv", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    rows = [line.split(",") for line in (tmp_path / "r.csv").read_text().splitlines()[1:]]
+    return {t: float(row[2]) for t, row in zip(targets, rows)}
+
+
+def test_refocused_example_reads_near_its_target(tmp_path):
+    """Refocusing lands on the requested side of focus, in order, within 3.5 µm of the target (measured on the
+    shipped weights: -8 -> -9.0, +8 -> +11.2 µm; benchmarks/refocus_bench.py has the held-out figures)."""
+    got = _refocus_readings(tmp_path)
+    assert got[-8.0] < -4.0 < 4.0 < got[8.0]
+    assert all(abs(v - t) <= 3.5 for t, v in got.items()), got
+
+
+@pytest.mark.xfail(strict=True, reason="known shortfall (docs/model-card.md): refocusing overshoots beyond focus; "
+                   "strict, so the day it passes this marker must go")
+def test_refocused_example_reads_within_the_focus_error_bar(tmp_path):
+    """Issue bar: the re-read defocus of a refocused plane within the focus estimate's own error bar (90th
+    percentile of per-tile error on held-out fields: 1.8 µm)."""
+    got = _refocus_readings(tmp_path)
+    assert all(abs(v - t) <= 1.8 for t, v in got.items()), got
