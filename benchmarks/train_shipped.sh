@@ -5,10 +5,10 @@
 # Writes runs/raw_train, runs/data_train and runs/NAME.safetensors (+ .ckpt, .log.csv); re-running
 # continues an interrupted run from its checkpoint (also with a larger STEPS: the schedules are counted
 # in steps, so extending a run keeps the steps already planned). The shipped run (both cores):
-#   bash benchmarks/train_shipped.sh 12000 m1d                      # shipped manifold-1d (pyramid network)
+#   bash benchmarks/train_shipped.sh 10000 m1d                      # shipped manifold-1d (pyramid network, input skip)
 # Same-budget comparisons (WORKERS=1 to run two at once):
-#   bash benchmarks/train_shipped.sh 12000 manifold --variant manifold
-#   bash benchmarks/train_shipped.sh 12000 mlvae --variant ml-vae
+#   bash benchmarks/train_shipped.sh 10000 manifold --variant manifold
+#   bash benchmarks/train_shipped.sh 10000 mlvae --variant ml-vae
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-5000}
