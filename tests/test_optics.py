@@ -102,9 +102,9 @@ def test_weights_without_optics_read_as_the_reference_microscope(tmp_path, ref_w
     assert training_optics(meta) == REFERENCE  # scale 0.5: 0.325 um camera pixels -> 0.65 um working pixels
     _, meta1 = load_weights(_save(tmp_path / "s1.safetensors", scale=1.0))
     assert training_optics(meta1) == Microscope(0.40, 0.55, 0.325, 0.325)
-    if default_weights_path().is_file():  # the shipped weights predate the entry
+    if default_weights_path().is_file():  # the shipped weights carry the entry: the reference microscope
         _, shipped = load_weights(None)
-        assert shipped.optics is None and training_optics(shipped) == REFERENCE
+        assert shipped.optics is not None and training_optics(shipped) == REFERENCE
 
 
 def test_weights_optics_entry_round_trips_and_is_checked(tmp_path):

@@ -550,3 +550,13 @@ def test_quiet_and_verbose_work_after_the_command(tmp_path: Path, weights: Path)
     verbose = run_cli("deblur", src, "-o", tmp_path / "v.tif", "-w", weights, "--device", "cpu", "--verbose")
     assert verbose.exit_code == 0 and "plane 1/1" in verbose.output, verbose.output
     one_error(run_cli("deblur", tmp_path / "missing.tif", "-o", tmp_path / "x.tif", "-q"), "missing.tif")
+
+
+def test_cli_verbosity_does_not_leak_into_the_calling_process(tmp_path):
+    """`-q` before the command sets the level for that invocation only (Python callers keep theirs)."""
+    from microdeblur import log
+
+    with log.at_level(1):
+        res = run_cli("-q", "simulate", tmp_path / "raw", "--days", "1", "--planes", "1", "--size", "128x128")
+        assert res.exit_code == 0, res.output
+        assert log.verbosity() == 1

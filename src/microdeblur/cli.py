@@ -80,12 +80,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
 ) -> None:
     """microdeblur command line."""
+    before = log.verbosity()
     log.set_verbosity(0 if quiet else 2 if verbose else 1)
+    ctx.call_on_close(lambda: log.set_verbosity(before))  # an in-process caller gets its level back
 
 
 def _fail(message: str, code: int = 1) -> None:
