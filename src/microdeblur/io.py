@@ -516,14 +516,21 @@ def _tiff_plane_getter(tif: tifffile.TiffFile, info: ImageInfo, path: Path) -> C
     return lambda i: flat[i]
 
 
+@contextmanager
+def _open_tiff(path: Path, guard) -> Iterator[tuple[tifffile.TiffFile, ImageInfo]]:
+    """An open TIFF and its checked header (inside `_reading`, whose guard names the file on failure)."""
+    with tifffile.TiffFile(path) as tif:
+        info = _tiff_info(tif, path)
+        guard.check()
+        yield tif, info
+
+
 def read_info(path: str | Path) -> ImageInfo:
     """Axes, shape, dtype and physical metadata of an image file, reading only its header."""
     path = Path(path)
     with _reading(path) as guard:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                info = _tiff_info(tif, path)
-                guard.check()
+            with _open_tiff(path, guard) as (_, info):
                 return info
         props = iio.improps(path, plugin="pillow")
         shape = tuple(props.shape)
@@ -540,8 +547,7 @@ def iter_planes(path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
         if path.suffix.lower() not in TIFF_SUFFIXES:
             yield 0, read_image(path).data
             return
-        with tifffile.TiffFile(path) as tif:
-            info = _tiff_info(tif, path)
+        with _open_tiff(path, guard) as (tif, info):
             get = _tiff_plane_getter(tif, info, path)
             guard.check()
             for i in range(info.n_planes):
@@ -555,9 +561,7 @@ def read_image(path: str | Path) -> ImageData:
     path = Path(path)
     with _reading(path) as guard:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
-                info = _tiff_info(tif, path)
-                guard.check()
+            with _open_tiff(path, guard) as (tif, info):
                 if _uniform_plane_series(tif):
                     data = np.stack([s.asarray() for s in tif.series])
                 else:
@@ -887,7 +891,24 @@ def _commit_all(entries: Sequence[tuple[Path, Path, bool]]) -> None:
     moves.finish()
 
 
-class AtomicFile:
+class _Transaction:
+    """Context-manager protocol of the atomic writers: commit on success; on failure discard the temp
+    files and re-raise, translated by `user_error` into a message naming the user's path."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+            return
+        self.discard()
+        shown = self.user_error(exc)
+        if shown is not exc:
+            raise shown from None
+
+
+class AtomicFile(_Transaction):
     """One output file: written at `tmp` (a hidden temp name beside it), moved onto `path` by `commit`.
 
     Use as a context manager (commit on success; temp removed on any exception, Ctrl-C and SIGTERM included)
@@ -916,16 +937,9 @@ class AtomicFile:
         """Remove the temp file (the final name is untouched)."""
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "AtomicFile":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-            return
-        self.discard()
-        if self.error(exc) is not exc:
-            raise self.error(exc) from None
+    def user_error(self, exc: BaseException) -> BaseException:
+        """The error to show for a failure inside the block (see `error`)."""
+        return self.error(exc)
 
 
 @contextmanager
@@ -942,7 +956,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
     return Path(path)
 
 
-class Outputs:
+class Outputs(_Transaction):
     """Several `AtomicFile`s (anywhere) committed together in the order added: all outputs of a run or none."""
 
     def __init__(self, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
@@ -977,19 +991,12 @@ class Outputs:
             except OSError:
                 pass
 
-    def __enter__(self) -> "Outputs":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-            return
-        self.discard()
-        if isinstance(exc, OSError) and self.files:
-            name = Path(exc.filename).name if exc.filename is not None else None
-            f = next((f for f in self.files if f.tmp.name == name), self.files[-1])  # else the one being written
-            if f.error(exc) is not exc:
-                raise f.error(exc) from None
+    def user_error(self, exc: BaseException) -> BaseException:
+        """An OSError named after the output whose temp file failed (else the one being written)."""
+        if not (isinstance(exc, OSError) and self.files):
+            return exc
+        name = Path(exc.filename).name if exc.filename is not None else None
+        return next((f for f in self.files if f.tmp.name == name), self.files[-1]).error(exc)
 
 
 class StagedFolder:
