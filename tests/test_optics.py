@@ -15,7 +15,8 @@ from microdeblur import engine, log
 from microdeblur.calibration import REFERENCE, Microscope, dz_factor, fit_calibration
 from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
-from microdeblur.inference import OpticsOptions, OpticsRun, deblur_paths, focus_paths, interpolate_paths
+from microdeblur.inference import deblur_paths, focus_paths, interpolate_paths
+from microdeblur.optics import OpticsOptions, OpticsRun
 from microdeblur.io import read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import (WeightsMeta, default_weights_path, load_weights, optics_of_prepared, save_weights,

@@ -284,7 +284,8 @@ def deblur(
 
     Batch mode (--shard, --skip-existing or --manifest): each output is moved into place as soon as it is
     complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
-    from .inference import OpticsOptions, deblur_paths
+    from .inference import deblur_paths
+    from .optics import OpticsOptions
     from .io import expand_inputs
 
     optics = OpticsOptions(na, wavelength, pixel_size).checked()  # fail before any work
@@ -324,7 +325,8 @@ def interpolate(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Walk the blur code from A's focus level to B's (or between two dz) and write the stack."""
-    from .inference import OpticsOptions, interpolate_paths
+    from .inference import interpolate_paths
+    from .optics import OpticsOptions
 
     interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
                       overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite,
@@ -355,7 +357,8 @@ def focus(
     1-D blur code.
 
     Batch mode (--shard, --skip-existing or --manifest) works as for deblur."""
-    from .inference import OpticsOptions, focus_paths
+    from .inference import focus_paths
+    from .optics import OpticsOptions
 
     focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
                 csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest,

@@ -1,0 +1,112 @@
+"""The optics of a run: --na / --wavelength / --pixel-size against each file's metadata, the resize factor to the
+network's working pixel size and the dz factor between the training microscope and the user's (u = Δz·NA²/λ;
+docs/inference.md, "Units, optics and resizing")."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from . import calibration, log
+from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope
+from .engine import Deblurrer
+from .errors import UserError
+
+AGREE = 0.05  # an option and the file's metadata more than 5 % apart contradict each other
+
+
+@dataclass(frozen=True)
+class OpticsOptions:
+    """--na, --wavelength (um) and --pixel-size (um at the sample) as given (None: not given); `checked` validates."""
+
+    na: float | None = None
+    wavelength_um: float | None = None
+    pixel_size_um: float | None = None
+
+    def checked(self) -> "OpticsOptions":
+        """self, or a UserError naming the option whose value is impossible."""
+        if self.na is not None and not (math.isfinite(self.na) and NA_RANGE[0] < self.na <= NA_RANGE[1]):
+            raise UserError(f"--na must be an objective NA in ({NA_RANGE[0]:g}, {NA_RANGE[1]:g}], got {self.na:g}")
+        wl = self.wavelength_um
+        if wl is not None and not (math.isfinite(wl) and WAVELENGTH_RANGE_UM[0] < wl <= WAVELENGTH_RANGE_UM[1]):
+            if math.isfinite(wl) and 100 <= wl <= 2000:
+                raise UserError(f"--wavelength {wl:g} looks like nanometres; give micrometres, e.g. --wavelength "
+                                f"{wl / 1000:g}")
+            raise UserError(f"--wavelength must be in ({WAVELENGTH_RANGE_UM[0]:g}, {WAVELENGTH_RANGE_UM[1]:g}] um, "
+                            f"got {wl:g}")
+        px = self.pixel_size_um
+        if px is not None and not (math.isfinite(px) and PIXEL_RANGE_UM[0] < px <= PIXEL_RANGE_UM[1]):
+            raise UserError(f"--pixel-size must be a finite pixel size at the sample in ({PIXEL_RANGE_UM[0]:g}, "
+                            f"{PIXEL_RANGE_UM[1]:g}] um, got {px:g}")
+        return self
+
+
+def _agreed(path, option: str, what: str, unit: str, given: float | None, stored: float | None,
+            valid: tuple[float, float]) -> float | None:
+    """The file's value, else the option's; a UserError when both exist and differ by more than AGREE."""
+    if stored is not None and not valid[0] < stored <= valid[1]:
+        log.warn(f"{path}: its metadata's {what} {stored:g}{unit} is outside ({valid[0]:g}, {valid[1]:g}]: ignored")
+        stored = None
+    if given is not None and stored is not None and abs(given - stored) > AGREE * stored:
+        raise UserError(f"{path}: {option} {given:g}{unit} contradicts the {what} in the file's metadata, "
+                        f"{stored:g}{unit} (more than {AGREE:.0%} apart); correct the option or the file")
+    return stored if stored is not None else given
+
+
+class OpticsRun:
+    """The optics of every input of one run: options against metadata, the resize factor (pixel size / the
+    network's working pixel size, unless --scale) and the dz factor (um of the input's microscope per um of the
+    training microscope); what falls back to a default is said once per run, by `report` at the end of a run that
+    succeeded (a failed run shows its one error line only). `dz` says whether the run reports or asks for dz (only
+    then do NA and wavelength matter)."""
+
+    def __init__(self, db: Deblurrer, options: OpticsOptions, dz: bool) -> None:
+        self.db, self.options, self.dz = db, options, dz
+        self._notes: dict = {}  # key -> [log function, message, first input or None, inputs], in the order first met
+
+    def _once(self, key, message: str, say=None, path=None) -> None:
+        note = self._notes.setdefault(key, [say or log.info, message, path, set()])
+        if path is not None:
+            note[3].add(str(path))
+
+    def report(self) -> None:
+        """Say each note of this run once, naming the first input it concerns and how many others (then forget)."""
+        for say, message, path, paths in self._notes.values():
+            others = len(paths) - 1
+            who = "" if path is None else f"{path}{f' and {others} other input(s)' if others > 0 else ''}: "
+            say(who + message)
+        self._notes = {}
+
+    def microscope(self, info) -> Microscope:
+        """The input's NA, wavelength and pixel size (None when unknown) from its metadata and the options."""
+        o, path = self.options, info.path
+        na = _agreed(path, "--na", "objective NA", "", o.na, getattr(info, "na", None), NA_RANGE)
+        wl = _agreed(path, "--wavelength", "wavelength", " um", o.wavelength_um, getattr(info, "wavelength_um", None),
+                     WAVELENGTH_RANGE_UM)
+        px = _agreed(path, "--pixel-size", "pixel size", " um", o.pixel_size_um, info.pixel_size_um, PIXEL_RANGE_UM)
+        if self.dz and (na is None or wl is None):
+            gaps = [(w, opt, ref) for w, opt, ref, v in (
+                ("NA", "--na", f"NA {REFERENCE.na:.2f}", na),
+                ("wavelength", "--wavelength", f"wavelength {REFERENCE.wavelength_um:g} um", wl)) if v is None]
+            self._once(("reference", tuple(g[0] for g in gaps)), f"no {' or '.join(g[0] for g in gaps)} given "
+                       f"({', '.join(g[1] for g in gaps)}) or in the metadata: dz is converted with the reference "
+                       f"microscope's {' and '.join(g[2] for g in gaps)}", path=path)
+        return Microscope(na or REFERENCE.na, wl or REFERENCE.wavelength_um, px)
+
+    def resolve(self, info) -> tuple[Deblurrer, float]:
+        """(the Deblurrer at this input's resize factor, the input's dz factor)."""
+        m = self.microscope(info)
+        db = self.db.with_scale(self.db.scale_for(m.pixel_um, info.path))
+        if m.pixel_um is None and not self.db.scale_given:
+            self._once("pixel", f"no pixel size given (--pixel-size) or in the metadata: resized by the weights' "
+                       f"factor {self.db.scale:g}, as for {self.db.optics.working_pixel_um * self.db.scale:g} um pixels",
+                       log.debug, info.path)  # as before the pixel size counted
+        factor = calibration.dz_factor(self.db.optics, m)
+        if self.dz and abs(factor - 1) > 1e-9:
+            t = self.db.optics
+            self._once(("factor", round(factor, 12)), f"dz in um at NA {m.na:g} and {m.wavelength_um:g} um: "
+                       f"{factor:.4g} x the network's um (trained for NA {t.na:.2f} at {t.wavelength_um:g} um; "
+                       "depth of field scales as wavelength / NA^2)")
+        log.debug(f"{info.path}: pixel {m.pixel_um} um, resize factor {db.scale:g}, NA {m.na:g}, "
+                  f"wavelength {m.wavelength_um:g} um, dz factor {factor:.6g}")
+        return db, factor
