@@ -74,7 +74,7 @@ class TrainConfig:
     cycle_weight: float = 0.0  # μ on the swapped blur code read back by the frozen encoder (off: 1 diverged)
 
     @property
-    def skip(self) -> bool:
+    def uses_input_skip(self) -> bool:
         """Whether the network's identity includes its input pixels (decoder output = input + correction)."""
         return self.variant != "ml-vae" if self.input_skip is None else self.input_skip
 
@@ -97,7 +97,7 @@ class TrainConfig:
         skip = {"resume", "init", "workers", "device", "precision", "overwrite", "checkpoint_every", "perceptual_weights"}
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["widths"], d["id_channels"], d["dz_weight"] = list(self.widths), list(self.id_channels), self.dz_tie
-        d["input_skip"] = self.skip
+        d["input_skip"] = self.uses_input_skip
         return d
 
 
@@ -296,7 +296,7 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
     """The model to train and the config it implies (`--init` weights bring their own architecture)."""
     try:
         mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels,
-                         input_skip=cfg.skip)
+                         input_skip=cfg.uses_input_skip)
     except ValueError as e:
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
