@@ -1182,7 +1182,7 @@ def _reserve(path: Path) -> None:
         os.close(fd)
 
 
-class StackWriter:
+class StackWriter(_Transaction):
     """Write a stack plane by plane into a memory-mapped temp TIFF, moved into place on close.
 
     `path` is a file name (committed on close) or an `AtomicFile` that its owner commits (e.g. with other
@@ -1250,13 +1250,14 @@ class StackWriter:
         self._raw.unlink(missing_ok=True)
         self._file.discard()
 
-    def __enter__(self) -> "StackWriter":
-        return self
+    def commit(self) -> None:
+        """_Transaction: a block that ends normally closes (and publishes) the stack."""
+        self.close()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-            return
+    def discard(self) -> None:
+        """_Transaction: a failed block aborts the stack."""
         self.abort()
-        if self._file.error(exc) is not exc:
-            raise self._file.error(exc) from None
+
+    def user_error(self, exc: BaseException) -> BaseException:
+        """The error to show for a failure inside the block (named after the output)."""
+        return self._file.error(exc)
