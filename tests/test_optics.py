@@ -15,7 +15,8 @@ from microdeblur import engine, log
 from microdeblur.calibration import REFERENCE, Microscope, dz_factor, fit_calibration
 from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
-from microdeblur.inference import deblur_paths, focus_paths, interpolate_paths
+from microdeblur.focus_runs import focus_paths
+from microdeblur.inference import deblur_paths, interpolate_paths
 from microdeblur.optics import OpticsOptions, OpticsRun
 from microdeblur.io import read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
@@ -144,17 +145,65 @@ def test_optics_of_a_prepared_folder_from_ground_truth_and_index(tmp_path):
 
 
 def test_training_writes_the_optics_entry(tmp_path):
+    """Days prepared with their optics train in reference-microscope um: the weights record the reference NA and
+    wavelength (u = dz NA^2 / wavelength carries over) and the working pixel size."""
     from microdeblur.training import TrainConfig, train
 
     for day in ("d1", "d2"):
         _raw_day(tmp_path / "raw" / day, {"na": 0.75, "wavelength_um": 0.6, "pixel_um": 0.1625}, 0.1625)
-    res = run_cli("-q", "prepare", tmp_path / "raw", tmp_path / "data", "--tile", "64")
+    res = run_cli("-q", "prepare", tmp_path / "raw", tmp_path / "data", "--tile", "64", "--scale", "0.5")
     assert res.exit_code == 0, res.output
     cfg = TrainConfig(max_steps=2, batch_size=2, crop=32, workers=1, checkpoint_every=2, eval_every=2,
                       widths=(4, 8, 8), id_channels=(2, 3, 4), beta_delay=1, beta_ramp=1)
     train(tmp_path / "data", tmp_path / "w.safetensors", cfg)
     _, meta = load_weights(tmp_path / "w.safetensors")
-    assert meta.optics["assumed"] == [] and training_optics(meta) == Microscope(0.75, 0.6, 0.1625, 0.325)
+    assert meta.optics["assumed"] == [] and training_optics(meta) == Microscope(0.4, 0.55, 0.1625, 0.325)
+
+
+def test_prepare_resizes_each_day_to_the_working_pixel_and_scales_dz_to_reference_units(tmp_path):
+    """Without --scale every day is resized by its own pixel size / 0.65 um, and its dz is counted in um of the
+    reference microscope (factor NA^2/wavelength over the reference's), so two microscopes share one dz axis."""
+    from microdeblur.calibration import REFERENCE
+    from microdeblur.dataset import PreparedData
+
+    _raw_day(tmp_path / "raw" / "hi", {"na": 0.8, "wavelength_um": 0.55, "pixel_um": 0.1625}, 0.1625, planes=5)
+    _raw_day(tmp_path / "raw" / "ref", {"na": 0.4, "wavelength_um": 0.55, "pixel_um": 0.325}, 0.325, planes=5)
+    res = run_cli("-q", "prepare", tmp_path / "raw", tmp_path / "data", "--tile", "64")
+    assert res.exit_code == 0, res.output
+    index = json.loads((tmp_path / "data" / "index.json").read_text())
+    hi, ref = index["days"]["hi"], index["days"]["ref"]
+    assert (hi["scale"], ref["scale"], index["working_pixel_um"]) == (0.25, 0.5, 0.65)
+    assert hi["frame_shape"] == [64, 64] and ref["frame_shape"] == [128, 128]
+    assert hi["pixel_size_um"] == pytest.approx(0.65) and ref["pixel_size_um"] == pytest.approx(0.65)
+    assert hi["optics"]["dz_factor"] == pytest.approx(4.0) and ref["optics"]["dz_factor"] == pytest.approx(1.0)
+    assert hi["optics"]["from"] == {"pixel_um": "metadata", "na": "ground_truth.json", "wavelength_um": "ground_truth.json"}
+    data = PreparedData.load(tmp_path / "data")
+    by_day = {d: sorted(set(np.round(data.dz_all[data.owner == i], 3))) for i, d in enumerate(data.days)}
+    assert by_day["hi"] == [-16.0, -8.0, 0.0, 8.0, 16.0] and by_day["ref"] == [-4.0, -2.0, 0.0, 2.0, 4.0]
+    assert optics_of_prepared(index, index["scale"])["na"] == REFERENCE.na
+    # a day with no pixel size anywhere falls back to the reference camera (resize 0.5) and says so once
+    _raw_day(tmp_path / "raw2" / "bare", None, None, planes=3)
+    res = run_cli("prepare", tmp_path / "raw2", tmp_path / "data2", "--tile", "64")
+    assert res.exit_code == 0, res.output
+    assert "pixel size unknown" in res.output and "objective NA unknown" in res.output
+    assert json.loads((tmp_path / "data2" / "index.json").read_text())["days"]["bare"]["scale"] == 0.5
+    # appending with another resize rule is refused before any work
+    res = run_cli("prepare", tmp_path / "raw2", tmp_path / "data", "--tile", "64", "--scale", "0.5", "--overwrite")
+    assert res.exit_code != 0 and "resize to 0.65 um pixels" in res.output and "--scale 0.5" in res.output
+
+
+def test_prepare_options_fill_in_and_contradictions_fail(tmp_path):
+    _raw_day(tmp_path / "raw" / "d", None, 0.325, planes=3)
+    res = run_cli("-q", "prepare", tmp_path / "raw", tmp_path / "data", "--tile", "64", "--na", "0.8", "--wavelength", "0.55")
+    assert res.exit_code == 0, res.output
+    day = json.loads((tmp_path / "data" / "index.json").read_text())["days"]["d"]
+    assert day["optics"]["from"] == {"pixel_um": "metadata", "na": "--na", "wavelength_um": "--wavelength"}
+    assert day["optics"]["dz_factor"] == pytest.approx(4.0)
+    for args, word in ((("--pixel-size", "0.65"), "contradicts"), (("--na", "0"), "--na"),
+                       (("--wavelength", "550"), "nanometres")):
+        res = run_cli("prepare", tmp_path / "raw", tmp_path / "bad", "--tile", "64", *args)
+        one_error(res, word)
+        assert not (tmp_path / "bad").exists()
 
 
 # ---------------------------------------------------------------- metadata

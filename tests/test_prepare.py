@@ -204,8 +204,6 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
     tifffile.imwrite(tmp_path / "multi" / "multi_z001.tif", bf_stack(2, 1, shape=(32, 32)))
     tifffile.imwrite(tmp_path / "channels.tif", np.zeros((3, 2, 32, 32), np.uint16), imagej=True,
                      metadata={"axes": "ZCYX"})
-    (tmp_path / "dup").mkdir()
-    write_day(tmp_path / "dup" / "good", bf_stack(3, 1, shape=(32, 32)))
     (tmp_path / "proj").mkdir()
     tifffile.imwrite(tmp_path / "proj" / "day_max_projection.tif", np.zeros((32, 32), np.uint16))
     nan = bf_stack(3, 1, shape=(32, 32)).astype(np.float32)
@@ -231,7 +229,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
         "data is a file": ([good, tmp_path / "datafile"], "not a folder"),
         "non-2D plane": ([tmp_path / "multi", out], "2-D"),
         "stack with channels": ([tmp_path / "channels.tif", out], "ZCYX"),
-        "duplicate day names": ([good, tmp_path / "dup", out], "good"),
+        "duplicate day names": ([good, good, out], "good"),
         "bad scale": ([good, out, "--scale", "0"], "--scale"),
         "only projections": ([tmp_path / "proj", out], "projection"),
         "NaN pixel in a plane file": ([tmp_path / "nan", out], "nan_z002.tif: holds NaN"),
@@ -285,3 +283,15 @@ def test_focus_valley_survives_contrast_falling_at_extreme_defocus():
     assert est.plane == 50 and est.reliable
     mono = prep.focus_from_contrast(np.linspace(1.0, 2.0, 20))
     assert mono.plane == 0 and not mono.reliable
+
+
+def test_days_with_the_same_name_in_two_raw_folders_get_the_folder_name(tmp_path: Path):
+    """Two labs' raw folders both holding day01: prefixed with their parent folder, both kept."""
+    for lab in ("labA", "labB"):
+        write_day(tmp_path / lab / "day01", bf_stack(5, 2, shape=(64, 64)), focus=2)
+    res = CliRunner().invoke(app, ["-q", "prepare", str(tmp_path / "labA"), str(tmp_path / "labB"),
+                                   str(tmp_path / "data"), "--tile", "32", "--scale", "1"])
+    assert res.exit_code == 0, res.output
+    index = json.loads((tmp_path / "data" / "index.json").read_text())
+    assert sorted(index["days"]) == ["labA_day01", "labB_day01"]
+    assert (tmp_path / "data" / "labA_day01" / "r0_c0.tif").is_file()

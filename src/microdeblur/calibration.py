@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import log
+from .errors import UserError
 
 RHO_MIN = 0.8
 FORMAT_VERSION = 1
 NA_RANGE = (0.0, 1.6)  # objective NA: exclusive, inclusive
 WAVELENGTH_RANGE_UM = (0.2, 2.0)  # exclusive, inclusive
 PIXEL_RANGE_UM = (0.0, 100.0)  # pixel size at the sample: exclusive, inclusive
+AGREE = 0.05  # an option and the file's metadata more than 5 % apart contradict each other
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,18 @@ def dz_factor(train: Microscope, user: Microscope) -> float:
     """µm of defocus on `user` per µm on `train` (same optical defocus u = Δz·NA²/λ):
     dz_user = dz_train · (NA_train²/λ_train) / (NA_user²/λ_user)."""
     return train.per_um / user.per_um
+
+
+def agreed_value(path, option: str, what: str, unit: str, given: float | None, stored: float | None,
+            valid: tuple[float, float]) -> float | None:
+    """The file's value, else the option's; a UserError when both exist and differ by more than AGREE."""
+    if stored is not None and not valid[0] < stored <= valid[1]:
+        log.warn(f"{path}: its metadata's {what} {stored:g}{unit} is outside ({valid[0]:g}, {valid[1]:g}]: ignored")
+        stored = None
+    if given is not None and stored is not None and abs(given - stored) > AGREE * stored:
+        raise UserError(f"{path}: {option} {given:g}{unit} contradicts the {what} in the file's metadata, "
+                        f"{stored:g}{unit} (more than {AGREE:.0%} apart); correct the option or the file")
+    return stored if stored is not None else given
 
 
 def pava(y: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,3 +206,71 @@ def dz_range(cal: dict) -> tuple[float, float]:
     """Range of dz (um) covered by the calibration knots."""
     _, dz_k = _knots(cal)
     return float(dz_k.min()), float(dz_k.max())
+
+
+# ---------------------------------------------------------------- sign reliability (issue "Real microscopes")
+
+# Bins of predicted |dz| (um of the training microscope) in which the sign is scored; the last is open-ended.
+SIGN_BIN_EDGES_UM = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0)
+SIGN_MIN_TILES = 10  # a bin with fewer scored tiles is left out of the table (its fraction would be noise)
+
+
+def sign_reliability(pred_dz, true_dz, edges=SIGN_BIN_EDGES_UM, min_tiles: int = SIGN_MIN_TILES) -> dict:
+    """How often the predicted sign of dz is right, per bin of predicted |dz| (JSON-serialisable dict).
+
+    Only tiles with true dz != 0 (and finite values) are scored; a prediction of exactly 0 names no sign and
+    counts as wrong. Bins are [edges[k], edges[k+1]), the last one open-ended; each kept bin (>= `min_tiles`
+    tiles) is placed at the median predicted |dz| of its tiles (`abs_dz_um`, ascending), with its fraction of
+    correct signs and its tile count. `sign_confidence` interpolates the table."""
+    pred = np.asarray(pred_dz, dtype=np.float64).ravel()
+    true = np.asarray(true_dz, dtype=np.float64).ravel()
+    if pred.shape != true.shape:
+        raise ValueError(f"need one predicted dz per true dz, got {pred.shape} and {true.shape}")
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 1 or edges[0] != 0 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"bin edges must start at 0 and increase, got {edges.tolist()}")
+    keep = np.isfinite(pred) & np.isfinite(true) & (true != 0)
+    a, right = np.abs(pred[keep]), np.sign(pred[keep]) == np.sign(true[keep])
+    which = np.searchsorted(edges, a, side="right") - 1  # bin index, last bin open-ended
+    centres, fractions, counts = [], [], []
+    for k in range(edges.size):
+        sel = which == k
+        n = int(sel.sum())
+        if n >= max(1, min_tiles):
+            centres.append(float(np.median(a[sel])))
+            fractions.append(float(right[sel].mean()))
+            counts.append(n)
+    return {"abs_dz_um": centres, "fraction_correct": fractions, "n_tiles": counts,
+            "bin_edges_um": edges.tolist(), "n_scored": int(keep.sum())}
+
+
+def sign_table(cal: dict | None) -> dict | None:
+    """The calibration's `sign_reliability` table, None when it has none (weights written before it was measured);
+    ValueError when it is malformed."""
+    table = (cal or {}).get("sign_reliability")
+    if table is None:
+        return None
+    try:
+        x = np.asarray(table["abs_dz_um"], dtype=np.float64)
+        f = np.asarray(table["fraction_correct"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"sign_reliability needs numeric abs_dz_um and fraction_correct lists ({e})") from None
+    if x.ndim != 1 or x.shape != f.shape:
+        raise ValueError(f"sign_reliability: abs_dz_um and fraction_correct differ in shape ({x.shape}, {f.shape})")
+    if not (np.isfinite(x).all() and np.isfinite(f).all() and np.all(np.diff(x) > 0) and np.all(x >= 0)
+            and np.all((f >= 0) & (f <= 1))):
+        raise ValueError("sign_reliability: abs_dz_um must be finite, >= 0 and increasing; fraction_correct in [0, 1]")
+    return table
+
+
+def sign_confidence(table: dict | None, abs_dz) -> np.ndarray:
+    """Confidence in the predicted sign at predicted |dz| (um of the training microscope): 2·fraction_correct - 1
+    clipped to [0, 1] (0: a coin flip, 1: always right), linearly interpolated between the table's bins and held
+    flat beyond its ends. NaN where |dz| is NaN, and everywhere when there is no table or it has no bin."""
+    a = np.abs(np.asarray(abs_dz, dtype=np.float64))
+    table = sign_table({"sign_reliability": table}) if table is not None else None
+    if table is None or len(table["abs_dz_um"]) == 0:
+        return np.full(a.shape, np.nan)
+    conf = np.clip(2.0 * np.asarray(table["fraction_correct"], dtype=np.float64) - 1.0, 0.0, 1.0)
+    out = np.interp(a, np.asarray(table["abs_dz_um"], dtype=np.float64), conf)
+    return np.where(np.isfinite(a), out, np.nan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import torch
 
 from .errors import UserError
 from .prepare import load_index
+
+
+LEVEL_UM = 0.5  # same-dz pairs match dz (reference µm) to this grid: days with other optics or z steps pair too
 
 
 @dataclass
@@ -41,20 +45,26 @@ class PreparedData:
         self.stacks = [tiles[a:b] for a, b in zip(starts[:-1], starts[1:])]
         self.dz = [dz[a:b] for a, b in zip(starts[:-1], starts[1:])]
         self.focus_index = [int(np.argmin(np.abs(d))) for d in self.dz]
+        self.dz_factor: dict[str, float] = {}  # per day: reference um per um of its microscope (1 when unrecorded)
+
+    def reference_identities(self, identities: list[int], at_least: int = 50) -> list[int]:
+        """The identities of days whose dz is exactly reference-microscope µm (dz factor 1), when there are at
+        least `at_least` of them; else all of `identities`."""
+        ref = [i for i in identities if abs(self.dz_factor.get(self.days[i], 1.0) - 1.0) < 0.01]
+        return ref if len(ref) >= at_least else list(identities)
 
     @classmethod
     def load(cls, folder: Path, dz_range: float | None = None) -> "PreparedData":
         """Read a prepared folder (UserError when it is not one); keep planes with |dz| <= dz_range."""
         folder = Path(folder)
         index = load_index(folder)
-        steps = {d.get("z_step_um") for d in index["days"].values()}
-        if len(steps) > 1:
-            raise UserError(f"{folder}: days have different z steps {sorted(map(str, steps))}; prepare them into separate folders")
-        z_step = steps.pop()
+        z_step = common_z_step(folder, index)
         tiles, owner, dzs, ids, days, los, his = [], [], [], [], [], [], []
+        factors = {day: day_dz_factor(info) for day, info in index["days"].items()}
         for day, info in sorted(index["days"].items()):
             step = info.get("z_step_um") or 1.0
-            dz_day = np.asarray(info["dz_planes"], np.float32) * np.float32(step)
+            factor = day_dz_factor(info)  # dz in µm of the reference microscope: same optical defocus u
+            dz_day = np.round(np.asarray(info["dz_planes"], np.float64) * step * factor, 4).astype(np.float32)
             keep = np.ones(len(dz_day), bool) if dz_range is None else np.abs(dz_day) <= dz_range + 1e-6
             if not np.any(dz_day[keep] == 0):
                 raise UserError(f"{folder}: day {day} has no in-focus plane inside --dz-range {dz_range}")
@@ -77,9 +87,11 @@ class PreparedData:
                 days.append(day)
         if not ids:
             raise UserError(f"{folder}: the prepared folder holds no tiles")
-        return cls(np.concatenate(tiles), np.concatenate(owner), np.concatenate(dzs), ids, days,
+        data = cls(np.concatenate(tiles), np.concatenate(owner), np.concatenate(dzs), ids, days,
                    z_step, int(index.get("tile", 128)), float(index.get("scale", 0.5)),
                    np.concatenate(los), np.concatenate(his))
+        data.dz_factor = factors
+        return data
 
     def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
         """Identity indices (train, val); an identity's tiles never cross splits."""
@@ -96,6 +108,23 @@ class PreparedData:
         return np.concatenate([np.arange(self.start[i], self.start[i + 1]) for i in identities])
 
 
+def day_dz_factor(info: dict) -> float:
+    """A prepared day's dz factor (reference µm per µm on its microscope, from NA²/λ; 1 when unrecorded)."""
+    optics = info.get("optics") or {}
+    factor = optics.get("dz_factor", 1.0)
+    return float(factor) if isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0 else 1.0
+
+
+def common_z_step(folder: Path, index: dict) -> float | None:
+    """The folder's z step (µm; the median when days differ): None when no day knows it, an error when only some do."""
+    steps = [d.get("z_step_um") for d in index["days"].values()]
+    known = [float(s) for s in steps if s]
+    if known and len(known) < len(steps):
+        raise UserError(f"{folder}: some days have a z step in um and some do not; give --z-step to prepare "
+                        "or prepare them into separate folders")
+    return float(np.median(known)) if known else None
+
+
 class PairSampler:
     """Vectorised sampler of both pair kinds from a subset of identities, with blur-preserving augmentation."""
 
@@ -105,7 +134,7 @@ class PairSampler:
         self.data, self.rng, self.augment = data, rng, augment
         self.ids = np.asarray(identities)
         idx = data.tile_indices(identities)
-        levels = np.round(data.dz_all[idx], 3)
+        levels = np.round(data.dz_all[idx] / LEVEL_UM) * LEVEL_UM  # same blur: dz within half a level
         self.levels: list[np.ndarray] = []
         for lv in np.unique(levels):
             members = idx[levels == lv]

@@ -8,11 +8,10 @@ import math
 from dataclasses import dataclass
 
 from . import calibration, log
-from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope
+from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value
 from .engine import Deblurrer
 from .errors import UserError
 
-AGREE = 0.05  # an option and the file's metadata more than 5 % apart contradict each other
 
 
 @dataclass(frozen=True)
@@ -39,18 +38,6 @@ class OpticsOptions:
             raise UserError(f"--pixel-size must be a finite pixel size at the sample in ({PIXEL_RANGE_UM[0]:g}, "
                             f"{PIXEL_RANGE_UM[1]:g}] um, got {px:g}")
         return self
-
-
-def _agreed(path, option: str, what: str, unit: str, given: float | None, stored: float | None,
-            valid: tuple[float, float]) -> float | None:
-    """The file's value, else the option's; a UserError when both exist and differ by more than AGREE."""
-    if stored is not None and not valid[0] < stored <= valid[1]:
-        log.warn(f"{path}: its metadata's {what} {stored:g}{unit} is outside ({valid[0]:g}, {valid[1]:g}]: ignored")
-        stored = None
-    if given is not None and stored is not None and abs(given - stored) > AGREE * stored:
-        raise UserError(f"{path}: {option} {given:g}{unit} contradicts the {what} in the file's metadata, "
-                        f"{stored:g}{unit} (more than {AGREE:.0%} apart); correct the option or the file")
-    return stored if stored is not None else given
 
 
 class OpticsRun:
@@ -80,10 +67,10 @@ class OpticsRun:
     def microscope(self, info) -> Microscope:
         """The input's NA, wavelength and pixel size (None when unknown) from its metadata and the options."""
         o, path = self.options, info.path
-        na = _agreed(path, "--na", "objective NA", "", o.na, getattr(info, "na", None), NA_RANGE)
-        wl = _agreed(path, "--wavelength", "wavelength", " um", o.wavelength_um, getattr(info, "wavelength_um", None),
+        na = agreed_value(path, "--na", "objective NA", "", o.na, getattr(info, "na", None), NA_RANGE)
+        wl = agreed_value(path, "--wavelength", "wavelength", " um", o.wavelength_um, getattr(info, "wavelength_um", None),
                      WAVELENGTH_RANGE_UM)
-        px = _agreed(path, "--pixel-size", "pixel size", " um", o.pixel_size_um, info.pixel_size_um, PIXEL_RANGE_UM)
+        px = agreed_value(path, "--pixel-size", "pixel size", " um", o.pixel_size_um, info.pixel_size_um, PIXEL_RANGE_UM)
         if self.dz and (na is None or wl is None):
             gaps = [(w, opt, ref) for w, opt, ref, v in (
                 ("NA", "--na", f"NA {REFERENCE.na:.2f}", na),

@@ -15,6 +15,7 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from . import log
+from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, agreed_value
 from .errors import UserError
 from .io import (
     IMAGE_SUFFIXES,
@@ -136,6 +137,30 @@ class Day:
     focus_reason: str = ""
     z_step_um: float | None = None
     z_step_from: str = "unknown"
+    optics: DayOptics | None = None
+
+
+@dataclass(frozen=True)
+class DayOptics:
+    """A day's camera pixel size at the sample, objective NA and wavelength (µm), and where each came from."""
+
+    pixel_um: float | None
+    na: float
+    wavelength_um: float
+    sources: dict[str, str]
+
+    @property
+    def dz_factor(self) -> float:
+        """Reference-microscope µm of defocus per µm on this day's microscope (same u = Δz·NA²/λ)."""
+        return (self.na ** 2 / self.wavelength_um) / REFERENCE.per_um
+
+    def scale(self, working_pixel_um: float) -> float | None:
+        """Resize factor that brings this day to the working pixel size (None when its pixel size is unknown)."""
+        return None if self.pixel_um is None else float(f"{self.pixel_um / working_pixel_um:.10g}")
+
+    def to_dict(self) -> dict:
+        return {"pixel_um": self.pixel_um, "na": self.na, "wavelength_um": self.wavelength_um,
+                "dz_factor": round(self.dz_factor, 6), "from": dict(self.sources)}
 
 
 def _stem(path: Path) -> str:
@@ -193,8 +218,10 @@ def find_days(raw: Sequence[Path]) -> list[Day]:
             raise UserError(f"{p}: no images found (expected {'/'.join(IMAGE_SUFFIXES)} planes or stacks, "
                             "or day folders holding them)")
         days.extend(found)
+    clash = {n for n in (d.name for d in days) if sum(e.name == n for e in days) > 1}
+    days = [replace(d, name=f"{d.source.resolve().parent.name}_{d.name}") if d.name in clash else d for d in days]
     seen: dict[str, Path] = {}
-    for d in days:
+    for d in days:  # names that clash get their parent folder's name in front; a clash left after that is refused
         if d.name in seen:
             raise UserError(f"two days are named '{d.name}' ({seen[d.name]} and {d.source}); "
                             "day names come from folder/file names and must be unique")
@@ -253,6 +280,46 @@ def _with_z_step(day: Day, option: float | None) -> Day:
         if value:
             return replace(day, z_step_um=float(value), z_step_from=day.ground_truth.name)
     return day
+
+
+def _truth_optics(day: Day) -> dict:
+    """The simulator's `optics` entry of the day's ground_truth.json ({} when there is none)."""
+    if not day.ground_truth.is_file():
+        return {}
+    try:
+        optics = json.loads(day.ground_truth.read_text()).get("optics")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return optics if isinstance(optics, dict) else {}
+
+
+def _with_optics(day: Day, options) -> Day:
+    """The day with its optics: image metadata, else ground_truth.json, else --pixel-size / --na / --wavelength
+    (an option contradicting the file is an error, as in `deblur`), else the reference microscope's."""
+    truth = _truth_optics(day)
+    picked, sources = {}, {}
+    for key, option, what, unit, stored, valid, ref in (
+            ("pixel_um", "--pixel-size", "pixel size", " um", day.info.pixel_size_um, PIXEL_RANGE_UM, None),
+            ("na", "--na", "objective NA", "", day.info.na, NA_RANGE, REFERENCE.na),
+            ("wavelength_um", "--wavelength", "wavelength", " um", day.info.wavelength_um, WAVELENGTH_RANGE_UM,
+             REFERENCE.wavelength_um)):
+        given = getattr(options, "pixel_size_um" if key == "pixel_um" else key)
+        from_truth = truth.get(key) if isinstance(truth.get(key), (int, float)) else None
+        stored_value, stored_from = (stored, "metadata") if stored else (from_truth, GROUND_TRUTH)
+        value = agreed_value(day.source, option, what, unit, given, stored_value, valid)
+        if value is not None:
+            picked[key], sources[key] = float(value), stored_from if value == stored_value else option
+        else:
+            picked[key], sources[key] = ref, "reference"
+    return replace(day, optics=DayOptics(picked["pixel_um"], picked["na"], picked["wavelength_um"], sources))
+
+
+def _day_scale(day: Day, scale: float | None, working_pixel_um: float) -> float:
+    """--scale when given, else the day's pixel size / the working pixel size, else the reference camera's."""
+    if scale is not None:
+        return scale
+    own = day.optics.scale(working_pixel_um) if day.optics is not None else None
+    return own if own is not None else float(f"{REFERENCE.pixel_um / working_pixel_um:.10g}")
 
 
 def _check_day(day: Day, scale: float, tile: int) -> None:
@@ -315,7 +382,8 @@ def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
             if not est.reliable:
                 log.warn(f"{day.name}: auto focus uncertain ({est.reason}); give --focus-plane or {FOCUS_MARKER}")
         bar.set("writing crops")
-        px = day.info.pixel_size_um / scale if day.info.pixel_size_um else None
+        native = day.optics.pixel_um if day.optics is not None and day.optics.sources.get("pixel_um") != "reference" else None
+        px = native / scale if native else None
         crops = []
         for r in range(rows):
             for c in range(cols):
@@ -329,7 +397,8 @@ def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
     if any(dropped):
         log.info(f"{day.name}: dropped partial tiles, {dropped[0]} px at the bottom and {dropped[1]} px at the right")
     return {"source": str(day.source.resolve()), "n_planes": day.n_planes, "focus_plane": day.focus_plane,
-            "focus_method": day.focus_method, "z_step_um": day.z_step_um, "pixel_size_um": px,
+            "focus_method": day.focus_method, "z_step_um": day.z_step_um, "pixel_size_um": px, "scale": scale,
+            "optics": None if day.optics is None else day.optics.to_dict(),
             "frame_shape": [h, w], "dz_planes": [i - day.focus_plane for i in range(day.n_planes)],
             "lo": lo, "hi": hi, "dropped_edge_px": dropped, "crops": crops}
 
@@ -361,54 +430,99 @@ def load_index(folder: Path) -> dict:
     return index
 
 
-def _open_data(data: Path, scale: float, tile: int, days: list[Day], overwrite: bool) -> dict:
+def _resize_rule(scale: float | None, working_pixel_um: float) -> dict:
+    """How a prepared folder resizes its days: one --scale for all, or each to the working pixel size; `scale`
+    is then the resize of an input whose pixel size is unknown (the reference camera's)."""
+    if scale is not None:
+        return {"scale": scale, "working_pixel_um": None}
+    return {"scale": float(f"{REFERENCE.pixel_um / working_pixel_um:.10g}"), "working_pixel_um": working_pixel_um}
+
+
+def _describe(rule: dict) -> str:
+    wp = rule.get("working_pixel_um")
+    return f"resize to {wp:g} um pixels" if wp else f"--scale {rule.get('scale')}"
+
+
+def _open_data(data: Path, rule: dict, tile: int, days: list[Day], overwrite: bool) -> dict:
     """The index to extend (a new one for a new folder); refuse clashes before any work is done."""
     if data.exists() and not data.is_dir():
         raise UserError(f"{data}: exists and is not a folder")
     if not (data / INDEX_NAME).is_file():
         if data.is_dir() and any(not p.name.startswith(".") for p in data.iterdir()):
             raise UserError(f"{data}: folder is not empty and has no {INDEX_NAME}; use an empty or prepared folder")
-        return {"format": FORMAT, "version": VERSION, "tile": tile, "scale": scale, "days": {}}
+        return {"format": FORMAT, "version": VERSION, "tile": tile, **rule, "days": {}}
     index = load_index(data)
-    if index.get("tile") != tile or not math.isclose(index.get("scale", 0), scale):
-        raise UserError(f"{data}: prepared with tile {index.get('tile')} and scale {index.get('scale')}; "
-                        f"got tile {tile} and scale {scale}")
+    was = {"scale": index.get("scale", 0), "working_pixel_um": index.get("working_pixel_um")}
+    same_rule = (was["working_pixel_um"] is None) == (rule["working_pixel_um"] is None) and all(
+        math.isclose(was[k], rule[k]) for k in rule if rule[k] is not None)
+    if index.get("tile") != tile or not same_rule:
+        raise UserError(f"{data}: prepared with tile {index.get('tile')} and {_describe(was)}; "
+                        f"got tile {tile} and {_describe(rule)}")
     for d in days:
         if (d.name in index["days"] or (data / d.name).exists()) and not overwrite:
             raise UserError(f"day '{d.name}' already exists in {data} (use --overwrite to replace it)")
     return index
 
 
-def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale: float, tile: int,
-                 z_step_um: float | None, overwrite: bool) -> dict:
-    """Prepare raw days into DATA (layout in docs/design.md); all-or-nothing; returns a summary dict."""
+def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale: float | None, tile: int,
+                 z_step_um: float | None, overwrite: bool, optics=None,
+                 working_pixel_um: float = REFERENCE.working_pixel_um) -> dict:
+    """Prepare raw days into DATA (layout in docs/design.md); all-or-nothing; returns a summary dict.
+
+    Each day is resized to `working_pixel_um` from its own pixel size (metadata, ground truth, --pixel-size)
+    unless `scale` fixes one factor for all; its NA and wavelength give its dz factor (docs/prepare.md)."""
+    from .optics import OpticsOptions
+
     start = time.perf_counter()
-    if not 0 < scale <= 8:  # also refuses NaN
+    if scale is not None and not 0 < scale <= 8:  # also refuses NaN
         raise UserError(f"--scale must be in (0, 8], got {scale}")
+    if not (math.isfinite(working_pixel_um) and PIXEL_RANGE_UM[0] < working_pixel_um <= PIXEL_RANGE_UM[1]):
+        raise UserError(f"--working-pixel must be a pixel size in um, got {working_pixel_um:g}")
     if tile < 1:
         raise UserError(f"--tile must be a positive number of pixels, got {tile}")
     if z_step_um is not None and not (z_step_um > 0 and math.isfinite(z_step_um)):
         raise UserError(f"--z-step must be a positive number of um, got {z_step_um}")
+    options = (optics or OpticsOptions()).checked()
     data = Path(data)
-    days = []
+    rule = _resize_rule(scale, working_pixel_um)
+    days, scales = [], {}
     for day in find_days(raw):
-        _check_day(day, scale, tile)
-        days.append(_with_z_step(_with_focus(day, focus_plane), z_step_um))
-    _open_data(data, scale, tile, days, overwrite)  # refuse clashes before any work
+        day = _with_optics(_with_z_step(_with_focus(day, focus_plane), z_step_um), options)
+        scales[day.name] = _day_scale(day, scale, working_pixel_um)
+        if not 0 < scales[day.name] <= 8:
+            raise UserError(f"{day.name}: its pixel size {day.optics.pixel_um:g} um needs a resize of "
+                            f"{scales[day.name]:g} to {working_pixel_um:g} um pixels, outside (0, 8]; give --scale")
+        _check_day(day, scales[day.name], tile)
+        days.append(day)
+    _open_data(data, rule, tile, days, overwrite)  # refuse clashes before any work
     entries = {}
     with StagedFolder(data, overwrite) as stage:
         for day in days:
             folder = stage.path(day.name)
             folder.mkdir()
-            entries[day.name] = _prepare_day(day, folder, scale, tile)
+            entries[day.name] = _prepare_day(day, folder, scales[day.name], tile)
         with stage.locked():  # another prepare may have added days meanwhile: merge with the index as it is now
-            index = _open_data(data, scale, tile, days, overwrite)
+            index = _open_data(data, rule, tile, days, overwrite)
             index["days"].update(entries)
             index["days"] = {k: index["days"][k] for k in sorted(index["days"], key=natural_key)}
             stage.path(INDEX_NAME, replace=True).write_text(json.dumps(index, indent=1))
             stage.commit()
+    _report_defaults(days, scale)  # after success: a failed run shows its one error line only
     planes = sum(d.n_planes for d in days)
     crops = sum(len(index["days"][d.name]["crops"]) for d in days)
     seconds = time.perf_counter() - start
     log.info(f"prepared {len(days)} day(s): {planes} planes, {crops} crops in {seconds:.1f} s -> {data}")
     return {"data": str(data), "days": [d.name for d in days], "planes": planes, "crops": crops, "seconds": seconds}
+
+
+def _report_defaults(days: list[Day], scale: float | None) -> None:
+    """Say once which days fall back to the reference microscope's pixel size, NA or wavelength."""
+    for key, what, option in (("pixel_um", "pixel size", "--pixel-size"), ("na", "objective NA", "--na"),
+                              ("wavelength_um", "wavelength", "--wavelength")):
+        if key == "pixel_um" and scale is not None:
+            continue
+        names = [d.name for d in days if d.optics.sources.get(key) == "reference"]
+        if names:
+            ref = {"pixel_um": REFERENCE.pixel_um, "na": REFERENCE.na, "wavelength_um": REFERENCE.wavelength_um}[key]
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            log.info(f"{shown}: {what} unknown, using the reference microscope's {ref:g} (give {option})")

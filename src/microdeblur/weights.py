@@ -127,13 +127,20 @@ def _ground_truth_optics(source: str | None) -> dict:
 
 
 def optics_of_prepared(index: dict, scale: float) -> dict:
-    """The weights' `optics` entry for training on a prepared folder (its index.json): working pixel size from the
-    index (prepare records native / scale), NA and wavelength from the simulator's ground_truth.json next to each
-    day's raw source when it is still there; what is unknown is the reference microscope's and listed in
-    `assumed`. Days that disagree get their median, with a warning."""
+    """The weights' `optics` entry for training on a prepared folder (its index.json).
+
+    Days prepared with their own optics (`optics` per day) have dz in µm of the reference microscope (u = Δz·NA²/λ
+    is the same), so the weights record the reference NA and wavelength and the folder's working pixel size.
+    Older folders: working pixel size from the index, NA and wavelength from the simulator's ground_truth.json
+    next to each day's raw source when it is still there; what is unknown is the reference microscope's and
+    listed in `assumed`. Days that disagree get their median, with a warning."""
     from . import log
 
     days = list(index.get("days", {}).values())
+    if days and all(isinstance(d.get("optics"), dict) for d in days):
+        working = index.get("working_pixel_um") or float(np.median([d["pixel_size_um"] for d in days if d.get("pixel_size_um")] or [REFERENCE.working_pixel_um]))
+        m = Microscope(REFERENCE.na, REFERENCE.wavelength_um, float(f"{working * scale:.10g}"), float(f"{working:.10g}"))
+        return {**m.to_dict(), "assumed": [], "dz_units": "reference microscope um (u = dz NA^2 / wavelength)"}
     truths = [_ground_truth_optics(d.get("source")) for d in days]
 
     def median(name: str, values: list) -> float | None:
