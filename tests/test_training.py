@@ -263,3 +263,43 @@ def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_p
         train(data, tmp_path / "x.safetensors", TrainConfig(max_steps=4, cycle_weight=1.0, resume=ckpt, **TINY))
     train(data, tmp_path / "y.safetensors", TrainConfig(max_steps=4, resume=ckpt, **TINY))
     assert load_weights(tmp_path / "y.safetensors")[1].training["steps"] == 4
+
+
+def test_val_frames_pick_the_export_by_whole_frame_gain(tmp_path, data):
+    """--val-frames: every probe deblurs held-out whole frames through deblur's path; the exported step is the one
+    with the largest bin-balanced min-MSE gain over the input, and the weights say so."""
+    import csv
+
+    simulate_days(tmp_path / "val", days=1, planes=7, size=(320, 320), seed=77, z_step_um=2.0)
+    out = tmp_path / "w.safetensors"
+    cfg = TrainConfig(max_steps=12, beta_delay=4, beta_ramp=4, seed=2, val_frames=(tmp_path / "val",), **TINY)
+    train(data, out, cfg)
+    _, meta = load_weights(out)
+    rows = list(csv.DictReader(open(tmp_path / "w.log.csv")))
+    gains = {int(r["step"]): float(r["val_frame_gain"]) for r in rows}
+    assert len(gains) == 3 and all(np.isfinite(list(gains.values())))
+    assert all(float(r["val_frame_input"]) == float(rows[0]["val_frame_input"]) for r in rows)  # same frames each time
+    assert meta.training["selected_by"] == "val_frame_gain"
+    assert meta.training["exported_step"] == max(gains, key=gains.get)
+    # resuming a checkpoint whose best step was picked by the tile probe starts a fresh frame-probe selection
+    plain = tmp_path / "p.safetensors"
+    train(data, plain, TrainConfig(max_steps=8, beta_delay=4, beta_ramp=4, seed=2, **TINY))
+    ck = tmp_path / "p.ckpt"
+    resumed = TrainConfig(max_steps=12, beta_delay=4, beta_ramp=4, seed=2, val_frames=(tmp_path / "val",), resume=ck,
+                          overwrite=True, **TINY)
+    train(data, plain, resumed)
+    _, meta = load_weights(plain)
+    assert meta.training["selected_by"] == "val_frame_gain" and meta.training["exported_step"] == 12
+
+
+def test_calibration_days_are_the_reference_microscopes_when_there_are_enough(data):
+    """finalize fits the dz calibration on days whose dz is exactly reference um (dz factor 1) when the folder
+    holds enough of them; otherwise on every training identity."""
+    d = PreparedData.load(data)
+    ids = list(range(len(d.identities)))
+    assert d.dz_factor and set(d.dz_factor.values()) == {1.0} and d.reference_identities(ids, at_least=1) == ids
+    other = d.days[0]
+    d.dz_factor[other] = 2.5  # as if the first day came from a 40x objective
+    kept = d.reference_identities(ids, at_least=1)
+    assert kept and all(d.days[i] != other for i in kept)
+    assert d.reference_identities(ids, at_least=len(ids)) == ids  # too few reference identities: all of them

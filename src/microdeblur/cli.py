@@ -161,15 +161,21 @@ def prepare(
     raw: List[Path] = typer.Argument(..., help="Day folders (one image per plane), multi-page z-stacks, or folders of those."),
     data: Path = typer.Argument(..., help="Prepared output folder (created, or appended to)."),
     focus_plane: Optional[int] = typer.Option(None, "--focus-plane", help="In-focus plane index for every day (else focus.txt marker, else auto)."),
-    scale: float = typer.Option(0.5, "--scale", help="Resize factor applied to raw frames (2048x1536 -> 1024x768)."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="One resize factor for every day (default: each day to the working pixel size from its own pixel size)."),
+    working_pixel: float = typer.Option(0.65, "--working-pixel", help="Pixel size at the sample (um) that every day is resized to (the shipped network's)."),
     tile: int = typer.Option(128, "--tile", help="Crop size in pixels."),
     z_step: Optional[float] = typer.Option(None, "--z-step", help="Plane spacing in um (default: from metadata)."),
+    na: Optional[float] = NaOpt,
+    wavelength: Optional[float] = WavelengthOpt,
+    pixel_size: Optional[float] = PixelSizeOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Downsize raw through-focus days and cut them into per-crop z-stacks for training."""
+    """Resize raw through-focus days to the working pixel size and cut them into per-crop z-stacks for training."""
+    from .optics import OpticsOptions
     from .prepare import prepare_days
 
-    prepare_days(raw, data, focus_plane=focus_plane, scale=scale, tile=tile, z_step_um=z_step, overwrite=overwrite)
+    prepare_days(raw, data, focus_plane=focus_plane, scale=scale, tile=tile, z_step_um=z_step, overwrite=overwrite,
+                 optics=OpticsOptions(na, wavelength, pixel_size), working_pixel_um=working_pixel)
 
 
 @app.command()
@@ -229,13 +235,14 @@ def train(
     dz_weight: Optional[float] = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
     distance_weight: float = typer.Option(0.1, "--distance-weight", help="Weight of the consistency and contrastive terms inside β (thesis: 1)."),
     cycle_weight: float = typer.Option(0.0, "--cycle-weight", help="Weight of the swapped blur code read back from the swap's decoding by the frozen encoder (off by default: 1 diverged)."),
-    beta_delay: int = typer.Option(300, "--beta-delay", help="Steps of reconstruction only before β starts rising."),
-    beta_ramp: int = typer.Option(600, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1."),
+    beta_delay: Optional[int] = typer.Option(None, "--beta-delay", help="Steps of reconstruction only before β starts rising (default 300; 0 with --init)."),
+    beta_ramp: Optional[int] = typer.Option(None, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1 (default 600; 0 with --init)."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
     eval_every: int = typer.Option(250, "--eval-every", help="Steps between validation probes (the best one is exported)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning); 'shipped' = the packaged manifold-1d weights."),
+    val_frames: Optional[List[Path]] = typer.Option(None, "--val-frames", help="Held-out simulated days (simulate's output folder; repeat for several): export the step whose deblurred whole frames gain most over the input."),
     workers: int = typer.Option(0, "--workers", help="Torch threads (0: all cores)."),
     device: str = DeviceOpt,
     precision: str = typer.Option("auto", "--precision", help="auto (bfloat16 autocast on CUDA GPUs that support it, else float32), float32 or bfloat16."),
@@ -252,7 +259,7 @@ def train(
         input_skip=input_skip, beta_delay=beta_delay, beta_ramp=beta_ramp, distance_weight=distance_weight, cycle_weight=cycle_weight,
         consistency=not no_consistency, contrastive=not no_contrastive, cross=not no_cross, dz_weight=dz_weight,
         perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
-        init=init, workers=workers, device=device, precision=precision, overwrite=overwrite,
+        init=init, val_frames=tuple(val_frames or ()), workers=workers, device=device, precision=precision, overwrite=overwrite,
     )
     run_train(data, output, cfg)
 
@@ -273,6 +280,7 @@ def deblur(
     precision: str = PrecisionOpt,
     dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um on your microscope: see --na, --wavelength) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
+    focus_gate: bool = typer.Option(False, "--focus-gate/--no-focus-gate", help="Apply the correction in proportion to each tile's estimated defocus: none within 1 um of focus, all beyond 3 um (training-microscope um; calibrated weights). Off by default: it protects near-focus frames of the reference microscope and costs elsewhere (docs/inference.md)."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
     shard: Optional[str] = ShardOpt,
     skip_existing: bool = SkipExistingOpt,
@@ -297,7 +305,8 @@ def deblur(
         check_truth(expand_inputs(inputs), truth)  # fail before any work
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
                         batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
-                        shard=shard, skip_existing=skip_existing, manifest=manifest, optics=optics)
+                        shard=shard, skip_existing=skip_existing, manifest=manifest, optics=optics,
+                        focus_gate=focus_gate)
     if truth is not None:
         from .metrics import compare_to_truth
 
@@ -347,6 +356,8 @@ def focus(
     batch_size: Optional[int] = BatchOpt,
     precision: str = PrecisionOpt,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write a per-image summary table."),
+    sign: str = typer.Option("auto", "--sign", help="signed (dz), unsigned (|dz|) or auto: signed when the weights' calibration is signed and every input's NA and wavelength are known (metadata or --na/--wavelength), else unsigned; weights without a measured sign reliability stay signed (docs/inference.md)."),
+    confidence: Optional[str] = typer.Option(None, "--confidence", help="Also write the per-tile confidence (0..1, NaN: no usable tile) in the sign of dz: a TIFF (one input) or folder of <name>_conf.tif (not with batch mode)."),
     shard: Optional[str] = ShardOpt,
     skip_existing: bool = SkipExistingOpt,
     manifest: Optional[Path] = ManifestOpt,
@@ -357,12 +368,12 @@ def focus(
     1-D blur code.
 
     Batch mode (--shard, --skip-existing or --manifest) works as for deblur."""
-    from .inference import focus_paths
+    from .focus_runs import focus_paths
     from .optics import OpticsOptions
 
     focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
                 csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest,
-                optics=OpticsOptions(na, wavelength, pixel_size))
+                optics=OpticsOptions(na, wavelength, pixel_size), sign=sign, confidence=confidence)
 
 
 @app.command()
