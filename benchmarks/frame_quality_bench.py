@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-frame rows and the summary here")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
+    ap.add_argument("--gated", action="store_true", help="also score every weights file with deblur --focus-gate")
     a = ap.parse_args()
     with torch_threads(a.threads):
         days = frame_eval.find_frame_days(a.raw)
@@ -42,7 +43,10 @@ def main() -> None:
         for w in a.weights or [None]:
             model, meta = load_weights(w)
             first_meta = first_meta or meta
-            methods[w.stem if w else f"shipped {meta.variant}"] = frame_eval.model_method(Deblurrer(model, meta, device="cpu"))
+            name = w.stem if w else f"shipped {meta.variant}"
+            methods[name] = frame_eval.model_method(Deblurrer(model, meta, device="cpu"))
+            if a.gated:
+                methods[f"{name} (focus gate)"] = frame_eval.model_method(Deblurrer(model, meta, device="cpu", focus_gate=True))
         scale = first_meta.scale
         methods = frame_eval.baseline_methods(scale, a.rl_iterations) | methods
         if a.unet is not None:

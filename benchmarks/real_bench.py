@@ -70,7 +70,7 @@ def main() -> None:
     lines = []
     for scale in a.scale or [meta.scale]:
         db = Deblurrer(model, meta, device="cpu", scale=scale, overlap=32)
-        methods = frame_eval.baseline_methods(scale, a.rl_iterations) | {"model": frame_eval.model_method(db)}
+        methods = frame_eval.baseline_methods(scale, a.rl_iterations, by_pixel=False) | {"model": frame_eval.model_method(db)}
         lines += [f"\n**scale {scale:g}** (weights: {a.weights or 'shipped'})\n",
                   "| stack | |dz| bin (µm) | planes | method | min-MSE PSNR | min-MSE SSIM | own-pct PSNR |", "|---|---|---|---|---|---|---|"]
         for day in days:

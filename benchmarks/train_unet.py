@@ -32,6 +32,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=None, help="wall-time budget for training")
     p.add_argument("--steps", type=int, default=None, help="optimiser-step budget (default: 15 minutes)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=None, help="train on random crops of this side cut from the tiles "
+                   "(one window per pair, as `microdeblur train --crop`; default: whole tiles)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.2, help="as `microdeblur train`")
@@ -48,11 +50,16 @@ def defocused_planes(data: PreparedData, ids: list[int]) -> list[tuple[int, int]
 
 
 def sample_batch(data: PreparedData, pairs: list[tuple[int, int]], rng: np.random.Generator,
-                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random (blurry, in-focus) tiles [B,1,T,T], one shared random rotation/flip per batch."""
+                 batch: int, crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (blurry, in-focus) tiles [B,1,T,T] (or crop x crop windows, the same window for both members of a
+    pair), one shared random rotation/flip per batch."""
     picks = [pairs[j] for j in rng.integers(len(pairs), size=batch)]
     x = np.stack([data.stacks[i][p] for i, p in picks])
     y = np.stack([data.stacks[i][data.focus_index[i]] for i, _ in picks])
+    if crop is not None and crop < x.shape[-1]:
+        oy, ox = rng.integers(0, x.shape[-1] - crop + 1, (2, batch))
+        x = np.stack([a[r:r + crop, c:c + crop] for a, r, c in zip(x, oy, ox)])
+        y = np.stack([a[r:r + crop, c:c + crop] for a, r, c in zip(y, oy, ox)])
     k, flip = int(rng.integers(4)), bool(rng.integers(2))
     x, y = (np.rot90(a, k, axes=(1, 2)) for a in (x, y))
     if flip:
@@ -82,7 +89,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     start, step, running, last_log = time.monotonic(), 0, None, time.monotonic()
     while step < max_steps and time.monotonic() - start < max_s:
-        x, y = (t.to(device) for t in sample_batch(data, pairs, rng, args.batch_size))
+        x, y = (t.to(device) for t in sample_batch(data, pairs, rng, args.batch_size, args.crop))
         loss = F.l1_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -93,7 +100,7 @@ def main() -> None:
             last_log = time.monotonic()
             log.info(f"step {step}  L1 {running:.4f}  {(last_log - start) / 60:.1f} min")
     summary = {"steps": step, "tiles_seen": step * args.batch_size, "minutes": (time.monotonic() - start) / 60,
-               "final_l1": running, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+               "final_l1": running, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr, "seed": args.seed,
                "val_fraction": args.val_fraction, "dz_range": args.dz_range, "data": str(args.data),
                "train_identities": len(train_ids)}
     save_unet(args.output, model.cpu().eval(), summary, overwrite=args.overwrite)

@@ -69,5 +69,5 @@ def test_tiled_method_with_an_identity_network_returns_the_frame(raw):
 
     days = frame_eval.find_frame_days([raw])
     plane = tifffile.imread(days[0].files[0])
-    out = frame_eval.tiled_method(torch.nn.Identity(), scale=1.0)(plane, -6.0, days[0].pixel_um)
+    out = frame_eval.tiled_method(torch.nn.Identity(), scale=1.0)(plane, -6.0, None)  # None: resize by `scale`
     np.testing.assert_allclose(out, plane.astype(np.float32), rtol=1e-4, atol=0.05)

@@ -16,7 +16,8 @@ from microdeblur.calibration import dz_to_code, fit_calibration
 from microdeblur.cli import app
 from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
-from microdeblur.inference import deblur_paths, focus_paths, interpolate_paths
+from microdeblur.focus_runs import focus_paths
+from microdeblur.inference import deblur_paths, interpolate_paths
 from microdeblur.io import read_image, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.normalize import Normalizer, frame_normalizer

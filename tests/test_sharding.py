@@ -16,7 +16,8 @@ from microdeblur import engine
 from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
 from microdeblur.errors import UserError
-from microdeblur.inference import deblur_paths, focus_paths
+from microdeblur.focus_runs import focus_paths
+from microdeblur.inference import deblur_paths
 from microdeblur.io import Shard, parse_shard, prefetch, read_image, shard_indices
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, save_weights

@@ -15,6 +15,8 @@ from microdeblur.cli import app
 from microdeblur.weights import default_weights_path, load_weights
 
 EXAMPLES = Path(str(resources.files("microdeblur.examples")))
+# the example's microscope (example.json): without NA and wavelength `focus` reports unsigned |dz|
+EXAMPLE_OPTICS = ("--na", "0.4", "--wavelength", "0.55")
 runner = CliRunner()
 
 
@@ -33,7 +35,8 @@ def test_focus_on_the_shipped_example_tells_the_defocus(tmp_path):
     """The calibrated 1-D code reads the example's -10 / 0 / +10 um planes within 4 um."""
     truth = json.loads((EXAMPLES / "example.json").read_text())["files"]
     files = sorted(EXAMPLES.glob("example_*.tif"))
-    res = runner.invoke(app, ["focus", *map(str, files), "-o", str(tmp_path / "maps"), "--csv", str(tmp_path / "f.csv")])
+    res = runner.invoke(app, ["focus", *map(str, files), "-o", str(tmp_path / "maps"), "--csv", str(tmp_path / "f.csv"),
+                              *EXAMPLE_OPTICS])
     assert res.exit_code == 0, res.output
     rows = [line.split(",") for line in (tmp_path / "f.csv").read_text().splitlines()[1:]]
     for row in rows:
@@ -108,7 +111,8 @@ def _refocus_readings(tmp_path, targets=(-8.0, 8.0)) -> dict[float, float]:
         res = runner.invoke(app, ["deblur", str(src), "-o", str(out), "--dz", str(t)])
         assert res.exit_code == 0, res.output
         outs.append(out)
-    res = runner.invoke(app, ["focus", *map(str, outs), "-o", str(tmp_path / "maps"), "--csv", str(tmp_path / "r.csv")])
+    res = runner.invoke(app, ["focus", *map(str, outs), "-o", str(tmp_path / "maps"), "--csv", str(tmp_path / "r.csv"),
+                              *EXAMPLE_OPTICS])
     assert res.exit_code == 0, res.output
     rows = [line.split(",") for line in (tmp_path / "r.csv").read_text().splitlines()[1:]]
     return {t: float(row[2]) for t, row in zip(targets, rows)}

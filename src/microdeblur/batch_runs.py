@@ -2,7 +2,7 @@
 
 `Batch` says how a run is split and kept; `shard_pairs` picks and checks this shard's (input, output) pairs;
 `run_batch` processes each pair into its own atomic output, records failures and goes on, and writes the
-manifest CSV (also when interrupted). The commands that use it (`deblur`, `focus`) are in `inference.py`;
+manifest CSV (also when interrupted). The commands that use it are `deblur` (in `inference.py`) and `focus` (in `focus_runs.py`);
 docs/scaling.md has the job-array recipes.
 """
 

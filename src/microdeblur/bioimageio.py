@@ -1,6 +1,7 @@
 """`microdeblur export bioimageio`: the deblur operation as a bioimage.io model package (TorchScript weights).
 
-The package's model takes raw intensities and does what `Deblurrer.deblur_plane` does to one image: k x k
+The package's model takes raw intensities and does what `Deblurrer.deblur_plane` does to one image (without the
+opt-in focus gate: the correction applies everywhere, as `deblur` does by default): k x k
 binning to the working scale, per-image 1 / 99.8 percentile normalisation, identity encoder, decoder with
 the in-focus blur code of the weights, revert to raw units (focus-plane ratios x median when the weights
 hold them, else the input's percentiles), bilinear resize back. The normalisation lives in the model

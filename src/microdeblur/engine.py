@@ -7,7 +7,7 @@ code -> decode -> blend-stitch (`predict_tiled`, the one tiled, batched predicto
 shape (`resize_to`, bilinear) -> cast to the input dtype (clip, round). Also here: per-tile defocus maps
 (`Deblurrer.focus_map`, tile contrast, tile-centre interpolation) and the checks every front end applies
 to a plane and to the weights (`check_finite`, `require_calibration`, `normalization_spec`).
-The path-level commands are in `inference.py`, batch-run bookkeeping in `batch_runs.py`.
+The path-level commands are in `inference.py` and `focus_runs.py`, batch-run bookkeeping in `batch_runs.py`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ BATCH_SIZE = 32
 # on the simulator's empty background, >= 0.035 on every tile of the real yeast and THP-1 stacks at any plane
 # (docs/reliability.md has the measurement and its command).
 MIN_TILE_CONTRAST = 0.01
+# with focus_gate, deblurring applies the network's correction in proportion to each tile's estimated defocus
+# (training µm): none below FOCUS_GATE_UM[0], all of it beyond FOCUS_GATE_UM[1] (off by default; docs/inference.md)
+FOCUS_GATE_UM = (1.0, 3.0)
 NO_CONTRAST = "no tile has enough contrast to estimate defocus"
 
 
@@ -131,7 +134,8 @@ class Deblurrer:
     """Tiled, batched encode/decode of whole planes with a loaded model and its metadata."""
 
     def __init__(self, model: nn.Module, meta, *, device: torch.device | str = "cpu", scale: float | None = None,
-                 overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto") -> None:
+                 overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto",
+                 focus_gate: bool = False) -> None:
         self.device = torch.device(device)
         self.amp = compute_dtype(self.device, precision)  # bfloat16 autocast on a GPU, float32 on CPU (auto)
         batch_size = default_batch_size(self.device, int(model.config.tile)) if batch_size is None else batch_size
@@ -160,6 +164,9 @@ class Deblurrer:
         self._median_warned = False
         focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
         self.target = self.as_code(focus) if focus.size == model.config.blur_dim else None
+        cal = getattr(meta, "calibration", None)
+        # the gate needs the blur code's dz calibration (1-D codes); without it the correction applies everywhere
+        self.gate_calibration = cal if focus_gate and cal and model.config.blur_dim == 1 else None
 
     # -- resizing per input
 
@@ -275,11 +282,13 @@ class Deblurrer:
         """
         if blur_code is None and self.target is None:
             raise UserError("the weights hold no in-focus blur code; use --reference or --dz")
-        return self._swap(np.asarray(plane2d), self.target if blur_code is None else blur_code, dz)
+        gate = blur_code is None and self.gate_calibration is not None
+        return self._swap(np.asarray(plane2d), self.target if blur_code is None else blur_code, dz, gate)
 
     @torch.inference_mode()
-    def _swap(self, plane: np.ndarray, code, dz: float | None) -> np.ndarray:
-        """encode -> decode batch by batch (no plane-wide identity kept), stitched and reverted for dz."""
+    def _swap(self, plane: np.ndarray, code, dz: float | None, gate: bool = False) -> np.ndarray:
+        """encode -> decode batch by batch (no plane-wide identity kept), stitched and reverted for dz; with
+        `gate`, blended with the input by each tile's estimated defocus (focus_gate)."""
         from .io import to_dtype
 
         if plane.ndim != 2:
@@ -288,23 +297,52 @@ class Deblurrer:
         grid = self.grid(work.shape)
         code = self.as_code(code)
         code = code.expand(len(grid), -1) if code.ndim == 1 else code
-        out = predict_tiled(work, lambda tiles, blur: self.decode_tiles(self.encode_tiles(tiles)[0], blur),
-                            batch_size=self.batch_size, grid=grid, per_tile=code)
+        sources: list[torch.Tensor] = []
+
+        def swap(tiles: np.ndarray, blur: torch.Tensor) -> np.ndarray:
+            identity, source = self.encode_tiles(tiles)
+            sources.append(source)
+            return self.decode_tiles(identity, blur)
+
+        out = predict_tiled(work, swap, batch_size=self.batch_size, grid=grid, per_tile=code)
         enc = Encoded(torch.empty(0), torch.empty(0), grid, norm, plane.shape, plane.dtype, median)
-        result = self.revert_for(enc, dz).after(out)
-        return to_dtype(resize_to(result, plane.shape), plane.dtype)
+        result = resize_to(self.revert_for(enc, dz).after(out), plane.shape)
+        if gate:
+            g = self.focus_gate(torch.cat(sources).float().cpu().numpy()[:, 0], grid, plane.shape)
+            result = plane.astype(np.float32) + g * (result - plane.astype(np.float32))
+        return to_dtype(result, plane.dtype)
+
+    def focus_gate(self, codes: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
+        """Per-pixel weight of the correction (input shape): 0 where a tile reads within FOCUS_GATE_UM[0] of focus,
+        1 beyond FOCUS_GATE_UM[1], linear between, interpolated between tile centres."""
+        lo, hi = FOCUS_GATE_UM
+        est = np.abs(calibration.code_to_dz(self.gate_calibration, codes))
+        g = np.clip((est - lo) / (hi - lo), 0.0, 1.0).reshape(grid.rows_cols)
+        return upsample_tile_values(g.astype(np.float32), grid, shape)
 
     def mean_blur_code(self, plane2d: np.ndarray) -> np.ndarray:
         """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""
         return self.encode(plane2d).blur.mean(0).cpu().numpy()
 
-    def focus_map(self, plane2d: np.ndarray, dz_factor: float = 1.0) -> tuple[np.ndarray, dict]:
+    def focus_map(self, plane2d: np.ndarray, dz_factor: float = 1.0, signed: bool = True) -> tuple[np.ndarray, dict]:
         """Defocus map (dz um, float32, input size) from each tile's blur code, and its summary.
 
         The calibration gives µm of the training microscope; `dz_factor` (calibration.dz_factor) turns them into µm
         of the imaging microscope, in which the map, the median and the fraction within IN_FOCUS_UM are given.
         Tiles below MIN_TILE_CONTRAST are NaN (and NaN where they are the nearest tile) and left out of the
-        median; a plane without any usable tile has a NaN median and fraction in focus."""
+        median; a plane without any usable tile has a NaN median and fraction in focus. With `signed` False the
+        map holds |dz| (see `focus_maps`)."""
+        dmap, _, summary = self.focus_maps(plane2d, dz_factor, signed=signed)
+        return dmap, summary
+
+    def focus_maps(self, plane2d: np.ndarray, dz_factor: float = 1.0, *, signed: bool = True,
+                   confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """(defocus map, sign-confidence map or None, summary) of a plane; see `focus_map`.
+
+        Unsigned (`signed` False): every tile's |dz| is interpolated (no false in-focus band where neighbouring
+        tiles' signs differ) and the summary's median is `median_abs_dz_um` instead of `median_dz_um`. The
+        confidence map (with `confidence`) holds each tile's `tile_sign_confidence`, interpolated like the dz map,
+        NaN where the dz map is NaN."""
         cal = getattr(self.meta, "calibration", None)
         if not cal:
             raise UserError("focus maps need weights with a blur-code calibration")
@@ -312,17 +350,38 @@ class Deblurrer:
         if enc.blur.shape[1] != 1:
             raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
         rows, cols = enc.grid.rows_cols
-        dz = calibration.code_to_dz(cal, enc.blur[:, 0].cpu().numpy()) * float(dz_factor)
-        dz = dz.astype(np.float32)
+        dz_train = calibration.code_to_dz(cal, enc.blur[:, 0].cpu().numpy())
+        dz = (dz_train * float(dz_factor)).astype(np.float32)
+        if not signed:
+            dz = np.abs(dz)
         usable = tile_contrast(rescale(np.asarray(plane2d), self.scale), enc.grid) >= MIN_TILE_CONTRAST
         dz = np.where(usable, dz, np.nan).reshape(rows, cols)
         dmap = upsample_tile_values(dz, enc.grid, enc.shape)
+        cmap = None
+        if confidence:
+            conf = np.where(usable, tile_sign_confidence(cal, dz_train), np.nan).astype(np.float32)
+            cmap = upsample_tile_values(conf.reshape(rows, cols), enc.grid, enc.shape)
+            cmap = np.where(np.isfinite(dmap), np.clip(cmap, 0.0, 1.0), np.nan).astype(np.float32)
         known = dmap[np.isfinite(dmap)]
-        summary = {"median_dz_um": float(np.median(known)) if known.size else float("nan"),
+        summary = {"median_dz_um" if signed else "median_abs_dz_um":
+                   float(np.median(known)) if known.size else float("nan"),
                    "frac_in_focus": float(np.mean(np.abs(known) <= IN_FOCUS_UM)) if known.size else float("nan"),
                    "n_tiles": int(dz.size), "n_tiles_used": int(usable.sum())}
-        return dmap, summary
+        return dmap, cmap, summary
 
+
+def tile_sign_confidence(cal: dict, dz_train_um: np.ndarray) -> np.ndarray:
+    """Confidence (0..1) in the sign of each tile's dz (um of the training microscope) from the calibration's
+    measured `sign_reliability` table (calibration.sign_confidence); 0 for an 'abs' calibration (the code holds no
+    sign); NaN for weights without the table (written before it was measured) or with a malformed one."""
+    dz_train_um = np.asarray(dz_train_um, dtype=np.float64)
+    if cal.get("kind") == "abs":
+        return np.zeros(dz_train_um.shape)
+    try:
+        table = calibration.sign_table(cal)
+    except ValueError:
+        table = None
+    return calibration.sign_confidence(table, dz_train_um)
 
 def normalization_spec(meta) -> NormalizationSpec:
     """The weights' typed normalisation spec, or a UserError naming what is wrong with it."""

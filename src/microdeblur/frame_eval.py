@@ -20,6 +20,7 @@ import tifffile
 
 from . import log
 from .errors import UserError
+from .calibration import REFERENCE
 from .metrics import frame_scores, minmse_scores
 from .normalize import frame_normalizer
 
@@ -72,23 +73,28 @@ def find_frame_days(raw: Sequence[Path]) -> list[FrameDay]:
     return days
 
 
-def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale: float) -> Method:
-    """Method that resizes by `scale`, normalises by the frame's percentiles, applies fn(normalised, dz,
-    working pixel um), reverts the normalisation and resizes back, as `deblur` does around its network."""
+def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale: float,
+                     by_pixel: bool = True) -> Method:
+    """Method that resizes to the working pixel size (pixel size / 0.65 um with `by_pixel`; `scale` without, or
+    when the pixel size is unknown), normalises by the frame's percentiles, applies fn(normalised, dz, working pixel um), reverts the
+    normalisation and resizes back, as `deblur` does around its network."""
     from .engine import rescale, resize_to
 
     def method(plane: np.ndarray, dz: float, pixel_um: float) -> np.ndarray:
-        work = rescale(plane, scale)
+        own = by_pixel and pixel_um is not None
+        scale_here = float(f"{pixel_um / REFERENCE.working_pixel_um:.10g}") if own else scale
+        work = rescale(plane, scale_here)
         norm = frame_normalizer(work)
-        out = norm.after(fn(norm.before(work), dz, None if pixel_um is None else pixel_um / scale))
+        out = norm.after(fn(norm.before(work), dz, None if pixel_um is None else pixel_um / scale_here))
         return resize_to(out, plane.shape)
 
     return method
 
 
-def baseline_methods(scale: float, rl_iterations: int | Sequence[int] = 10) -> dict[str, Method]:
+def baseline_methods(scale: float, rl_iterations: int | Sequence[int] = 10, by_pixel: bool = True) -> dict[str, Method]:
     """The blurry input, unsharp masking and Richardson-Lucy (reference optics' defocus PSF at the true |dz|),
-    one row per iteration count (the best count depends on noise and |dz|: give the peer its best)."""
+    one row per iteration count (the best count depends on noise and |dz|: give the peer its best); resized
+    as at_working_scale."""
     from .baselines import deconvolve, richardson_lucy_tiles, unsharp
 
     def rl(iterations: int) -> Method:
@@ -96,17 +102,18 @@ def baseline_methods(scale: float, rl_iterations: int | Sequence[int] = 10) -> d
             if px is None or not np.isfinite(px):  # unknown pixel size: no PSF to deconvolve with
                 return np.full_like(x, np.nan)
             return deconvolve(x[None], np.array([dz]), px, lambda t, psf: richardson_lucy_tiles(t, psf, iterations))[0]
-        return at_working_scale(run, scale)
+        return at_working_scale(run, scale, by_pixel)
 
     counts = [rl_iterations] if isinstance(rl_iterations, int) else list(rl_iterations)
     return {INPUT: lambda plane, dz, px: np.asarray(plane, np.float32),
-            "unsharp mask": at_working_scale(lambda x, dz, px: unsharp(x[None])[0], scale),
+            "unsharp mask": at_working_scale(lambda x, dz, px: unsharp(x[None])[0], scale, by_pixel),
             **{f"Richardson-Lucy ({n} it.)": rl(n) for n in counts}}
 
 
 def model_method(deblurrer) -> Method:
-    """A loaded model's real `deblur` path (engine.Deblurrer.deblur_plane) as a frame method."""
-    return lambda plane, dz, px: deblurrer.deblur_plane(plane).astype(np.float32)
+    """A loaded model's real `deblur` path (engine.Deblurrer.deblur_plane, resized by the frame's pixel size as
+    `deblur` does from a file's metadata) as a frame method."""
+    return lambda plane, dz, px: deblurrer.with_scale(deblurrer.scale_for(px)).deblur_plane(plane).astype(np.float32)
 
 
 def tiled_method(net, scale: float, device="cpu", tile: int = 128) -> Method:

@@ -1,4 +1,4 @@
-"""The path-level commands: `deblur`, `interpolate` and `focus` on image files and stacks.
+"""The path-level commands `deblur` and `interpolate` on image files and stacks (`focus` is in `focus_runs.py`).
 
 Each command checks its inputs and outputs, loads the weights, builds an `engine.Deblurrer` (all array work:
 resizing, tiling, encode/decode, focus maps) and streams planes from the input files into atomic outputs;
@@ -7,7 +7,6 @@ with --shard, --skip-existing or --manifest the run goes through `batch_runs.run
 
 from __future__ import annotations
 
-import csv as csvlib
 import math
 import os
 import time
@@ -17,14 +16,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from . import calibration, log
-from .batch_runs import Batch, check_replaceable, has_header, run_batch, shard_pairs
-from .engine import BATCH_SIZE, IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, check_finite, require_calibration
+from .batch_runs import Batch, run_batch, shard_pairs
+from .engine import BATCH_SIZE, OVERLAP, Deblurrer, check_finite, require_calibration
 from .errors import UserError
 from .io import TIFF_SUFFIXES, Outputs, Shard
 from .normalize import Normalizer, frame_normalizer
 from .optics import OpticsOptions, OpticsRun
-
-FOCUS_COLUMNS = ("file", "plane", "median_dz_um", "frac_in_focus", "n_tiles", "n_tiles_used")
 
 
 # ---------------------------------------------------------------- checks shared by the commands
@@ -274,7 +271,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
                  batch_size: int | None = BATCH_SIZE, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
                  skip_existing: bool = False, manifest: Path | None = None,
-                 optics: OpticsOptions = OpticsOptions()) -> list[Path]:
+                 optics: OpticsOptions = OpticsOptions(), focus_gate: bool = False) -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs.
 
     `dz` is in um of the inputs' microscope (`optics` and metadata; see OpticsRun). With `shard`, `skip_existing`
@@ -304,7 +301,8 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
             raise UserError("--dz and --reference cannot be combined")
         _single_plane_info(Path(reference), "--reference")
     model, meta, dev = _load(weights, device)
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
+    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
+                   focus_gate=focus_gate)
     targets = _Targets(db, OpticsRun(db, optics, dz is not None), meta, weights, reference, dz)
     if batch.active:
         return _deblur_batch(targets, pairs, batch, overwrite=overwrite, files=files, t0=t0)
@@ -428,142 +426,3 @@ def _walk_dz(db: Deblurrer, plane_a: np.ndarray, cal: dict, dz_from: float, dz_t
             bar.advance()
     step = abs(dz_to - dz_from) / (steps - 1)
     return out, step if step > 0 else None
-
-
-# ---------------------------------------------------------------- focus maps
-
-
-def _focus_name(path: Path) -> str:
-    """Defocus map file name inside an output folder."""
-    return f"{path.stem}_dz.tif"
-
-
-def _focus_file(db: Deblurrer, path: Path, info, out, bar, factor: float = 1.0) -> Iterator[dict]:
-    """Write the defocus map(s) of one input into the AtomicFile `out` (dz in um of its microscope: `factor` x the
-    network's um); yields one summary row per plane."""
-    from .io import StackWriter
-
-    kw = info.write_kwargs()
-    with StackWriter(out, info.shape, np.float32, **kw) as writer:
-        planes = _checked_planes(path, info)
-        try:
-            for i, plane in planes:
-                dmap, s = db.focus_map(plane, factor)
-                writer.write(dmap)
-                bar.advance()
-                if info.n_planes > 1:
-                    log.debug(f"{path.name} plane {i}: median dz {s['median_dz_um']:+.2f} um, "
-                              f"{100 * s['frac_in_focus']:.0f}% within +/-{IN_FOCUS_UM:g} um")
-                yield {"file": str(path), "plane": i, **s}
-        finally:
-            planes.close()
-
-
-def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None, scale: float | None = None,
-                overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", csv: Path | None = None, device: str = "auto",
-                overwrite: bool = False, shard: Shard | str | None = None, skip_existing: bool = False,
-                manifest: Path | None = None, optics: OpticsOptions = OpticsOptions()) -> list[Path]:
-    """Defocus maps (float32 TIFF, dz in um of each input's microscope, input size) of images/stacks from the
-    calibrated blur code (see OpticsRun for the optics).
-
-    With `shard`, `skip_existing` or `manifest` the run is a batch run (see `run_batch`)."""
-    t0 = time.perf_counter()
-    optics = optics.checked()
-    batch = Batch(shard, skip_existing, manifest)
-    files, infos, outs = _plan(inputs, output, _focus_name, batch)
-    for o in outs:
-        if o.suffix.lower() not in TIFF_SUFFIXES:
-            raise UserError(f"{o}: defocus maps are written as .tif or .tiff")
-    if batch.active:
-        pairs = shard_pairs(files, outs, batch, overwrite)
-        if not pairs:
-            return []
-        if csv is not None:
-            if batch.skip_existing:
-                check_replaceable(Path(csv), FOCUS_COLUMNS, files + outs, overwrite, "focus table")
-            else:
-                _check_outputs([Path(csv)], files + outs, overwrite)
-    else:
-        _check_outputs(outs, files, overwrite)
-        if csv is not None:
-            _check_outputs([Path(csv)], files + outs, overwrite)
-    model, meta, dev = _load(weights, device)
-    cal = require_calibration(meta, weights, "focus")
-    if cal["kind"] == "abs":
-        log.warn("the calibration follows |dz| only: maps hold unsigned defocus")
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
-    run = OpticsRun(db, optics, True)
-    if batch.active:
-        return _focus_batch(run, pairs, batch, csv, overwrite=overwrite, files=files, outs=outs)
-    rows = []
-    per_file = [run.resolve(info) for info in infos]  # every input's optics checked before anything is written
-    with Outputs(overwrite, files) as written, log.progress("focus", total=sum(i.n_planes for i in infos)) as bar:
-        for f, info, o, (db_f, factor) in zip(files, infos, outs, per_file):
-            file_rows = list(_focus_file(db_f, f, info, written.add(o), bar, factor))
-            rows.extend(file_rows)
-            _report_focus(f, file_rows)
-        if csv is not None:
-            _write_csv(written.add(csv).tmp, rows)
-    run.report()
-    log.info(f"focus maps for {len(files)} file(s), {len(rows)} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")
-    return outs
-
-
-def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, csv: Path | None, *, overwrite: bool,
-                 files: list[Path], outs: list[Path]) -> list[Path]:
-    """Batch-mode focus maps; the CSV holds the rows of the inputs this run mapped, plus (with --skip-existing)
-    the rows an earlier CSV of the same name held for the inputs skipped now."""
-    from .io import AtomicFile
-
-    infos = _tolerant_infos(f for f, o in pairs if not (batch.skip_existing and o.is_file()))
-    rows: dict[Path, list[dict]] = {}
-
-    def process(path: Path, out) -> None:
-        info = _info_or_raise(infos, path)
-        db, factor = run.resolve(info)
-        file_rows = list(_focus_file(db, path, info, out, bar, factor))
-        rows[path] = file_rows
-        _report_focus(path, file_rows)
-
-    try:
-        with log.progress("focus", total=_planes_to_do(pairs, infos, batch.skip_existing)) as bar:
-            done = run_batch(pairs, process, batch, overwrite=overwrite, files=files, what="focus")
-        run.report()
-    finally:  # also after failed inputs: the table holds every input that was mapped
-        if csv is not None:
-            kept = _earlier_rows(Path(csv), {str(f) for f, o in pairs if f not in rows}) if batch.skip_existing else []
-            table = kept + [r for f, _ in pairs for r in rows.get(f, [])]
-            with AtomicFile(csv, overwrite or batch.skip_existing, files + outs) as f:
-                _write_csv(f.tmp, table)
-    return [r.output for r in done if r.status != "failed"]
-
-
-def _earlier_rows(csv: Path, wanted: set[str]) -> list[dict]:
-    """Rows of an existing focus table for the given input names (empty when there is none)."""
-    if not has_header(csv, FOCUS_COLUMNS):
-        return []
-    with open(csv, newline="") as fh:
-        return [{**r, "median_dz_um": float(r["median_dz_um"]), "frac_in_focus": float(r["frac_in_focus"])}
-                for r in csvlib.DictReader(fh) if r["file"] in wanted]
-
-
-def _report_focus(path: Path, rows: list[dict]) -> None:
-    """One line per input: median dz over its planes, or a warning when no tile carries contrast."""
-    known = [r for r in rows if np.isfinite(r["median_dz_um"])]
-    if not known:
-        log.warn(f"{path}: {NO_CONTRAST} (map and summary are NaN)")
-        return
-    if len(known) < len(rows):
-        log.warn(f"{path}: {len(rows) - len(known)} of {len(rows)} planes: {NO_CONTRAST} (NaN)")
-    med = float(np.median([r["median_dz_um"] for r in known]))
-    frac = float(np.mean([r["frac_in_focus"] for r in known]))
-    log.info(f"{path.name}: median dz {med:+.2f} um, {100 * frac:.0f}% within +/-{IN_FOCUS_UM:g} um of focus")
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    """Per-plane focus summary table (NaN where a plane has no tile with enough contrast)."""
-    with open(path, "w", newline="") as fh:
-        w = csvlib.DictWriter(fh, fieldnames=list(FOCUS_COLUMNS))
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "median_dz_um": f"{r['median_dz_um']:.4f}", "frac_in_focus": f"{r['frac_in_focus']:.4f}"})
