@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Every figure of the model card for one weights file, in one command (2 cores: about 30 min).
+# Every figure of the model card for one weights file, in one command (2 cores: about 35 min).
 #   bash benchmarks/evaluate_shipped.sh WEIGHTS OUTDIR [COMPARE_WEIGHTS...]
 # Held-out data (seeds and densities never used in training; regenerated if missing, ~3 min):
 #   runs/raw_sparse  = microdeblur simulate runs/raw_sparse --days 3 --planes 31 --z-step 2 --seed 2000 --cells 320
 #   runs/raw_crowded = microdeblur simulate runs/raw_crowded --days 2 --planes 31 --z-step 2 --seed 3000
 #   runs/data_sparse = microdeblur prepare runs/raw_sparse runs/data_sparse
+#   runs/raw_random_test = microdeblur simulate runs/raw_random_test --days 3 --planes 31 --size 1024x768 --randomize --seed 6000
 # Writes OUTDIR/frames.{md,json,txt} (whole frames, min-MSE and own-percentile per |dz| bin, peers in the same
-# table; COMPARE_WEIGHTS get their own rows), focus.{json,txt}, refocus.{json,txt}, real.{md,txt} and
+# table; COMPARE_WEIGHTS get their own rows), frames_random.* (the same on randomised other optics), focus.{json,txt}, refocus.{json,txt}, real.{md,txt} and
 # report/ (`microdeblur evaluate`: tiles, ML-VAE score, figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +18,13 @@ mkdir -p "$OUT"
 [ -d runs/raw_sparse ] || microdeblur simulate runs/raw_sparse --days 3 --planes 31 --z-step 2 --size 2048x1536 --seed 2000 --cells 320
 [ -d runs/raw_crowded ] || microdeblur simulate runs/raw_crowded --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 3000
 [ -f runs/data_sparse/index.json ] || microdeblur prepare runs/raw_sparse runs/data_sparse
+[ -d runs/raw_random_test ] || microdeblur simulate runs/raw_random_test --days 3 --planes 31 --size 1024x768 --randomize --seed 6000
 COMPARE=()
 for c in "$@"; do COMPARE+=(-w "$c"); done
 python benchmarks/frame_quality_bench.py runs/raw_sparse runs/raw_crowded -w "$W" "${COMPARE[@]}" \
   --json "$OUT/frames.json" --markdown "$OUT/frames.md" > "$OUT/frames.txt" 2>&1
+python benchmarks/frame_quality_bench.py runs/raw_random_test -w "$W" "${COMPARE[@]}" --rl-iterations 1 \
+  --json "$OUT/frames_random.json" --markdown "$OUT/frames_random.md" > "$OUT/frames_random.txt" 2>&1
 python benchmarks/focus_bench.py runs/raw_sparse --weights "$W" --json "$OUT/focus.json" > "$OUT/focus.txt" 2>&1
 python benchmarks/refocus_bench.py runs/raw_sparse --weights "$W" --json "$OUT/refocus.json" > "$OUT/refocus.txt" 2>&1
 python benchmarks/real_bench.py -w "$W" --scale 0.5 --scale 1.0 --markdown "$OUT/real.md" > "$OUT/real.txt" 2>&1
