@@ -23,7 +23,7 @@ from microdeblur.engine import Deblurrer, tile_sign_confidence
 from microdeblur.focus_runs import focus_paths
 from microdeblur.io import read_image, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
-from microdeblur.optics import OpticsOptions
+from microdeblur.calibration import OpticsOptions
 from microdeblur.weights import WeightsMeta, save_weights
 
 TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4))

@@ -17,7 +17,8 @@ from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
 from microdeblur.inference import deblur_paths, interpolate_paths
-from microdeblur.optics import OpticsOptions, OpticsRun
+from microdeblur.calibration import OpticsOptions
+from microdeblur.optics import OpticsRun
 from microdeblur.io import read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import (WeightsMeta, default_weights_path, load_weights, optics_of_prepared, save_weights,

@@ -171,7 +171,7 @@ def prepare(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Resize raw through-focus days to the working pixel size and cut them into per-crop z-stacks for training."""
-    from .optics import OpticsOptions
+    from .calibration import OpticsOptions
     from .prepare import prepare_days
 
     prepare_days(raw, data, focus_plane=focus_plane, scale=scale, tile=tile, z_step_um=z_step, overwrite=overwrite,
@@ -293,7 +293,7 @@ def deblur(
     Batch mode (--shard, --skip-existing or --manifest): each output is moved into place as soon as it is
     complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
     from .inference import deblur_paths
-    from .optics import OpticsOptions
+    from .calibration import OpticsOptions
     from .io import expand_inputs
 
     optics = OpticsOptions(na, wavelength, pixel_size).checked()  # fail before any work
@@ -335,7 +335,7 @@ def interpolate(
 ) -> None:
     """Walk the blur code from A's focus level to B's (or between two dz) and write the stack."""
     from .inference import interpolate_paths
-    from .optics import OpticsOptions
+    from .calibration import OpticsOptions
 
     interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
                       overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite,
@@ -369,7 +369,7 @@ def focus(
 
     Batch mode (--shard, --skip-existing or --manifest) works as for deblur."""
     from .focus_runs import focus_paths
-    from .optics import OpticsOptions
+    from .calibration import OpticsOptions
 
     focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
                 csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest,

@@ -16,7 +16,8 @@ from .errors import UserError
 from .inference import (_check_outputs, _checked_planes, _info_or_raise, _is_folder_name, _load, _output_paths,
                         _plan, _planes_to_do, _tolerant_infos)
 from .io import TIFF_SUFFIXES, Outputs, Shard
-from .optics import OpticsOptions, OpticsRun
+from .calibration import OpticsOptions
+from .optics import OpticsRun
 
 FOCUS_COLUMNS = ("file", "plane", "median_dz_um", "frac_in_focus", "n_tiles", "n_tiles_used")
 # the table of an unsigned run (--sign unsigned, or auto without a reliable sign): the median is of |dz|

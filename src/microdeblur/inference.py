@@ -21,7 +21,8 @@ from .engine import BATCH_SIZE, OVERLAP, Deblurrer, check_finite, require_calibr
 from .errors import UserError
 from .io import TIFF_SUFFIXES, Outputs, Shard
 from .normalize import Normalizer, frame_normalizer
-from .optics import OpticsOptions, OpticsRun
+from .calibration import OpticsOptions
+from .optics import OpticsRun
 
 
 # ---------------------------------------------------------------- checks shared by the commands

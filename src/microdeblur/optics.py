@@ -4,40 +4,11 @@ docs/inference.md, "Units, optics and resizing")."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 
 from . import calibration, log
-from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value
+from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, OpticsOptions, agreed_value
 from .engine import Deblurrer
-from .errors import UserError
 
-
-
-@dataclass(frozen=True)
-class OpticsOptions:
-    """--na, --wavelength (um) and --pixel-size (um at the sample) as given (None: not given); `checked` validates."""
-
-    na: float | None = None
-    wavelength_um: float | None = None
-    pixel_size_um: float | None = None
-
-    def checked(self) -> "OpticsOptions":
-        """self, or a UserError naming the option whose value is impossible."""
-        if self.na is not None and not (math.isfinite(self.na) and NA_RANGE[0] < self.na <= NA_RANGE[1]):
-            raise UserError(f"--na must be an objective NA in ({NA_RANGE[0]:g}, {NA_RANGE[1]:g}], got {self.na:g}")
-        wl = self.wavelength_um
-        if wl is not None and not (math.isfinite(wl) and WAVELENGTH_RANGE_UM[0] < wl <= WAVELENGTH_RANGE_UM[1]):
-            if math.isfinite(wl) and 100 <= wl <= 2000:
-                raise UserError(f"--wavelength {wl:g} looks like nanometres; give micrometres, e.g. --wavelength "
-                                f"{wl / 1000:g}")
-            raise UserError(f"--wavelength must be in ({WAVELENGTH_RANGE_UM[0]:g}, {WAVELENGTH_RANGE_UM[1]:g}] um, "
-                            f"got {wl:g}")
-        px = self.pixel_size_um
-        if px is not None and not (math.isfinite(px) and PIXEL_RANGE_UM[0] < px <= PIXEL_RANGE_UM[1]):
-            raise UserError(f"--pixel-size must be a finite pixel size at the sample in ({PIXEL_RANGE_UM[0]:g}, "
-                            f"{PIXEL_RANGE_UM[1]:g}] um, got {px:g}")
-        return self
 
 
 class OpticsRun:

@@ -471,7 +471,7 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
 
     Each day is resized to `working_pixel_um` from its own pixel size (metadata, ground truth, --pixel-size)
     unless `scale` fixes one factor for all; its NA and wavelength give its dz factor (docs/prepare.md)."""
-    from .optics import OpticsOptions
+    from .calibration import OpticsOptions
 
     start = time.perf_counter()
     if scale is not None and not 0 < scale <= 8:  # also refuses NaN
