@@ -5,14 +5,14 @@
 # docs/prepare.md). The export is the step whose held-out whole frames (one reference day, two randomised days;
 # seeds never used in training or in the model card's test days) gain most over the input (train --val-frames).
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
-#   bash benchmarks/train_randomised.sh 4000 m1dr runs/m1d.safetensors    # shipped manifold-1d (round 3)
-# INIT is the reference run's export (bash benchmarks/train_shipped.sh 16000 m1d writes runs/m1d.safetensors).
+#   bash benchmarks/train_randomised.sh 4000 m1dr    # shipped manifold-1d (round 3)
+# INIT: the reference run's step-16,415 export (committed; bash benchmarks/train_shipped.sh 16415 m1d rebuilds it from scratch).
 # Re-running continues an interrupted run from runs/NAME.ckpt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-4000}
 NAME=${2:-m1dr}
-INIT=${3:-runs/m1d.safetensors}
+INIT=${3:-models/checkpoints/m1d_stage1.safetensors}
 shift $(( $# > 3 ? 3 : $# ))
 [ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
 [ -d runs/raw_random ] || microdeblur simulate runs/raw_random --days 16 --planes 31 --size 2048x1536 --randomize --seed 4000
