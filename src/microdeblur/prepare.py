@@ -282,12 +282,10 @@ def _with_z_step(day: Day, option: float | None) -> Day:
     return day
 
 
-def _truth_optics(day: Day) -> dict:
-    """The simulator's `optics` entry of the day's ground_truth.json ({} when there is none)."""
-    if not day.ground_truth.is_file():
-        return {}
+def ground_truth_optics(path: Path) -> dict:
+    """The simulator's `optics` entry of a ground_truth.json ({} when there is none or it is unreadable)."""
     try:
-        optics = json.loads(day.ground_truth.read_text()).get("optics")
+        optics = json.loads(path.read_text()).get("optics") if path.is_file() else None
     except (OSError, ValueError, AttributeError):
         return {}
     return optics if isinstance(optics, dict) else {}
@@ -296,7 +294,7 @@ def _truth_optics(day: Day) -> dict:
 def _with_optics(day: Day, options) -> Day:
     """The day with its optics: image metadata, else ground_truth.json, else --pixel-size / --na / --wavelength
     (an option contradicting the file is an error, as in `deblur`), else the reference microscope's."""
-    truth = _truth_optics(day)
+    truth = ground_truth_optics(day.ground_truth)
     picked, sources = {}, {}
     for key, option, what, unit, stored, valid, ref in (
             ("pixel_um", "--pixel-size", "pixel size", " um", day.info.pixel_size_um, PIXEL_RANGE_UM, None),

@@ -113,17 +113,12 @@ def training_optics(meta) -> Microscope:
 
 def _ground_truth_optics(source: str | None) -> dict:
     """The simulator's `optics` (ground_truth.json) of a prepared day's raw source, {} when there is none."""
-    from .prepare import GROUND_TRUTH, _stem
+    from .prepare import GROUND_TRUTH, _stem, ground_truth_optics
 
     if not source:
         return {}
     src = Path(source)
-    path = src / GROUND_TRUTH if src.is_dir() else src.with_name(f"{_stem(src)}.{GROUND_TRUTH}")
-    try:
-        optics = json.loads(path.read_text()).get("optics") if path.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return optics if isinstance(optics, dict) else {}
+    return ground_truth_optics(src / GROUND_TRUTH if src.is_dir() else src.with_name(f"{_stem(src)}.{GROUND_TRUTH}"))
 
 
 def optics_of_prepared(index: dict, scale: float) -> dict:
