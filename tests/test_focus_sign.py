@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from cli_helpers import one_error, run_cli
+from cli_helpers import one_error, run_cli, tiny_weights
 
 from microdeblur import training
 from microdeblur.calibration import (
@@ -22,11 +22,8 @@ from microdeblur.calibration import (
 from microdeblur.engine import Deblurrer, tile_sign_confidence
 from microdeblur.focus_runs import focus_paths
 from microdeblur.io import read_image, write_tiff
-from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.calibration import OpticsOptions
-from microdeblur.weights import WeightsMeta, save_weights
 
-TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4))
 DZ = np.linspace(-20, 20, 41)
 OPTICS = ("--na", "0.4", "--wavelength", "0.55")
 
@@ -40,14 +37,10 @@ def _table(flip_below: float = 3.0) -> dict:
 
 
 def _save(path: Path, *, table: bool = True, kind: str = "signed") -> Path:
-    torch.manual_seed(0)
-    model = DisentangledAE(ModelConfig(**TINY)).eval()
     cal = fit_calibration(0.05 * DZ, DZ) if kind == "signed" else fit_calibration(0.05 * np.abs(DZ), DZ)
     if table:
         cal["sign_reliability"] = _table()
-    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=1.0,
-                                          focus_blur_code=np.array([0.1], np.float32), calibration=cal))
-    return path
+    return tiny_weights(path, cal)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import tifffile
 import torch
 from typer.testing import CliRunner
 
+from cli_helpers import tiny_weights
+
 from microdeblur.calibration import dz_to_code, fit_calibration
 from microdeblur.cli import app
 from microdeblur.engine import Deblurrer
@@ -29,14 +31,10 @@ runner = CliRunner()
 
 
 def _save(path: Path, calibrated: bool, scale: float = 1.0, focus_ratios: dict | None = None) -> Path:
-    torch.manual_seed(0)
-    model = DisentangledAE(ModelConfig(**TINY)).eval()
     dz = np.linspace(-20, 20, 41)
     cal = fit_calibration(0.05 * dz, dz) if calibrated else None
     norm = {**DEFAULT_NORMALIZATION, **({"focus_ratios": focus_ratios} if focus_ratios else {})}
-    save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale, normalization=norm,
-                                          focus_blur_code=np.array([0.1], np.float32), calibration=cal))
-    return path
+    return tiny_weights(path, cal, scale=scale, normalization=norm)
 
 
 @pytest.fixture(scope="module")
