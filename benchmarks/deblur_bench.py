@@ -145,6 +145,17 @@ def load() -> str:
     return "load " + " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def variants(weights: Path, before: Path | None) -> list[tuple[str, Path | None, list[str]]]:
+    """(label, src or None, extra CLI options) of every version timed: this code on each backend it can run for
+    these weights (onnx when their exported graphs lie beside them), and the --before code on its default."""
+    from microdeblur.onnx_runner import graph_paths
+
+    out = [("torch", None, ["--backend", "torch"])]
+    if all(p.is_file() for p in graph_paths(weights)):
+        out.append(("onnx", None, ["--backend", "onnx"]))
+    return out + ([("before", before, [])] if before else [])
+
+
 def section_a_b(work: Path, weights: Path, before: Path | None, repeats: int, n_frames: int) -> None:
     """Whole-process single frame and a batch of frames, interleaved with RL-30 fresh processes."""
     frame = work / "frame.tif"
@@ -155,21 +166,21 @@ def section_a_b(work: Path, weights: Path, before: Path | None, repeats: int, n_
     for i in range(n_frames):
         make_frame(batch / f"f{i:02d}.tif", seed=10 + i)
     common = ["-w", str(weights), "--device", "cpu", "--overwrite"]
-    versions = {"after": None} | ({"before": before} if before else {})
+    versions = variants(weights, before)
     rows: dict[str, list] = {}
     for _ in range(repeats):
         rows.setdefault("RL-30 (fresh process)", []).append(
             child([sys.executable, "-c", RL_CHILD, str(frame), str(psf), str(work / "rl.tif")]))
-        for name, src in versions.items():
+        for name, src, extra in versions:
             env = env_for(src)
             rows.setdefault(f"{name}: deblur 1 frame", []).append(
-                child(cli(["deblur", str(frame), "-o", str(work / "o.tif"), *common]), env))
+                child(cli(["deblur", str(frame), "-o", str(work / "o.tif"), *common, *extra]), env))
             rows.setdefault(f"{name}: deblur 1 frame --scale 1", []).append(
-                child(cli(["deblur", str(frame), "-o", str(work / "o1.tif"), "--scale", "1", *common]), env))
+                child(cli(["deblur", str(frame), "-o", str(work / "o1.tif"), "--scale", "1", *common, *extra]), env))
     for _ in range(max(1, repeats // 2)):
-        for name, src in versions.items():
+        for name, src, extra in versions:
             rows.setdefault(f"{name}: deblur {n_frames} frames in one call", []).append(
-                child(cli(["deblur", str(batch), "-o", str(work / f"out_{name}") + "/", *common]), env_for(src)))
+                child(cli(["deblur", str(batch), "-o", str(work / f"out_{name}") + "/", *common, *extra]), env_for(src)))
     rl = med(rows["RL-30 (fresh process)"])
     print(f"(a)/(b) 1024x768 uint16 frame(s), {load()}")
     for name, runs in rows.items():
@@ -193,8 +204,13 @@ def section_c(weights: Path, repeats: int) -> None:
     frame = make_frame(Path(tempfile.mkdtemp()) / "big.tif", STACK)
     print(f"(c) in-process deblur_plane, 2048x1536 uint16, scale {meta.scale:g}, torch threads "
           f"{torch.get_num_threads()}, {load()}")
-    for overlap, align, bs in ((48, False, 32), (48, True, 32), (32, True, 32), (32, True, 64)):
-        db = Deblurrer(model, meta, device="cpu", overlap=overlap, batch_size=bs)
+    from microdeblur.onnx_runner import open_runner
+
+    runner, why = open_runner(meta.config, weights)
+    grids = [(48, False, 32, "torch"), (48, True, 32, "torch"), (32, True, 32, "torch"), (32, True, 64, "torch")]
+    grids += [(32, True, 32, "onnx")] if runner is not None else []
+    for overlap, align, bs, backend in grids:
+        db = Deblurrer(model if backend == "torch" else runner, meta, device="cpu", overlap=overlap, batch_size=bs)
         if not align:
             db.align = 1
         db.deblur_plane(frame)  # warm-up (oneDNN primitives)
@@ -204,7 +220,7 @@ def section_c(weights: Path, repeats: int) -> None:
             db.deblur_plane(frame)
             runs.append((time.perf_counter() - t, time.process_time() - c))
         n = len(db.grid(db._working(frame)[0].shape))
-        print(f"    overlap {overlap} {'aligned  ' if align else 'unaligned'} batch {bs}: {n:3d} tiles, {fmt(runs)}"
+        print(f"    {backend:5s} overlap {overlap} {'aligned  ' if align else 'unaligned'} batch {bs}: {n:3d} tiles, {fmt(runs)}"
               f" (target <= 2 s)")
 
 
@@ -213,10 +229,9 @@ def section_d(work: Path, weights: Path, before: Path | None, planes: int) -> No
     stack = work / "stack.tif"
     make_stack(stack, planes)
     print(f"(d) {planes}-plane 2048x1536 uint16 stack through the CLI, {load()}")
-    versions = {"after": None} | ({"before": before} if before else {})
-    for name, src in versions.items():
+    for name, src, extra in variants(weights, before):
         cmd = ["/usr/bin/time", "-v", *cli(["deblur", str(stack), "-o", str(work / f"stack_{name}.tif"),
-                                            "-w", str(weights), "--device", "cpu", "--overwrite"])]
+                                            "-w", str(weights), "--device", "cpu", "--overwrite", *extra])]
         t = time.perf_counter()
         res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env_for(src))
         wall = time.perf_counter() - t
@@ -349,12 +364,10 @@ def section_f(weights: Path, n: int = 64) -> None:
 STAGES_CHILD = """
 import sys, time
 t0 = time.perf_counter()
-from microdeblur.engine import Deblurrer
-t1 = time.perf_counter()
+from microdeblur.inference import load_deblurrer
 from microdeblur.io import read_image, write_tiff
-from microdeblur.weights import load_weights
-model, meta = load_weights(sys.argv[1])
-db = Deblurrer(model, meta, device="cpu")
+t1 = time.perf_counter()
+db, meta = load_deblurrer(sys.argv[1], "cpu", sys.argv[4])
 t2 = time.perf_counter()
 img = read_image(sys.argv[2])
 t3 = time.perf_counter()
@@ -367,20 +380,22 @@ print(f"{t1 - t0:.2f} {t2 - t1:.2f} {t3 - t2:.2f} {t4 - t3:.2f} {t5 - t4:.2f}")
 
 
 def section_h(work: Path, weights: Path, repeats: int) -> None:
-    """Where one fresh deblur process of a 1024x768 frame spends its time (stages timed inside the process)."""
+    """Where one fresh deblur process of a 1024x768 frame spends its time (stages timed inside the process), per
+    backend (the weights (torch) or the graphs (onnx) are loaded in 'load network')."""
     frame = work / "stages.tif"
     make_frame(frame)
-    t = time.perf_counter()
-    rows = []
-    for _ in range(repeats):
-        res = subprocess.run([sys.executable, "-c", STAGES_CHILD, str(weights), str(frame), str(work / "st_out.tif")],
-                             capture_output=True, text=True, check=True)
-        rows.append([float(v) for v in res.stdout.split()])
     start = child([sys.executable, "-c", "pass"])[0]
-    m = np.median(np.array(rows), axis=0)
-    print(f"(h) one fresh process, 1024x768 frame at the weights' scale (median of {repeats}, {load()}): interpreter "
-          f"{start:.2f} s, import microdeblur.engine (torch) {m[0]:.2f} s, load weights {m[1]:.2f} s, read {m[2]:.2f} s, "
-          f"deblur_plane {m[3]:.2f} s, write {m[4]:.2f} s ({time.perf_counter() - t:.0f} s for the section)")
+    for backend in [extra[1] for name, _, extra in variants(weights, None)]:
+        t = time.perf_counter()
+        rows = []
+        for _ in range(repeats):
+            res = subprocess.run([sys.executable, "-c", STAGES_CHILD, str(weights), str(frame), str(work / "st_out.tif"),
+                                  backend], capture_output=True, text=True, check=True)
+            rows.append([float(v) for v in res.stdout.split()])
+        m = np.median(np.array(rows), axis=0)
+        print(f"(h) {backend}: one fresh process, 1024x768 frame at the weights' scale (median of {repeats}, {load()}): "
+              f"interpreter {start:.2f} s, imports {m[0]:.2f} s, load network {m[1]:.2f} s, read {m[2]:.2f} s, "
+              f"deblur_plane {m[3]:.2f} s, write {m[4]:.2f} s ({time.perf_counter() - t:.0f} s for the section)")
 
 
 def section_g(repeats: int) -> None:

@@ -37,7 +37,7 @@ def main() -> None:
             if abs(z) > a.dz_max:
                 continue
             enc = db.encode(tifffile.imread(f))
-            dz_tiles = calibration.code_to_dz(meta.calibration, enc.blur[:, 0].cpu().numpy())
+            dz_tiles = calibration.code_to_dz(meta.calibration, enc.blur[:, 0])
             true.append(z)
             med.append(float(np.median(dz_tiles)))
             tile_err.append(np.abs(dz_tiles - (abs(z) if meta.calibration["kind"] == "abs" else z)))

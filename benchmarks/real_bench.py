@@ -51,7 +51,7 @@ def focus_order(db: Deblurrer, meta, day: frame_eval.FrameDay) -> tuple[float, f
     """Spearman of per-plane median dz estimates against |dz| and against dz (planes other than focus)."""
     est = []
     for i in range(day.n_planes):
-        codes = db.encode(day.plane(i)).blur[:, 0].cpu().numpy()
+        codes = db.encode(day.plane(i)).blur[:, 0]
         est.append(float(np.nanmedian(calibration.code_to_dz(meta.calibration, codes))))
     est = np.asarray(est)
     return spearman(np.abs(est), np.abs(day.dz)), spearman(est, day.dz)

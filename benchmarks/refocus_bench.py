@@ -26,7 +26,7 @@ from microdeblur.weights import load_weights
 
 def focus_estimate(db: Deblurrer, plane: np.ndarray) -> float:
     """Median calibrated dz over the plane's tiles (what `focus` reports for the image)."""
-    codes = db.encode(plane).blur[:, 0].cpu().numpy()
+    codes = db.encode(plane).blur[:, 0]
     return float(np.median(calibration.code_to_dz(db.meta.calibration, codes)))
 
 

@@ -7,7 +7,9 @@
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
 #   bash benchmarks/train_randomised.sh 4000 m1dr    # shipped manifold-1d (round 3)
 # INIT: the reference run's step-16,415 export (committed; bash benchmarks/train_shipped.sh 16415 m1d rebuilds it from scratch).
-# Re-running continues an interrupted run from runs/NAME.ckpt.
+# Re-running continues an interrupted run from runs/NAME.ckpt. LAUNCH runs it data-parallel, e.g. two one-thread
+# processes (1.3x the tiles/s of one two-thread process on 2 cores, docs/benchmarks.md):
+#   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_randomised.sh ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-4000}
@@ -24,6 +26,6 @@ RESUME=()
 [ -f "runs/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && RESUME=(--resume "runs/${NAME}.ckpt")
 [ ${#RESUME[@]} -eq 0 ] && [ -f "models/checkpoints/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && {
   cp "models/checkpoints/${NAME}.ckpt" "runs/${NAME}.ckpt"; RESUME=(--resume "runs/${NAME}.ckpt"); }
-microdeblur -v train runs/data_mixed -o "$OUT" --init "$INIT" --epochs 100000 --max-steps "$STEPS" \
+${LAUNCH:-microdeblur} -v train runs/data_mixed -o "$OUT" --init "$INIT" --epochs 100000 --max-steps "$STEPS" \
   --lr 3e-4 --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 \
   --val-frames runs/val/ref --val-frames runs/val/random "${RESUME[@]}" "$@"

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from cli_helpers import one_error, run_cli, tiny_weights
 
 from microdeblur import training
@@ -67,7 +66,7 @@ def abs_weights(wdir) -> Path:
 def code_net(monkeypatch):
     """Every tile's blur code is -0.25 (dz -5 um on the training microscope, by the calibration 0.05 dz)."""
     monkeypatch.setattr(Deblurrer, "encode_tiles",
-                        lambda self, t: (torch.zeros(len(t), 4), torch.full((len(t), 1), -0.25)))
+                        lambda self, t: (np.zeros((len(t), 4), np.float32), np.full((len(t), 1), -0.25, np.float32)))
 
 
 def _image(shape, seed=0) -> np.ndarray:

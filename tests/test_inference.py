@@ -60,17 +60,17 @@ def half_scale_weights(wdir) -> Path:
 @pytest.fixture
 def identity_net(monkeypatch):
     """Network replaced by an identity: identity code = the tile, decode returns it."""
-    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (torch.from_numpy(t).flatten(1),
-                                                                    torch.zeros(len(t), 1)))
-    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: i.reshape(-1, 1, self.tile, self.tile).numpy())
+    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (t.reshape(len(t), -1),
+                                                                    np.zeros((len(t), 1), np.float32)))
+    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: i.reshape(-1, 1, self.tile, self.tile))
 
 
 @pytest.fixture
 def blur_is_tile_net(monkeypatch):
     """Network whose blur code is the whole tile (identity code constant): walks blend A into B."""
-    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (torch.zeros(len(t), 1),
-                                                                    torch.from_numpy(t).flatten(1)))
-    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: b.reshape(-1, 1, self.tile, self.tile).numpy())
+    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (np.zeros((len(t), 1), np.float32),
+                                                                    t.reshape(len(t), -1)))
+    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: np.asarray(b).reshape(-1, 1, self.tile, self.tile))
 
 
 def _image(shape, dtype, seed=0) -> np.ndarray:

@@ -372,8 +372,9 @@ def _rows(path: Path):
 @pytest.fixture
 def code_net(monkeypatch):
     """Network whose output tile is its blur code everywhere: outputs show which code a dz asked for."""
-    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (torch.zeros(len(t), 1), torch.zeros(len(t), 1)))
-    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: b.float().cpu().numpy()[:, :, None, None]
+    monkeypatch.setattr(Deblurrer, "encode_tiles", lambda self, t: (np.zeros((len(t), 1), np.float32),
+                                                                    np.zeros((len(t), 1), np.float32)))
+    monkeypatch.setattr(Deblurrer, "decode_tiles", lambda self, i, b: np.asarray(b, np.float32)[:, :, None, None]
                         * np.ones((1, 1, self.tile, self.tile), np.float32))
 
 

@@ -124,8 +124,10 @@ def test_a_name_created_meanwhile_is_never_replaced_by_any_writer(tmp_path: Path
                                                                  _competitor(tmp_path / "plane.tif")))
     with pytest.raises(UserError, match="plane.tif: already exists"):
         write_tiff(tmp_path / "plane.tif", np.zeros((8, 8), np.uint16), "YX")
-    real_save = wmod.save_file
-    monkeypatch.setattr(wmod, "save_file", lambda t, f, **k: (real_save(t, f, **k), _competitor(tmp_path / "w.st")))
+    import safetensors.torch as st
+
+    real_save = st.save_file
+    monkeypatch.setattr(st, "save_file", lambda t, f, **k: (real_save(t, f, **k), _competitor(tmp_path / "w.st")))
     model = _tiny_model()
     with pytest.raises(UserError, match="w.st: already exists"):
         save_weights(tmp_path / "w.st", model, _meta(model))
@@ -518,10 +520,10 @@ def test_corrupt_file_messages_hold_no_python_reprs(tmp_path: Path, content):
 
 
 def test_float64_input_keeps_float64(tmp_path: Path, weights: Path, monkeypatch):
-    monkeypatch.setattr(engine.Deblurrer, "encode_tiles", lambda self, t: (torch.from_numpy(t).flatten(1),
-                                                                              torch.zeros(len(t), 1)))
+    monkeypatch.setattr(engine.Deblurrer, "encode_tiles", lambda self, t: (t.reshape(len(t), -1),
+                                                                              np.zeros((len(t), 1), np.float32)))
     monkeypatch.setattr(engine.Deblurrer, "decode_tiles",
-                        lambda self, i, b: i.reshape(-1, 1, self.tile, self.tile).numpy())
+                        lambda self, i, b: i.reshape(-1, 1, self.tile, self.tile))
     data = np.random.default_rng(0).random((40, 50)) * 1e-3 + 1.0
     src = tmp_path / "f64.tif"
     tifffile.imwrite(src, data)

@@ -31,6 +31,15 @@ def test_shipped_weights_load_with_everything_inference_needs():
     assert meta.training["recipe_hash"]
 
 
+def test_shipped_onnx_graphs_were_exported_from_the_shipped_weights():
+    pytest.importorskip("onnxruntime")
+    from microdeblur.onnx_runner import open_runner
+
+    _, meta = load_weights(None)
+    runner, why = open_runner(meta.config, default_weights_path())
+    assert runner is not None, f"{why}: run `microdeblur export onnx --overwrite` after replacing the weights"
+
+
 def test_focus_on_the_shipped_example_tells_the_defocus(tmp_path):
     """The calibrated 1-D code reads the example's -10 / 0 / +10 um planes within 4 um."""
     truth = json.loads((EXAMPLES / "example.json").read_text())["files"]

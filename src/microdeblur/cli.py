@@ -64,6 +64,8 @@ OverlapOpt = typer.Option(32, "--overlap", help="Tile overlap in pixels at worki
                           "tiles start on multiples of the network's stride).")
 BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default: 32 on CPU; sized to free memory on a GPU).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bfloat16 autocast on CUDA GPUs that support it, else float32), float32 or bfloat16.")
+BackendOpt = typer.Option("auto", "--backend", help="auto (ONNX Runtime on the CPU when graphs exported from the weights "
+                          "lie beside them, see export onnx; else PyTorch), torch or onnx.")
 ShardOpt = typer.Option(None, "--shard", metavar="I/N", help="Process only share I of N (I counts from 0) of the sorted "
                         "inputs, for job arrays: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT. Batch mode.")
 SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave outputs that exist already (they are complete: "
@@ -278,6 +280,7 @@ def deblur(
     overlap: int = OverlapOpt,
     batch_size: Optional[int] = BatchOpt,
     precision: str = PrecisionOpt,
+    backend: str = BackendOpt,
     dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um on your microscope: see --na, --wavelength) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
     focus_gate: bool = typer.Option(False, "--focus-gate/--no-focus-gate", help="Apply the correction in proportion to each tile's estimated defocus: none within 1 um of focus, all beyond 3 um (training-microscope um; calibrated weights). Off by default: it protects near-focus frames of the reference microscope and costs elsewhere (docs/inference.md)."),
@@ -306,7 +309,7 @@ def deblur(
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
                         batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
                         shard=shard, skip_existing=skip_existing, manifest=manifest, optics=optics,
-                        focus_gate=focus_gate)
+                        focus_gate=focus_gate, backend=backend)
     if truth is not None:
         from .metrics import compare_to_truth
 
@@ -330,6 +333,7 @@ def interpolate(
     overlap: int = OverlapOpt,
     batch_size: Optional[int] = BatchOpt,
     precision: str = PrecisionOpt,
+    backend: str = BackendOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
@@ -339,7 +343,7 @@ def interpolate(
 
     interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
                       overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite,
-                      optics=OpticsOptions(na, wavelength, pixel_size))
+                      optics=OpticsOptions(na, wavelength, pixel_size), backend=backend)
 
 
 @app.command()
@@ -355,6 +359,7 @@ def focus(
     overlap: int = OverlapOpt,
     batch_size: Optional[int] = BatchOpt,
     precision: str = PrecisionOpt,
+    backend: str = BackendOpt,
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write a per-image summary table."),
     sign: str = typer.Option("auto", "--sign", help="signed (dz), unsigned (|dz|) or auto: signed when the weights' calibration is signed and every input's NA and wavelength are known (metadata or --na/--wavelength), else unsigned; weights without a measured sign reliability stay signed (docs/inference.md)."),
     confidence: Optional[str] = typer.Option(None, "--confidence", help="Also write the per-tile confidence (0..1, NaN: no usable tile) in the sign of dz: a TIFF (one input) or folder of <name>_conf.tif (not with batch mode)."),
@@ -373,7 +378,8 @@ def focus(
 
     focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
                 csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest,
-                optics=OpticsOptions(na, wavelength, pixel_size), sign=sign, confidence=confidence)
+                optics=OpticsOptions(na, wavelength, pixel_size), sign=sign, confidence=confidence,
+                backend=backend)
 
 
 @app.command()
@@ -404,7 +410,7 @@ def evaluate(
                  frames=frames, frames_dz_max=frames_dz_max)
 
 
-export_app = _Typer(cls=_Group, no_args_is_help=True, help="Write the model for other tools (bioimage.io).")
+export_app = _Typer(cls=_Group, no_args_is_help=True, help="Write the model for other tools (bioimage.io, ONNX Runtime).")
 app.add_typer(export_app, name="export")
 
 
@@ -420,6 +426,21 @@ def export_bioimageio(
 
     out = write_package(output, weights=weights, overwrite=overwrite)
     log.info(f"wrote {out}; check it with: bioimageio test {out}")
+
+
+@export_app.command("onnx")
+@_user_errors
+def export_onnx(
+    weights: Optional[Path] = WeightsOpt,
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Write the network's ONNX graphs beside its weights (W.encoder.onnx, W.decoder.onnx), so that deblur, focus and
+    interpolate run on ONNX Runtime without importing torch (needs the optional onnx extra)."""
+    from .onnx_runner import export_graphs
+    from .weights import resolve_weights_path
+
+    enc, dec = export_graphs(resolve_weights_path(weights), overwrite=overwrite)
+    log.info(f"wrote {enc} and {dec}")
 
 
 def run() -> None:

@@ -7,7 +7,9 @@ code -> decode -> blend-stitch (`predict_tiled`, the one tiled, batched predicto
 shape (`resize_to`, bilinear) -> cast to the input dtype (clip, round). Also here: per-tile defocus maps
 (`Deblurrer.focus_map`, tile contrast, tile-centre interpolation) and the checks every front end applies
 to a plane and to the weights (`check_finite`, `require_calibration`, `normalization_spec`).
-The path-level commands are in `inference.py` and `focus_runs.py`, batch-run bookkeeping in `batch_runs.py`.
+The network itself is a runner on numpy tiles (`torch_runner.TorchRunner`, the reference, or
+`onnx_runner.OnnxRunner`), so this module never imports torch. The path-level commands are in `inference.py` and
+`focus_runs.py`, batch-run bookkeeping in `batch_runs.py`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from . import calibration, log
-from .devices import autocast, compute_dtype
 from .errors import UserError
 from .normalize import Normalizer, NormalizationSpec, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
@@ -47,12 +45,24 @@ NO_CONTRAST = "no tile has enough contrast to estimate defocus"
 # ---------------------------------------------------------------- resizing
 
 
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower index, upper index, upper weight) per output pixel of a pixel-centre-aligned linear resize along one
+    axis (source positions below 0 clamp to 0; the upper index stops at the last pixel), as torch's bilinear
+    interpolation with align_corners=False."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
+    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
+
+
 def resize_to(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float32 plane to an exact shape (pixel-centre aligned, edges clamped)."""
+    """Bilinear resize of a float32 plane to an exact shape (pixel-centre aligned, edges clamped; no antialiasing)."""
+    plane = np.asarray(plane, dtype=np.float32)
     if plane.shape == tuple(shape):
         return plane
-    t = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
+    r0, r1, wr = _linear_taps(plane.shape[0], int(shape[0]))
+    c0, c1, wc = _linear_taps(plane.shape[1], int(shape[1]))
+    rows = plane[r0] + wr[:, None] * (plane[r1] - plane[r0])
+    return rows[:, c0] + wc * (rows[:, c1] - rows[:, c0])
 
 
 def _binning_factor(shape: tuple[int, int], scale: float) -> int | None:
@@ -111,8 +121,8 @@ def predict_tiled(image2d: np.ndarray, fn: Callable[..., np.ndarray], tile: int 
 class Encoded:
     """Codes of every tile of one plane plus what is needed to decode it back to that plane."""
 
-    identity: torch.Tensor  # [N, Di]
-    blur: torch.Tensor  # [N, Db]
+    identity: np.ndarray  # [N, Di]
+    blur: np.ndarray  # [N, Db]
     grid: TileGrid
     norm: Normalizer
     shape: tuple[int, int]
@@ -120,27 +130,24 @@ class Encoded:
     median: float | None = None  # median of the working-scale plane (raw units), when focus ratios need it
 
 
-def default_batch_size(device: torch.device, tile: int) -> int:
-    """Tiles per network call: BATCH_SIZE on CPU; on a CUDA GPU as many as a quarter of its free memory holds
-    at 400 bytes per tile pixel (about twice the live activations of the default network, counted from its
-    layer sizes), between BATCH_SIZE and 2048."""
-    if device.type != "cuda":
-        return BATCH_SIZE
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(np.clip(free // 4 // (400 * tile * tile), BATCH_SIZE, 2048))
-
-
 class Deblurrer:
-    """Tiled, batched encode/decode of whole planes with a loaded model and its metadata."""
+    """Tiled, batched encode/decode of whole planes with a network and its weights' metadata.
 
-    def __init__(self, model: nn.Module, meta, *, device: torch.device | str = "cpu", scale: float | None = None,
-                 overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto",
-                 focus_gate: bool = False) -> None:
-        self.device = torch.device(device)
-        self.amp = compute_dtype(self.device, precision)  # bfloat16 autocast on a GPU, float32 on CPU (auto)
-        batch_size = default_batch_size(self.device, int(model.config.tile)) if batch_size is None else batch_size
-        self.tile = int(model.config.tile)
-        self.align = int(getattr(model.config, "downsample", 1))  # tiles start on the network's stride
+    `model` is a torch module (run by a TorchRunner on `device` at `precision`) or a runner itself (anything with
+    `config`, `encode`, `decode` and `default_batch_size` on numpy tiles, e.g. an OnnxRunner)."""
+
+    def __init__(self, model, meta, *, device="cpu", scale: float | None = None, overlap: int = OVERLAP,
+                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", focus_gate: bool = False) -> None:
+        if hasattr(model, "default_batch_size"):
+            self.net = model
+        else:
+            from .torch_runner import TorchRunner
+
+            self.net = TorchRunner(model, device, precision)
+        self.config = self.net.config
+        batch_size = self.net.default_batch_size() if batch_size is None else batch_size
+        self.tile = int(self.config.tile)
+        self.align = int(getattr(self.config, "downsample", 1))  # tiles start on the network's stride
         self._grids: dict[tuple[int, int], TileGrid] = {}
         if not 0 <= overlap < self.tile // 2:
             raise UserError(f"--overlap must be between 0 and {self.tile // 2 - 1} px, got {overlap}")
@@ -154,19 +161,15 @@ class Deblurrer:
 
         self.optics = training_optics(meta)  # the microscope the weights were trained for (calibration's µm)
         self.overlap, self.batch_size, self.meta = overlap, batch_size, meta
-        self.model = copy.deepcopy(model).eval().to(self.device)
-        self.channels_last = self.device.type == "cpu"
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = normalization_spec(meta)
         self.pmin, self.pmax = self.spec.pmin, self.spec.pmax
         self.focus_ratios = self.spec.intensity
         self._median_warned = False
         focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
-        self.target = self.as_code(focus) if focus.size == model.config.blur_dim else None
+        self.target = self.as_code(focus) if focus.size == self.config.blur_dim else None
         cal = getattr(meta, "calibration", None)
         # the gate needs the blur code's dz calibration (1-D codes); without it the correction applies everywhere
-        self.gate_calibration = cal if focus_gate and cal and model.config.blur_dim == 1 else None
+        self.gate_calibration = cal if focus_gate and cal and self.config.blur_dim == 1 else None
 
     # -- resizing per input
 
@@ -194,26 +197,18 @@ class Deblurrer:
 
     # -- codes
 
-    def as_code(self, code) -> torch.Tensor:
-        """Blur code(s) as a float32 tensor on the device, [Db] or [N, Db]."""
-        if isinstance(code, torch.Tensor):
-            return code.to(self.device, torch.float32)
-        return torch.as_tensor(np.asarray(code, dtype=np.float32), device=self.device)
+    @staticmethod
+    def as_code(code) -> np.ndarray:
+        """Blur code(s) as float32, [Db] or [N, Db]."""
+        return np.asarray(code, dtype=np.float32)
 
-    def encode_tiles(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_tiles(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One network call: tiles [n,1,T,T] float32 -> (identity [n,Di], blur [n,Db])."""
-        x = torch.from_numpy(tiles).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
-            codes = self.model.encode(x)
-        return codes.identity, codes.blur
+        return self.net.encode(tiles)
 
-    def decode_tiles(self, identity: torch.Tensor, blur: torch.Tensor) -> np.ndarray:
-        """One network call: codes -> tiles [n,1,T,T] float32 on the host."""
-        with autocast(self.device, self.amp):
-            out = self.model.decode(identity, blur)
-        return out.float().cpu().numpy()
+    def decode_tiles(self, identity: np.ndarray, blur: np.ndarray) -> np.ndarray:
+        """One network call: codes -> tiles [n,1,T,T] float32."""
+        return self.net.decode(identity, blur)
 
     # -- planes
 
@@ -231,7 +226,6 @@ class Deblurrer:
         median = frame_median(work) if self.focus_ratios is not None else None
         return norm.before(work), norm, median
 
-    @torch.inference_mode()
     def encode(self, plane: np.ndarray) -> Encoded:
         """Encode every tile of a 2-D plane (any dtype) in batches."""
         plane = np.asarray(plane)
@@ -241,23 +235,22 @@ class Deblurrer:
         grid = self.grid(work.shape)
         tiles = extract_tiles(work, grid)[:, None]
         parts = [self.encode_tiles(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
-        identity = torch.cat([p[0] for p in parts])
-        blur = torch.cat([p[1] for p in parts])
+        identity = np.concatenate([p[0] for p in parts])
+        blur = np.concatenate([p[1] for p in parts])
         return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype, median)
 
     def encode_plane(self, plane2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, TileGrid]:
         """(identity codes [N,Di], blur codes [N,Db], tile grid) of a 2-D plane."""
         enc = self.encode(plane2d)
-        return enc.identity.cpu().numpy(), enc.blur.cpu().numpy(), enc.grid
+        return enc.identity, enc.blur, enc.grid
 
-    @torch.inference_mode()
-    def decode(self, enc: Encoded, blur: torch.Tensor | np.ndarray, norm: Normalizer | None = None) -> np.ndarray:
+    def decode(self, enc: Encoded, blur: np.ndarray, norm: Normalizer | None = None) -> np.ndarray:
         """Decode `enc`'s identity codes with blur code(s) [Db] or [N,Db] into a plane of the input shape."""
         from .io import to_dtype
 
         blur = self.as_code(blur)
         n = len(enc.identity)
-        blur = blur.expand(n, -1) if blur.ndim == 1 else blur
+        blur = np.broadcast_to(blur, (n, blur.shape[-1])) if blur.ndim == 1 else blur
         out = np.concatenate([self.decode_tiles(enc.identity[i:i + self.batch_size], blur[i:i + self.batch_size])
                               for i in range(0, n, self.batch_size)])
         plane = (norm or enc.norm).after(stitch(out[:, 0], enc.grid))
@@ -285,7 +278,6 @@ class Deblurrer:
         gate = blur_code is None and self.gate_calibration is not None
         return self._swap(np.asarray(plane2d), self.target if blur_code is None else blur_code, dz, gate)
 
-    @torch.inference_mode()
     def _swap(self, plane: np.ndarray, code, dz: float | None, gate: bool = False) -> np.ndarray:
         """encode -> decode batch by batch (no plane-wide identity kept), stitched and reverted for dz; with
         `gate`, blended with the input by each tile's estimated defocus (focus_gate)."""
@@ -296,19 +288,19 @@ class Deblurrer:
         work, norm, median = self._working(plane)
         grid = self.grid(work.shape)
         code = self.as_code(code)
-        code = code.expand(len(grid), -1) if code.ndim == 1 else code
-        sources: list[torch.Tensor] = []
+        code = np.broadcast_to(code, (len(grid), code.shape[-1])) if code.ndim == 1 else code
+        sources: list[np.ndarray] = []
 
-        def swap(tiles: np.ndarray, blur: torch.Tensor) -> np.ndarray:
+        def swap(tiles: np.ndarray, blur: np.ndarray) -> np.ndarray:
             identity, source = self.encode_tiles(tiles)
             sources.append(source)
             return self.decode_tiles(identity, blur)
 
         out = predict_tiled(work, swap, batch_size=self.batch_size, grid=grid, per_tile=code)
-        enc = Encoded(torch.empty(0), torch.empty(0), grid, norm, plane.shape, plane.dtype, median)
+        enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)
         result = resize_to(self.revert_for(enc, dz).after(out), plane.shape)
         if gate:
-            g = self.focus_gate(torch.cat(sources).float().cpu().numpy()[:, 0], grid, plane.shape)
+            g = self.focus_gate(np.concatenate(sources)[:, 0], grid, plane.shape)
             result = plane.astype(np.float32) + g * (result - plane.astype(np.float32))
         return to_dtype(result, plane.dtype)
 
@@ -322,7 +314,7 @@ class Deblurrer:
 
     def mean_blur_code(self, plane2d: np.ndarray) -> np.ndarray:
         """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""
-        return self.encode(plane2d).blur.mean(0).cpu().numpy()
+        return self.encode(plane2d).blur.mean(0)
 
     def focus_map(self, plane2d: np.ndarray, dz_factor: float = 1.0, signed: bool = True) -> tuple[np.ndarray, dict]:
         """Defocus map (dz um, float32, input size) from each tile's blur code, and its summary.
@@ -350,7 +342,7 @@ class Deblurrer:
         if enc.blur.shape[1] != 1:
             raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
         rows, cols = enc.grid.rows_cols
-        dz_train = calibration.code_to_dz(cal, enc.blur[:, 0].cpu().numpy())
+        dz_train = calibration.code_to_dz(cal, enc.blur[:, 0])
         dz = (dz_train * float(dz_factor)).astype(np.float32)
         if not signed:
             dz = np.abs(dz)

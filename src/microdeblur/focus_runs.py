@@ -13,7 +13,7 @@ from . import calibration, log
 from .batch_runs import Batch, check_replaceable, has_header, run_batch, shard_pairs
 from .engine import BATCH_SIZE, IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, require_calibration
 from .errors import UserError
-from .inference import (_check_outputs, _checked_planes, _info_or_raise, _is_folder_name, _load, _output_paths,
+from .inference import (_check_outputs, _checked_planes, _info_or_raise, _is_folder_name, load_deblurrer, _output_paths,
                         _plan, _planes_to_do, _tolerant_infos)
 from .io import TIFF_SUFFIXES, Outputs, Shard
 from .calibration import OpticsOptions
@@ -134,7 +134,7 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
                 overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", csv: Path | None = None, device: str = "auto",
                 overwrite: bool = False, shard: Shard | str | None = None, skip_existing: bool = False,
                 manifest: Path | None = None, optics: OpticsOptions = OpticsOptions(), sign: str = "auto",
-                confidence: str | Path | None = None) -> list[Path]:
+                confidence: str | Path | None = None, backend: str = "auto") -> list[Path]:
     """Defocus maps (float32 TIFF, dz in um of each input's microscope, input size) of images/stacks from the
     calibrated blur code (see OpticsRun for the optics).
 
@@ -176,11 +176,10 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
         _check_outputs(conf_outs, files + outs, overwrite)
         if csv is not None:
             _check_outputs([Path(csv)], files + outs + conf_outs, overwrite)
-    model, meta, dev = _load(weights, device)
+    db, meta = load_deblurrer(weights, device, backend, precision, scale=scale, overlap=overlap, batch_size=batch_size)
     cal = require_calibration(meta, weights, "focus")
     if cal["kind"] == "abs":
         log.warn("the calibration follows |dz| only: maps hold unsigned defocus")
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
     run = OpticsRun(db, optics, True)
     if batch.active:
         # one choice over every input of the run (all shards alike), from the headers that can be read

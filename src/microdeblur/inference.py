@@ -116,6 +116,52 @@ def _load(weights: Path | None, device: str):
     return model, meta, dev
 
 
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def gpu_visible() -> bool:
+    """Whether torch could find a GPU here, told without importing torch: an NVIDIA driver (device node or
+    nvidia-smi) or Apple silicon (MPS)."""
+    import platform
+    import shutil
+    import sys
+
+    return (os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+            or (sys.platform == "darwin" and platform.machine() == "arm64"))
+
+
+def load_deblurrer(weights: Path | None, device: str = "auto", backend: str = "auto", precision: str = "auto",
+                   **options) -> tuple[Deblurrer, object]:
+    """(Deblurrer, weights metadata) on the chosen backend. `auto` takes ONNX Runtime when the run is on the CPU in
+    float32, onnxruntime is installed and graphs exported from exactly these weights lie beside them (a process that
+    never imports torch: seconds less start-up, docs/benchmarks.md); PyTorch otherwise, and always for a GPU."""
+    from . import onnx_runner
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    on_cpu = device.lower() == "cpu" or (device.lower() == "auto" and not gpu_visible())
+    if backend == "onnx":
+        if not on_cpu:
+            raise UserError("--backend onnx runs on the CPU: use --device cpu (PyTorch runs GPUs)")
+        if precision not in ("auto", "float32"):
+            raise UserError("--backend onnx computes in float32: use --precision auto or float32")
+        if not onnx_runner.available():
+            raise UserError("--backend onnx needs onnxruntime: pip install onnxruntime")
+    if backend == "onnx" or (backend == "auto" and on_cpu and precision in ("auto", "float32") and onnx_runner.available()):
+        from .weights import read_meta
+
+        path, meta = read_meta(weights)
+        runner, why = onnx_runner.open_runner(meta.config, path)
+        if runner is not None:
+            log.debug(f"backend: ONNX Runtime ({why})")
+            return Deblurrer(runner, meta, precision=precision, **options), meta
+        if backend == "onnx":
+            raise UserError(f"--backend onnx: {why}; export them with: microdeblur export onnx --weights {path}")
+        log.debug(f"backend: PyTorch ({why})")
+    model, meta, dev = _load(weights, device)
+    return Deblurrer(model, meta, device=dev, precision=precision, **options), meta
+
+
 def _dz_code(cal: dict, dz: np.ndarray | float, factor: float = 1.0) -> np.ndarray:
     """Blur code(s) at dz (um of the training microscope), warning when dz lies outside the calibrated range
     (named in um of the input's microscope: `factor` = calibration.dz_factor)."""
@@ -272,7 +318,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
                  batch_size: int | None = BATCH_SIZE, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
                  skip_existing: bool = False, manifest: Path | None = None,
-                 optics: OpticsOptions = OpticsOptions(), focus_gate: bool = False) -> list[Path]:
+                 optics: OpticsOptions = OpticsOptions(), focus_gate: bool = False, backend: str = "auto") -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs.
 
     `dz` is in um of the inputs' microscope (`optics` and metadata; see OpticsRun). With `shard`, `skip_existing`
@@ -301,9 +347,8 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
         if dz is not None:
             raise UserError("--dz and --reference cannot be combined")
         _single_plane_info(Path(reference), "--reference")
-    model, meta, dev = _load(weights, device)
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
-                   focus_gate=focus_gate)
+    db, meta = load_deblurrer(weights, device, backend, precision, scale=scale, overlap=overlap, batch_size=batch_size,
+                              focus_gate=focus_gate)
     targets = _Targets(db, OpticsRun(db, optics, dz is not None), meta, weights, reference, dz)
     if batch.active:
         return _deblur_batch(targets, pairs, batch, overwrite=overwrite, files=files, t0=t0)
@@ -344,7 +389,7 @@ def _deblur_batch(targets: _Targets, pairs: list[tuple[Path, Path]], batch: Batc
 def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, dz_from: float | None = None,
                       dz_to: float | None = None, weights: Path | None = None, scale: float | None = None,
                       overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", device: str = "auto",
-                      overwrite: bool = False, optics: OpticsOptions = OpticsOptions()) -> Path:
+                      overwrite: bool = False, optics: OpticsOptions = OpticsOptions(), backend: str = "auto") -> Path:
     """Z-stack walking the blur code from A's to B's (per tile) or between two dz (um of A's microscope), with A's
     identity code. B is encoded at A's resize factor (the same field at the same size)."""
     from .io import read_image, write_tiff
@@ -374,8 +419,7 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
                             f"{info_a.shape[1]}x{info_a.shape[0]}, {b} is {info_b.shape[1]}x{info_b.shape[0]}")
     inputs = [Path(a)] + ([Path(b)] if b is not None else [])
     _check_outputs([output], inputs, overwrite)
-    model, meta, dev = _load(weights, device)
-    db = Deblurrer(model, meta, device=dev, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision)
+    db, meta = load_deblurrer(weights, device, backend, precision, scale=scale, overlap=overlap, batch_size=batch_size)
     run = OpticsRun(db, optics, by_dz)
     db, factor = run.resolve(info_a)
     if b is not None:

@@ -3,8 +3,6 @@ decoder level (thesis ch. 4 and 5.1.2, rebuilt for detail; docs/model.md)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -12,89 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-VARIANTS = ("manifold-1d", "manifold", "ml-vae")
-ARCH = "pyramid-1"  # stored in every weights file; files of the single-scale 0.1 network lack it
-
-
-@dataclass
-class ModelConfig:
-    """Architecture settings; `id_dim`, `blur_dim` and `levels` are derived."""
-
-    variant: str = "manifold-1d"
-    tile: int = 128
-    widths: tuple[int, ...] = (32, 48, 64, 96)  # trunk/decoder channels per pyramid level
-    id_channels: tuple[int, ...] = (16, 24, 32, 48)  # identity channels per level (the skips)
-    blur_width: int = 64  # blur head and FiLM MLP width
-    vector_blur_dim: int = 16  # blur code length of manifold and ml-vae (manifold-1d: 1)
-    unshuffle: int = 2  # lossless space-to-depth at the input / depth-to-space at the output
-    input_skip: bool = False  # the input pixels are the finest identity level; the decoder adds its output to them
-    arch: str = ARCH
-
-    def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)
-        self.id_channels = tuple(int(c) for c in self.id_channels)
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown model variant {self.variant!r}: use one of {', '.join(VARIANTS)}")
-        if self.arch != ARCH:
-            raise ValueError(f"weights of architecture {self.arch!r} are not supported by this version (needs {ARCH!r})")
-        if not self.widths or len(self.id_channels) != len(self.widths):
-            raise ValueError("widths and id_channels need one positive number per pyramid level each")
-        if min(self.widths + self.id_channels) < 1 or self.blur_width < 1 or self.unshuffle < 1 or self.vector_blur_dim < 1:
-            raise ValueError("widths, id_channels, blur_width, vector_blur_dim and unshuffle must be positive")
-        if self.tile % self.downsample != 0 or self.tile < self.downsample:
-            raise ValueError(f"tile {self.tile} must be a positive multiple of {self.downsample}")
-
-    @property
-    def levels(self) -> int:
-        """Number of pyramid levels."""
-        return len(self.widths)
-
-    @property
-    def downsample(self) -> int:
-        """Side every input must be a multiple of (space-to-depth times the strided levels)."""
-        return self.unshuffle * 2 ** (self.levels - 1)
-
-    def identity_levels(self) -> list[tuple[int, int]]:
-        """(channels, halvings below the space-to-depth side) of every identity level, finest first; with
-        `input_skip` the first level is the space-to-depth input itself."""
-        learnt = [(c, k) for k, c in enumerate(self.id_channels)]
-        return ([(self.unshuffle**2, 0)] if self.input_skip else []) + learnt
-
-    def id_dim_for(self, side: int) -> int:
-        """Length of the flattened identity pyramid of a `side`-px square input."""
-        s = side // self.unshuffle
-        return sum(c * (s >> k) ** 2 for c, k in self.identity_levels())
-
-    def side_for(self, id_dim: int) -> int:
-        """Input side whose identity pyramid has `id_dim` numbers (inverse of `id_dim_for`)."""
-        per = sum(c / 4**k for c, k in self.identity_levels())
-        side = int(round(math.sqrt(id_dim / per))) * self.unshuffle
-        if self.id_dim_for(side) != id_dim:
-            raise ValueError(f"{id_dim} numbers are not an identity pyramid of this architecture")
-        return side
-
-    @property
-    def id_dim(self) -> int:
-        """Length of the flattened identity code of one tile."""
-        return self.id_dim_for(self.tile)
-
-    @property
-    def blur_dim(self) -> int:
-        """Length of the blur code: 1 for manifold-1d, else `vector_blur_dim`."""
-        return 1 if self.variant == "manifold-1d" else self.vector_blur_dim
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the stored fields."""
-        d = asdict(self)
-        d["widths"], d["id_channels"] = list(self.widths), list(self.id_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Inverse of `to_dict` (unknown keys ignored; a file without `arch` is the old single-scale network,
-        one without `input_skip` has none)."""
-        names = set(cls.__dataclass_fields__)
-        return cls(**({"arch": "single-scale-0.1"} | {k: v for k, v in d.items() if k in names}))
+from .model_config import ModelConfig
 
 
 class Codes(NamedTuple):

@@ -9,18 +9,21 @@ import json
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .calibration import REFERENCE, Microscope
 from .errors import UserError
 from .io import atomic_path, check_output_path
 from .normalize import NORMALIZATION
-from .networks import DisentangledAE, ModelConfig
+from .model_config import ModelConfig
+
+if TYPE_CHECKING:  # torch is imported only where tensors are read or written (the ONNX backend never needs it)
+    import torch
+
+    from .networks import DisentangledAE
 
 FORMAT_VERSION = "1"
 PREFIX = "microdeblur."
@@ -162,6 +165,9 @@ def optics_of_prepared(index: dict, scale: float) -> dict:
 def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, overwrite: bool = False, half: bool = False) -> None:
     """Write model tensors (float32, or float16 with `half`) and metadata atomically (io.AtomicFile: an existing
     file is replaced only with overwrite, even when another process creates it meanwhile)."""
+    import torch
+    from safetensors.torch import save_file
+
     path = check_output_path(path, overwrite)
     if meta.config != model.config:
         raise ValueError("meta.config differs from the model's config")
@@ -175,10 +181,8 @@ def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, ove
         os.chmod(tmp, 0o644)  # safetensors creates 0600 files; weights are meant to be shared
 
 
-def load_weights(
-    path: str | Path | None = None, device: str | torch.device = "cpu", expect_variant: str | None = None
-) -> tuple[DisentangledAE, WeightsMeta]:
-    """Read a weights file (None -> shipped default) into an eval-mode model on `device` and its metadata."""
+def resolve_weights_path(path: str | Path | None) -> Path:
+    """The weights file to read (None -> the shipped default), or a UserError when there is none."""
     if path is None:
         path = default_weights_path()
         if not path.is_file():
@@ -186,12 +190,20 @@ def load_weights(
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
+    return path
+
+
+def _open(path: Path, framework: str, tensors: bool) -> tuple[dict[str, str], dict[str, Any]]:
+    """(string metadata, tensors or {}) of a safetensors file, or a UserError for a foreign file."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            md = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        with safe_open(str(path), framework=framework, device="cpu") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for foreign files
         raise UserError(f"{path}: not a safetensors weights file") from e
+
+
+def _checked_meta(path: Path, md: dict[str, str], expect_variant: str | None) -> WeightsMeta:
+    """The file's WeightsMeta, or a UserError naming what is missing, unsupported or damaged."""
     version = md.get(PREFIX + "format_version")
     if version is None:
         raise UserError(f"{path}: no microdeblur metadata (not a microdeblur weights file)")
@@ -203,6 +215,25 @@ def load_weights(
         raise UserError(f"{path}: damaged microdeblur metadata ({e})") from e
     if expect_variant is not None and meta.variant != expect_variant:
         raise UserError(f"{path}: holds a {meta.variant} model, but a {expect_variant} model is needed")
+    return meta
+
+
+def read_meta(path: str | Path | None = None, expect_variant: str | None = None) -> tuple[Path, WeightsMeta]:
+    """(resolved path, metadata) of a weights file without reading its tensors or importing torch."""
+    path = resolve_weights_path(path)
+    md, _ = _open(path, "numpy", tensors=False)
+    return path, _checked_meta(path, md, expect_variant)
+
+
+def load_weights(
+    path: str | Path | None = None, device: str | torch.device = "cpu", expect_variant: str | None = None
+) -> tuple[DisentangledAE, WeightsMeta]:
+    """Read a weights file (None -> shipped default) into an eval-mode model on `device` and its metadata."""
+    from .networks import DisentangledAE
+
+    path = resolve_weights_path(path)
+    md, tensors = _open(path, "pt", tensors=True)
+    meta = _checked_meta(path, md, expect_variant)
     model = DisentangledAE(meta.config)
     try:
         model.load_state_dict(tensors, strict=True)

@@ -190,7 +190,7 @@ class RefocusSession:
 
         self.db, self.key = db, key
         self.cal = require_calibration(db.meta, weights_path(weights), "refocus")
-        if db.model.config.blur_dim != 1:
+        if db.config.blur_dim != 1:
             raise UserError("refocus needs a 1-D blur code (manifold-1d weights)")
         self.enc = db.encode(plane)
         self.decodes = 0
