@@ -3,6 +3,8 @@ drive, dz converted between the training microscope and the user's, and the weig
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -76,16 +78,31 @@ def _ome(path: Path, data: np.ndarray, *, na: float | None = None, wavelength_nm
 
 
 def test_dz_conversion_follows_na_squared_over_wavelength_and_round_trips():
-    f40, f10 = dz_factor(REFERENCE, OBJ_40X), dz_factor(REFERENCE, OBJ_10X)
+    bare = replace(REFERENCE, working_pixel_um=None)  # no band limit: plain NA^2 / lambda
+    f40, f10 = dz_factor(bare, OBJ_40X), dz_factor(bare, OBJ_10X)
     assert f40 == pytest.approx(0.40 ** 2 / 0.75 ** 2) and f10 == pytest.approx(0.40 ** 2 / 0.30 ** 2)
     assert dz_factor(REFERENCE, Microscope(0.40, 0.65)) == pytest.approx(0.65 / 0.55)  # longer wavelength: deeper
     dz = np.linspace(-30, 30, 13)
-    for user in (OBJ_40X, OBJ_10X, REFERENCE):
-        back = dz * dz_factor(REFERENCE, user) * dz_factor(user, REFERENCE)
-        assert np.allclose(back, dz, rtol=1e-12, atol=1e-12)
-        # the optical defocus u = dz NA^2 / lambda is the same on both microscopes
-        assert np.allclose(REFERENCE.optical_units(dz), user.optical_units(dz * dz_factor(REFERENCE, user)))
+    for train in (bare, REFERENCE):
+        for user in (OBJ_40X, OBJ_10X, REFERENCE):
+            back = dz * dz_factor(train, user) * dz_factor(replace(user, working_pixel_um=train.working_pixel_um), train)
+            assert np.allclose(back, dz, rtol=1e-12, atol=1e-12)
+            # the optical defocus u = dz NA^2 / lambda (in the working band) is the same on both microscopes
+            band = train.working_pixel_um
+            assert np.allclose(train.optical_units(dz, band), user.optical_units(dz * dz_factor(train, user), band))
     assert dz_factor(REFERENCE, REFERENCE) == 1.0
+
+
+def test_an_objective_counts_only_up_to_the_na_its_working_pixels_can_show():
+    """0.65 um working pixels hold frequencies up to 1/1.3 per um: an NA above lambda/1.3 adds no visible blur."""
+    cap = 0.55 / 1.3
+    assert REFERENCE.band_na(0.65) == 0.40 and OBJ_10X.band_na(0.65) == 0.30  # below the cap: as they are
+    assert OBJ_40X.band_na(0.65) == pytest.approx(cap) and Microscope(1.4, 0.55).band_na(0.65) == pytest.approx(cap)
+    assert dz_factor(REFERENCE, OBJ_40X) == pytest.approx(0.40 ** 2 / cap ** 2)
+    assert dz_factor(REFERENCE, OBJ_10X) == pytest.approx(0.40 ** 2 / 0.30 ** 2)  # unchanged below the cap
+    # finer working pixels show more of a high-NA objective's blur
+    fine = replace(REFERENCE, working_pixel_um=0.1625)
+    assert dz_factor(fine, OBJ_40X) == pytest.approx(0.40 ** 2 / 0.75 ** 2)
 
 
 def test_reference_microscope_is_the_simulators():
@@ -163,7 +180,8 @@ def test_training_writes_the_optics_entry(tmp_path):
 
 def test_prepare_resizes_each_day_to_the_working_pixel_and_scales_dz_to_reference_units(tmp_path):
     """Without --scale every day is resized by its own pixel size / 0.65 um, and its dz is counted in um of the
-    reference microscope (factor NA^2/wavelength over the reference's), so two microscopes share one dz axis."""
+    reference microscope (factor NA^2/wavelength over the reference's, an NA counted up to what 0.65 um pixels show,
+    0.55/1.3), so two microscopes share one dz axis."""
     from microdeblur.calibration import REFERENCE
     from microdeblur.dataset import PreparedData
 
@@ -176,11 +194,13 @@ def test_prepare_resizes_each_day_to_the_working_pixel_and_scales_dz_to_referenc
     assert (hi["scale"], ref["scale"], index["working_pixel_um"]) == (0.25, 0.5, 0.65)
     assert hi["frame_shape"] == [64, 64] and ref["frame_shape"] == [128, 128]
     assert hi["pixel_size_um"] == pytest.approx(0.65) and ref["pixel_size_um"] == pytest.approx(0.65)
-    assert hi["optics"]["dz_factor"] == pytest.approx(4.0) and ref["optics"]["dz_factor"] == pytest.approx(1.0)
+    factor = (0.55 / 1.3) ** 2 / 0.4 ** 2  # NA 0.8 counts as 0.423 at 0.65 um working pixels
+    assert hi["optics"]["dz_factor"] == pytest.approx(factor, abs=1e-6) and ref["optics"]["dz_factor"] == 1.0
     assert hi["optics"]["from"] == {"pixel_um": "metadata", "na": "ground_truth.json", "wavelength_um": "ground_truth.json"}
     data = PreparedData.load(tmp_path / "data")
     by_day = {d: sorted(set(np.round(data.dz_all[data.owner == i], 3))) for i, d in enumerate(data.days)}
-    assert by_day["hi"] == [-16.0, -8.0, 0.0, 8.0, 16.0] and by_day["ref"] == [-4.0, -2.0, 0.0, 2.0, 4.0]
+    assert np.allclose(by_day["hi"], factor * np.array([-4, -2, 0, 2, 4]), atol=1e-3)
+    assert by_day["ref"] == [-4.0, -2.0, 0.0, 2.0, 4.0]
     assert optics_of_prepared(index, index["scale"])["na"] == REFERENCE.na
     # a day with no pixel size anywhere falls back to the reference camera (resize 0.5) and says so once
     _raw_day(tmp_path / "raw2" / "bare", None, None, planes=3)
@@ -199,7 +219,7 @@ def test_prepare_options_fill_in_and_contradictions_fail(tmp_path):
     assert res.exit_code == 0, res.output
     day = json.loads((tmp_path / "data" / "index.json").read_text())["days"]["d"]
     assert day["optics"]["from"] == {"pixel_um": "metadata", "na": "--na", "wavelength_um": "--wavelength"}
-    assert day["optics"]["dz_factor"] == pytest.approx(4.0)
+    assert day["optics"]["dz_factor"] == pytest.approx((0.55 / 1.3) ** 2 / 0.4 ** 2, abs=1e-6)  # NA 0.8 in the 0.65 um band
     for args, word in ((("--pixel-size", "0.65"), "contradicts"), (("--na", "0"), "--na"),
                        (("--wavelength", "550"), "nanometres")):
         res = run_cli("prepare", tmp_path / "raw", tmp_path / "bad", "--tile", "64", *args)
@@ -355,7 +375,7 @@ def test_focus_map_at_other_optics_scales_by_the_na2_over_wavelength_ratio(tmp_p
                 optics=OpticsOptions(na=0.75, wavelength_um=0.55))
     focus_paths([str(ome)], tmp_path / "meta.tif", weights=ref_weights, device="cpu")
     ref, opt, meta = (read_image(tmp_path / f"{n}.tif").data for n in ("ref", "opt", "meta"))
-    factor = (0.40 ** 2 / 0.55) / (0.75 ** 2 / 0.55)
+    factor = 0.40 ** 2 / (0.55 / 1.3) ** 2  # NA 0.75 counts as 0.423, the finest detail of 0.65 um pixels
     assert np.isfinite(ref).all() and np.abs(ref).max() > 0.5
     assert np.allclose(opt, ref * factor, rtol=1e-5, atol=1e-6) and np.array_equal(meta, opt)
     med = [float(next(iter(_rows(tmp_path / f"{n}.csv")))["median_dz_um"]) for n in ("ref", "opt")]
@@ -411,4 +431,5 @@ def test_dz_range_warning_is_named_in_the_users_um(tmp_path, ref_weights, capsys
                      optics=OpticsOptions(na=0.75))
     err = capsys.readouterr().err
     hi = 20 * dz_factor(REFERENCE, Microscope(0.75, 0.55))
-    assert f"[{-hi:.4g}, {hi:.4g}] um is clipped" in err and "0.2844 x the network's um" in err, err
+    assert f"[{-hi:.4g}, {hi:.4g}] um is clipped" in err and "0.8939 x the network's um" in err, err
+    assert "NA counted up to 0.423" in err, err

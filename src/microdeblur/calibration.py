@@ -7,9 +7,12 @@ from the code); if it orders neither, 'signed' with `ok` false.
 The result is a JSON-serialisable dict stored in the weights' metadata.
 
 Units: the calibration is in µm of defocus of the microscope the weights were trained for. Depth of field
-scales as λ/NA², so the optical defocus u = Δz·NA²/λ (Δz and λ in µm) is the same blur on any objective;
-`Microscope` holds an objective's NA and wavelength (and the pixel sizes the resizing needs) and `dz_factor`
-converts µm of the training microscope into µm of another: dz_user = dz_train · dz_factor(train, user).
+scales as λ/NA², so the optical defocus u = Δz·NA²/λ (Δz and λ in µm) is the same blur on any objective, as far
+as the image shows it: the network sees planes resized to its working pixel p, which hold no frequency above
+1/(2p), so an objective's NA counts only up to the NA whose cut-off NA/λ is that frequency, λ/(2p) (`band_na`;
+measured on five simulated objectives, docs/inference.md). `Microscope` holds an objective's NA and wavelength
+(and the pixel sizes the resizing needs) and `dz_factor` converts µm of the training microscope into µm of
+another: dz_user = dz_train · dz_factor(train, user).
 """
 
 from __future__ import annotations
@@ -40,14 +43,20 @@ class Microscope:
     pixel_um: float | None = None
     working_pixel_um: float | None = None
 
-    @property
-    def per_um(self) -> float:
-        """Optical defocus units per µm of defocus: NA² / λ (1/µm)."""
-        return self.na ** 2 / self.wavelength_um
+    def band_na(self, working_pixel_um: float | None) -> float:
+        """The NA that counts for images resized to `working_pixel_um` pixels: this objective's NA, capped at
+        λ/(2·pixel), whose cut-off frequency NA/λ is those pixels' Nyquist frequency (None: no cap)."""
+        if working_pixel_um is None:
+            return self.na
+        return min(self.na, self.wavelength_um / (2.0 * working_pixel_um))
 
-    def optical_units(self, dz_um):
-        """Defocus u = Δz·NA²/λ of a Δz in µm (dimensionless; the same blur on any objective)."""
-        return np.asarray(dz_um, dtype=np.float64) * self.per_um
+    def per_um(self, working_pixel_um: float | None = None) -> float:
+        """Optical defocus units per µm of defocus at that working pixel: band_na² / λ (1/µm)."""
+        return self.band_na(working_pixel_um) ** 2 / self.wavelength_um
+
+    def optical_units(self, dz_um, working_pixel_um: float | None = None):
+        """Defocus u = Δz·NA²/λ of a Δz in µm, NA as band_na (dimensionless; the same blur on any objective)."""
+        return np.asarray(dz_um, dtype=np.float64) * self.per_um(working_pixel_um)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,9 +109,10 @@ class OpticsOptions:
 
 
 def dz_factor(train: Microscope, user: Microscope) -> float:
-    """µm of defocus on `user` per µm on `train` (same optical defocus u = Δz·NA²/λ):
-    dz_user = dz_train · (NA_train²/λ_train) / (NA_user²/λ_user)."""
-    return train.per_um / user.per_um
+    """µm of defocus on `user` per µm on `train` (same optical defocus u = Δz·NA²/λ in the band of the training
+    microscope's working pixel, both NAs as band_na): dz_user = dz_train · (NA_train²/λ_train) / (NA_user²/λ_user)."""
+    band = train.working_pixel_um
+    return train.per_um(band) / user.per_um(band)
 
 
 def agreed_value(path, option: str, what: str, unit: str, given: float | None, stored: float | None,

@@ -62,9 +62,12 @@ class OpticsRun:
         factor = calibration.dz_factor(self.db.optics, m)
         if self.dz and abs(factor - 1) > 1e-9:
             t = self.db.optics
+            band = m.band_na(t.working_pixel_um)
+            cap = (f", NA counted up to {band:.3g}, the finest detail of its {t.working_pixel_um:g} um pixels"
+                   if band < m.na else "")
             self._once(("factor", round(factor, 12)), f"dz in um at NA {m.na:g} and {m.wavelength_um:g} um: "
                        f"{factor:.4g} x the network's um (trained for NA {t.na:.2f} at {t.wavelength_um:g} um; "
-                       "depth of field scales as wavelength / NA^2)")
+                       f"depth of field scales as wavelength / NA^2{cap})")
         log.debug(f"{info.path}: pixel {m.pixel_um} um, resize factor {db.scale:g}, NA {m.na:g}, "
                   f"wavelength {m.wavelength_um:g} um, dz factor {factor:.6g}")
         return db, factor

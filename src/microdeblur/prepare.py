@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from . import log
-from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, agreed_value
+from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value, dz_factor
 from .errors import UserError
 from .io import (
     IMAGE_SUFFIXES,
@@ -149,18 +149,19 @@ class DayOptics:
     wavelength_um: float
     sources: dict[str, str]
 
-    @property
-    def dz_factor(self) -> float:
-        """Reference-microscope µm of defocus per µm on this day's microscope (same u = Δz·NA²/λ)."""
-        return (self.na ** 2 / self.wavelength_um) / REFERENCE.per_um
+    def dz_factor(self, working_pixel_um: float | None) -> float:
+        """Reference-microscope µm of defocus per µm on this day's microscope (same u = Δz·NA²/λ, the NAs counted
+        up to the band of `working_pixel_um` pixels: calibration.dz_factor)."""
+        return 1.0 / dz_factor(replace(REFERENCE, working_pixel_um=working_pixel_um),
+                               Microscope(self.na, self.wavelength_um))
 
     def scale(self, working_pixel_um: float) -> float | None:
         """Resize factor that brings this day to the working pixel size (None when its pixel size is unknown)."""
         return None if self.pixel_um is None else float(f"{self.pixel_um / working_pixel_um:.10g}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self, working_pixel_um: float | None) -> dict:
         return {"pixel_um": self.pixel_um, "na": self.na, "wavelength_um": self.wavelength_um,
-                "dz_factor": round(self.dz_factor, 6), "from": dict(self.sources)}
+                "dz_factor": round(self.dz_factor(working_pixel_um), 6), "from": dict(self.sources)}
 
 
 def _stem(path: Path) -> str:
@@ -396,7 +397,7 @@ def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
         log.info(f"{day.name}: dropped partial tiles, {dropped[0]} px at the bottom and {dropped[1]} px at the right")
     return {"source": str(day.source.resolve()), "n_planes": day.n_planes, "focus_plane": day.focus_plane,
             "focus_method": day.focus_method, "z_step_um": day.z_step_um, "pixel_size_um": px, "scale": scale,
-            "optics": None if day.optics is None else day.optics.to_dict(),
+            "optics": None if day.optics is None else day.optics.to_dict(px or REFERENCE.working_pixel_um),
             "frame_shape": [h, w], "dz_planes": [i - day.focus_plane for i in range(day.n_planes)],
             "lo": lo, "hi": hi, "dropped_edge_px": dropped, "crops": crops}
 
