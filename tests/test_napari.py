@@ -223,3 +223,40 @@ def test_engine_checks_and_cache(weights):
     assert engine.layer_image("m", [np.zeros((32, 40)), np.zeros((16, 20))], multiscale=True).shape == (32, 40)
     assert engine.deblurrer(weights) is engine.deblurrer(str(weights))  # loaded once, shared by the widgets
     assert engine.weights_path("") is None and engine.weights_path(Path(".")) is None
+
+
+def test_optics_fields_resize_and_convert_dz_as_the_cli_options_do(make_napari_viewer, qtbot, weights, db):
+    """NA, wavelength and pixel size in a widget act as deblur/focus --na --wavelength --pixel-size on a file
+    without metadata: resize by pixel / working pixel, dz in um of that microscope."""
+    from microdeblur.calibration import Microscope, dz_factor
+    from microdeblur.weights import training_optics
+
+    viewer = make_napari_viewer()
+    data = _image((96, 112), np.uint16, seed=4)
+    viewer.add_image(data, name="img")
+    deblur = _dock(viewer, DeblurWidget, weights)
+    deblur.pixel.value = 0.1625  # half the tiny weights' 0.325 um working pixel: resized by 0.5
+    deblur.run_button.clicked()
+    _wait(qtbot, deblur)
+    np.testing.assert_array_equal(viewer.layers["img deblurred"].data, db.with_scale(0.5).deblur_plane(data))
+    factor = dz_factor(training_optics(db.meta), Microscope(0.3, 0.55))
+    assert abs(factor - 1) > 0.5
+    focus = _dock(viewer, FocusWidget, weights)
+    focus.layer.value = viewer.layers["img"]
+    focus.na.value, focus.wavelength.value = 0.3, 0.55
+    focus.run_button.clicked()
+    _wait(qtbot, focus)
+    np.testing.assert_allclose(viewer.layers["img dz map"].data, db.focus_map(data)[0] * factor, rtol=1e-5, atol=1e-6)
+    refocus = _dock(viewer, RefocusWidget, weights)
+    refocus.layer.value = viewer.layers["img"]
+    refocus.na.value = 0.3
+    refocus.dz.value = 6.0
+    _wait(qtbot, refocus)
+    qtbot.waitUntil(lambda: refocus.rendered == 6.0 and not refocus.busy, timeout=WAIT_MS)
+    code = np.atleast_1d(dz_to_code(db.meta.calibration, 6.0 / factor))
+    np.testing.assert_array_equal(viewer.layers["img refocused"].data, db.deblur_plane(data, code, 6.0 / factor))
+    n = len(notification_manager.records)
+    focus.pixel.value = 5.0  # 15x the working pixel: the resize factor is refused in one line, as by the CLI
+    focus.run_button.clicked()
+    _wait(qtbot, focus)
+    assert len(_errors_since(n)) == 1 and "resize factor" in _errors_since(n)[0]

@@ -62,6 +62,18 @@ def deblurrer(weights: Any = None, device: str = "auto"):
     return _load(None if path is None else str(path.resolve()), stamp, device)
 
 
+def for_optics(db, options, name: str) -> tuple[Any, float]:
+    """(the Deblurrer at a layer's resize factor, the layer's dz factor) from the widget's NA, wavelength and pixel
+    size (`calibration.OpticsOptions`, as the CLI's options for a file without metadata; unset: the reference
+    microscope and the weights' resize factor)."""
+    from types import SimpleNamespace
+
+    from ..optics import OpticsRun
+
+    info = SimpleNamespace(path=name, pixel_size_um=None, na=None, wavelength_um=None)
+    return OpticsRun(db, options.checked(), True).resolve(info)
+
+
 def weights_name(weights: Any) -> str:
     """How messages name the weights."""
     path = weights_path(weights)
@@ -147,12 +159,13 @@ def deblur_steps(db, image: LayerImage) -> Generator[int, None, np.ndarray]:
     return out
 
 
-def focus_steps(db, image: LayerImage) -> Generator[int, None, tuple[np.ndarray, list[dict]]]:
-    """Defocus map (dz um, float32) of every plane and one summary row per plane; yields after each plane."""
+def focus_steps(db, image: LayerImage, dz_factor: float = 1.0) -> Generator[int, None, tuple[np.ndarray, list[dict]]]:
+    """Defocus map (dz um of the layer's microscope: `dz_factor`, float32) of every plane and one summary row per
+    plane; yields after each plane."""
     out = np.empty(image.shape, np.float32)
     rows = []
     for i in range(image.n_planes):
-        dmap, summary = db.focus_map(image.plane(i))
+        dmap, summary = db.focus_map(image.plane(i), dz_factor)
         out[image.index(i)] = dmap
         rows.append({"plane": i, **summary})
         yield i + 1
@@ -183,12 +196,13 @@ def summary_text(rows: Sequence[dict]) -> str:
 
 
 class RefocusSession:
-    """One plane encoded once; `render(dz)` only decodes its identity codes with the blur code for dz."""
+    """One plane encoded once; `render(dz)` only decodes its identity codes with the blur code for dz (um of the
+    layer's microscope: dz / `dz_factor` in the network's um)."""
 
-    def __init__(self, db, plane: np.ndarray, key: tuple, weights: Any = None) -> None:
+    def __init__(self, db, plane: np.ndarray, key: tuple, weights: Any = None, dz_factor: float = 1.0) -> None:
         from ..engine import require_calibration
 
-        self.db, self.key = db, key
+        self.db, self.key, self.dz_factor = db, key, float(dz_factor)
         self.cal = require_calibration(db.meta, weights_path(weights), "refocus")
         if db.config.blur_dim != 1:
             raise UserError("refocus needs a 1-D blur code (manifold-1d weights)")
@@ -197,18 +211,20 @@ class RefocusSession:
 
     @property
     def dz_range(self) -> tuple[float, float]:
-        """dz (um) the calibration covers; requests outside are clipped to it."""
+        """dz (um of the layer's microscope) the calibration covers; requests outside are clipped to it."""
         from ..calibration import dz_range
 
-        return dz_range(self.cal)
+        lo, hi = dz_range(self.cal)
+        return lo * self.dz_factor, hi * self.dz_factor
 
     def code(self, dz: float) -> np.ndarray:
         """Blur code [1] for dz (clipped to the calibrated range; |dz| for an unsigned calibration)."""
         from ..calibration import dz_to_code
 
+        dz = dz / self.dz_factor
         return np.atleast_1d(dz_to_code(self.cal, abs(dz) if self.cal["kind"] == "abs" else dz)).astype(np.float32)
 
     def render(self, dz: float) -> np.ndarray:
         """The plane refocused to dz um: what `microdeblur deblur --dz` gives for it."""
         self.decodes += 1
-        return self.db.decode(self.enc, self.code(dz), self.db.revert_for(self.enc, float(dz)))
+        return self.db.decode(self.enc, self.code(dz), self.db.revert_for(self.enc, float(dz) / self.dz_factor))

@@ -9,12 +9,13 @@ from typing import Any, Callable, Generator, Iterator
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, PushButton, Table
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, PushButton, Table
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info
 
+from ..calibration import OpticsOptions
 from . import _engine as engine
 
 # Blue below focus, near-white at focus, red above it (three control points of a diverging map).
@@ -53,10 +54,18 @@ class _ModelWidget(Container):
         self.layer = ComboBox(label="image", choices=self._image_layers, nullable=True)
         self.weights = FileEdit(label="weights", mode="r", filter="*.safetensors", value="")
         self.weights.tooltip = "A .safetensors weights file; empty: the shipped weights."
+        self.na = FloatSpinBox(label="NA", value=0.0, min=0.0, max=1.6, step=0.05)
+        self.na.tooltip = "Objective NA (0: not given: the reference microscope's); dz is in um of your microscope."
+        self.wavelength = FloatSpinBox(label="wavelength (um)", value=0.0, min=0.0, max=2.0, step=0.01)
+        self.wavelength.tooltip = "Illumination wavelength in um (0: not given: 0.55)."
+        self.pixel = FloatSpinBox(label="pixel (um)", value=0.0, min=0.0, max=100.0, step=0.005)
+        self.pixel.tooltip = ("Pixel size at the sample in um (0: unknown: resized by the weights' factor); the layer is "
+                              "resized to the network's working pixel size, as deblur --pixel-size does.")
         self.run_button = PushButton(text=self.run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.extend([self.layer, self.weights, self.run_button, self.cancel_button])
+        self.extend([self.layer, self.weights, self.na, self.wavelength, self.pixel, self.run_button,
+                     self.cancel_button])
         self.run_button.changed.connect(self._on_run)
         self.cancel_button.changed.connect(self.cancel)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
@@ -86,6 +95,10 @@ class _ModelWidget(Container):
         if lay is None:
             raise engine.UserError("choose an image layer first")
         return lay, engine.layer_image(lay.name, lay.data, rgb=bool(lay.rgb), multiscale=bool(lay.multiscale))
+
+    def optics(self) -> OpticsOptions:
+        """The NA, wavelength and pixel size fields (0: not given) as the CLI's options."""
+        return OpticsOptions(self.na.value or None, self.wavelength.value or None, self.pixel.value or None)
 
     # -- workers
 
@@ -174,8 +187,10 @@ class DeblurWidget(_ModelWidget):
         lay, image = self.source()
         weights = self.weights.value
 
+        optics = self.optics().checked()
+
         def steps() -> Generator[int, None, np.ndarray]:
-            db = engine.deblurrer(weights)
+            db, _ = engine.for_optics(engine.deblurrer(weights), optics, lay.name)
             engine.require_focus_code(db, weights)
             return (yield from engine.deblur_steps(db, image))
 
@@ -208,9 +223,11 @@ class FocusWidget(_ModelWidget):
         lay, image = self.source()
         weights = self.weights.value
 
+        optics = self.optics().checked()
+
         def steps() -> Generator[int, None, tuple[np.ndarray, list[dict]]]:
-            db = engine.deblurrer(weights)
-            return (yield from engine.focus_steps(db, image))
+            db, factor = engine.for_optics(engine.deblurrer(weights), optics, lay.name)
+            return (yield from engine.focus_steps(db, image, factor))
 
         def done(result: tuple[np.ndarray, list[dict]]) -> None:
             dmap, rows = result
@@ -300,14 +317,16 @@ class RefocusWidget(_ModelWidget):
         lay, image = self.source()
         i = self.plane_index(lay, image)
         weights = self.weights.value
-        key = (id(lay), lay.name, i, str(engine.weights_path(weights)))
+        optics = self.optics().checked()
+        key = (id(lay), lay.name, i, str(engine.weights_path(weights)), optics)
         reuse = self.session is not None and self.session.key == key and not self._reencode
         session, self._reencode = (self.session if reuse else None), False
 
         def steps() -> Generator[str, None, tuple]:
             s = session
             if s is None:
-                s = engine.RefocusSession(engine.deblurrer(weights), image.plane(i), key, weights)
+                db, factor = engine.for_optics(engine.deblurrer(weights), optics, lay.name)
+                s = engine.RefocusSession(db, image.plane(i), key, weights, factor)
                 yield "encoded"
             t = time.perf_counter()
             out = s.render(dz)
