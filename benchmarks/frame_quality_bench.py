@@ -8,7 +8,8 @@ RAW: days written by `microdeblur simulate` with seeds never used for training. 
 min-MSE (gain and offset fitted to the percentile-normalised in-focus frame, CSBDeep's convention; the
 input gets the same fit) and each image normalised by its own percentiles (`deblur --truth`).
 Methods: the blurry input, unsharp masking, Richardson-Lucy with the true PSF, each model through the real
-`deblur` path, and the U-Net baseline (benchmarks/train_unet.py) through the same tiling and blending.
+`deblur` path, and the U-Net baseline (benchmarks/train_unet.py) and tile-to-tile ONNX baselines (`--onnx CARE=FILE`,
+benchmarks/care_baseline.py) through the same tiling and blending.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("raw", type=Path, nargs="+", help="folders of simulated days")
     ap.add_argument("--weights", "-w", type=Path, action="append", default=[], help="repeatable; default: shipped")
     ap.add_argument("--unet", type=Path, default=None, help="U-Net baseline weights (benchmarks/train_unet.py)")
+    ap.add_argument("--onnx", action="append", default=[], metavar="NAME=FILE",
+                    help="a tile-to-tile ONNX baseline (benchmarks/care_baseline.py), repeatable")
     ap.add_argument("--dz-max", type=float, default=15.0)
     ap.add_argument("--rl-iterations", type=int, nargs="+", default=[1, 10], help="one Richardson-Lucy row per count")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -54,6 +57,9 @@ def main() -> None:
 
             unet, _ = load_unet(a.unet)
             methods["U-Net"] = frame_eval.tiled_method(unet, scale)
+        for spec in a.onnx:
+            name, _, path = spec.partition("=")
+            methods[name] = frame_eval.onnx_tiled_method(Path(path), scale)
         rows = frame_eval.score_frames(days, methods, a.dz_max)
     summary = frame_eval.summarise(rows, a.dz_max)
     table = frame_eval.markdown(summary)

@@ -130,6 +130,21 @@ def tiled_method(net, scale: float, device="cpu", tile: int = 128) -> Method:
     return at_working_scale(lambda x, dz, px: predict_tiled(x, fn, tile, OVERLAP, BATCH_SIZE), scale)
 
 
+def onnx_tiled_method(path, scale: float, tile: int = 128) -> Method:
+    """A tile-to-tile ONNX graph (input `tiles` [N,1,T,T] normalised -> same; e.g. benchmarks/care_baseline.py's
+    CAREamics export) on ONNX Runtime, through deblur's tiling and blending like `tiled_method`."""
+    import onnxruntime as ort
+
+    from .engine import BATCH_SIZE, OVERLAP, predict_tiled
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def fn(t: np.ndarray) -> np.ndarray:
+        return session.run(None, {"tiles": np.ascontiguousarray(t, np.float32)})[0]
+
+    return at_working_scale(lambda x, dz, px: predict_tiled(x, fn, tile, OVERLAP, BATCH_SIZE), scale)
+
+
 def score_frames(days: Sequence[FrameDay], methods: dict[str, Method], dz_max: float = 15.0) -> list[dict[str, Any]]:
     """One row per (frame, method) with 0 < |dz| <= dz_max: min-MSE and own-percentile PSNR/SSIM and seconds."""
     rows = []

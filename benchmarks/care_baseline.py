@@ -1,0 +1,108 @@
+"""CAREamics' CARE (the peer's own implementation) trained on the pairs and step budget of the project's U-Net
+baseline, exported as a tile-to-tile ONNX graph that `frame_quality_bench.py --onnx CARE=FILE` scores through
+`deblur`'s tiling and blending, beside every other method (issue 12).
+
+CAREamics cannot share the project's environment (reference/notes.md: its torchvision needs a CUDA torch build), so
+this script runs in its own:
+
+    python -m venv care && care/bin/pip install torch==2.14.1 torchvision==0.29.1 careamics onnx
+    care/bin/pip install --no-deps -e . && care/bin/pip install safetensors typer rich imageio scipy scikit-image
+    care/bin/python benchmarks/care_baseline.py runs/data_train -o runs/care_4k.onnx --steps 4000 --batch-size 12
+
+Pairs: every defocused plane of the training identities (PreparedData.split, as `train` and train_unet.py) with
+the in-focus plane of its identity, percentile-normalised tiles as `prepare` wrote them; CAREamics draws random
+`--patch` crops from them, normalises by its own mean/std (kept in the exported graph) and trains its default
+CARE U-Net with its default loss and optimiser for exactly `--steps` batches (one epoch of num_steps batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, help="folder written by `microdeblur prepare`")
+    p.add_argument("--output", "-o", type=Path, required=True, help="ONNX graph to write (tiles [N,1,T,T] -> same)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=12)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2, help="as `microdeblur train`")
+    p.add_argument("--dz-range", type=float, default=30.0, help="as `microdeblur train`")
+    p.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs (smoke tests)")
+    return p.parse_args()
+
+
+def pairs(data, ids: list[int], limit: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(blurry, in-focus) tiles [N,T,T] float32 of every defocused plane of the identities."""
+    picks = [(i, int(p)) for i in ids for p in np.flatnonzero(data.dz[i] != 0)]
+    if limit is not None and limit < len(picks):
+        picks = [picks[j] for j in rng.choice(len(picks), limit, replace=False)]
+    x = np.stack([data.stacks[i][p] for i, p in picks]).astype(np.float32)
+    y = np.stack([data.stacks[i][data.focus_index[i]] for i, _ in picks]).astype(np.float32)
+    return x, y
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+    from careamics import CAREamist
+    from careamics.config import create_care_config
+
+    from microdeblur.dataset import PreparedData
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    data = PreparedData.load(args.data, dz_range=args.dz_range)
+    train_ids, val_ids = data.split(val_fraction=args.val_fraction, seed=args.seed)
+    x, y = pairs(data, train_ids, args.max_pairs, rng)
+    xv, yv = pairs(data, val_ids, 64, rng)
+    cfg = create_care_config(experiment_name="care_baseline", data_type="array", axes="SYX",
+                             patch_size=[args.patch, args.patch], batch_size=args.batch_size, num_epochs=1,
+                             num_steps=args.steps)
+    work = Path(tempfile.mkdtemp(prefix="care_"))
+    careamist = CAREamist(cfg, work_dir=work, enable_progress_bar=False)
+    t = time.perf_counter()
+    careamist.train(train_data=x, train_data_target=y, val_data=xv, val_data_target=yv)
+    minutes = (time.perf_counter() - t) / 60
+    norm = careamist.config.data_config.normalization  # mean/std CAREamics computed from the training pairs
+    stats = {k: float(np.asarray(getattr(norm, k)).reshape(-1)[0]) for k in
+             ("input_means", "input_stds", "target_means", "target_stds")}
+    net = careamist.model.model.eval().cpu()
+
+    class Tiles(torch.nn.Module):
+        """Normalised tile -> CARE's standardisation -> its U-Net -> back to the target's units."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            z = (t - stats["input_means"]) / stats["input_stds"]
+            return self.net(z) * stats["target_stds"] + stats["target_means"]
+
+    tile = int(data.stacks[0].shape[-1])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(Tiles(), (torch.zeros(2, 1, tile, tile),), str(args.output), input_names=["tiles"],
+                          output_names=["out"], dynamic_axes={"tiles": {0: "n"}, "out": {0: "n"}}, opset_version=17,
+                          dynamo=False)
+    n_params = sum(p.numel() for p in net.parameters())
+    info = {"careamics": __import__("careamics").__version__, "torch": torch.__version__, "steps": args.steps,
+            "batch_size": args.batch_size, "patch": args.patch, "pairs": int(len(x)), "parameters": int(n_params),
+            "minutes": round(minutes, 1), "model": careamist.config.algorithm_config.model.model_dump(),
+            "loss": str(careamist.config.algorithm_config.loss), "optimizer": careamist.config.algorithm_config.optimizer.model_dump(),
+            "normalisation": stats}
+    args.output.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
+    print(json.dumps(info, default=str))
+
+
+if __name__ == "__main__":
+    main()
