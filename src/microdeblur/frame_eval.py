@@ -133,11 +133,10 @@ def tiled_method(net, scale: float, device="cpu", tile: int = 128) -> Method:
 def onnx_tiled_method(path, scale: float, tile: int = 128) -> Method:
     """A tile-to-tile ONNX graph (input `tiles` [N,1,T,T] normalised -> same; e.g. benchmarks/care_baseline.py's
     CAREamics export) on ONNX Runtime, through deblur's tiling and blending like `tiled_method`."""
-    import onnxruntime as ort
-
     from .engine import BATCH_SIZE, OVERLAP, predict_tiled
+    from .onnx_runner import session as onnx_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
 
     def fn(t: np.ndarray) -> np.ndarray:
         return session.run(None, {"tiles": np.ascontiguousarray(t, np.float32)})[0]

@@ -48,7 +48,8 @@ def _recorded_digest(session) -> str | None:
     return session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)
 
 
-def _session(path: Path, threads: int):
+def session(path: Path, threads: int = 0):
+    """An ONNX Runtime CPU session on a graph file (`threads` 0: all cores), or a UserError for a damaged one."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -67,7 +68,7 @@ class OnnxRunner:
 
     def __init__(self, config: ModelConfig, encoder: Path, decoder: Path, threads: int = 0) -> None:
         self.config = config
-        self.encoder, self.decoder = _session(encoder, threads), _session(decoder, threads)
+        self.encoder, self.decoder = session(encoder, threads), session(decoder, threads)
 
     @staticmethod
     def default_batch_size() -> int:
