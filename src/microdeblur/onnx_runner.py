@@ -55,6 +55,9 @@ def session(path: Path, threads: int = 0):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.inter_op_num_threads = 1
+    # no busy-waiting between calls: with spinning the idle pool burnt ~70 % more CPU and a 2048x1536 frame took
+    # 0.47 s instead of 0.30 s on 2 cores (the reader thread and stitching compete with it; docs/benchmarks.md)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for damaged graphs
