@@ -154,7 +154,7 @@ def load_deblurrer(weights: Path | None, device: str = "auto", backend: str = "a
         runner, why = onnx_runner.open_runner(meta.config, path)
         if runner is not None:
             log.debug(f"backend: ONNX Runtime ({why})")
-            return Deblurrer(runner, meta, precision=precision, **options), meta
+            return Deblurrer(runner, meta, **options), meta
         if backend == "onnx":
             raise UserError(f"--backend onnx: {why}; export them with: microdeblur export onnx --weights {path}")
         log.debug(f"backend: PyTorch ({why})")

@@ -2,7 +2,7 @@
 
 A weights file `W.safetensors` has its graphs beside it, `W.encoder.onnx` (tiles -> identity, blur) and
 `W.decoder.onnx` (identity, blur -> tiles), each carrying the SHA-256 of the weights it was exported from; a graph
-that does not match its weights is never used (`graphs_for`). Export needs torch and the `onnx` package
+that does not match its weights is never used (`open_runner`). Export needs torch and the `onnx` package
 (`microdeblur export onnx`); running needs only onnxruntime."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import BATCH_SIZE
 from .errors import UserError
 from .model_config import ModelConfig
 
 SUFFIXES = (".encoder.onnx", ".decoder.onnx")
 DIGEST_KEY = "microdeblur.weights_sha256"
-BATCH_SIZE = 32
 OPSET = 17
 
 
@@ -65,7 +65,7 @@ def session(path: Path, threads: int = 0):
 
 
 class OnnxRunner:
-    """encode / decode / swap of numpy tiles through the two graphs of a weights file on the CPU."""
+    """encode / decode of numpy tiles through the two graphs of a weights file on the CPU."""
 
     name = "onnx"
 
@@ -75,7 +75,7 @@ class OnnxRunner:
 
     @staticmethod
     def default_batch_size() -> int:
-        """Tiles per call (as PyTorch on a CPU)."""
+        """Tiles per network call (engine.BATCH_SIZE, as PyTorch on a CPU)."""
         return BATCH_SIZE
 
     def encode(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +88,6 @@ class OnnxRunner:
         feeds = {"identity": np.ascontiguousarray(identity, dtype=np.float32),
                  "blur": np.ascontiguousarray(blur, dtype=np.float32)}
         return self.decoder.run(None, feeds)[0]
-
-    def swap(self, tiles: np.ndarray, blur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tiles decoded with blur codes [n,Db] instead of their own, and their own codes."""
-        identity, source = self.encode(tiles)
-        return self.decode(identity, blur), source
 
 
 def open_runner(config: ModelConfig, weights: Path, threads: int = 0) -> tuple[OnnxRunner | None, str]:

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from .devices import autocast, compute_dtype
-
-BATCH_SIZE = 32  # tiles per network call on a CPU
+from .engine import BATCH_SIZE
 
 
 def default_batch_size(device: torch.device, tile: int) -> int:
@@ -24,7 +23,7 @@ def default_batch_size(device: torch.device, tile: int) -> int:
 
 
 class TorchRunner:
-    """encode / decode / swap of numpy tiles through a torch model on a device (a private eval-mode copy;
+    """encode / decode of numpy tiles through a torch model on a device (a private eval-mode copy;
     channels-last on CPU; bfloat16 autocast on a GPU unless `precision` says otherwise)."""
 
     name = "torch"
@@ -67,13 +66,6 @@ class TorchRunner:
     def decode(self, identity: np.ndarray, blur: np.ndarray) -> np.ndarray:
         """(identity [n,Di], blur [n,Db]) -> tiles [n,1,T,T] float32."""
         return self._decode(torch.from_numpy(np.asarray(identity, dtype=np.float32)).to(self.device), blur)
-
-    @torch.inference_mode()
-    def swap(self, tiles: np.ndarray, blur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tiles decoded with blur codes [n,Db] instead of their own, and their own codes (identity stays on the
-        device)."""
-        identity, source = self._encode(tiles)
-        return self._decode(identity, blur), source.float().cpu().numpy()
 
 
 class EncoderGraph(nn.Module):
