@@ -22,5 +22,5 @@ RESUME=()
 # a committed checkpoint of an unfinished shipped run lives in models/checkpoints/ (see docs/model-card.md)
 [ ${#RESUME[@]} -eq 0 ] && [ -f "models/checkpoints/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && {
   cp "models/checkpoints/${NAME}.ckpt" "runs/${NAME}.ckpt"; RESUME=(--resume "runs/${NAME}.ckpt"); }
-microdeblur -v train runs/data_train -o "$OUT" --epochs 100000 --max-steps "$STEPS" \
+${LAUNCH:-microdeblur} -v train runs/data_train -o "$OUT" --epochs 100000 --max-steps "$STEPS" \
   --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 "${RESUME[@]}" "$@"

@@ -168,7 +168,7 @@ def test_manifold_losses_keys_and_gradients(variant):
     x1, x2, y1, y2 = (torch.rand(2, 1, 32, 32) for _ in range(4))
     out = terms(model, x1, x2, y1, y2, rec_fn=L.ms_ssim_l1, dz_weight=1.0,
                 dz=torch.tensor([-10.0, 5.0, 3.0, 20.0]) if variant == "manifold-1d" else None)
-    assert set(out) == {"rec", "cons", "cont", "cross", "cycle", "dz"}
+    assert set(out) == {"rec", "cons", "cont", "cross", "cycle", "dz", "deblur"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in out.values())
     assert out["cons"] > 0 and out["cross"] > 0
     assert (out["dz"] > 0) == (variant == "manifold-1d")

@@ -49,7 +49,7 @@ def test_pair_guarantees(data):
     tr, _ = d.split(0.25)
     s = PairSampler(d, tr, np.random.default_rng(0), augment=False)
     for _ in range(5):
-        a, b = s._same_identity(32)
+        a, b, _ = s._same_identity(32)
         assert np.all(d.owner[a] == d.owner[b]) and np.all(d.dz_all[a] != d.dz_all[b])
         c, e = s._same_dz(32)
         assert np.all(d.owner[c] != d.owner[e]) and np.all(d.dz_all[c] == d.dz_all[e])
@@ -57,6 +57,61 @@ def test_pair_guarantees(data):
     batch = s.pairs(4)
     assert batch.x1.shape == (4, 1, 64, 64) and batch.dz1.shape == (4,)
     assert s.groups(3, 4).shape == (3, 4, 1, 64, 64)
+
+
+def test_with_focus_adds_the_in_focus_plane_of_x1s_identity_and_draws_the_same_pairs(data):
+    d = PreparedData.load(data)
+    tr, _ = d.split(0.25)
+    plain = PairSampler(d, tr, np.random.default_rng(4)).pairs(6, crop=32, p_focus=0.5)
+    s = PairSampler(d, tr, np.random.default_rng(4))
+    b = s.pairs(6, crop=32, p_focus=0.5, with_focus=True)
+    assert plain.f1 is None and torch.equal(plain.x1, b.x1) and torch.equal(plain.y2, b.y2)
+    a, _, f = PairSampler(d, tr, np.random.default_rng(9), augment=False)._same_identity(64, 0.5)
+    assert np.all(d.owner[a] == d.owner[f]) and np.all(d.dz_all[f] == 0)
+    # same window and same flip/rotation as x1: an in-focus x1 comes back as itself
+    s = PairSampler(d, tr, np.random.default_rng(2))
+    for _ in range(20):
+        b = s.pairs(8, crop=32, with_focus=True)
+        at_focus = b.dz1 == 0
+        if at_focus.any():
+            assert torch.equal(b.f1[at_focus], b.x1[at_focus])
+            break
+    else:
+        pytest.fail("no in-focus x1 drawn")
+
+
+def test_deblur_term_is_the_in_focus_decode_and_enters_the_total(data):
+    from microdeblur.losses import l1_loss, ms_ssim_l1
+    from microdeblur.model_config import ModelConfig
+    from microdeblur.networks import DisentangledAE
+    from microdeblur.objectives import OBJECTIVES, StepOptions
+
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(tile=64, widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True))
+    with torch.no_grad():  # a non-zero correction, so the decode depends on the blur code
+        model.out.weight.normal_(0, 0.1)
+    d = PreparedData.load(data)
+    s = PairSampler(d, list(range(12)), np.random.default_rng(3))
+    obj = OBJECTIVES["manifold-1d"]
+    opts = StepOptions(batch_size=4, crop=32, deblur_weight=2.0)
+    batch = obj.sample(s, opts)
+    parts = obj.losses(model, batch, opts, ms_ssim_l1, beta=1.0)
+    codes = model.encode(torch.cat([batch["x1"], batch["f1"]]))
+    ids, blurs = codes.identity[:4], codes.blur[4:]
+    expect = l1_loss(model.decode(ids, blurs), batch["f1"])
+    assert torch.allclose(parts["deblur"], expect, rtol=1e-4) and parts["deblur"] > 0
+    off = obj.losses(model, batch, StepOptions(batch_size=4, crop=32, deblur_weight=0.0), ms_ssim_l1, beta=1.0)
+    assert torch.allclose(parts["total"] - off["total"], 2.0 * parts["deblur"], rtol=1e-4, atol=1e-6)
+
+
+def test_training_with_the_deblur_term_logs_it(tmp_path, data):
+    out = tmp_path / "w.safetensors"
+    res = runner.invoke(app, ["-q", "train", str(data), "-o", str(out), "--max-steps", "4", "--deblur-weight", "1",
+                              "--widths", "4,8,8", "--id-channels", "2,3,4", "--batch-size", "2", "--crop", "32",
+                              "--workers", "1", "--eval-every", "4"])
+    assert res.exit_code == 0, res.output
+    _, meta = load_weights(out)
+    assert meta.training["recipe"]["deblur_weight"] == 1.0 and meta.training["last"]["deblur"] > 0
 
 
 def test_augmentation_keeps_pairs_aligned(data):
@@ -156,6 +211,8 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--variant", "manifold", "--dz-weight", "1"], "--dz-weight"),
     (["--precision", "half"], "--precision"),
     (["--cycle-weight", "nan"], "--cycle-weight"),
+    (["--deblur-weight", "-1"], "--deblur-weight"),
+    (["--variant", "ml-vae", "--deblur-weight", "1"], "--deblur-weight"),
 ])
 def test_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])

@@ -28,6 +28,7 @@ class PairBatch:
     dz1: torch.Tensor
     dz2: torch.Tensor
     dzy: torch.Tensor  # dz shared by y1 and y2
+    f1: torch.Tensor | None = None  # in-focus plane of x1's identity, same window and augmentation (with_focus)
 
 
 class PreparedData:
@@ -147,8 +148,9 @@ class PairSampler:
         if np.any(self.counts < 2):
             raise UserError("every identity needs at least two planes")
 
-    def _same_identity(self, n: int, p_focus: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """n pairs of two planes of one identity; the second is the in-focus plane with probability p_focus."""
+    def _same_identity(self, n: int, p_focus: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """n pairs of two planes of one identity (the second in focus with probability p_focus), and the
+        in-focus plane of each pair's identity."""
         k = self.rng.integers(0, len(self.ids), n)
         cnt = self.counts[k]
         a = (self.rng.random(n) * cnt).astype(np.int64)
@@ -157,7 +159,7 @@ class PairSampler:
         to_focus = (self.rng.random(n) < p_focus) & (a != focus)
         b = np.where(to_focus, focus, b)
         base = self.data.start[self.ids[k]]
-        return base + a, base + b
+        return base + a, base + b, base + focus
 
     def _same_dz(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         lv = self.rng.integers(0, len(self.levels), n)
@@ -201,21 +203,22 @@ class PairSampler:
                     o[m] = torch.flip(t, dims=(3,)) if f else t
         return out
 
-    def pairs(self, n: int, crop: int | None = None, p_focus: float = 0.0) -> PairBatch:
+    def pairs(self, n: int, crop: int | None = None, p_focus: float = 0.0, with_focus: bool = False) -> PairBatch:
         """n same-identity pairs (one crop window per pair; the second member in focus with probability
-        p_focus) and n same-dz pairs (independent windows)."""
-        a, b = self._same_identity(n, p_focus)
+        p_focus) and n same-dz pairs (independent windows); with_focus adds x1's in-focus plane (f1).
+        with_focus draws no random numbers, so the pairs are the same either way."""
+        a, b, f = self._same_identity(n, p_focus)
         c, d = self._same_dz(n)
         w = None if crop is None else self._offsets(n, crop)
-        x1, x2 = self._tensor(a, crop, w), self._tensor(b, crop, w)
+        xs = [self._tensor(a, crop, w), self._tensor(b, crop, w)] + ([self._tensor(f, crop, w)] if with_focus else [])
         y1 = self._tensor(c, crop, None if crop is None else self._offsets(n, crop))
         y2 = self._tensor(d, crop, None if crop is None else self._offsets(n, crop))
         if self.augment:
-            x1, x2 = self._augment(x1, x2)
+            xs = self._augment(*xs)
             y1, y2 = self._augment(y1, y2)
         dz = self.data.dz_all
-        return PairBatch(x1, x2, y1, y2, torch.from_numpy(dz[a].copy()), torch.from_numpy(dz[b].copy()),
-                         torch.from_numpy(dz[c].copy()))
+        return PairBatch(xs[0], xs[1], y1, y2, torch.from_numpy(dz[a].copy()), torch.from_numpy(dz[b].copy()),
+                         torch.from_numpy(dz[c].copy()), xs[2] if with_focus else None)
 
     def groups(self, g: int, k: int, crop: int | None = None, p_focus: float = 0.0) -> torch.Tensor:
         """g groups of k planes of one identity each, [g, k, 1, c, c] (ML-VAE), one crop window per group;

@@ -92,6 +92,11 @@ def ms_ssim_l1(pred: Tensor, target: Tensor, alpha: float = 0.84) -> Tensor:
     return alpha * (1.0 - ms_ssim(pred, target)).mean() + (1.0 - alpha) * (pred - target).abs().mean()
 
 
+def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over all pixels (CARE's loss)."""
+    return (pred - target).abs().mean()
+
+
 _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256)  # features up to relu3_3 (torchvision indices 0-15)
 _VGG_TAPS = (3, 8, 15)  # relu1_2, relu2_2, relu3_3
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dataset import PairSampler
-from .losses import RecFn, consistency_loss, contrastive_loss, group_posterior, kl_standard_normal, reparameterize
+from .losses import (RecFn, consistency_loss, contrastive_loss, group_posterior, kl_standard_normal, l1_loss,
+                     reparameterize)
 from .networks import DisentangledAE
 
 
@@ -31,6 +32,7 @@ class StepOptions:
     margin: float = 0.6
     distance_weight: float = 0.1
     cycle_weight: float = 0.0
+    deblur_weight: float = 0.0
     group_size: int = 4
 
 
@@ -60,8 +62,8 @@ class TrainStep(nn.Module):
 
 @dataclass(frozen=True)
 class Manifold:
-    """Product-manifold objective (eq. 4.5, reweighted, plus a cycle term):
-    rec + β·(cross + λ·(consistency + contrastive) + μ·cycle) [+ dz tie].
+    """Product-manifold objective (eq. 4.5, reweighted, plus a cycle term and a supervised deblurring term):
+    rec + β·(cross + λ·(consistency + contrastive) + μ·cycle) [+ dz tie] + ω·deblur.
 
     λ = distance_weight (0.1): at λ = 1, as in the thesis, the distance terms on the pixel-rich pyramid
     identity dominated once β rose (held-out reconstruction fell from 29.7 to 21.5 dB, docs/model.md).
@@ -69,7 +71,9 @@ class Manifold:
     (x1, x2) share identity, x2 in focus with probability p_focus, so D(id(x_dz), b_focus) -> x_focus (the
     operation `deblur` ships) is a frequent cross-reconstruction target; (y1, y2) share dz.
     μ = cycle_weight: the frozen encoder must read the swapped-in blur code back from D(id(x1), b(x2))
-    (what `focus` would read on a deblurred or refocused output)."""
+    (what `focus` would read on a deblurred or refocused output).
+    ω = deblur_weight: D(id(x1), b(f1)) -> f1, f1 the in-focus plane of x1's identity, by L1 on every pair
+    from the first step (not inside β): the operation `deblur` ships, trained as CARE trains its net."""
 
     scalar_blur: bool
 
@@ -77,38 +81,52 @@ class Manifold:
         return 4 * opts.batch_size
 
     def sample(self, sampler, opts):
-        b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus)
-        return {"x1": b.x1, "x2": b.x2, "y1": b.y1, "y2": b.y2, "dz": torch.cat([b.dz1, b.dz2])}
+        b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus, with_focus=opts.deblur_weight > 0)
+        out = {"x1": b.x1, "x2": b.x2, "y1": b.y1, "y2": b.y2, "dz": torch.cat([b.dz1, b.dz2])}
+        if b.f1 is not None:
+            out["f1"] = b.f1
+        return out
 
     def losses(self, model, batch, opts, rec_fn, beta):
         x1, x2, y1, y2 = (batch[k].contiguous(memory_format=torch.channels_last) for k in ("x1", "x2", "y1", "y2"))
-        parts = manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=opts, dz=batch["dz"] if self.scalar_blur else None)
+        f1 = batch["f1"].contiguous(memory_format=torch.channels_last) if "f1" in batch else None
+        parts = manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=opts, dz=batch["dz"] if self.scalar_blur else None,
+                               f1=f1)
         distances = opts.distance_weight * (parts["cons"] + parts["cont"])
         swapped = parts["cross"] + opts.cycle_weight * parts["cycle"]
-        parts["total"] = parts["rec"] + beta * (swapped + distances) + opts.dz_weight * parts["dz"]
+        parts["total"] = (parts["rec"] + beta * (swapped + distances) + opts.dz_weight * parts["dz"]
+                          + opts.deblur_weight * parts["deblur"])
         return parts
 
 
 def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2: Tensor, *, rec_fn: RecFn,
-                   opts: StepOptions, dz: Tensor | None = None) -> dict[str, Tensor]:
-    """Loss terms of one manifold step; one encoder call for the inputs, one decoder call for own
-    reconstructions and swaps, one encoder call for re-encoding the swaps (consistency)."""
+                   opts: StepOptions, dz: Tensor | None = None, f1: Tensor | None = None) -> dict[str, Tensor]:
+    """Loss terms of one manifold step; one encoder call for the inputs (and x1's in-focus planes f1, when
+    given), one decoder call for own reconstructions, swaps and deblurrings, one encoder call for
+    re-encoding the swaps (consistency)."""
     n, side = x1.shape[0], x1.shape[-1]
     xs = torch.cat([x1, x2, y1, y2])
-    codes = model.encode(xs)
-    ids, blurs = codes.identity, codes.blur
+    codes = model.encode(xs if f1 is None else torch.cat([xs, f1]))
+    ids, blurs = codes.identity[: 4 * n], codes.blur[: 4 * n]
     learnt, sizes = model.learnt_identity(ids, side)  # what the distances act on (no input pixels)
     lx1, lx2, ly1, ly2 = learnt.split(n)
     ix1, ix2, iy1, iy2 = ids.split(n)
     bx1, bx2, by1, by2 = blurs.split(n)
     zero = xs.new_zeros(())
     swaps = opts.cross or opts.consistency or opts.cycle_weight > 0
+    dec_ids, dec_blurs = [ids], [blurs]
     if swaps:  # D(ix1,bx2)->x2, D(ix2,bx1)->x1, D(iy1,by2)->y1, D(iy2,by1)->y2
-        dec = model.decode(torch.cat([ids, ix1, ix2, iy1, iy2]), torch.cat([blurs, bx2, bx1, by2, by1]))
-        own, swapped = dec.split(4 * n)
-    else:
-        own = model.decode(ids, blurs)
-    out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "cycle": zero, "dz": zero}
+        dec_ids += [ix1, ix2, iy1, iy2]
+        dec_blurs += [bx2, bx1, by2, by1]
+    if f1 is not None:  # D(ix1, b(f1)) -> f1: the deblurring `deblur` ships
+        dec_ids.append(ix1)
+        dec_blurs.append(codes.blur[4 * n:])
+    dec = model.decode(torch.cat(dec_ids), torch.cat(dec_blurs))
+    own, swapped, deblurred = dec[: 4 * n], dec[4 * n: 8 * n], dec[8 * n if swaps else 4 * n:]
+    out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "cycle": zero, "dz": zero,
+           "deblur": zero}
+    if f1 is not None:
+        out["deblur"] = l1_loss(deblurred, f1)
     if opts.cross:
         out["cross"] = rec_fn(swapped, torch.cat([x2, x1, y1, y2]))
     if swaps and opts.cycle_weight > 0:  # gradient reaches the decoder only: the encoder is the fixed reader

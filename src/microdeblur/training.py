@@ -76,6 +76,7 @@ class TrainConfig:
     margin: float = 0.6
     distance_weight: float = 0.1  # λ on consistency + contrastive (objectives.Manifold)
     cycle_weight: float = 0.0  # μ on the swapped blur code read back by the frozen encoder (off: 1 diverged)
+    deblur_weight: float = 0.0  # ω on the supervised D(id(x), b(x_focus)) -> x_focus term (objectives.Manifold)
 
     def __post_init__(self) -> None:
         # fine-tuning starts from disentangled weights: a reconstruction-only warm-up would unlearn the swap
@@ -102,7 +103,8 @@ class TrainConfig:
         return StepOptions(batch_size=self.batch_size, crop=self.crop, p_focus=self.p_focus, consistency=self.consistency,
                            contrastive=self.contrastive, cross=self.cross, dz_weight=self.dz_tie,
                            dz_scale=float(self.dz_range or 30.0), margin=self.margin, group_size=self.group_size,
-                           distance_weight=self.distance_weight, cycle_weight=self.cycle_weight)
+                           distance_weight=self.distance_weight, cycle_weight=self.cycle_weight,
+                           deblur_weight=self.deblur_weight)
 
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
@@ -177,6 +179,9 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--margin", cfg.margin, 0, open_low=True)
     _finite("--distance-weight", cfg.distance_weight, 0)
     _finite("--cycle-weight", cfg.cycle_weight, 0)
+    _finite("--deblur-weight", cfg.deblur_weight, 0)
+    if cfg.deblur_weight and cfg.variant == "ml-vae":
+        raise UserError("--deblur-weight applies to the manifold variants (ml-vae decodes groups, not swaps)")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown --precision {cfg.precision!r}: use {', '.join(PRECISIONS)}")
     _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
@@ -195,7 +200,7 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-ADDED_OPTIONS = ("cycle_weight",)  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
+ADDED_OPTIONS = ("cycle_weight", "deblur_weight")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
