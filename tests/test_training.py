@@ -114,6 +114,18 @@ def test_training_with_the_deblur_term_logs_it(tmp_path, data):
     assert meta.training["recipe"]["deblur_weight"] == 1.0 and meta.training["last"]["deblur"] > 0
 
 
+def test_full_resolution_first_level_trains_and_deblurs(tmp_path, data):
+    out = tmp_path / "u1.safetensors"
+    cfg = TrainConfig(max_steps=4, unshuffle=1, **TINY)
+    train(data, out, cfg)
+    model, meta = load_weights(out)
+    assert meta.config.unshuffle == 1 and meta.config.downsample == 4
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        c = model.encode(x)
+        assert model.decode(c.identity, c.blur).shape == x.shape
+
+
 def test_augmentation_keeps_pairs_aligned(data):
     d = PreparedData.load(data)
     s = PairSampler(d, list(range(12)), np.random.default_rng(1))
@@ -212,6 +224,7 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--precision", "half"], "--precision"),
     (["--cycle-weight", "nan"], "--cycle-weight"),
     (["--deblur-weight", "-1"], "--deblur-weight"),
+    (["--unshuffle", "3"], "--unshuffle"),
     (["--variant", "ml-vae", "--deblur-weight", "1"], "--deblur-weight"),
 ])
 def test_bad_options(tmp_path, data, args, words):

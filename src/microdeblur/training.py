@@ -55,6 +55,7 @@ class TrainConfig:
     dz_range: float | None = 30.0
     widths: tuple[int, ...] = (32, 48, 64, 96)
     id_channels: tuple[int, ...] = (16, 24, 32, 48)
+    unshuffle: int = 2  # space-to-depth factor at the input (1: the first level convolves at full resolution)
     input_skip: bool | None = None  # None: on for the manifold variants, off for the ml-vae baseline
     consistency: bool = True
     contrastive: bool = True
@@ -180,6 +181,8 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--distance-weight", cfg.distance_weight, 0)
     _finite("--cycle-weight", cfg.cycle_weight, 0)
     _finite("--deblur-weight", cfg.deblur_weight, 0)
+    if cfg.unshuffle not in (1, 2, 4):
+        raise UserError(f"--unshuffle must be 1, 2 or 4, got {cfg.unshuffle}")
     if cfg.deblur_weight and cfg.variant == "ml-vae":
         raise UserError("--deblur-weight applies to the manifold variants (ml-vae decodes groups, not swaps)")
     if cfg.precision not in PRECISIONS:
@@ -200,7 +203,7 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-ADDED_OPTIONS = ("cycle_weight", "deblur_weight")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
+ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
@@ -323,7 +326,7 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
     """The model to train and the config it implies (`--init` weights bring their own architecture)."""
     try:
         mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels,
-                         input_skip=cfg.uses_input_skip)
+                         input_skip=cfg.uses_input_skip, unshuffle=cfg.unshuffle)
     except ValueError as e:
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
@@ -335,7 +338,7 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
         if src.config.to_dict() != mc.to_dict():
             log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
             cfg = replace(cfg, widths=src.config.widths, id_channels=src.config.id_channels,
-                          input_skip=src.config.input_skip)
+                          input_skip=src.config.input_skip, unshuffle=src.config.unshuffle)
         model = src
     return model.to(device).to(memory_format=torch.channels_last).train(), cfg
 
