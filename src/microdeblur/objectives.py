@@ -78,7 +78,7 @@ class Manifold:
     scalar_blur: bool
 
     def tiles_per_step(self, opts: StepOptions) -> int:
-        return 4 * opts.batch_size
+        return (5 if opts.deblur_weight > 0 else 4) * opts.batch_size  # f1 is encoded too
 
     def sample(self, sampler, opts):
         b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus, with_focus=opts.deblur_weight > 0)
