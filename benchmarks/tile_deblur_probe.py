@@ -4,8 +4,8 @@ in-focus code and with each tile's own in-focus code, and the U-Net baseline, on
     python benchmarks/tile_deblur_probe.py runs/data_train -w runs/m1dsup.safetensors -w shipped \
         --unet runs/unet_4k.safetensors [--identities 40]
 
-The validation identities are those `train --seed 0 --val-fraction 0.2` held out on the same folder; every
-third defocused plane with 0 < |dz| <= --dz-max of each. Whole frames (frame_quality_bench.py) are the figure
+The tiles are the trainer's own probe (training.Probe: up to 6 defocused planes with 0 < |dz| <= --dz-max
+of each of --identities validation identities that `train --seed 0 --val-fraction 0.2` holds out). Whole frames (frame_quality_bench.py) are the figure
 to judge by; this one isolates the network from tiling, blending and intensity handling.
 """
 
@@ -20,19 +20,17 @@ import torch
 from microdeblur.baselines import load_unet
 from microdeblur.dataset import PreparedData
 from microdeblur.metrics import psnr_minmse
+from microdeblur.training import Probe
 from microdeblur.weights import load_weights
 
 
 def held_out_tiles(data: PreparedData, n_ids: int, dz_max: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(defocused planes, in-focus plane) of n_ids validation identities of the seed-0 split."""
-    _, val = data.split(0.2, seed=0)
-    ids = np.random.default_rng(0).permutation(val)[:n_ids]
-    out = []
-    for i in ids:
-        st = data.stacks[i]
-        sel = np.flatnonzero((data.dz[i] != 0) & (np.abs(data.dz[i]) <= dz_max))[::3]
-        out.append((st[sel].astype(np.float32), st[data.focus_index[i]].astype(np.float32)))
-    return out
+    """(defocused planes, in-focus plane) per identity of the trainer's own probe (training.Probe) on the seed-0 split."""
+    train_ids, val_ids = data.split(0.2, seed=0)
+    probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(0), n_ids=n_ids, dz_max=dz_max)
+    blurry, target = probe.blurry.astype(np.float32), probe.target.astype(np.float32)
+    starts = np.flatnonzero(np.r_[True, np.any(target[1:] != target[:-1], axis=(1, 2))])
+    return [(b, t[0]) for b, t in zip(np.split(blurry, starts[1:]), np.split(target, starts[1:]))]
 
 
 def score(outputs: list[np.ndarray], tiles: list[tuple[np.ndarray, np.ndarray]]) -> float:
