@@ -104,6 +104,26 @@ def test_deblur_term_is_the_in_focus_decode_and_enters_the_total(data):
     assert torch.allclose(parts["total"] - off["total"], 2.0 * parts["deblur"], rtol=1e-4, atol=1e-6)
 
 
+def test_deblur_term_leaves_the_blur_code_alone(data):
+    """The in-focus code is read, not trained, by the deblurring term: no gradient reaches the blur head."""
+    from microdeblur.losses import ms_ssim_l1
+    from microdeblur.model_config import ModelConfig
+    from microdeblur.networks import DisentangledAE
+    from microdeblur.objectives import OBJECTIVES, StepOptions
+
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(tile=64, widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True))
+    with torch.no_grad():
+        model.out.weight.normal_(0, 0.1)
+    s = PairSampler(PreparedData.load(data), list(range(12)), np.random.default_rng(3))
+    opts = StepOptions(batch_size=4, crop=32, deblur_weight=1.0)
+    parts = OBJECTIVES["manifold-1d"].losses(model, OBJECTIVES["manifold-1d"].sample(s, opts), opts, ms_ssim_l1, beta=1.0)
+    parts["deblur"].backward()
+    head = [p.grad for p in model.blur_head.parameters()]
+    assert all(g is None or not g.any() for g in head)
+    assert any(p.grad is not None and p.grad.any() for p in model.dec.parameters())
+
+
 def test_training_with_the_deblur_term_logs_it(tmp_path, data):
     out = tmp_path / "w.safetensors"
     res = runner.invoke(app, ["-q", "train", str(data), "-o", str(out), "--max-steps", "4", "--deblur-weight", "1",

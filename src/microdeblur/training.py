@@ -127,7 +127,7 @@ class TrainState:
     best_score: float = -math.inf
     best_step: int = 0
     best_model: dict | None = None
-    best_by: str = "val_deblur_psnr"  # the probe figure the best step maximises
+    best_by: str = "val_deblur_minmse"  # the probe figure the best step maximises
 
 
 def _finite(name: str, value: float, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> None:
@@ -233,7 +233,7 @@ def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: Tr
 
 
 def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: TrainConfig,
-                     w: World | None = None, best_by: str = "val_deblur_psnr") -> TrainState:
+                     w: World | None = None, best_by: str = "val_deblur_minmse") -> TrainState:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file problem
@@ -415,7 +415,7 @@ def _hash(obj) -> str:
 def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
     """Train on a prepared folder and write safetensors weights (plus .ckpt and .log.csv beside them).
 
-    The exported weights are those of the best validation probe (deblurring PSNR), not the last step."""
+    The exported weights are those of the best validation probe (min-MSE deblurring PSNR), not the last step."""
     output = Path(output)
     _check_config(cfg, output)
     with world(cfg.device) as w:
@@ -439,7 +439,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     sampler = PairSampler(data, train_ids, rng)
     probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
     frames = FrameProbe.build(cfg.val_frames) if cfg.val_frames and w.main else None
-    best_by = FRAME_SCORE if cfg.val_frames else "val_deblur_psnr"
+    best_by = FRAME_SCORE if cfg.val_frames else "val_deblur_minmse"
     index = load_index(Path(data_dir))
     norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
     optics = optics_of_prepared(index, data.scale)  # the microscope trained for, reference where unknown
