@@ -11,8 +11,9 @@ import tifffile
 
 from microdeblur import io as mdio
 from microdeblur.errors import UserError
-from microdeblur.io import (StackWriter, atomic_write_bytes, check_output_path, expand_inputs, iter_planes,
-                            natural_key, read_image, read_info, to_dtype, write_tiff)
+from microdeblur.atomic import atomic_write_bytes, check_output_path
+from microdeblur.inputs import expand_inputs, natural_key
+from microdeblur.io import StackWriter, iter_planes, read_image, read_info, to_dtype, write_tiff
 
 
 def _ramp(shape, dtype) -> np.ndarray:

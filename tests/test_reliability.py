@@ -27,8 +27,8 @@ from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
 from microdeblur.errors import UserError
 from microdeblur.interrupts import raise_on_sigterm
-from microdeblur.io import (Outputs, StackWriter, StagedFolder, atomic_path, read_image, read_info,
-                            remove_stale_temps, temp_path, write_tiff)
+from microdeblur.atomic import Outputs, StagedFolder, atomic_path, remove_stale_temps, temp_path
+from microdeblur.io import StackWriter, read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, save_weights
 

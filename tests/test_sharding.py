@@ -18,7 +18,8 @@ from microdeblur.cli import app
 from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
 from microdeblur.inference import deblur_paths
-from microdeblur.io import Shard, parse_shard, prefetch, read_image, shard_indices
+from microdeblur.inputs import Shard, parse_shard, prefetch, shard_indices
+from microdeblur.io import read_image
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, save_weights
 

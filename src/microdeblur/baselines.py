@@ -19,7 +19,7 @@ from skimage.restoration import richardson_lucy, uft, wiener
 from torch import Tensor, nn
 
 from .errors import UserError
-from .io import atomic_path
+from .atomic import atomic_path
 from .simulate import Optics, defocus_psf
 
 UNSHARP_RADIUS = 1.0  # px at working scale (skimage defaults)

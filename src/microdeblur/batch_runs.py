@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from . import log
 from .errors import UserError, one_line
-from .io import Shard, parse_shard
+from .inputs import Shard, parse_shard
 
 MANIFEST_COLUMNS = ("input", "output", "status", "seconds", "message")
 
@@ -63,7 +63,7 @@ def has_header(path: Path, columns: Sequence[str]) -> bool:
 def check_replaceable(path: Path, columns: Sequence[str], files: Sequence[Path], overwrite: bool, what: str) -> None:
     """A run log (manifest, or a CSV carried over) may replace an earlier one of its kind; anything else needs
     --overwrite."""
-    from .io import check_output_path
+    from .atomic import check_output_path
 
     if Path(path).is_file() and not overwrite and not has_header(Path(path), columns):
         raise UserError(f"{path}: exists and is not a {what} written by microdeblur (use --overwrite to replace it)")
@@ -72,7 +72,8 @@ def check_replaceable(path: Path, columns: Sequence[str], files: Sequence[Path],
 
 def shard_pairs(files: list[Path], outs: list[Path], batch: Batch, overwrite: bool) -> list[tuple[Path, Path]]:
     """(input, output) of this shard, after the checks: outputs must be writable unless skipped."""
-    from .io import check_output_path, shard_indices
+    from .atomic import check_output_path
+    from .inputs import shard_indices
 
     if batch.skip_existing and overwrite:
         raise UserError("--skip-existing and --overwrite cannot be combined (keep finished outputs, or replace them)")
@@ -93,7 +94,7 @@ def shard_pairs(files: list[Path], outs: list[Path], batch: Batch, overwrite: bo
 def _batch_item(path: Path, out: Path, process: Callable, skip_existing: bool, overwrite: bool,
                 files: Sequence[Path]) -> ManifestRow:
     """Process one input into its own atomic output; a failure is logged and returned as a `failed` row."""
-    from .io import AtomicFile
+    from .atomic import AtomicFile
 
     if skip_existing and out.is_file():
         log.debug(f"{out}: exists, skipped")
@@ -117,7 +118,7 @@ def _batch_item(path: Path, out: Path, process: Callable, skip_existing: bool, o
 
 def _write_manifest(path: Path, rows: Sequence[ManifestRow], files: Sequence[Path]) -> None:
     """The shard's manifest (CSV), written atomically; it replaces an earlier manifest of the same name."""
-    from .io import AtomicFile
+    from .atomic import AtomicFile
 
     with AtomicFile(path, True, files) as f, open(f.tmp, "w", newline="") as fh:
         w = csvlib.writer(fh)

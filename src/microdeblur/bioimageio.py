@@ -292,7 +292,7 @@ def build_files(folder: Path, model: nn.Module, meta) -> tuple[dict[str, Path], 
 
 def export_bioimageio(output: str | Path, weights: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write a bioimage.io model package (.zip) of the weights' deblur operation; returns its path."""
-    from .io import atomic_write_bytes, check_output_path
+    from .atomic import atomic_write_bytes, check_output_path
     from .weights import load_weights
 
     output = Path(output)

@@ -300,7 +300,7 @@ def deblur(
     complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
     from .inference import deblur_paths
     from .calibration import OpticsOptions
-    from .io import expand_inputs
+    from .inputs import expand_inputs
 
     optics = OpticsOptions(na, wavelength, pixel_size).checked()  # fail before any work
     if truth is not None:

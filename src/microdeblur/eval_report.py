@@ -108,9 +108,9 @@ def report_markdown(metrics: dict[str, Any]) -> str:
 
 def write_report(folder: Path, metrics: dict[str, Any], figures: Callable[[Path], list[str]], overwrite: bool) -> None:
     """Render `figures(dir)`, metrics.json and report.md in a hidden staging folder inside `folder`, then move each
-    file into place (io.StagedFolder: report.md last, none replaced without overwrite, not even one created
+    file into place (atomic.StagedFolder: report.md last, none replaced without overwrite, not even one created
     meanwhile); other entries of `folder` are never touched."""
-    from .io import StagedFolder
+    from .atomic import StagedFolder
 
     with StagedFolder(folder, overwrite) as stage:
         metrics["figures"] = figures(stage.root)

@@ -15,7 +15,8 @@ from .engine import BATCH_SIZE, IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, re
 from .errors import UserError
 from .inference import (_check_outputs, _checked_planes, _info_or_raise, _is_folder_name, load_deblurrer, _output_paths,
                         _plan, _planes_to_do, _tolerant_infos)
-from .io import TIFF_SUFFIXES, Outputs, Shard
+from .atomic import Outputs
+from .inputs import Shard, TIFF_SUFFIXES
 from .calibration import OpticsOptions
 from .optics import OpticsRun
 
@@ -225,7 +226,7 @@ def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, c
                  notes: Sequence[tuple[Callable, str]] = ()) -> list[Path]:
     """Batch-mode focus maps; the CSV holds the rows of the inputs this run mapped, plus (with --skip-existing)
     the rows an earlier CSV of the same name held for the inputs skipped now."""
-    from .io import AtomicFile
+    from .atomic import AtomicFile
 
     infos = _tolerant_infos(f for f, o in pairs if not (batch.skip_existing and o.is_file()))
     rows: dict[Path, list[dict]] = {}

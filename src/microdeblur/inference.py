@@ -19,7 +19,8 @@ from . import calibration, log
 from .batch_runs import Batch, run_batch, shard_pairs
 from .engine import BATCH_SIZE, OVERLAP, Deblurrer, check_finite, require_calibration
 from .errors import UserError
-from .io import TIFF_SUFFIXES, Outputs, Shard
+from .atomic import Outputs
+from .inputs import Shard, TIFF_SUFFIXES
 from .normalize import Normalizer, frame_normalizer
 from .calibration import OpticsOptions
 from .optics import OpticsRun
@@ -79,7 +80,7 @@ def _single_plane_info(path: Path, what: str):
 def _output_paths(files: list[Path], output: Path, name_for: Callable[[Path], str],
                   folder: bool = False) -> list[Path]:
     """Output path per input: `output` itself for one input (unless a folder), else names inside it."""
-    from .io import check_output_names
+    from .atomic import check_output_names
 
     check_output_names(output)
     if len(files) == 1 and not folder and not output.is_dir():
@@ -100,7 +101,7 @@ def _output_paths(files: list[Path], output: Path, name_for: Callable[[Path], st
 
 def _check_outputs(outs: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
     """Every output must be writable under the rules (no input, no folder, overwrite needed)."""
-    from .io import check_output_path
+    from .atomic import check_output_path
 
     for o in outs:
         check_output_path(o, overwrite, files)
@@ -236,7 +237,8 @@ def _check_deblur_output(out: Path, info) -> None:
 
 def _checked_planes(path: Path, info) -> Iterator[tuple[int, np.ndarray]]:
     """(index, plane) of an input, each checked for NaN/inf, read ahead in a background thread."""
-    from .io import iter_planes, prefetch
+    from .inputs import prefetch
+    from .io import iter_planes
 
     def read() -> Iterator[tuple[int, np.ndarray]]:
         for i, plane in iter_planes(path):
@@ -276,7 +278,7 @@ def _plan(inputs: Sequence[str], output: str | Path, name_for: Callable[[Path], 
           batch: Batch | None = None) -> tuple[list[Path], list, list[Path]]:
     """Input files, their infos (none in batch mode: read per input) and their output paths (a trailing separator
     on `output` means a folder; always planned over the whole input list, so every shard names outputs alike)."""
-    from .io import expand_inputs
+    from .inputs import expand_inputs
 
     files = expand_inputs(inputs)
     infos = [] if batch is not None and batch.active else _infos(files)

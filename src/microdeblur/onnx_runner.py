@@ -112,7 +112,7 @@ def export_graphs(weights: Path, overwrite: bool = False) -> tuple[Path, Path]:
         raise UserError("exporting ONNX graphs needs the onnx package: pip install 'microdeblur[onnx]'") from None
     import torch
 
-    from .io import Outputs
+    from .atomic import Outputs
     from .torch_runner import DecoderGraph, EncoderGraph
     from .weights import load_weights
 

@@ -17,19 +17,9 @@ from skimage.transform import resize
 from . import log
 from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value, dz_factor
 from .errors import UserError
-from .io import (
-    IMAGE_SUFFIXES,
-    TIFF_SUFFIXES,
-    ImageInfo,
-    StagedFolder,
-    images_in,
-    iter_planes,
-    natural_key,
-    read_image,
-    read_info,
-    to_dtype,
-    write_tiff,
-)
+from .atomic import StagedFolder
+from .inputs import IMAGE_SUFFIXES, TIFF_SUFFIXES, images_in, natural_key
+from .io import ImageInfo, iter_planes, read_image, read_info, to_dtype, write_tiff
 from .normalize import frame_normalizer
 
 INDEX_NAME = "index.json"

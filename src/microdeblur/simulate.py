@@ -616,10 +616,10 @@ def simulate_days(out: Path, *, days: int, planes: int, size: tuple[int, int], s
     preset: a named microscope (PRESETS; default reference); randomize: draw a new lab for every day
     (labs.draw_lab); specimen: force the specimen family; z_step_um: None for the preset's (or drawn) step.
     Days are built in a hidden staging folder inside `out` and moved into place when all are done
-    (io.StagedFolder: no day folder is replaced without overwrite, not even one another run created
+    (atomic.StagedFolder: no day folder is replaced without overwrite, not even one another run created
     meanwhile); with overwrite only the day folders written (dayNN) are replaced, other entries are left alone.
     """
-    from .io import StagedFolder, remove_stale_temps
+    from .atomic import StagedFolder, remove_stale_temps
 
     out = Path(out)
     base = lab_for(preset, randomize, specimen)  # UserError for a bad combination, before touching `out`

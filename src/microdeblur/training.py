@@ -25,7 +25,7 @@ from .errors import UserError
 from .frame_probe import SCORE as FRAME_SCORE
 from .frame_probe import FrameProbe
 from .interrupts import deferred
-from .io import atomic_path
+from .atomic import atomic_path
 from .losses import beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
 from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched

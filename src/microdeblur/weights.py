@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from .calibration import REFERENCE, Microscope
 from .errors import UserError
-from .io import atomic_path, check_output_path
+from .atomic import atomic_path, check_output_path
 from .normalize import NORMALIZATION
 from .model_config import ModelConfig
 
@@ -163,7 +163,7 @@ def optics_of_prepared(index: dict, scale: float) -> dict:
 
 
 def save_weights(path: str | Path, model: DisentangledAE, meta: WeightsMeta, overwrite: bool = False, half: bool = False) -> None:
-    """Write model tensors (float32, or float16 with `half`) and metadata atomically (io.AtomicFile: an existing
+    """Write model tensors (float32, or float16 with `half`) and metadata atomically (atomic.AtomicFile: an existing
     file is replaced only with overwrite, even when another process creates it meanwhile)."""
     import torch
     from safetensors.torch import save_file
