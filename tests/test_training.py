@@ -96,9 +96,8 @@ def test_deblur_term_is_the_in_focus_decode_and_enters_the_total(data):
     opts = StepOptions(batch_size=4, crop=32, deblur_weight=2.0)
     batch = obj.sample(s, opts)
     parts = obj.losses(model, batch, opts, ms_ssim_l1, beta=1.0)
-    codes = model.encode(torch.cat([batch["x1"], batch["f1"]]))
-    ids, blurs = codes.identity[:4], codes.blur[4:]
-    expect = l1_loss(model.decode(ids, blurs), batch["f1"])
+    ids = model.encode(batch["x1"]).identity  # decoded at the code the dz tie gives an in-focus plane
+    expect = l1_loss(model.decode(ids, torch.zeros(4, 1)), batch["f1"])
     assert torch.allclose(parts["deblur"], expect, rtol=1e-4) and parts["deblur"] > 0
     off = obj.losses(model, batch, StepOptions(batch_size=4, crop=32, deblur_weight=0.0), ms_ssim_l1, beta=1.0)
     assert torch.allclose(parts["total"] - off["total"], 2.0 * parts["deblur"], rtol=1e-4, atol=1e-6)
@@ -132,6 +131,7 @@ def test_training_with_the_deblur_term_logs_it(tmp_path, data):
     assert res.exit_code == 0, res.output
     _, meta = load_weights(out)
     assert meta.training["recipe"]["deblur_weight"] == 1.0 and meta.training["last"]["deblur"] > 0
+    assert meta.focus_blur_code.tolist() == [0.0]  # deblur decodes with the code the term trained
 
 
 def test_full_resolution_first_level_trains_and_deblurs(tmp_path, data):
@@ -246,6 +246,8 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--deblur-weight", "-1"], "--deblur-weight"),
     (["--unshuffle", "3"], "--unshuffle"),
     (["--variant", "ml-vae", "--deblur-weight", "1"], "--deblur-weight"),
+    (["--variant", "manifold", "--deblur-weight", "1"], "--deblur-weight"),
+    (["--dz-weight", "0", "--deblur-weight", "1"], "--deblur-weight"),
 ])
 def test_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])

@@ -238,7 +238,7 @@ def train(
     dz_weight: Optional[float] = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
     distance_weight: float = typer.Option(0.1, "--distance-weight", help="Weight of the consistency and contrastive terms inside β (thesis: 1)."),
     cycle_weight: float = typer.Option(0.0, "--cycle-weight", help="Weight of the swapped blur code read back from the swap's decoding by the frozen encoder (off by default: 1 diverged)."),
-    deblur_weight: float = typer.Option(0.0, "--deblur-weight", help="Weight of the supervised term D(identity(x), in-focus code) -> in-focus plane (L1, every pair, from step 0)."),
+    deblur_weight: float = typer.Option(0.0, "--deblur-weight", help="Weight of the supervised term D(identity(x), 0) -> in-focus plane (manifold-1d: 0 is the dz tie's in-focus code; L1, every pair, from step 0)."),
     beta_delay: Optional[int] = typer.Option(None, "--beta-delay", help="Steps of reconstruction only before β starts rising (default 300; 0 with --init)."),
     beta_ramp: Optional[int] = typer.Option(None, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1 (default 600; 0 with --init)."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),

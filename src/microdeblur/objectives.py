@@ -17,6 +17,9 @@ from .losses import (RecFn, consistency_loss, contrastive_loss, group_posterior,
 from .networks import DisentangledAE
 
 
+DEBLUR_CODE = 0.0  # the 1-D blur code the dz tie gives an in-focus plane: the deblurring term decodes with it
+
+
 @dataclass(frozen=True)
 class StepOptions:
     """The loss and batch settings of a training run that a step needs."""
@@ -72,14 +75,14 @@ class Manifold:
     operation `deblur` ships) is a frequent cross-reconstruction target; (y1, y2) share dz.
     μ = cycle_weight: the frozen encoder must read the swapped-in blur code back from D(id(x1), b(x2))
     (what `focus` would read on a deblurred or refocused output).
-    ω = deblur_weight: D(id(x1), sg(b(f1))) -> f1, f1 the in-focus plane of x1's identity, by L1 on every pair
-    from the first step (not inside β): the operation `deblur` ships, trained as CARE trains its net; the
-    in-focus code is read without gradient, so the term trains identity and decoder, not the blur code."""
+    ω = deblur_weight (manifold-1d): D(id(x1), 0) -> f1, f1 the in-focus plane of x1's identity, by L1 on every
+    pair from the first step (not inside β): the operation `deblur` ships, trained as CARE trains its net, with
+    the code the dz tie gives an in-focus plane (0), so the term trains identity and decoder, not the blur code."""
 
     scalar_blur: bool
 
     def tiles_per_step(self, opts: StepOptions) -> int:
-        return (5 if opts.deblur_weight > 0 else 4) * opts.batch_size  # f1 is encoded too
+        return (5 if opts.deblur_weight > 0 else 4) * opts.batch_size  # f1 is drawn too
 
     def sample(self, sampler, opts):
         b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus, with_focus=opts.deblur_weight > 0)
@@ -102,12 +105,12 @@ class Manifold:
 
 def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2: Tensor, *, rec_fn: RecFn,
                    opts: StepOptions, dz: Tensor | None = None, f1: Tensor | None = None) -> dict[str, Tensor]:
-    """Loss terms of one manifold step; one encoder call for the inputs (and x1's in-focus planes f1, when
-    given), one decoder call for own reconstructions, swaps and deblurrings, one encoder call for
-    re-encoding the swaps (consistency)."""
+    """Loss terms of one manifold step; one encoder call for the inputs, one decoder call for own
+    reconstructions, swaps and (with x1's in-focus planes f1) deblurrings, one encoder call for re-encoding
+    the swaps (consistency)."""
     n, side = x1.shape[0], x1.shape[-1]
     xs = torch.cat([x1, x2, y1, y2])
-    codes = model.encode(xs if f1 is None else torch.cat([xs, f1]))
+    codes = model.encode(xs)
     ids, blurs = codes.identity[: 4 * n], codes.blur[: 4 * n]
     learnt, sizes = model.learnt_identity(ids, side)  # what the distances act on (no input pixels)
     lx1, lx2, ly1, ly2 = learnt.split(n)
@@ -119,9 +122,9 @@ def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2
     if swaps:  # D(ix1,bx2)->x2, D(ix2,bx1)->x1, D(iy1,by2)->y1, D(iy2,by1)->y2
         dec_ids += [ix1, ix2, iy1, iy2]
         dec_blurs += [bx2, bx1, by2, by1]
-    if f1 is not None:  # D(ix1, sg(b(f1))) -> f1: the deblurring `deblur` ships; the code is only read
-        dec_ids.append(ix1)  # (with gradient, this term bent the code's Δz order: Spearman 0.986 -> 0.77)
-        dec_blurs.append(codes.blur[4 * n:].detach())
+    if f1 is not None:  # D(ix1, DEBLUR_CODE) -> f1: the deblurring `deblur` ships, at the tie's in-focus code
+        dec_ids.append(ix1)  # (decoding with b(f1) bent the code's Δz order, Spearman 0.986 -> 0.77; with
+        dec_blurs.append(bx1.new_full(bx1.shape, DEBLUR_CODE))  # sg(b(f1)) the term did not learn)
     dec = model.decode(torch.cat(dec_ids), torch.cat(dec_blurs))
     own, swapped, deblurred = dec[: 4 * n], dec[4 * n: 8 * n], dec[8 * n if swaps else 4 * n:]
     out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "cycle": zero, "dz": zero,

@@ -30,7 +30,7 @@ from .losses import beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
 from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched
 from .normalize import IntensityModel, NormalizationSpec
-from .objectives import OBJECTIVES, StepOptions, TrainStep
+from .objectives import DEBLUR_CODE, OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
 from .weights import WeightsMeta, load_weights, optics_of_prepared, save_weights
 
@@ -77,7 +77,7 @@ class TrainConfig:
     margin: float = 0.6
     distance_weight: float = 0.1  # λ on consistency + contrastive (objectives.Manifold)
     cycle_weight: float = 0.0  # μ on the swapped blur code read back by the frozen encoder (off: 1 diverged)
-    deblur_weight: float = 0.0  # ω on the supervised D(id(x), b(x_focus)) -> x_focus term (objectives.Manifold)
+    deblur_weight: float = 0.0  # ω on the supervised D(id(x), 0) -> x_focus term (objectives.Manifold)
 
     def __post_init__(self) -> None:
         # fine-tuning starts from disentangled weights: a reconstruction-only warm-up would unlearn the swap
@@ -183,8 +183,9 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--deblur-weight", cfg.deblur_weight, 0)
     if cfg.unshuffle not in (1, 2, 4):
         raise UserError(f"--unshuffle must be 1, 2 or 4, got {cfg.unshuffle}")
-    if cfg.deblur_weight and cfg.variant == "ml-vae":
-        raise UserError("--deblur-weight applies to the manifold variants (ml-vae decodes groups, not swaps)")
+    if cfg.deblur_weight and (cfg.variant != "manifold-1d" or cfg.dz_tie <= 0):
+        raise UserError("--deblur-weight needs manifold-1d with a dz tie (--dz-weight > 0): the term decodes with "
+                        "the code the tie gives an in-focus plane")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown --precision {cfg.precision!r}: use {', '.join(PRECISIONS)}")
     _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
@@ -294,14 +295,17 @@ class Probe:
         ref = [data.stacks[i][data.focus_index[i]] for i in rng.permutation(train_ids)[:64]]
         return cls(np.concatenate(b), np.concatenate(t), np.concatenate(d), np.stack(ref))
 
-    def focus_code(self, model, device) -> np.ndarray:
-        """The in-focus blur code now: mean code of the probe's in-focus training tiles."""
+    def focus_code(self, model, device, cfg: TrainConfig | None = None) -> np.ndarray:
+        """The in-focus blur code now: the one the deblurring term trains (cfg.deblur_weight > 0), else the mean
+        code of the probe's in-focus training tiles."""
+        if cfg is not None and cfg.deblur_weight > 0:
+            return np.full(1, DEBLUR_CODE, np.float32)
         model.eval()
         return blur_batched(model, self.focus_ref, device).mean(0)
 
-    def metrics(self, model, device) -> dict:
+    def metrics(self, model, device, cfg: TrainConfig | None = None) -> dict:
         """Reconstruction and deblurring PSNR (plain and min-MSE fitted) on the probe; blur-code order for 1-D codes."""
-        focus = torch.from_numpy(self.focus_code(model, device)[None])
+        focus = torch.from_numpy(self.focus_code(model, device, cfg)[None])
 
         def one_pass(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             c = model.encode(x[:, None])  # encode once: own reconstruction and in-focus decode share it
@@ -359,7 +363,8 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, device) -> tuple[np.ndarray, dict | None]:
-    """In-focus blur code (mean over in-focus training tiles) and, for 1-D codes, the dz calibration (with its
+    """In-focus blur code (the deblurring term's when trained with one, else the mean over in-focus training
+    tiles) and, for 1-D codes, the dz calibration (with its
     measured sign reliability, `calibration.sign_reliability`) on the reference microscope's days where there
     are enough (PreparedData.reference_identities)."""
     from . import calibration
@@ -380,7 +385,8 @@ def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, 
                                                                data.dz_all[idx])
         if data.z_step_um is None:
             cal["note"] = (cal.get("note", "") + "; dz is in planes (z step unknown)").lstrip("; ")
-    return fb.mean(0).astype(np.float32), cal
+    focus = np.full(1, DEBLUR_CODE, np.float32) if cfg.deblur_weight > 0 else fb.mean(0).astype(np.float32)
+    return focus, cal
 
 
 def intensity_model(data: PreparedData, identities: list[int]) -> IntensityModel:
@@ -474,10 +480,10 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
         if not w.main:  # rank 0 alone probes, logs and keeps the best state
             run.update(sums={}, n=0, t=time.perf_counter())
             return
-        row |= {k: round(v, 4) for k, v in probe.metrics(model, device).items()}
+        row |= {k: round(v, 4) for k, v in probe.metrics(model, device, cfg).items()}
         if frames is not None:
             live = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
-                               focus_blur_code=probe.focus_code(model, device), optics=optics)
+                               focus_blur_code=probe.focus_code(model, device, cfg), optics=optics)
             row |= {k: round(v, 4) for k, v in frames.metrics(Deblurrer(model, live, device=device, overlap=min(OVERLAP, data.tile // 4))).items()}
             model.train()
         if row[state.best_by] > state.best_score:
