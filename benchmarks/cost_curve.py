@@ -17,24 +17,25 @@ from pathlib import Path
 SCORE = "val_deblur_minmse"
 
 
-def best_by_minute(rows: list[dict], minutes: list[float]) -> list[float | None]:
-    """Best score among the rows logged within each budget (None: the run is shorter than the budget)."""
+def best_by_minute(rows: list[dict], minutes: list[float], slack: float = 0.03) -> list[float | None]:
+    """Best score among the rows logged within each budget (None: the run is shorter than the budget or had
+    no probe by then). A probe logged up to `slack` past a budget counts (a --max-minutes run ends just after)."""
     out = []
     for m in minutes:
-        within = [float(r[SCORE]) for r in rows if float(r["minutes"]) <= m + 1e-9 and r.get(SCORE)]
-        out.append(max(within) if within and float(rows[-1]["minutes"]) >= m else None)
+        within = [float(r[SCORE]) for r in rows if float(r["minutes"]) <= m * (1 + slack)]
+        out.append(max(within) if within and float(rows[-1]["minutes"]) >= m * (1 - slack) else None)
     return out
 
 
 def curve_row(path: Path, minutes: list[float]) -> str:
     """One markdown row: run, input, best score per budget, best overall (step), steps, minutes, tiles/s."""
-    rows = [r for r in csv.DictReader(path.open()) if r.get(SCORE)]
+    name = path.name.removesuffix(".log.csv")
+    rows = [r for r in csv.DictReader(path.open()) if r.get(SCORE) and r[SCORE] != "nan"]
     if not rows:
-        raise SystemExit(f"error: {path} has no {SCORE} column")
+        return f"| {name} | no {SCORE} in this log |"
     best = max(rows, key=lambda r: float(r[SCORE]))
     cells = ["—" if v is None else f"{v:.2f}" for v in best_by_minute(rows, minutes)]
     rate = statistics.median(float(r["tiles_per_s"]) for r in rows)
-    name = path.name.removesuffix(".log.csv")
     return (f"| {name} | {float(rows[0]['val_input_minmse']):.2f} | " + " | ".join(cells)
             + f" | {float(best[SCORE]):.2f} ({best['step']}) | {rows[-1]['step']} | {float(rows[-1]['minutes']):.0f} | {rate:.0f} |")
 

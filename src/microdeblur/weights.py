@@ -32,7 +32,8 @@ DEFAULT_WEIGHTS_NAME = "manifold-1d.safetensors"
 
 @dataclass
 class WeightsMeta:
-    """Everything stored next to the tensors; `focus_blur_code` is the mean blur code of in-focus tiles."""
+    """Everything stored next to the tensors; `focus_blur_code` is the mean blur code of in-focus tiles (the
+    deblurring term's code 0 for weights trained with `--deblur-weight`)."""
 
     variant: str
     config: ModelConfig
