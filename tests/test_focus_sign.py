@@ -128,7 +128,7 @@ def test_finalize_stores_the_sign_table_in_the_calibration(monkeypatch):
                            tile_indices=lambda sel: np.concatenate([np.arange(4 * i, 4 * i + 4) for i in sel]),
                            reference_identities=lambda sel: list(sel))
     model = SimpleNamespace(eval=lambda: None, config=SimpleNamespace(blur_dim=1))
-    _, cal = training.finalize(model, data, ids, SimpleNamespace(seed=0), "cpu")
+    _, cal = training.finalize(model, data, ids, training.TrainConfig(seed=0), "cpu")
     table = cal["sign_reliability"]
     assert cal["kind"] == "signed" and table["n_scored"] == int((dz != 0).sum())
     assert table["fraction_correct"] and all(f == 1.0 for f in table["fraction_correct"])
