@@ -146,6 +146,27 @@ def test_full_resolution_first_level_trains_and_deblurs(tmp_path, data):
         assert model.decode(c.identity, c.blur).shape == x.shape
 
 
+def test_full_resolution_stem_trains_starts_lossless_and_its_head_follows_the_code(tmp_path, data):
+    from microdeblur.model_config import ModelConfig
+    from microdeblur.networks import DisentangledAE
+
+    x = torch.rand(2, 1, 64, 64)
+    fresh = DisentangledAE(ModelConfig(tile=64, widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True, stem=3))
+    with torch.no_grad():
+        c = fresh.encode(x)
+        assert torch.equal(fresh.decode(c.identity, c.blur), x)  # zero-initialised output and head: the input
+        fresh.head_out.weight.normal_(0, 0.5)
+        a, b = (fresh.decode(c.identity, torch.full_like(c.blur, v)) for v in (-1.0, 1.0))
+    assert (a - b).abs().max() > 1e-4  # the head is modulated by the blur code
+    out = tmp_path / "stem.safetensors"
+    train(data, out, TrainConfig(max_steps=4, stem=3, **TINY))
+    model, meta = load_weights(out)
+    assert meta.config.stem == 3 and meta.training["recipe"]["stem"] == 3
+    with torch.no_grad():
+        c = model.encode(x)
+        assert model.decode(c.identity, c.blur).shape == x.shape
+
+
 def test_augmentation_keeps_pairs_aligned(data):
     d = PreparedData.load(data)
     s = PairSampler(d, list(range(12)), np.random.default_rng(1))
@@ -247,6 +268,8 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--unshuffle", "3"], "--unshuffle"),
     (["--variant", "ml-vae", "--deblur-weight", "1"], "--deblur-weight"),
     (["--variant", "manifold", "--deblur-weight", "1"], "--deblur-weight"),
+    (["--stem", "-1"], "--stem"),
+    (["--variant", "ml-vae", "--stem", "4"], "--stem"),
     (["--dz-weight", "0", "--deblur-weight", "1"], "--deblur-weight"),
 ])
 def test_bad_options(tmp_path, data, args, words):

@@ -22,6 +22,7 @@ class ModelConfig:
     vector_blur_dim: int = 16  # blur code length of manifold and ml-vae (manifold-1d: 1)
     unshuffle: int = 2  # lossless space-to-depth at the input / depth-to-space at the output
     input_skip: bool = False  # the input pixels are the finest identity level; the decoder adds its output to them
+    stem: int = 0  # channels of full-resolution convolutions before the space-to-depth and after the output (0: none)
     arch: str = ARCH
 
     def __post_init__(self) -> None:
@@ -33,6 +34,8 @@ class ModelConfig:
             raise ValueError(f"weights of architecture {self.arch!r} are not supported by this version (needs {ARCH!r})")
         if not self.widths or len(self.id_channels) != len(self.widths):
             raise ValueError("widths and id_channels need one positive number per pyramid level each")
+        if self.stem < 0 or (self.stem and not self.input_skip):
+            raise ValueError("stem must be 0 or positive, and needs the input skip (its head refines input + correction)")
         if min(self.widths + self.id_channels) < 1 or self.blur_width < 1 or self.unshuffle < 1 or self.vector_blur_dim < 1:
             raise ValueError("widths, id_channels, blur_width, vector_blur_dim and unshuffle must be positive")
         if self.tile % self.downsample != 0 or self.tile < self.downsample:

@@ -89,7 +89,12 @@ class DisentangledAE(nn.Module):
         self.config = cfg = config or ModelConfig()
         vae = cfg.variant == "ml-vae"
         ids = list(cfg.id_channels)
-        enc, cin = [], cfg.unshuffle**2
+        enc, cin = [], cfg.unshuffle**2 * (1 + cfg.stem)
+        if cfg.stem:  # full-resolution features, space-to-depth'd beside the input pixels into level 0
+            self.stem = nn.Sequential(conv(1, cfg.stem), nn.LeakyReLU(0.1), conv(cfg.stem, cfg.stem), nn.LeakyReLU(0.1))
+            self.head_in, self.head_out = conv(2, cfg.stem), conv(cfg.stem, 1)  # full-res refinement of the output
+            nn.init.zeros_(self.head_out.weight)
+            nn.init.zeros_(self.head_out.bias)
         for k, (w, c) in enumerate(zip(cfg.widths, ids)):
             deepest = k == cfg.levels - 1
             enc.append(EncoderLevel(cin, w, 2 * c if (vae and deepest) else c, stride=1 if k == 0 else 2))
@@ -106,7 +111,7 @@ class DisentangledAE(nn.Module):
         if cfg.input_skip:  # start as the identity map: the decoder learns a correction of its input
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
-        self.film_channels = [cfg.widths[k] for k in reversed(range(cfg.levels))]
+        self.film_channels = [cfg.widths[k] for k in reversed(range(cfg.levels))] + ([cfg.stem] if cfg.stem else [])
         self.film = nn.Sequential(nn.Linear(cfg.blur_dim, cfg.blur_width), nn.SiLU(),
                                   nn.Linear(cfg.blur_width, 2 * sum(self.film_channels)))
         self.to(memory_format=torch.channels_last)  # faster convolutions on CPU
@@ -151,12 +156,20 @@ class DisentangledAE(nn.Module):
 
     # -- encode / decode
 
+    def _unshuffle(self, x: Tensor) -> Tensor:
+        return F.pixel_unshuffle(x, self.config.unshuffle) if self.config.unshuffle > 1 else x
+
+    def _shuffle(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(x, self.config.unshuffle) if self.config.unshuffle > 1 else x
+
     def _features(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         cfg = self.config
         if x.shape[-1] % cfg.downsample or x.shape[-2] % cfg.downsample:
             raise ValueError(f"input sides must be multiples of {cfg.downsample}, got {tuple(x.shape[-2:])}")
-        h = F.pixel_unshuffle(x, cfg.unshuffle) if cfg.unshuffle > 1 else x
+        h = self._unshuffle(x)
         feats, maps = [], [h] if cfg.input_skip else []
+        if cfg.stem:
+            h = torch.cat([h, self._unshuffle(self.stem(x))], dim=1)
         for level in self.enc:
             h, m = level(h)
             feats.append(h)
@@ -188,11 +201,15 @@ class DisentangledAE(nn.Module):
         """Codes identity [B,Di], blur [B,Db] -> images [B,1,S,S] (no output activation)."""
         maps = self.split_identity(identity)
         base = maps.pop(0) if self.config.input_skip else None
-        h = None
-        for level, film, m in zip(self.dec, self.films(blur), reversed(maps)):
+        h, films = None, self.films(blur)
+        for level, film, m in zip(self.dec, films, reversed(maps)):
             h = level(m, h, film)
-        y = self.out(h) if base is None else self.out(h) + base
-        return F.pixel_shuffle(y, self.config.unshuffle) if self.config.unshuffle > 1 else y
+        y = self._shuffle(self.out(h) if base is None else self.out(h) + base)
+        if not self.config.stem:
+            return y
+        scale, shift = films[-1]  # the head: conv - FiLM - act - conv on (output, input) at full resolution
+        r = torch.addcmul(shift, self.head_in(torch.cat([y, self._shuffle(base)], dim=1)), 1.0 + scale)
+        return y + self.head_out(act(r))
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction from the (mean) codes."""

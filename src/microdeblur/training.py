@@ -56,6 +56,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (32, 48, 64, 96)
     id_channels: tuple[int, ...] = (16, 24, 32, 48)
     unshuffle: int = 2  # space-to-depth factor at the input (1: the first level convolves at full resolution)
+    stem: int = 0  # channels of the full-resolution stem and head around the space-to-depth (0: none)
     input_skip: bool | None = None  # None: on for the manifold variants, off for the ml-vae baseline
     consistency: bool = True
     contrastive: bool = True
@@ -183,6 +184,8 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--deblur-weight", cfg.deblur_weight, 0)
     if cfg.unshuffle not in (1, 2, 4):
         raise UserError(f"--unshuffle must be 1, 2 or 4, got {cfg.unshuffle}")
+    if cfg.stem < 0 or (cfg.stem and not cfg.uses_input_skip):
+        raise UserError(f"--stem must be 0 or positive and needs the input skip (not ml-vae, not --no-input-skip), got {cfg.stem}")
     if cfg.deblur_weight and (cfg.variant != "manifold-1d" or cfg.dz_tie <= 0):
         raise UserError("--deblur-weight needs manifold-1d with a dz tie (--dz-weight > 0): the term decodes with "
                         "the code the tie gives an in-focus plane")
@@ -204,7 +207,7 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
+ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
@@ -330,7 +333,7 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
     """The model to train and the config it implies (`--init` weights bring their own architecture)."""
     try:
         mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels,
-                         input_skip=cfg.uses_input_skip, unshuffle=cfg.unshuffle)
+                         input_skip=cfg.uses_input_skip, unshuffle=cfg.unshuffle, stem=cfg.stem)
     except ValueError as e:
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
@@ -342,7 +345,7 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
         if src.config.to_dict() != mc.to_dict():
             log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
             cfg = replace(cfg, widths=src.config.widths, id_channels=src.config.id_channels,
-                          input_skip=src.config.input_skip, unshuffle=src.config.unshuffle)
+                          input_skip=src.config.input_skip, unshuffle=src.config.unshuffle, stem=src.config.stem)
         model = src
     return model.to(device).to(memory_format=torch.channels_last).train(), cfg
 
