@@ -32,8 +32,7 @@ DEFAULT_WEIGHTS_NAME = "manifold-1d.safetensors"
 
 @dataclass
 class WeightsMeta:
-    """Everything stored next to the tensors; `focus_blur_code` is the mean blur code of in-focus tiles (the
-    deblurring term's code 0 for weights trained with `--deblur-weight`)."""
+    """Everything stored next to the tensors; `focus_blur_code` is the mean blur code of in-focus tiles."""
 
     variant: str
     config: ModelConfig
