@@ -3,7 +3,7 @@ list of pyramid sizes, input space-to-depth factors and training crop sides (the
 curve in docs/benchmarks.md; benchmarks/cost_curve.py reads the quality half from training logs).
 
     python benchmarks/model_bench.py [--threads 2] [--reps 3] [--sizes 24,32,48,64/12,16,24,32 ...] [--crops 64,96,128]
-        [--unshuffles 2,1] [--deblur-weight 1]
+        [--unshuffles 2,1] [--stems 0,16] [--deblur-weight 1]
 
 A size is WIDTHS/ID_CHANNELS; default: the shipped one and a smaller and a larger one. Timings are medians
 over --reps runs after one warm-up; 'cpu' is process CPU seconds (steadier on a shared machine).
@@ -86,24 +86,25 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=list(SIZES))
     ap.add_argument("--crops", default="64,96,128")
     ap.add_argument("--unshuffles", default="2", help="input space-to-depth factors (train --unshuffle)")
+    ap.add_argument("--stems", default="0", help="full-resolution stem channels (train --stem)")
     ap.add_argument("--deblur-weight", type=float, default=0.0, help="time the step with the deblurring term")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reps {args.reps}, batch {args.batch}, "
           f"deblur weight {args.deblur_weight}\n")
-    print("| widths / id channels | unshuffle | parameters | GFLOPs/tile | inference tiles/s | crop | step s (wall) | step s (cpu) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| widths / id channels | unshuffle | stem | parameters | GFLOPs/tile | inference tiles/s | crop | step s (wall) | step s (cpu) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         w, c = (tuple(int(v) for v in part.split(",")) for part in size.split("/"))
-        for u in (int(v) for v in args.unshuffles.split(",")):
-            model = DisentangledAE(ModelConfig(widths=w, id_channels=c, unshuffle=u, input_skip=True))
-            head = (f"| {size} | {u} | {count_parameters(model):,} | {flops_per_tile(model) / 1e9:.2f} | "
+        for u, stem in ((int(a), int(b)) for a in args.unshuffles.split(",") for b in args.stems.split(",")):
+            model = DisentangledAE(ModelConfig(widths=w, id_channels=c, unshuffle=u, input_skip=True, stem=stem))
+            head = (f"| {size} | {u} | {stem} | {count_parameters(model):,} | {flops_per_tile(model) / 1e9:.2f} | "
                     f"{inference_rate(model, args.reps):.1f} |")
             for crop in (int(v) for v in args.crops.split(",")):
                 wall, cpu = step_time(model, crop, args.batch, args.reps, args.deblur_weight)
                 print(f"{head} {crop} | {wall:.2f} | {cpu:.2f} |", flush=True)
-                head = "| | | | | |"
+                head = "| | | | | | |"
 
 
 if __name__ == "__main__":
