@@ -363,14 +363,15 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, device) -> tuple[np.ndarray, dict | None]:
-    """In-focus blur code (mean over in-focus training tiles; also with the deblurring term, which trains at
+    """In-focus blur code (mean over in-focus training tiles, also with the deblurring term, which trains at
     code 0: the mean scored 0.15 dB better on whole frames, model card) and, for 1-D codes, the dz calibration
-    (with its measured sign reliability,
-    `calibration.sign_reliability`) on the reference microscope's days where there are enough
-    (PreparedData.reference_identities)."""
+    (with its measured sign reliability, `calibration.sign_reliability`) on the reference microscope's days
+    where there are enough (PreparedData.reference_identities)."""
     from . import calibration
 
     model.eval()
+    focus_tiles = np.stack([data.stacks[i][data.focus_index[i]] for i in train_ids])
+    fb = blur_batched(model, focus_tiles, device)
     cal = None
     if model.config.blur_dim == 1:
         # fitted where the unit is exact: the days of the reference microscope when the folder has enough of them
@@ -384,8 +385,7 @@ def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, 
                                                                data.dz_all[idx])
         if data.z_step_um is None:
             cal["note"] = (cal.get("note", "") + "; dz is in planes (z step unknown)").lstrip("; ")
-    focus_tiles = np.stack([data.stacks[i][data.focus_index[i]] for i in train_ids])
-    return blur_batched(model, focus_tiles, device).mean(0).astype(np.float32), cal
+    return fb.mean(0).astype(np.float32), cal
 
 
 def intensity_model(data: PreparedData, identities: list[int]) -> IntensityModel:
