@@ -7,7 +7,7 @@
 #   runs/data_sparse = microdeblur prepare runs/raw_sparse runs/data_sparse
 #   runs/raw_random_test = microdeblur simulate runs/raw_random_test --days 3 --planes 31 --size 1024x768 --randomize --seed 6000
 # Writes OUTDIR/frames.{md,json,txt} (whole frames, min-MSE and own-percentile per |dz| bin, peers in the same
-# table; COMPARE_WEIGHTS get their own rows), frames_random.* (the same on randomised other optics), focus.{json,txt}, refocus.{json,txt}, real.{md,txt} and
+# table; COMPARE_WEIGHTS get their own rows; every weights file also with the other focus-gate setting), frames_random.* (the same on randomised other optics), focus.{json,txt}, refocus.{json,txt}, real.{md,txt} and
 # report/ (`microdeblur evaluate`: tiles, ML-VAE score, figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +21,9 @@ mkdir -p "$OUT"
 [ -d runs/raw_random_test ] || microdeblur simulate runs/raw_random_test --days 3 --planes 31 --size 1024x768 --randomize --seed 6000
 COMPARE=()
 for c in "$@"; do COMPARE+=(-w "$c"); done
-python benchmarks/frame_quality_bench.py runs/raw_sparse runs/raw_crowded -w "$W" "${COMPARE[@]}" \
+python benchmarks/frame_quality_bench.py runs/raw_sparse runs/raw_crowded -w "$W" "${COMPARE[@]}" --gated \
   --json "$OUT/frames.json" --markdown "$OUT/frames.md" > "$OUT/frames.txt" 2>&1
-python benchmarks/frame_quality_bench.py runs/raw_random_test -w "$W" "${COMPARE[@]}" --rl-iterations 1 \
+python benchmarks/frame_quality_bench.py runs/raw_random_test -w "$W" "${COMPARE[@]}" --gated --rl-iterations 1 \
   --json "$OUT/frames_random.json" --markdown "$OUT/frames_random.md" > "$OUT/frames_random.txt" 2>&1
 python benchmarks/focus_bench.py runs/raw_sparse --weights "$W" --json "$OUT/focus.json" > "$OUT/focus.txt" 2>&1
 python benchmarks/refocus_bench.py runs/raw_sparse --weights "$W" --json "$OUT/refocus.json" > "$OUT/refocus.txt" 2>&1

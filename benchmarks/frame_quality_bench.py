@@ -8,7 +8,7 @@ RAW: days written by `microdeblur simulate` with seeds never used for training. 
 min-MSE (gain and offset fitted to the percentile-normalised in-focus frame, CSBDeep's convention; the
 input gets the same fit) and each image normalised by its own percentiles (`deblur --truth`).
 Methods: the blurry input, unsharp masking, Richardson-Lucy with the true PSF, each model through the real
-`deblur` path, and the U-Net baseline (benchmarks/train_unet.py) and tile-to-tile ONNX baselines (`--onnx CARE=FILE`,
+`deblur` path (with the focus gate when the weights carry a fitted ramp, as `deblur` does), and the U-Net baseline (benchmarks/train_unet.py) and tile-to-tile ONNX baselines (`--onnx CARE=FILE`,
 benchmarks/care_baseline.py) through the same tiling and blending.
 """
 
@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-frame rows and the summary here")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
-    ap.add_argument("--gated", action="store_true", help="also score every weights file with deblur --focus-gate")
+    ap.add_argument("--gated", action="store_true", help="also score every weights file with the other focus-gate "
+                    "setting: off for weights that carry a fitted ramp (their default is on), the default ramp otherwise")
     a = ap.parse_args()
     with torch_threads(a.threads):
         days = frame_eval.find_frame_days(a.raw)
@@ -49,7 +50,9 @@ def main() -> None:
             name = w.stem if w else f"shipped {meta.variant}"
             methods[name] = frame_eval.model_method(Deblurrer(model, meta, device="cpu"))
             if a.gated:
-                methods[f"{name} (focus gate)"] = frame_eval.model_method(Deblurrer(model, meta, device="cpu", focus_gate=True))
+                fitted = meta.focus_gate is not None
+                methods[f"{name} ({'gate off' if fitted else 'default gate'})"] = frame_eval.model_method(
+                    Deblurrer(model, meta, device="cpu", focus_gate=not fitted))
         scale = first_meta.scale
         methods = frame_eval.baseline_methods(scale, a.rl_iterations) | methods
         if a.unet is not None:

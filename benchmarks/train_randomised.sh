@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Recipe of the shipped weights since round 3: the reference run (train_shipped.sh) fine-tuned on the reference
-# days plus domain-randomised days (other objectives, cameras, illumination, specimens), every day resized to the
-# 0.65 um working pixel from its own pixel size and its dz counted in reference-microscope um (u = dz NA^2/lambda,
+# Recipe of the shipped weights: a reference run (train_shipped.sh) fine-tuned on the reference days plus
+# domain-randomised days (other objectives, cameras, illumination, specimens), every day resized to the 0.65 um
+# working pixel from its own pixel size and its dz counted in reference-microscope um (u = dz NA^2/lambda,
 # docs/prepare.md). The export is the step whose held-out whole frames (one reference day, two randomised days;
-# seeds never used in training or in the model card's test days) gain most over the input (train --val-frames).
+# seeds never used in training or in the model card's test days) gain most over the input (train --val-frames);
+# then the focus gate's ramp is fitted on the same validation days (benchmarks/fit_focus_gate.py) and written
+# into runs/NAME_gated.safetensors, the file that ships.
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
-#   bash benchmarks/train_randomised.sh 4000 m1dr    # shipped manifold-1d (round 3)
-# INIT: the reference run's step-16,415 export (committed; bash benchmarks/train_shipped.sh 16415 m1d rebuilds it from scratch).
+#   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
+#       --deblur-weight 1 --dz-weight 1 --source-code                  # shipped manifold-1d (2026-12-02)
+# INIT for the shipped run: the stage-1 export, committed; `bash benchmarks/train_shipped.sh 9000 m1dz1
+# --deblur-weight 1 --dz-weight 1` rebuilds it from scratch (it exports its best tile-probe step, 8,250).
 # Re-running continues an interrupted run from runs/NAME.ckpt. LAUNCH runs it data-parallel, e.g. two one-thread
 # processes (1.3x the tiles/s of one two-thread process on 2 cores, docs/benchmarks.md):
 #   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_randomised.sh ...
@@ -14,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-4000}
 NAME=${2:-m1dr}
-INIT=${3:-models/checkpoints/m1d_stage1.safetensors}
+INIT=${3:-models/checkpoints/m1dz1.safetensors}
 shift $(( $# > 3 ? 3 : $# ))
 [ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
 [ -d runs/raw_random ] || microdeblur simulate runs/raw_random --days 16 --planes 31 --size 2048x1536 --randomize --seed 4000
@@ -29,3 +33,5 @@ RESUME=()
 ${LAUNCH:-microdeblur} -v train runs/data_mixed -o "$OUT" --init "$INIT" --epochs 100000 --max-steps "$STEPS" \
   --lr 3e-4 --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 \
   --val-frames runs/val/ref --val-frames runs/val/random "${RESUME[@]}" "$@"
+[ -f "runs/${NAME}_gated.safetensors" ] || python benchmarks/fit_focus_gate.py "$OUT" runs/val/ref runs/val/random \
+  -o "runs/${NAME}_gated.safetensors"

@@ -68,14 +68,17 @@ def test_core_and_cli_import_no_optional_extra():
     assert res.stdout.strip().splitlines()[-1:] in ([], [""]), f"imported: {res.stdout}"
 
 
-def _weights(path: Path, scale: float = 0.5, ratios: dict | None = RATIOS) -> Path:
-    torch.manual_seed(0)
-    model = DisentangledAE(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4))).eval()
+def _weights(path: Path, scale: float = 0.5, ratios: dict | None = RATIOS, gate: dict | None = None) -> Path:
+    torch.manual_seed(0)  # the shipped kind of network: input skip, plus a stem and a source code to cover them
+    model = DisentangledAE(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True, stem=2,
+                                       source_code=True)).eval()
+    for p in model.parameters():  # the zero-initialised output layers would hide a core that drops the input
+        torch.nn.init.normal_(p, std=0.2)
     dz = np.linspace(-20, 20, 41)
     norm = {**NORMALIZATION, **({"focus_ratios": ratios} if ratios else {})}
     save_weights(path, model, WeightsMeta(variant="manifold-1d", config=model.config, scale=scale, normalization=norm,
                                           focus_blur_code=np.array([0.1], np.float32),
-                                          calibration=fit_calibration(0.05 * dz, dz)))
+                                          calibration=fit_calibration(0.05 * dz, dz), focus_gate=gate))
     return path
 
 
@@ -114,6 +117,18 @@ def test_package_output_equals_deblur_plane_on_its_test_tile(package):
     # float32 round-off only: the same layers, percentiles and revert, computed in torch instead of numpy
     tol = 1e-5 * float(np.ptp(expect)) + 1e-4
     assert np.abs(y[0, 0] - expect).max() <= tol
+
+
+def test_package_applies_the_weights_focus_gate_as_deblur_does(spec_tools, tmp_path):
+    weights = _weights(tmp_path / "gated.safetensors", gate={"lo_um": 0.0, "hi_um": 40.0})
+    res = runner.invoke(app, ["export", "bioimageio", "-o", str(tmp_path / "pkg.zip"), "-w", str(weights)])
+    assert res.exit_code == 0, res.output
+    x = np.load(io.BytesIO(_member(tmp_path / "pkg.zip", "test_input.npy")))
+    y = np.load(io.BytesIO(_member(tmp_path / "pkg.zip", "test_output.npy")))
+    model, meta = load_weights(weights)
+    gated, plain = (Deblurrer(model, meta, focus_gate=g).deblur_plane(x[0, 0]) for g in (None, False))
+    tol = 1e-5 * float(np.ptp(gated)) + 1e-4
+    assert np.abs(y[0, 0] - gated).max() <= tol and np.abs(gated - plain).max() > 100 * tol
 
 
 def test_package_model_takes_other_sizes_and_batches(package, tmp_path):

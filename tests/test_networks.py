@@ -151,3 +151,32 @@ def test_input_skip_decoder_still_depends_on_the_blur_code_once_trained_away_fro
     with torch.no_grad():
         a, b = model.decode(ident, torch.full((2, 1), -1.0)), model.decode(ident, torch.full((2, 1), 1.0))
     assert (a - b).abs().mean() > 1e-3
+
+
+def test_source_code_identity_carries_the_tiles_own_code_and_the_distances_ignore_it():
+    cfg = ModelConfig(**{**tiny("manifold-1d").to_dict(), "input_skip": True, "source_code": True})
+    model = DisentangledAE(cfg).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        c = model.encode(x)
+    assert c.identity.shape == (2, cfg.id_dim_for(32))
+    assert cfg.side_for(cfg.id_dim_for(32)) == 32 and torch.equal(model.source_of(c.identity), c.blur)
+    plain = ModelConfig(**{**cfg.to_dict(), "source_code": False})
+    assert cfg.id_dim_for(48) == plain.id_dim_for(48) + 1
+    learnt, sizes = model.learnt_identity(c.identity, 32)
+    assert learnt.shape[1] == sum(sizes) == tiny("manifold-1d").id_dim_for(32)
+    with pytest.raises(ValueError, match="source_code"):
+        ModelConfig(variant="ml-vae", source_code=True)
+    assert ModelConfig.from_dict(tiny("manifold-1d").to_dict()).source_code is False  # older weights files
+
+
+def test_source_code_decoder_reads_target_and_source():
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(**{**tiny("manifold-1d").to_dict(), "source_code": True})).eval()
+    ident = model.encode(torch.rand(2, 1, 32, 32)).identity
+    moved = ident.clone()
+    moved[:, -1] += 1.0
+    with torch.no_grad():
+        t = torch.zeros(2, 1)
+        assert (model.decode(ident, t) - model.decode(moved, t)).abs().mean() > 1e-4
+        assert (model.decode(ident, t) - model.decode(ident, t + 1)).abs().mean() > 1e-4

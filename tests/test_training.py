@@ -166,6 +166,27 @@ def test_full_resolution_stem_trains_starts_lossless_and_its_head_follows_the_co
         assert model.decode(c.identity, c.blur).shape == x.shape
 
 
+def test_source_code_init_keeps_the_function_and_training_uses_the_tiles_own_code(tmp_path, data):
+    """--source-code --init: the widened network computes what its base did, training reaches the FiLM input of
+    the tile's own blur code (carried at the end of the identity), and the weights record it."""
+    from microdeblur.networks import with_source_code
+
+    base = tmp_path / "base.safetensors"
+    train(data, base, TrainConfig(max_steps=2, **TINY))
+    src, _ = load_weights(base)
+    wide = with_source_code(src).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        c, w = src.eval().encode(x), wide.encode(x)
+        assert w.identity.shape[1] == c.identity.shape[1] + 1 and torch.equal(w.identity[:, -1], w.blur[:, 0])
+        torch.testing.assert_close(wide.decode(w.identity, torch.zeros(2, 1)), src.decode(c.identity, torch.zeros(2, 1)))
+    out = tmp_path / "src.safetensors"
+    train(data, out, TrainConfig(max_steps=4, init=base, source_code=True, **{**TINY, "eval_every": 2}))
+    model, meta = load_weights(out)
+    assert meta.config.source_code and meta.training["recipe"]["source_code"]
+    assert model.film[0].weight[:, 1].abs().max() > 0  # the new input (the tile's own code) was trained
+
+
 def test_augmentation_keeps_pairs_aligned(data):
     d = PreparedData.load(data)
     s = PairSampler(d, list(range(12)), np.random.default_rng(1))
@@ -270,6 +291,7 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--stem", "-1"], "--stem"),
     (["--variant", "ml-vae", "--stem", "4"], "--stem"),
     (["--dz-weight", "0", "--deblur-weight", "1"], "--deblur-weight"),
+    (["--variant", "ml-vae", "--source-code"], "--source-code"),
 ])
 def test_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])

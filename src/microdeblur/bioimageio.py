@@ -1,10 +1,11 @@
 """`microdeblur export bioimageio`: the deblur operation as a bioimage.io model package (TorchScript weights).
 
-The package's model takes raw intensities and does what `Deblurrer.deblur_plane` does to one image (without the
-opt-in focus gate: the correction applies everywhere, as `deblur` does by default): k x k
+The package's model takes raw intensities and does what `Deblurrer.deblur_plane` does to one image: k x k
 binning to the working scale, per-image 1 / 99.8 percentile normalisation, identity encoder, decoder with
 the in-focus blur code of the weights, revert to raw units (focus-plane ratios x median when the weights
-hold them, else the input's percentiles), bilinear resize back. The normalisation lives in the model
+hold them, else the input's percentiles), bilinear resize back, and, when the weights carry a fitted focus
+gate, the blend with the input by the image's estimated defocus (one estimate per image; `deblur` has one per
+tile neighbourhood). The normalisation lives in the model
 because the spec's postprocessing cannot revert with statistics of the input (docs/bioimageio.md).
 bioimage.io tooling (`bioimageio.spec`) is imported only inside `export_bioimageio`.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import warnings
 from pathlib import Path
 from typing import List
 
@@ -38,42 +40,43 @@ TOLERANCE = {"relative_tolerance": 1e-3, "absolute_tolerance": 0.05, "mismatched
 
 
 class DeblurCore(nn.Module):
-    """Normalised images [B,1,H,W] -> identity pyramid -> decoder with fixed FiLM (the in-focus code).
+    """Normalised images [B,1,H,W] -> the network's identity maps -> its decoder at the in-focus blur code.
 
-    The same layers as DisentangledAE.encode/decode, without flattening the identity (so H != W works) and
-    without the blur head (deblurring replaces the blur code)."""
+    The model's own `identity_maps` and `decode_maps` (what `encode`/`decode` run, input skip and stem included),
+    without flattening the identity, so H != W works. A source_code network reads its own blur code from the
+    whole image here (one code per image, where `deblur` has one per tile)."""
 
     def __init__(self, model: nn.Module, code: Tensor) -> None:
         super().__init__()
-        self.unshuffle = int(model.config.unshuffle)
-        self.vae = model.config.variant == "ml-vae"
-        self.enc, self.dec, self.out = model.enc, model.dec, model.out
-        with torch.no_grad():
-            films = model.films(code.reshape(1, -1).float())
-        self.scales = nn.ParameterList([nn.Parameter(s.clone(), requires_grad=False) for s, _ in films])
-        self.shifts = nn.ParameterList([nn.Parameter(b.clone(), requires_grad=False) for _, b in films])
+        self.model = model
+        self.register_buffer("code", code.reshape(1, -1).float())
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.pixel_unshuffle(x, self.unshuffle) if self.unshuffle > 1 else x
-        maps = []
-        for level in self.enc:
-            h, m = level(h)
-            maps.append(m)
-        if self.vae:
-            maps[-1] = maps[-1].chunk(2, dim=1)[0]  # posterior means
-        y = None
-        for i, (level, m) in enumerate(zip(self.dec, reversed(maps))):
-            y = level(m, y, (self.scales[i], self.shifts[i]))
-        y = self.out(y)
-        return F.pixel_shuffle(y, self.unshuffle) if self.unshuffle > 1 else y
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(deblurred normalised images, the images' own blur codes [B, Db])."""
+        maps, blur = self.model.identity_maps(x)
+        return self.model.decode_maps(maps, self.model.films(self.code.expand(x.shape[0], -1), blur)), blur
+
+
+def interp(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
+    """np.interp in torch: piecewise-linear through increasing knots xk, clamped at the ends."""
+    x = torch.minimum(torch.maximum(x, xk[0]), xk[-1]).contiguous()
+    i = torch.clamp(torch.searchsorted(xk, x), 1, xk.numel() - 1)
+    x0, x1, y0, y1 = xk[i - 1], xk[i], yk[i - 1], yk[i]
+    return y0 + (x - x0) / torch.clamp(x1 - x0, min=1e-12) * (y1 - y0)
 
 
 class DeblurPackageModel(nn.Module):
     """Raw [B,1,H,W] float32 -> deblurred raw [B,1,H,W]: deblur_plane's pipeline on each image of the batch."""
 
-    def __init__(self, core: nn.Module, k: int, pmin: float, pmax: float, ratios: List[float]) -> None:
+    def __init__(self, core: nn.Module, k: int, pmin: float, pmax: float, ratios: List[float],
+                 gate: List[List[float]]) -> None:
+        """`gate`: [] (none), or [calibration codes, their dz (um), [lo_um, hi_um]] of the weights' focus gate."""
         super().__init__()
         self.core, self.k = core, k
+        self.use_gate = len(gate) == 3
+        self.code_k = torch.tensor(gate[0] if self.use_gate else [0.0, 1.0], dtype=torch.float32)
+        self.dz_k = torch.tensor(gate[1] if self.use_gate else [0.0, 1.0], dtype=torch.float32)
+        self.gate_lo, self.gate_hi = (gate[2][0], gate[2][1]) if self.use_gate else (0.0, 1.0)
         self.pmin, self.pmax = pmin / 100.0, pmax / 100.0
         self.use_ratios = len(ratios) == 2
         self.r_lo, self.r_hi = (ratios[0], ratios[1]) if self.use_ratios else (0.0, 1.0)
@@ -96,7 +99,7 @@ class DeblurPackageModel(nn.Module):
         span = 1e-6 * torch.clamp(lo.abs(), min=1.0)
         hi = torch.where(hi - lo > span, hi, lo + span)
         lo, hi, med = lo.reshape(-1, 1, 1, 1), hi.reshape(-1, 1, 1, 1), med.reshape(-1, 1, 1, 1)
-        y = self.core((work - lo) / (hi - lo))
+        y, blur = self.core((work - lo) / (hi - lo))
         out_lo, out_hi = lo, hi
         if self.use_ratios:
             ok = med > 0  # a plane whose median is not positive keeps its own range (Deblurrer.revert_for)
@@ -105,6 +108,10 @@ class DeblurPackageModel(nn.Module):
         out = y * (out_hi - out_lo) + out_lo
         if self.k > 1:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        if self.use_gate:  # the focus gate, with the whole image's defocus (deblur: each tile's neighbourhood)
+            dz = torch.abs(interp(blur[:, 0], self.code_k, self.dz_k))
+            w = torch.clamp((dz - self.gate_lo) / (self.gate_hi - self.gate_lo), 0.0, 1.0).reshape(-1, 1, 1, 1)
+            out = x + w * (out - x)
         return out
 
 
@@ -117,6 +124,18 @@ def working_factor(scale: float) -> int:
     return k
 
 
+def gate_entry(meta) -> List[List[float]]:
+    """The focus gate as DeblurPackageModel takes it: [] when `deblur` would not gate by default."""
+    from .calibration import _knots
+    from .focus_gate import Ramp
+
+    ramp, cal = Ramp.from_meta(getattr(meta, "focus_gate", None)), getattr(meta, "calibration", None)
+    if ramp is None or not cal or meta.config.blur_dim != 1:
+        return []
+    code_k, dz_k = _knots(cal)
+    return [code_k.tolist(), dz_k.tolist(), [ramp.lo_um, ramp.hi_um]]
+
+
 def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
     """The TorchScript module the package ships (a traced core inside a scripted pre/post-processing wrapper)."""
     code = np.asarray(meta.focus_blur_code, np.float32).reshape(-1)
@@ -127,9 +146,10 @@ def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
     ratios = [] if spec.intensity is None else [spec.intensity.normalizer(0.0, 1.0).lo, spec.intensity.normalizer(0.0, 1.0).hi]
     core = DeblurCore(model.float().eval(), torch.from_numpy(code)).eval().requires_grad_(False)
     side = model.config.tile
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # the network's input-side check becomes a constant: the
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # rdf declares the allowed sizes instead
         traced = torch.jit.trace(core, torch.rand(1, 1, side, side), check_trace=False)
-    wrapper = DeblurPackageModel(traced, k, spec.pmin, spec.pmax, ratios)
+    wrapper = DeblurPackageModel(traced, k, spec.pmin, spec.pmax, ratios, gate_entry(meta))
     return torch.jit.script(wrapper.eval())
 
 

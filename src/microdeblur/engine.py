@@ -4,7 +4,8 @@ Per plane: float32 -> resize by `scale` (`rescale`, exactly as `prepare` resized
 per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches -> replace the blur
 code -> decode -> blend-stitch (`predict_tiled`, the one tiled, batched predictor) -> revert to raw units
 (with the weights' focus-plane ratios for the target dz when they hold them) -> resize back to the input
-shape (`resize_to`, bilinear) -> cast to the input dtype (clip, round). Also here: per-tile defocus maps
+shape (`resize_to`, bilinear) -> when deblurring to focus with a focus gate, input + weight x correction
+(focus_gate.py) -> cast to the input dtype (clip, round). Also here: per-tile defocus maps
 (`Deblurrer.focus_map`, tile contrast, tile-centre interpolation) and the checks every front end applies
 to a plane and to the weights (`check_finite`, `require_calibration`, `normalization_spec`).
 The network itself is a runner on numpy tiles (`torch_runner.TorchRunner`, the reference, or
@@ -23,6 +24,7 @@ import numpy as np
 
 from . import calibration, log
 from .errors import UserError
+from .focus_gate import DEFAULT_RAMP_UM, Ramp, tile_defocus
 from .normalize import Normalizer, NormalizationSpec, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
 
@@ -36,9 +38,6 @@ BATCH_SIZE = 32
 # on the simulator's empty background, >= 0.035 on every tile of the real yeast and THP-1 stacks at any plane
 # (docs/reliability.md has the measurement and its command).
 MIN_TILE_CONTRAST = 0.01
-# with focus_gate, deblurring applies the network's correction in proportion to each tile's estimated defocus
-# (training µm): none below FOCUS_GATE_UM[0], all of it beyond FOCUS_GATE_UM[1] (off by default; docs/inference.md)
-FOCUS_GATE_UM = (1.0, 3.0)
 NO_CONTRAST = "no tile has enough contrast to estimate defocus"
 
 
@@ -137,7 +136,7 @@ class Deblurrer:
     `config`, `encode`, `decode` and `default_batch_size` on numpy tiles, e.g. an OnnxRunner)."""
 
     def __init__(self, model, meta, *, device="cpu", scale: float | None = None, overlap: int = OVERLAP,
-                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", focus_gate: bool = False) -> None:
+                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", focus_gate: bool | None = None) -> None:
         if hasattr(model, "default_batch_size"):
             self.net = model
         else:
@@ -168,8 +167,12 @@ class Deblurrer:
         focus = np.asarray(getattr(meta, "focus_blur_code", ()), dtype=np.float32).reshape(-1)
         self.target = self.as_code(focus) if focus.size == self.config.blur_dim else None
         cal = getattr(meta, "calibration", None)
-        # the gate needs the blur code's dz calibration (1-D codes); without it the correction applies everywhere
-        self.gate_calibration = cal if focus_gate and cal and self.config.blur_dim == 1 else None
+        # the gate needs the blur code's dz calibration (1-D codes); without it the correction applies everywhere.
+        # None: on when the weights carry a fitted ramp; True: that ramp, else DEFAULT_RAMP_UM
+        fitted = Ramp.from_meta(getattr(meta, "focus_gate", None))
+        use = fitted is not None if focus_gate is None else focus_gate
+        self.gate_ramp = (fitted or Ramp(*DEFAULT_RAMP_UM)) if use and cal and self.config.blur_dim == 1 else None
+        self.gate_calibration = cal if self.gate_ramp is not None else None
 
     # -- resizing per input
 
@@ -283,6 +286,15 @@ class Deblurrer:
         `gate`, blended with the input by each tile's estimated defocus (focus_gate)."""
         from .io import to_dtype
 
+        result, sources, grid = self.swap_parts(plane, code, dz)
+        if gate:
+            g = self.focus_gate(sources[:, 0], grid, plane.shape)
+            result = plane.astype(np.float32) + g * (result - plane.astype(np.float32))
+        return to_dtype(result, plane.dtype)
+
+    def swap_parts(self, plane: np.ndarray, code, dz: float | None) -> tuple[np.ndarray, np.ndarray, TileGrid]:
+        """(the plane decoded with `code`, float32 in raw units at the input shape, every tile's own blur code,
+        the tile grid): what _swap blends and casts."""
         if plane.ndim != 2:
             raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
         work, norm, median = self._working(plane)
@@ -299,18 +311,13 @@ class Deblurrer:
         out = predict_tiled(work, swap, batch_size=self.batch_size, grid=grid, per_tile=code)
         enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)
         result = resize_to(self.revert_for(enc, dz).after(out), plane.shape)
-        if gate:
-            g = self.focus_gate(np.concatenate(sources)[:, 0], grid, plane.shape)
-            result = plane.astype(np.float32) + g * (result - plane.astype(np.float32))
-        return to_dtype(result, plane.dtype)
+        return result, np.concatenate(sources), grid
 
-    def focus_gate(self, codes: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
-        """Per-pixel weight of the correction (input shape): 0 where a tile reads within FOCUS_GATE_UM[0] of focus,
-        1 beyond FOCUS_GATE_UM[1], linear between, interpolated between tile centres."""
-        lo, hi = FOCUS_GATE_UM
-        est = np.abs(calibration.code_to_dz(self.gate_calibration, codes))
-        g = np.clip((est - lo) / (hi - lo), 0.0, 1.0).reshape(grid.rows_cols)
-        return upsample_tile_values(g.astype(np.float32), grid, shape)
+    def focus_gate(self, codes: np.ndarray, grid: TileGrid, shape: tuple[int, int], ramp: Ramp | None = None) -> np.ndarray:
+        """Per-pixel weight of the correction (input shape): the ramp (default: the Deblurrer's) of each tile's
+        neighbourhood defocus (focus_gate.tile_defocus), interpolated between tile centres."""
+        d = tile_defocus(self.gate_calibration or self.meta.calibration, codes, grid.rows_cols)
+        return upsample_tile_values((ramp or self.gate_ramp).weight(d), grid, shape)
 
     def mean_blur_code(self, plane2d: np.ndarray) -> np.ndarray:
         """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""

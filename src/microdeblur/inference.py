@@ -320,7 +320,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
                  batch_size: int | None = BATCH_SIZE, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
                  skip_existing: bool = False, manifest: Path | None = None,
-                 optics: OpticsOptions = OpticsOptions(), focus_gate: bool = False, backend: str = "auto") -> list[Path]:
+                 optics: OpticsOptions = OpticsOptions(), focus_gate: bool | None = None, backend: str = "auto") -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs.
 
     `dz` is in um of the inputs' microscope (`optics` and metadata; see OpticsRun). With `shard`, `skip_existing`

@@ -23,6 +23,9 @@ class ModelConfig:
     unshuffle: int = 2  # lossless space-to-depth at the input / depth-to-space at the output
     input_skip: bool = False  # the input pixels are the finest identity level; the decoder adds its output to them
     stem: int = 0  # channels of full-resolution convolutions before the space-to-depth and after the output (0: none)
+    # the identity carries the tile's own blur code and the decoder is conditioned on it as well as on the target
+    # code (relative refocusing: the correction can depend on how far the tile is from the target)
+    source_code: bool = False
     arch: str = ARCH
 
     def __post_init__(self) -> None:
@@ -36,6 +39,8 @@ class ModelConfig:
             raise ValueError("widths and id_channels need one positive number per pyramid level each")
         if self.stem < 0 or (self.stem and not self.input_skip):
             raise ValueError("stem must be 0 or positive, and needs the input skip (its head refines input + correction)")
+        if self.source_code and self.variant == "ml-vae":
+            raise ValueError("source_code needs a manifold variant (ml-vae averages and samples its identity)")
         if min(self.widths + self.id_channels) < 1 or self.blur_width < 1 or self.unshuffle < 1 or self.vector_blur_dim < 1:
             raise ValueError("widths, id_channels, blur_width, vector_blur_dim and unshuffle must be positive")
         if self.tile % self.downsample != 0 or self.tile < self.downsample:
@@ -57,15 +62,20 @@ class ModelConfig:
         learnt = [(c, k) for k, c in enumerate(self.id_channels)]
         return ([(self.unshuffle**2, 0)] if self.input_skip else []) + learnt
 
+    @property
+    def source_dim(self) -> int:
+        """Numbers at the end of a flat identity that hold the tile's own blur code (0 without source_code)."""
+        return self.blur_dim if self.source_code else 0
+
     def id_dim_for(self, side: int) -> int:
-        """Length of the flattened identity pyramid of a `side`-px square input."""
+        """Length of the flattened identity (pyramid plus source code) of a `side`-px square input."""
         s = side // self.unshuffle
-        return sum(c * (s >> k) ** 2 for c, k in self.identity_levels())
+        return sum(c * (s >> k) ** 2 for c, k in self.identity_levels()) + self.source_dim
 
     def side_for(self, id_dim: int) -> int:
-        """Input side whose identity pyramid has `id_dim` numbers (inverse of `id_dim_for`)."""
+        """Input side whose identity has `id_dim` numbers (inverse of `id_dim_for`)."""
         per = sum(c / 4**k for c, k in self.identity_levels())
-        side = int(round(math.sqrt(id_dim / per))) * self.unshuffle
+        side = int(round(math.sqrt(max(id_dim - self.source_dim, 0) / per))) * self.unshuffle
         if self.id_dim_for(side) != id_dim:
             raise ValueError(f"{id_dim} numbers are not an identity pyramid of this architecture")
         return side

@@ -3,6 +3,7 @@ decoder level (thesis ch. 4 and 5.1.2, rebuilt for detail; docs/model.md)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -112,7 +113,8 @@ class DisentangledAE(nn.Module):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
         self.film_channels = [cfg.widths[k] for k in reversed(range(cfg.levels))] + ([cfg.stem] if cfg.stem else [])
-        self.film = nn.Sequential(nn.Linear(cfg.blur_dim, cfg.blur_width), nn.SiLU(),
+        film_in = cfg.blur_dim + cfg.source_dim  # target code (and, with source_code, the tile's own code)
+        self.film = nn.Sequential(nn.Linear(film_in, cfg.blur_width), nn.SiLU(),
                                   nn.Linear(cfg.blur_width, 2 * sum(self.film_channels)))
         self.to(memory_format=torch.channels_last)  # faster convolutions on CPU
 
@@ -127,18 +129,28 @@ class DisentangledAE(nn.Module):
         """The learnt part of flat identities (without the input level) and its level sizes: what the
         distance losses act on (the input pixels are data, not a code to pull together)."""
         sizes = [c * s * s for c, s in self.level_shapes(side)]
-        if not self.config.input_skip:
-            return identity, sizes
-        return identity[:, sizes[0]:], sizes[1:]
+        start = sizes[0] if self.config.input_skip else 0
+        return identity[:, start:sum(sizes)], sizes[1:] if self.config.input_skip else sizes
 
-    def flatten_identity(self, maps: list[Tensor]) -> Tensor:
-        """Identity maps (finest first) -> [B, Di]."""
-        return torch.cat([m.reshape(m.shape[0], -1) for m in maps], dim=1)
+    def flatten_identity(self, maps: list[Tensor], source: Tensor | None = None) -> Tensor:
+        """Identity maps (finest first) [+ the tiles' own blur codes, without gradient, with source_code] -> [B, Di]."""
+        flat = [m.reshape(m.shape[0], -1) for m in maps]
+        if self.config.source_code:
+            if source is None:
+                raise ValueError("a source_code network's identity needs the tiles' own blur codes")
+            flat.append(source.detach().reshape(source.shape[0], -1).to(flat[0].dtype))
+        return torch.cat(flat, dim=1)
+
+    def source_of(self, identity: Tensor) -> Tensor | None:
+        """The tiles' own blur codes carried by flat identities [B, Db] (None without source_code)."""
+        n = self.config.source_dim
+        return identity[:, identity.shape[1] - n:] if n else None
 
     def split_identity(self, identity: Tensor) -> list[Tensor]:
-        """[B, Di] -> identity maps, finest first (channels_last views)."""
+        """[B, Di] -> identity maps, finest first (channels_last views; a source code is left out)."""
         side = self.config.side_for(identity.shape[1])
         shapes = self.level_shapes(side)
+        identity = identity[:, :identity.shape[1] - self.config.source_dim]
         parts = identity.split([c * s * s for c, s in shapes], dim=1)
         return [p.reshape(-1, c, s, s).contiguous(memory_format=torch.channels_last) for p, (c, s) in zip(parts, shapes)]
 
@@ -176,12 +188,20 @@ class DisentangledAE(nn.Module):
             maps.append(m)
         return feats, maps
 
+    def identity_maps(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Identity maps (finest first; ml-vae: posterior means) and blur codes (means) of images of any H, W."""
+        feats, maps = self._features(x)
+        blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
+        if self.config.variant == "ml-vae":
+            maps[-1], blur = maps[-1].chunk(2, dim=1)[0], blur.chunk(2, dim=1)[0]
+        return maps, blur
+
     def encode(self, x: Tensor) -> Codes:
         """Images [B,1,S,S] -> Codes (posterior means and log-variances for ml-vae)."""
         feats, maps = self._features(x)
         blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
         if self.config.variant != "ml-vae":
-            return Codes(self.flatten_identity(maps), blur)
+            return Codes(self.flatten_identity(maps, blur), blur)
         mu, lv = maps[-1].chunk(2, dim=1)
         b_mu, b_lv = blur.chunk(2, dim=1)
         return Codes(self.flatten_identity(maps[:-1] + [mu]), b_mu, lv.reshape(lv.shape[0], -1), b_lv)
@@ -192,16 +212,24 @@ class DisentangledAE(nn.Module):
         blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
         return blur.chunk(2, dim=1)[0] if self.config.variant == "ml-vae" else blur
 
-    def films(self, blur: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Per decoder level (deepest first) FiLM (scale, shift) pairs from the blur code."""
-        params = self.film(blur.reshape(blur.shape[0], -1)).split([c for c in self.film_channels for _ in (0, 1)], dim=1)
+    def films(self, blur: Tensor, source: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Per decoder level (deepest first) FiLM (scale, shift) pairs from the target blur code and, with
+        source_code, the tiles' own codes (default: the target itself, i.e. a reconstruction)."""
+        blur = blur.reshape(blur.shape[0], -1)
+        if self.config.source_code:
+            blur = torch.cat([blur, (blur if source is None else source.reshape(source.shape[0], -1)).to(blur.dtype)], dim=1)
+        params = self.film(blur).split([c for c in self.film_channels for _ in (0, 1)], dim=1)
         return [(params[2 * i][..., None, None], params[2 * i + 1][..., None, None]) for i in range(len(self.film_channels))]
 
     def decode(self, identity: Tensor, blur: Tensor) -> Tensor:
         """Codes identity [B,Di], blur [B,Db] -> images [B,1,S,S] (no output activation)."""
-        maps = self.split_identity(identity)
+        return self.decode_maps(self.split_identity(identity), self.films(blur, self.source_of(identity)))
+
+    def decode_maps(self, maps: list[Tensor], films: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Identity maps (finest first, the input level too) and FiLM pairs -> images (any H, W)."""
+        maps = list(maps)
         base = maps.pop(0) if self.config.input_skip else None
-        h, films = None, self.films(blur)
+        h = None
         for level, film, m in zip(self.dec, films, reversed(maps)):
             h = level(m, h, film)
         y = self._shuffle(self.out(h) if base is None else self.out(h) + base)
@@ -215,6 +243,17 @@ class DisentangledAE(nn.Module):
         """Reconstruction from the (mean) codes."""
         c = self.encode(x)
         return self.decode(c.identity, c.blur)
+
+
+def with_source_code(model: DisentangledAE) -> DisentangledAE:
+    """A copy of a network whose decoder also reads each tile's own blur code, computing the same function at
+    first (the FiLM MLP's new input columns start at zero): how `train --source-code --init` starts."""
+    new = DisentangledAE(replace(model.config, source_code=True)).to(next(model.parameters()).device)
+    state = model.state_dict()
+    w = state["film.0.weight"]
+    state["film.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], new.config.source_dim)], dim=1)
+    new.load_state_dict(state)
+    return new
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -43,6 +43,7 @@ class WeightsMeta:
     calibration: Optional[dict] = None
     training: dict = field(default_factory=dict)
     optics: Optional[dict] = None  # the microscope trained for (training_optics); None: the reference microscope
+    focus_gate: Optional[dict] = None  # the fitted correction ramp (focus_gate.Ramp: lo_um, hi_um, how it was fitted)
 
     def __post_init__(self) -> None:
         self.focus_blur_code = np.asarray(self.focus_blur_code, dtype=np.float32).reshape(-1)
@@ -69,6 +70,8 @@ def meta_to_strings(meta: WeightsMeta) -> dict[str, str]:
     }
     if meta.optics is not None:  # files without the entry (written before it existed) read as the reference
         values["optics"] = meta.optics
+    if meta.focus_gate is not None:
+        values["focus_gate"] = meta.focus_gate
     out = {PREFIX + "format_version": FORMAT_VERSION}
     out.update({PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
     return out
@@ -90,7 +93,21 @@ def meta_from_strings(md: dict[str, str]) -> WeightsMeta:
         calibration=get("calibration"),
         training=get("training"),
         optics=_checked_optics(get("optics")) if PREFIX + "optics" in md else None,
+        focus_gate=_checked_gate(get("focus_gate")) if PREFIX + "focus_gate" in md else None,
     )
+
+
+def _checked_gate(entry: Any) -> Optional[dict]:
+    """The `focus_gate` entry as stored, after checking it (ValueError when malformed); null reads as absent."""
+    from .focus_gate import Ramp
+
+    if entry is None:
+        return None
+    try:
+        Ramp.from_meta(entry)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"malformed focus_gate entry: {e}") from None
+    return entry
 
 
 def _checked_optics(entry: Any) -> Optional[dict]:
