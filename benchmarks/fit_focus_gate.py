@@ -50,9 +50,10 @@ def main() -> None:
     ap.add_argument("val", type=Path, nargs="+", help="folders of simulated validation days")
     ap.add_argument("-o", "--output", type=Path, required=True, help="weights to write (the input's, plus the ramp)")
     ap.add_argument("--dz-max", type=float, default=15.0)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     a = ap.parse_args()
-    if a.output.exists():
-        raise SystemExit(f"error: {a.output} exists")
+    if a.output.exists() and not a.overwrite:
+        raise SystemExit(f"error: {a.output} exists (--overwrite to replace it)")
     model, meta = load_weights(a.weights)
     with torch_threads(0):
         fs = frames(Deblurrer(model, meta, device="cpu", focus_gate=False), frame_eval.find_frame_days(a.val), a.dz_max)
@@ -64,14 +65,14 @@ def main() -> None:
     dz = np.abs([f.dz_um for f in fs])
     rows = {"input": [score(dataclasses.replace(f, corrected=f.plane), None) for f in fs],
             "no gate": [score(f, None) for f in fs], f"gate {ramp.lo_um:g}-{ramp.hi_um:g} um": [score(f, ramp) for f in fs]}
-    bins = [(0, 15)] + [(lo, hi) for lo, hi in frame_eval.FRAME_BINS if lo < a.dz_max]
+    bins = [(0, a.dz_max)] + [(lo, hi) for lo, hi in frame_eval.FRAME_BINS if lo < a.dz_max]
     print("| validation frames | " + " | ".join(f"{lo:g}-{hi:g}" for lo, hi in bins) + " |")
     for name, v in rows.items():
         v = np.asarray(v)
         print(f"| {name} | " + " | ".join(f"{v[(dz > lo) & (dz <= hi)].mean():.2f}" for lo, hi in bins) + " |")
     entry = {"lo_um": ramp.lo_um, "hi_um": ramp.hi_um, "fitted_on": [str(p) for p in a.val], "frames": len(fs),
              "gain_db": round(float(np.mean(rows[list(rows)[-1]]) - plain), 3)}
-    save_weights(a.output, model, dataclasses.replace(meta, focus_gate=entry))
+    save_weights(a.output, model, dataclasses.replace(meta, focus_gate=entry), overwrite=a.overwrite)
     print(f"wrote {a.output} with focus_gate {entry}")
 
 

@@ -49,7 +49,7 @@ def main() -> None:
             first_meta = first_meta or meta
             name = w.stem if w else f"shipped {meta.variant}"
             methods[name] = frame_eval.model_method(Deblurrer(model, meta, device="cpu"))
-            if a.gated:
+            if a.gated and meta.calibration and model.config.blur_dim == 1:  # the gate needs a calibrated 1-D code
                 fitted = meta.focus_gate is not None
                 methods[f"{name} ({'gate off' if fitted else 'default gate'})"] = frame_eval.model_method(
                     Deblurrer(model, meta, device="cpu", focus_gate=not fitted))

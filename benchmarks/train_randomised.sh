@@ -9,6 +9,7 @@
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
 #   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
 #       --deblur-weight 1 --dz-weight 1 --source-code                  # shipped manifold-1d (2026-12-02)
+# (the train options are part of the shipped recipe: without them the run is the plain fine-tune)
 # INIT for the shipped run: the stage-1 export, committed; `bash benchmarks/train_shipped.sh 9000 m1dz1
 # --deblur-weight 1 --dz-weight 1` rebuilds it from scratch (it exports its best tile-probe step, 8,250).
 # Re-running continues an interrupted run from runs/NAME.ckpt. LAUNCH runs it data-parallel, e.g. two one-thread
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-4000}
-NAME=${2:-m1dr}
+NAME=${2:-m1dz1rs}
 INIT=${3:-models/checkpoints/m1dz1.safetensors}
 shift $(( $# > 3 ? 3 : $# ))
 [ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
@@ -33,5 +34,5 @@ RESUME=()
 ${LAUNCH:-microdeblur} -v train runs/data_mixed -o "$OUT" --init "$INIT" --epochs 100000 --max-steps "$STEPS" \
   --lr 3e-4 --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 \
   --val-frames runs/val/ref --val-frames runs/val/random "${RESUME[@]}" "$@"
-[ -f "runs/${NAME}_gated.safetensors" ] || python benchmarks/fit_focus_gate.py "$OUT" runs/val/ref runs/val/random \
-  -o "runs/${NAME}_gated.safetensors"
+[ "runs/${NAME}_gated.safetensors" -nt "$OUT" ] || python benchmarks/fit_focus_gate.py "$OUT" runs/val/ref runs/val/random \
+  -o "runs/${NAME}_gated.safetensors" --overwrite

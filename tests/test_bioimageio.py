@@ -129,6 +129,11 @@ def test_package_applies_the_weights_focus_gate_as_deblur_does(spec_tools, tmp_p
     gated, plain = (Deblurrer(model, meta, focus_gate=g).deblur_plane(x[0, 0]) for g in (None, False))
     tol = 1e-5 * float(np.ptp(gated)) + 1e-4
     assert np.abs(y[0, 0] - gated).max() <= tol and np.abs(gated - plain).max() > 100 * tol
+    with zipfile.ZipFile(tmp_path / "pkg.zip") as z:  # the gate's constants move with the module (.to())
+        module = torch.jit.load(z.extract("microdeblur_deblur.pt", tmp_path)).to(torch.float64)
+    with torch.no_grad():
+        y64 = module(torch.from_numpy(x).double()).numpy()
+    assert y64.dtype == np.float64 and np.abs(y64[0, 0] - gated).max() <= 10 * tol
 
 
 def test_package_model_takes_other_sizes_and_batches(package, tmp_path):

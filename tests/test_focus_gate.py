@@ -122,3 +122,19 @@ def test_fit_ramp_keeps_near_focus_frames_and_corrects_far_ones():
     ramp, table = focus_gate.fit_ramp(frames)
     assert table[0]["ramp"] is None and max(t["psnr"] for t in table) > table[0]["psnr"] + 5
     assert 1.5 <= ramp.lo_um and ramp.hi_um <= 8.5
+
+
+def test_an_explicit_focus_gate_that_cannot_apply_is_one_error(weights, tmp_path):
+    path, model, meta = weights
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, _plane())
+    for extra in (["--dz", "3"], ["--reference", str(src)]):
+        res = run_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", path, "--focus-gate", *extra)
+        assert res.exit_code != 0 and "--focus-gate" in res.output and "Traceback" not in res.output
+    vector = DisentangledAE(ModelConfig(variant="manifold", widths=(4, 8, 8), id_channels=(2, 3, 4))).eval()
+    vpath = tmp_path / "vector.safetensors"
+    save_weights(vpath, vector, WeightsMeta(variant="manifold", config=vector.config,
+                                            focus_blur_code=np.zeros(vector.config.blur_dim, np.float32)))
+    res = run_cli("deblur", src, "-o", tmp_path / "v.tif", "-w", vpath, "--focus-gate")
+    assert res.exit_code != 0 and "manifold-1d" in res.output and "Traceback" not in res.output
+    assert run_cli("deblur", src, "-o", tmp_path / "v2.tif", "-w", vpath).exit_code == 0  # default: no gate, silent

@@ -74,8 +74,9 @@ class DeblurPackageModel(nn.Module):
         super().__init__()
         self.core, self.k = core, k
         self.use_gate = len(gate) == 3
-        self.code_k = torch.tensor(gate[0] if self.use_gate else [0.0, 1.0], dtype=torch.float32)
-        self.dz_k = torch.tensor(gate[1] if self.use_gate else [0.0, 1.0], dtype=torch.float32)
+        # buffers, so that .to(device / dtype) moves them with the network
+        self.register_buffer("code_k", torch.tensor(gate[0] if self.use_gate else [0.0, 1.0], dtype=torch.float32))
+        self.register_buffer("dz_k", torch.tensor(gate[1] if self.use_gate else [0.0, 1.0], dtype=torch.float32))
         self.gate_lo, self.gate_hi = (gate[2][0], gate[2][1]) if self.use_gate else (0.0, 1.0)
         self.pmin, self.pmax = pmin / 100.0, pmax / 100.0
         self.use_ratios = len(ratios) == 2
@@ -193,7 +194,7 @@ PACKAGE_NOTES = """# microdeblur manifold-1d: deblurring bright-field images
 
 This package runs what `microdeblur deblur` does to one image: {k}x{k} binning to the working scale,
 per-image {pmin:g} / {pmax:g} percentile normalisation, identity encoder, decoder with the weights'
-in-focus blur code, revert to raw units ({revert}), bilinear resize back to the input size.
+in-focus blur code, revert to raw units ({revert}), bilinear resize back to the input size{gate}.
 Pre- and postprocessing live in the TorchScript model, because the bioimage.io postprocessing steps
 cannot revert with statistics of the input image; the rdf only asks for float32. Give the model whole
 images (sides {smallest} + n x {step} px): tiling an image would give every tile its own percentiles.
@@ -219,7 +220,7 @@ def write_documentation(path: Path, meta, k: int, model: nn.Module) -> Path:
               else "the input's own percentile range")
     notes = PACKAGE_NOTES.format(k=k, pmin=spec.pmin, pmax=spec.pmax,
                                  revert=revert, smallest=k * model.config.tile, step=k * model.config.downsample,
-                                 side=k * model.config.tile)
+                                 side=k * model.config.tile, gate=GATE_NOTE if gate_entry(meta) else "")
     card = Path(__file__).resolve().parents[2] / "docs" / "model-card.md"
     body = card.read_text(encoding="utf-8") if card.is_file() else (
         "# Model card\n\nSee docs/model-card.md in the microdeblur source distribution.\n")
@@ -231,6 +232,8 @@ DESCRIPTION = ("Deblurs bright-field microscopy images by decoding each image's 
                "blur code (microdeblur's `deblur` on one image). Takes raw intensities and normalises each image "
                "itself ({pmin:g} / {pmax:g} percentiles, reverted at the output): give it whole images. The output "
                "is a smoothed, in-focus-like rendering, not restored detail.")
+GATE_NOTE = (", then the focus gate: input + w x correction, w = the weights' fitted ramp of the image's "
+             "estimated defocus (one estimate per image; `deblur` has one per neighbourhood of tiles)")
 INPUT_NOTE = "Raw bright-field intensities, one channel, any range (normalised inside the model)."
 OUTPUT_NOTE = "Deblurred image in the input's raw units, float32, input size."
 
@@ -272,7 +275,9 @@ def describe(files: dict[str, Path], meta, k: int, model: nn.Module):
         architecture_type="disentangled autoencoder", modality="bright-field microscopy", task="deblurring",
         model_parameter_count=sum(p.numel() for p in model.parameters())))
     return spec.ModelDescr(
-        name="microdeblur manifold-1d deblur", description=DESCRIPTION.format(pmin=pmin, pmax=pmax), version=__version__,
+        name="microdeblur manifold-1d deblur", description=DESCRIPTION.format(pmin=pmin, pmax=pmax) + (
+            " The correction is applied in proportion to the image's estimated defocus (the weights' focus gate)."
+            if gate_entry(meta) else ""), version=__version__,
         authors=[spec.Author(name="microdeblur maintainers")],
         cite=[spec.CiteEntry(text=THESIS, url=THESIS_URL)], license=spec.LicenseId("MIT"),
         documentation=spec.FileDescr(source=files["documentation"]), covers=[spec.FileDescr(source=files["cover"])],

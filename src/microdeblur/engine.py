@@ -171,6 +171,8 @@ class Deblurrer:
         # None: on when the weights carry a fitted ramp; True: that ramp, else DEFAULT_RAMP_UM
         fitted = Ramp.from_meta(getattr(meta, "focus_gate", None))
         use = fitted is not None if focus_gate is None else focus_gate
+        if focus_gate and not (cal and self.config.blur_dim == 1):
+            raise UserError("--focus-gate needs calibrated manifold-1d weights (a 1-D blur code calibrated to um)")
         self.gate_ramp = (fitted or Ramp(*DEFAULT_RAMP_UM)) if use and cal and self.config.blur_dim == 1 else None
         self.gate_calibration = cal if self.gate_ramp is not None else None
 
@@ -274,7 +276,8 @@ class Deblurrer:
         """Plane with every tile's blur code replaced (default: the in-focus code); same shape and dtype.
 
         `dz` is the defocus (um) the code stands for (0 = in focus); it picks the intensity range of
-        the output (see revert_for); None keeps the input plane's range.
+        the output (see revert_for); None keeps the input plane's range. Deblurring to focus (no code given)
+        applies the focus gate when the Deblurrer has one.
         """
         if blur_code is None and self.target is None:
             raise UserError("the weights hold no in-focus blur code; use --reference or --dz")

@@ -4,7 +4,8 @@ A tile's defocus is its blur code through the weights' calibration (training-mic
 WINDOW_TILES x WINDOW_TILES neighbouring tiles (one focal position per neighbourhood; a level specimen gets about
 one value per frame). The ramp applies none of the correction within `lo_um` of focus, all of it beyond `hi_um`,
 linearly between. Its ends are fitted on validation days (`fit_ramp`, benchmarks/fit_focus_gate.py) and stored in
-the weights (`WeightsMeta.focus_gate`); the engine blends (engine.Deblurrer.focus_gate).
+the weights (`WeightsMeta.focus_gate`); the engine blends (engine.Deblurrer._swap, with the weights from
+engine.Deblurrer.focus_gate).
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ class Ramp:
 
 def tile_defocus(cal: dict, codes: np.ndarray, rows_cols: tuple[int, int]) -> np.ndarray:
     """|dz| (training µm) per tile [rows, cols]: each tile's code through the calibration, median over its
-    WINDOW_TILES x WINDOW_TILES neighbourhood (clipped at the edges)."""
-    from scipy.ndimage import median_filter
-
+    WINDOW_TILES x WINDOW_TILES neighbourhood (odd, at most the grid; edge tiles repeated beyond the border).
+    numpy only: scipy's import would cost a fresh `deblur` process more than the whole gate."""
     est = np.abs(calibration.code_to_dz(cal, np.asarray(codes).reshape(-1))).reshape(rows_cols)
-    size = tuple(min(WINDOW_TILES, n) for n in rows_cols)
-    return median_filter(est, size=size, mode="nearest")
+    size = [min(WINDOW_TILES, n - (n + 1) % 2) for n in rows_cols]  # odd: a window centred on its tile
+    padded = np.pad(est, [(k // 2, k // 2) for k in size], mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, size), axis=(-2, -1))
 
 
 @dataclass

@@ -345,6 +345,8 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
         if Path(save_comparison).suffix.lower() != ".png":
             raise UserError(f"{save_comparison}: --save-comparison must name a .png file")
         _check_outputs([Path(save_comparison)], files + outs, overwrite)
+    if focus_gate and (dz is not None or reference is not None):
+        raise UserError("--focus-gate applies when deblurring to focus; it cannot be combined with --dz or --reference")
     if reference is not None:
         if dz is not None:
             raise UserError("--dz and --reference cannot be combined")

@@ -76,7 +76,7 @@ class ModelConfig:
         """Input side whose identity has `id_dim` numbers (inverse of `id_dim_for`)."""
         per = sum(c / 4**k for c, k in self.identity_levels())
         side = int(round(math.sqrt(max(id_dim - self.source_dim, 0) / per))) * self.unshuffle
-        if self.id_dim_for(side) != id_dim:
+        if side < 1 or self.id_dim_for(side) != id_dim:
             raise ValueError(f"{id_dim} numbers are not an identity pyramid of this architecture")
         return side
 

@@ -15,7 +15,8 @@ from .model_config import ModelConfig
 
 
 class Codes(NamedTuple):
-    """Encoder output: flat identity pyramid [B,Di], blur [B,Db]; log-variances for ml-vae only.
+    """Encoder output: flat identity [B,Di] (the pyramid, then with source_code the tile's own blur code), blur
+    [B,Db]; log-variances for ml-vae only.
 
     For ml-vae `id_logvar` covers the deepest identity level only (its last `deep_dim` numbers)."""
 
@@ -150,7 +151,8 @@ class DisentangledAE(nn.Module):
         """[B, Di] -> identity maps, finest first (channels_last views; a source code is left out)."""
         side = self.config.side_for(identity.shape[1])
         shapes = self.level_shapes(side)
-        identity = identity[:, :identity.shape[1] - self.config.source_dim]
+        if self.config.source_dim:
+            identity = identity[:, :-self.config.source_dim]
         parts = identity.split([c * s * s for c, s in shapes], dim=1)
         return [p.reshape(-1, c, s, s).contiguous(memory_format=torch.channels_last) for p, (c, s) in zip(parts, shapes)]
 

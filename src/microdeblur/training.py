@@ -340,7 +340,11 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
     model = DisentangledAE(mc)
     if cfg.init is not None:
         init = None if str(cfg.init) == "shipped" else cfg.init  # None: the weights shipped in the package
-        src, _ = load_weights(init, device="cpu", expect_variant=cfg.variant)
+        src, init_meta = load_weights(init, device="cpu", expect_variant=cfg.variant)
+        if getattr(init_meta, "focus_gate", None):
+            log.info("the --init weights carry a fitted focus gate; the trained weights will not (it belongs to the "
+                     "old network): fit one on held-out days with benchmarks/fit_focus_gate.py, or deblur with "
+                     "--focus-gate for the default 1-3 um ramp")
         if src.config.tile != tile:
             raise UserError(f"--init weights use {src.config.tile}-px tiles but the data has {tile}-px tiles (prepare --tile)")
         if cfg.source_code and not src.config.source_code:  # the decoder starts as the same function
