@@ -316,11 +316,11 @@ class Deblurrer:
         result = resize_to(self.revert_for(enc, dz).after(out), plane.shape)
         return result, np.concatenate(sources), grid
 
-    def focus_gate(self, codes: np.ndarray, grid: TileGrid, shape: tuple[int, int], ramp: Ramp | None = None) -> np.ndarray:
-        """Per-pixel weight of the correction (input shape): the ramp (default: the Deblurrer's) of each tile's
-        neighbourhood defocus (focus_gate.tile_defocus), interpolated between tile centres."""
-        d = tile_defocus(self.gate_calibration or self.meta.calibration, codes, grid.rows_cols)
-        return upsample_tile_values((ramp or self.gate_ramp).weight(d), grid, shape)
+    def focus_gate(self, codes: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
+        """Per-pixel weight of the correction (input shape): the Deblurrer's ramp of each tile's neighbourhood
+        defocus (focus_gate.tile_defocus), interpolated between tile centres."""
+        d = tile_defocus(self.gate_calibration, codes, grid.rows_cols)
+        return upsample_tile_values(self.gate_ramp.weight(d), grid, shape)
 
     def mean_blur_code(self, plane2d: np.ndarray) -> np.ndarray:
         """Mean blur code over all tiles of a plane (e.g. of an in-focus reference image)."""
