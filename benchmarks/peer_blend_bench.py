@@ -18,7 +18,6 @@ import numpy as np
 from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
 from microdeblur.metrics import minmse_fit, psnr_batch
-from microdeblur.normalize import frame_normalizer
 from microdeblur.weights import load_weights
 
 G = np.round(np.linspace(0, 1, 11), 2)
@@ -29,16 +28,10 @@ def table(onnx: Path, raws: list[Path], scale: float) -> tuple[np.ndarray, np.nd
     """(|dz| per frame, PSNR [frames, len(G)])."""
     method = frame_eval.onnx_tiled_method(onnx, scale)
     dzs, rows = [], []
-    for day in frame_eval.find_frame_days(raws):
-        ref = day.plane(day.focus).astype(np.float32)
-        ref = frame_normalizer(ref).before(ref)
-        for i, dz in enumerate(day.dz):
-            if dz == 0 or abs(dz) > DZ_MAX + 1e-9:
-                continue
-            x = day.plane(i).astype(np.float32)
-            y = method(x, float(dz), day.pixel_um)
-            rows.append([float(psnr_batch(minmse_fit(x + g * (y - x), ref)[None], ref[None])[0]) for g in G])
-            dzs.append(abs(float(dz)))
+    for day, dz, x, ref in frame_eval.defocused_frames(frame_eval.find_frame_days(raws), DZ_MAX):
+        y = method(x, dz, day.pixel_um)
+        rows.append([float(psnr_batch(minmse_fit(x + g * (y - x), ref)[None], ref[None])[0]) for g in G])
+        dzs.append(abs(dz))
     return np.array(dzs), np.array(rows)
 
 

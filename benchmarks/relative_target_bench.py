@@ -19,7 +19,6 @@ from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
 from microdeblur.engine import Deblurrer, resize_to, upsample_tile_values
 from microdeblur.focus_gate import GateFrame, fit_ramp, score, tile_defocus
-from microdeblur.normalize import frame_normalizer
 from microdeblur.tiling import stitch
 from microdeblur.weights import load_weights
 
@@ -29,27 +28,21 @@ BINS = ((0, 15), (0, 2), (2, 5), (5, 10), (10, 15))
 def frames(db: Deblurrer, days) -> tuple[list[GateFrame], list[GateFrame]]:
     """(absolute, relative) GateFrames of every defocused plane with |dz| <= 15 um."""
     absolute, relative = [], []
-    for day in days:
-        ref = day.plane(day.focus).astype(np.float32)
-        ref = frame_normalizer(ref).before(ref)
+    for day, dz, x, ref in frame_eval.defocused_frames(days):
         d = db.with_scale(db.scale_for(day.pixel_um))
-        for i, dz in enumerate(day.dz):
-            if dz == 0 or abs(dz) > 15 + 1e-9:
-                continue
-            x = day.plane(i).astype(np.float32)
-            enc = d.encode(x)
+        enc = d.encode(x)
 
-            def decode(codes: np.ndarray) -> np.ndarray:
-                n, b = len(codes), d.batch_size
-                out = np.concatenate([d.decode_tiles(enc.identity[j:j + b], codes[j:j + b]) for j in range(0, n, b)])
-                return resize_to(d.revert_for(enc, 0.0).after(stitch(out[:, 0], enc.grid)), x.shape)
+        def decode(codes: np.ndarray) -> np.ndarray:
+            n, b = len(codes), d.batch_size
+            out = np.concatenate([d.decode_tiles(enc.identity[j:j + b], codes[j:j + b]) for j in range(0, n, b)])
+            return resize_to(d.revert_for(enc, 0.0).after(stitch(out[:, 0], enc.grid)), x.shape)
 
-            codes = enc.blur
-            defocus = tile_defocus(db.meta.calibration, codes[:, 0], enc.grid.rows_cols)
-            to_pixels = lambda w, g=enc.grid, s=x.shape: upsample_tile_values(w, g, s)
-            for out, target in ((absolute, np.broadcast_to(d.target, codes.shape)),
-                                (relative, d.target + codes - np.median(codes, 0))):
-                out.append(GateFrame(x, decode(np.ascontiguousarray(target, np.float32)), defocus, to_pixels, ref, float(dz)))
+        codes = enc.blur
+        defocus = tile_defocus(db.meta.calibration, codes[:, 0], enc.grid.rows_cols)
+        to_pixels = lambda w, g=enc.grid, s=x.shape: upsample_tile_values(w, g, s)
+        for out, target in ((absolute, np.broadcast_to(d.target, codes.shape)),
+                            (relative, d.target + codes - np.median(codes, 0))):
+            out.append(GateFrame(x, decode(np.ascontiguousarray(target, np.float32)), defocus, to_pixels, ref, dz))
     return absolute, relative
 
 

@@ -71,3 +71,14 @@ def test_tiled_method_with_an_identity_network_returns_the_frame(raw):
     plane = tifffile.imread(days[0].files[0])
     out = frame_eval.tiled_method(torch.nn.Identity(), scale=1.0)(plane, -6.0, None)  # None: resize by `scale`
     np.testing.assert_allclose(out, plane.astype(np.float32), rtol=1e-4, atol=0.05)
+
+
+def test_defocused_frames_are_the_scored_planes_with_the_normalised_focus(raw):
+    days = frame_eval.find_frame_days([raw])
+    got = list(frame_eval.defocused_frames(days, dz_max=3.0))
+    want = [(d.name, float(z)) for d in days for z in d.dz if 0 < abs(z) <= 3.0]
+    assert [(d.name, dz) for d, dz, _, _ in got] == want and want
+    day, dz, plane, ref = got[0]
+    assert plane.dtype == np.float32 and plane.shape == ref.shape
+    assert np.array_equal(plane, day.plane(int(np.flatnonzero(day.dz == dz)[0])).astype(np.float32))
+    assert np.percentile(ref, 1) == pytest.approx(0.0, abs=1e-3) and np.percentile(ref, 99.8) == pytest.approx(1.0, abs=1e-3)

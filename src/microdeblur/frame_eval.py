@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -142,6 +142,17 @@ def onnx_tiled_method(path, scale: float, tile: int = 128) -> Method:
         return session.run(None, {"tiles": np.ascontiguousarray(t, np.float32)})[0]
 
     return at_working_scale(lambda x, dz, px: predict_tiled(x, fn, tile, OVERLAP, BATCH_SIZE), scale)
+
+
+def defocused_frames(days: Sequence[FrameDay], dz_max: float = 15.0) -> Iterator[tuple[FrameDay, float, np.ndarray, np.ndarray]]:
+    """(day, dz, plane as float32, the day's in-focus plane percentile-normalised) for every plane with
+    0 < |dz| <= dz_max: the frames every whole-frame benchmark scores."""
+    for day in days:
+        ref = day.plane(day.focus).astype(np.float32)
+        ref = frame_normalizer(ref).before(ref)
+        for i, dz in enumerate(day.dz):
+            if dz != 0 and abs(dz) <= dz_max + 1e-9:
+                yield day, float(dz), day.plane(i).astype(np.float32), ref
 
 
 def score_frames(days: Sequence[FrameDay], methods: dict[str, Method], dz_max: float = 15.0) -> list[dict[str, Any]]:
