@@ -190,10 +190,14 @@ class DisentangledAE(nn.Module):
             maps.append(m)
         return feats, maps
 
+    def _blur(self, feats: list[Tensor]) -> Tensor:
+        """The blur head on the encoder features (level 1 and the deepest; both halves for ml-vae)."""
+        return self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
+
     def identity_maps(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Identity maps (finest first; ml-vae: posterior means) and blur codes (means) of images of any H, W."""
         feats, maps = self._features(x)
-        blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
+        blur = self._blur(feats)
         if self.config.variant == "ml-vae":
             maps[-1], blur = maps[-1].chunk(2, dim=1)[0], blur.chunk(2, dim=1)[0]
         return maps, blur
@@ -201,7 +205,7 @@ class DisentangledAE(nn.Module):
     def encode(self, x: Tensor) -> Codes:
         """Images [B,1,S,S] -> Codes (posterior means and log-variances for ml-vae)."""
         feats, maps = self._features(x)
-        blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
+        blur = self._blur(feats)
         if self.config.variant != "ml-vae":
             return Codes(self.flatten_identity(maps, blur), blur)
         mu, lv = maps[-1].chunk(2, dim=1)
@@ -210,9 +214,7 @@ class DisentangledAE(nn.Module):
 
     def encode_blur(self, x: Tensor) -> Tensor:
         """Blur codes (means) only, [B,Db]; skips flattening the identity."""
-        feats, _ = self._features(x)
-        blur = self.blur_head(feats[min(1, len(feats) - 1)], feats[-1])
-        return blur.chunk(2, dim=1)[0] if self.config.variant == "ml-vae" else blur
+        return self.identity_maps(x)[1]
 
     def films(self, blur: Tensor, source: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         """Per decoder level (deepest first) FiLM (scale, shift) pairs from the target blur code and, with
