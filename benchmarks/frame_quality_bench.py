@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     ap.add_argument("--gated", action="store_true", help="also score every weights file with the other focus-gate "
                     "setting: off for weights that carry a fitted ramp (their default is on), the default ramp otherwise")
+    ap.add_argument("--tta", type=int, nargs="+", default=[], metavar="VIEWS",
+                    help="also score every weights file and tile baseline with this many test-time views (2, 4, 8)")
     a = ap.parse_args()
     with torch_threads(a.threads):
         days = frame_eval.find_frame_days(a.raw)
@@ -49,6 +51,8 @@ def main() -> None:
             first_meta = first_meta or meta
             name = w.stem if w else f"shipped {meta.variant}"
             methods[name] = frame_eval.model_method(Deblurrer(model, meta, device="cpu"))
+            for v in a.tta:
+                methods[f"{name} (tta {v})"] = frame_eval.model_method(Deblurrer(model, meta, device="cpu", tta=v))
             if a.gated and meta.calibration and model.config.blur_dim == 1:  # the gate needs a calibrated 1-D code
                 fitted = meta.focus_gate is not None
                 methods[f"{name} ({'gate off' if fitted else 'default gate'})"] = frame_eval.model_method(
@@ -60,9 +64,13 @@ def main() -> None:
 
             unet, _ = load_unet(a.unet)
             methods["U-Net"] = frame_eval.tiled_method(unet, scale)
+            for v in a.tta:
+                methods[f"U-Net (tta {v})"] = frame_eval.tiled_method(unet, scale, views=v)
         for spec in a.onnx:
             name, _, path = spec.partition("=")
             methods[name] = frame_eval.onnx_tiled_method(Path(path), scale)
+            for v in a.tta:
+                methods[f"{name} (tta {v})"] = frame_eval.onnx_tiled_method(Path(path), scale, views=v)
         rows = frame_eval.score_frames(days, methods, a.dz_max)
     summary = frame_eval.summarise(rows, a.dz_max)
     table = frame_eval.markdown(summary)

@@ -4,8 +4,8 @@
 # working pixel from its own pixel size and its dz counted in reference-microscope um (u = dz NA^2/lambda,
 # docs/prepare.md). The export is the step whose held-out whole frames (one reference day, two randomised days;
 # seeds never used in training or in the model card's test days) gain most over the input (train --val-frames);
-# then the focus gate's ramp is fitted on the same validation days (benchmarks/fit_focus_gate.py) and written
-# into runs/NAME_gated.safetensors, the file that ships.
+# then the focus gate's ramp is fitted on those validation days and five more (benchmarks/fit_focus_gate.py) and
+# written into runs/NAME_gated.safetensors, the file that ships.
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
 #   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
 #       --deblur-weight 1 --dz-weight 1 --source-code                  # shipped manifold-1d (2026-12-02)
@@ -26,6 +26,10 @@ shift $(( $# > 3 ? 3 : $# ))
 [ -f runs/data_mixed/index.json ] || microdeblur prepare runs/raw_train runs/raw_random runs/data_mixed
 [ -d runs/val/ref ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
 [ -d runs/val/random ] || microdeblur simulate runs/val/random --days 2 --planes 31 --size 2048x1536 --randomize --seed 5001
+# more validation days for the gate's ramp only (session 10): two reference days, one sparse, two randomised
+[ -d runs/val/ref_more ] || microdeblur simulate runs/val/ref_more --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 5100
+[ -d runs/val/ref_sparse ] || microdeblur simulate runs/val/ref_sparse --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5200 --cells 320
+[ -d runs/val/random_more ] || microdeblur simulate runs/val/random_more --days 2 --planes 31 --size 2048x1536 --randomize --seed 5300
 OUT=runs/${NAME}.safetensors
 RESUME=()
 [ -f "runs/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && RESUME=(--resume "runs/${NAME}.ckpt")
@@ -35,4 +39,4 @@ ${LAUNCH:-microdeblur} -v train runs/data_mixed -o "$OUT" --init "$INIT" --epoch
   --lr 3e-4 --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 \
   --val-frames runs/val/ref --val-frames runs/val/random "${RESUME[@]}" "$@"
 [ "runs/${NAME}_gated.safetensors" -nt "$OUT" ] || python benchmarks/fit_focus_gate.py "$OUT" runs/val/ref runs/val/random \
-  -o "runs/${NAME}_gated.safetensors" --overwrite
+  runs/val/ref_more runs/val/ref_sparse runs/val/random_more -o "runs/${NAME}_gated.safetensors" --overwrite

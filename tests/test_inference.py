@@ -171,6 +171,40 @@ def test_fresh_input_skip_network_reproduces_its_input_through_deblur(tmp_path):
     assert out.dtype == np.uint16 and np.abs(out.astype(np.int64) - data).max() <= 2
 
 
+def test_test_time_views_are_the_squares_eight_symmetries_and_invert():
+    from microdeblur.engine import averaged_views, dihedral
+
+    x = np.random.default_rng(0).random((3, 1, 6, 6)).astype(np.float32)
+    views = [dihedral(x, k) for k in range(8)]
+    assert len({v.tobytes() for v in views}) == 8
+    assert all(np.array_equal(dihedral(v, k, inverse=True), x) for k, v in enumerate(views))
+    ramp = np.arange(6, dtype=np.float32)  # a network that is not mirror-symmetric: adds a left-to-right ramp
+    out = averaged_views(lambda t: t + ramp, 2)(x)  # averaged with its mirror, the ramp becomes its mean
+    np.testing.assert_allclose(out, x + 2.5, atol=1e-6)
+    out8 = averaged_views(lambda t: t + ramp, 8)(x)  # the transposed views add it top to bottom: still the mean
+    np.testing.assert_allclose(out8, x + 2.5, atol=1e-6)
+
+
+def test_lossless_network_with_test_time_views_reproduces_its_input(tmp_path):
+    weights = _save_model(tmp_path / "lossless.safetensors", lossless_model())
+    data = _image((75, 101), np.uint16)
+    res = _cli("deblur", write_tiff(tmp_path / "in.tif", data, "YX"), "-o", tmp_path / "out.tif", "-w", weights,
+               "--device", "cpu", "--tta", "8")
+    assert res.exit_code == 0, res.output
+    assert np.abs(read_image(tmp_path / "out.tif").data.astype(np.int64) - data).max() <= 2
+    res = _cli("deblur", tmp_path / "in.tif", "-o", tmp_path / "out3.tif", "-w", weights, "--tta", "3")
+    assert res.exit_code != 0 and "error: --tta" in res.output and not (tmp_path / "out3.tif").exists()
+
+
+def test_test_time_views_change_a_real_network_s_output_a_little(cal_weights):
+    """A trained-shape network is not exactly mirror-symmetric: 4 views differ from 1, by less than the signal."""
+    model, meta = load_weights(cal_weights)
+    plane = _image((80, 96), np.float32)
+    one = Deblurrer(model, meta, device="cpu").deblur_plane(plane)
+    four = Deblurrer(model, meta, device="cpu", tta=4).deblur_plane(plane)
+    assert not np.allclose(one, four) and np.abs(four - one).mean() < np.abs(one - one.mean()).mean()
+
+
 def test_lossless_network_at_half_scale_only_loses_the_resize(tmp_path):
     weights = _save_model(tmp_path / "half.safetensors", lossless_model(), scale=0.5)
     yy, xx = np.mgrid[0:75, 0:101]

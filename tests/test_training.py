@@ -133,6 +133,26 @@ def test_training_with_the_deblur_term_logs_it(tmp_path, data):
     assert meta.training["recipe"]["deblur_weight"] == 1.0 and meta.training["last"]["deblur"] > 0
 
 
+def test_l2_deblur_term_is_the_rms_error_and_resumes_from_old_recipes(tmp_path, data):
+    """--deblur-loss l2 makes the term the root mean squared error (the MSE's minimiser); the option is recorded,
+    and a recipe written before it existed reads back as l1."""
+    from microdeblur.losses import DEBLUR_LOSSES
+    from microdeblur.training import _with_defaults
+
+    a, b = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    b[0, 0, 0, :2] = 4.0  # errors 4, 4 and 30 zeros: L1 0.25, RMS sqrt(32/32) = 1
+    assert float(DEBLUR_LOSSES["l1"](a, b)) == pytest.approx(0.25)
+    assert float(DEBLUR_LOSSES["l2"](a, b)) == pytest.approx(1.0)
+    out = tmp_path / "w.safetensors"
+    res = runner.invoke(app, ["-q", "train", str(data), "-o", str(out), "--max-steps", "2", "--deblur-weight", "1",
+                              "--deblur-loss", "l2", "--widths", "4,8,8", "--id-channels", "2,3,4", "--batch-size", "2",
+                              "--crop", "32", "--workers", "1", "--eval-every", "2"])
+    assert res.exit_code == 0, res.output
+    _, meta = load_weights(out)
+    assert meta.training["recipe"]["deblur_loss"] == "l2" and meta.training["last"]["deblur"] > 0
+    assert _with_defaults({"lr": 1e-3})["deblur_loss"] == "l1"
+
+
 def test_full_resolution_first_level_trains_and_deblurs(tmp_path, data):
     out = tmp_path / "u1.safetensors"
     cfg = TrainConfig(max_steps=4, unshuffle=1, **TINY)
@@ -292,6 +312,7 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--variant", "ml-vae", "--stem", "4"], "--stem"),
     (["--dz-weight", "0", "--deblur-weight", "1"], "--deblur-weight"),
     (["--variant", "ml-vae", "--source-code"], "--source-code"),
+    (["--deblur-loss", "huber"], "--deblur-loss"),
 ])
 def test_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])

@@ -240,7 +240,8 @@ def train(
     dz_weight: Optional[float] = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
     distance_weight: float = typer.Option(0.1, "--distance-weight", help="Weight of the consistency and contrastive terms inside β (thesis: 1)."),
     cycle_weight: float = typer.Option(0.0, "--cycle-weight", help="Weight of the swapped blur code read back from the swap's decoding by the frozen encoder (off by default: 1 diverged)."),
-    deblur_weight: float = typer.Option(0.0, "--deblur-weight", help="Weight of the supervised term D(identity(x), 0) -> in-focus plane (manifold-1d: 0 is the dz tie's in-focus code; L1, every pair, from step 0)."),
+    deblur_weight: float = typer.Option(0.0, "--deblur-weight", help="Weight of the supervised term D(identity(x), 0) -> in-focus plane (manifold-1d: 0 is the dz tie's in-focus code; every pair, from step 0)."),
+    deblur_loss: str = typer.Option("l1", "--deblur-loss", help="Distance of that term: l1 (CARE's) or l2 (root mean squared error: the minimiser of the MSE that PSNR scores)."),
     beta_delay: Optional[int] = typer.Option(None, "--beta-delay", help="Steps of reconstruction only before β starts rising (default 300; 0 with --init)."),
     beta_ramp: Optional[int] = typer.Option(None, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1 (default 600; 0 with --init)."),
     perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
@@ -263,7 +264,7 @@ def train(
         crop=crop, p_focus=p_focus, lr=lr, lr_halflife=lr_halflife, seed=seed, val_fraction=val_fraction,
         dz_range=dz_range, widths=_int_list("--widths", widths), id_channels=_int_list("--id-channels", id_channels),
         unshuffle=unshuffle, stem=stem, source_code=source_code, input_skip=input_skip, beta_delay=beta_delay, beta_ramp=beta_ramp, distance_weight=distance_weight, cycle_weight=cycle_weight,
-        deblur_weight=deblur_weight,
+        deblur_weight=deblur_weight, deblur_loss=deblur_loss,
         consistency=not no_consistency, contrastive=not no_contrastive, cross=not no_cross, dz_weight=dz_weight,
         perceptual_weights=perceptual_weights, checkpoint_every=checkpoint_every, eval_every=eval_every, resume=resume,
         init=init, val_frames=tuple(val_frames or ()), workers=workers, device=device, precision=precision, overwrite=overwrite,
@@ -289,6 +290,7 @@ def deblur(
     dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um on your microscope: see --na, --wavelength) instead of focus (calibrated manifold-1d weights)."),
     save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
     focus_gate: Optional[bool] = typer.Option(None, "--focus-gate/--no-focus-gate", help="Apply the correction in proportion to each tile's estimated defocus, by the ramp fitted on validation days that the weights carry (calibrated 1-D weights; with weights that carry none, --focus-gate uses 1-3 um). Default: on when the weights carry a ramp, as the shipped ones do (docs/inference.md)."),
+    tta: int = typer.Option(1, "--tta", help="Test-time views averaged per tile: 1 (none), 2, 4 or 8 mirrors/transposes; n views cost n times the network time (measured gain: docs/inference.md)."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
     shard: Optional[str] = ShardOpt,
     skip_existing: bool = SkipExistingOpt,
@@ -314,7 +316,7 @@ def deblur(
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
                         batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
                         shard=shard, skip_existing=skip_existing, manifest=manifest, optics=optics,
-                        focus_gate=focus_gate, backend=backend)
+                        focus_gate=focus_gate, backend=backend, tta=tta)
     if truth is not None:
         from .metrics import compare_to_truth
 

@@ -39,6 +39,7 @@ BATCH_SIZE = 32
 # (docs/reliability.md has the measurement and its command).
 MIN_TILE_CONTRAST = 0.01
 NO_CONTRAST = "no tile has enough contrast to estimate defocus"
+TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the other mirror and both, + transposes
 
 
 # ---------------------------------------------------------------- resizing
@@ -113,6 +114,24 @@ def predict_tiled(image2d: np.ndarray, fn: Callable[..., np.ndarray], tile: int 
     return stitch(np.concatenate(out)[:, 0], grid)
 
 
+def dihedral(tiles: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
+    """View k (0-7) of tiles [..., T, T] among the square's 8 symmetries (bit 0: mirror left-right, bit 1: mirror
+    up-down, bit 2: transpose), or its inverse. Bright-field defocus blur has these symmetries, so each view is
+    as valid an input as the tile itself."""
+    steps = [lambda a: np.swapaxes(a, -1, -2)] * bool(k & 4) + [lambda a: a[..., ::-1]] * bool(k & 1) \
+        + [lambda a: a[..., ::-1, :]] * bool(k & 2)
+    for f in reversed(steps) if inverse else steps:
+        tiles = f(tiles)
+    return np.ascontiguousarray(tiles)
+
+
+def averaged_views(fn: Callable[[np.ndarray], np.ndarray], views: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Tile function averaging `fn` over the first `views` dihedral views (each mapped back); fn itself for 1."""
+    if views == 1:
+        return fn
+    return lambda tiles: sum(dihedral(fn(dihedral(tiles, k)), k, inverse=True) for k in range(views)) / views
+
+
 # ---------------------------------------------------------------- the core object
 
 
@@ -136,7 +155,8 @@ class Deblurrer:
     `config`, `encode`, `decode` and `default_batch_size` on numpy tiles, e.g. an OnnxRunner)."""
 
     def __init__(self, model, meta, *, device="cpu", scale: float | None = None, overlap: int = OVERLAP,
-                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", focus_gate: bool | None = None) -> None:
+                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", focus_gate: bool | None = None,
+                 tta: int = 1) -> None:
         if hasattr(model, "default_batch_size"):
             self.net = model
         else:
@@ -152,6 +172,9 @@ class Deblurrer:
             raise UserError(f"--overlap must be between 0 and {self.tile // 2 - 1} px, got {overlap}")
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        if tta not in TTA_CHOICES:
+            raise UserError(f"--tta must be one of {', '.join(map(str, TTA_CHOICES))} views, got {tta}")
+        self.tta = int(tta)
         self.scale = float(meta.scale if scale is None else scale)
         if not 0 < self.scale <= 8:
             raise UserError(f"--scale must be in (0, 8], got {self.scale:g}")
@@ -307,9 +330,13 @@ class Deblurrer:
         sources: list[np.ndarray] = []
 
         def swap(tiles: np.ndarray, blur: np.ndarray) -> np.ndarray:
-            identity, source = self.encode_tiles(tiles)
-            sources.append(source)
-            return self.decode_tiles(identity, blur)
+            out, own = 0.0, 0.0
+            for k in range(self.tta):  # test-time views: each mirrored/transposed, swapped, mapped back, averaged
+                identity, source = self.encode_tiles(dihedral(tiles, k))
+                out = out + dihedral(self.decode_tiles(identity, blur), k, inverse=True)
+                own = own + source
+            sources.append(own / self.tta)
+            return out / self.tta
 
         out = predict_tiled(work, swap, batch_size=self.batch_size, grid=grid, per_tile=code)
         enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)

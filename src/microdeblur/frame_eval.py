@@ -116,24 +116,26 @@ def model_method(deblurrer) -> Method:
     return lambda plane, dz, px: deblurrer.with_scale(deblurrer.scale_for(px)).deblur_plane(plane).astype(np.float32)
 
 
-def tiled_method(net, scale: float, device="cpu", tile: int = 128) -> Method:
+def tiled_method(net, scale: float, device="cpu", tile: int = 128, views: int = 1) -> Method:
     """A tile-to-tile network ([N,1,T,T] normalised -> same) run through deblur's tiling and blending
-    (engine.predict_tiled, the Deblurrer's tiled predictor, with deblur's overlap and batch size)."""
+    (engine.predict_tiled, the Deblurrer's tiled predictor, with deblur's overlap and batch size), averaged over
+    `views` test-time views as `deblur --tta` does."""
     import torch
 
-    from .engine import BATCH_SIZE, OVERLAP, predict_tiled
+    from .engine import BATCH_SIZE, OVERLAP, averaged_views, predict_tiled
 
     @torch.inference_mode()
     def fn(t: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(np.ascontiguousarray(t, np.float32)).to(device)).float().cpu().numpy()
 
-    return at_working_scale(lambda x, dz, px: predict_tiled(x, fn, tile, OVERLAP, BATCH_SIZE), scale)
+    return at_working_scale(lambda x, dz, px: predict_tiled(x, averaged_views(fn, views), tile, OVERLAP, BATCH_SIZE),
+                            scale)
 
 
-def onnx_tiled_method(path, scale: float, tile: int = 128) -> Method:
+def onnx_tiled_method(path, scale: float, tile: int = 128, views: int = 1) -> Method:
     """A tile-to-tile ONNX graph (input `tiles` [N,1,T,T] normalised -> same; e.g. benchmarks/care_baseline.py's
     CAREamics export) on ONNX Runtime, through deblur's tiling and blending like `tiled_method`."""
-    from .engine import BATCH_SIZE, OVERLAP, predict_tiled
+    from .engine import BATCH_SIZE, OVERLAP, averaged_views, predict_tiled
     from .onnx_runner import session as onnx_session
 
     session = onnx_session(path)
@@ -141,7 +143,8 @@ def onnx_tiled_method(path, scale: float, tile: int = 128) -> Method:
     def fn(t: np.ndarray) -> np.ndarray:
         return session.run(None, {"tiles": np.ascontiguousarray(t, np.float32)})[0]
 
-    return at_working_scale(lambda x, dz, px: predict_tiled(x, fn, tile, OVERLAP, BATCH_SIZE), scale)
+    return at_working_scale(lambda x, dz, px: predict_tiled(x, averaged_views(fn, views), tile, OVERLAP, BATCH_SIZE),
+                            scale)
 
 
 def defocused_frames(days: Sequence[FrameDay], dz_max: float = 15.0) -> Iterator[tuple[FrameDay, float, np.ndarray, np.ndarray]]:

@@ -320,7 +320,8 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
                  batch_size: int | None = BATCH_SIZE, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
                  skip_existing: bool = False, manifest: Path | None = None,
-                 optics: OpticsOptions = OpticsOptions(), focus_gate: bool | None = None, backend: str = "auto") -> list[Path]:
+                 optics: OpticsOptions = OpticsOptions(), focus_gate: bool | None = None, backend: str = "auto",
+                 tta: int = 1) -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs.
 
     `dz` is in um of the inputs' microscope (`optics` and metadata; see OpticsRun). With `shard`, `skip_existing`
@@ -352,7 +353,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
             raise UserError("--dz and --reference cannot be combined")
         _single_plane_info(Path(reference), "--reference")
     db, meta = load_deblurrer(weights, device, backend, precision, scale=scale, overlap=overlap, batch_size=batch_size,
-                              focus_gate=focus_gate)
+                              focus_gate=focus_gate, tta=tta)
     targets = _Targets(db, OpticsRun(db, optics, dz is not None), meta, weights, reference, dz)
     if batch.active:
         return _deblur_batch(targets, pairs, batch, overwrite=overwrite, files=files, t0=t0)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dataset import PairSampler
-from .losses import (RecFn, consistency_loss, contrastive_loss, group_posterior, kl_standard_normal, l1_loss,
+from .losses import (DEBLUR_LOSSES, RecFn, consistency_loss, contrastive_loss, group_posterior, kl_standard_normal,
                      reparameterize)
 from .networks import DisentangledAE
 
@@ -36,6 +36,7 @@ class StepOptions:
     distance_weight: float = 0.1
     cycle_weight: float = 0.0
     deblur_weight: float = 0.0
+    deblur_loss: str = "l1"  # losses.DEBLUR_LOSSES
     group_size: int = 4
 
 
@@ -75,7 +76,7 @@ class Manifold:
     operation `deblur` ships) is a frequent cross-reconstruction target; (y1, y2) share dz.
     μ = cycle_weight: the frozen encoder must read the swapped-in blur code back from D(id(x1), b(x2))
     (what `focus` would read on a deblurred or refocused output).
-    ω = deblur_weight (manifold-1d): D(id(x1), 0) -> f1, f1 the in-focus plane of x1's identity, by L1 on every
+    ω = deblur_weight (manifold-1d): D(id(x1), 0) -> f1, f1 the in-focus plane of x1's identity, by L1 (or RMS) on every
     pair from the first step (not inside β): the operation `deblur` ships, trained as CARE trains its net, with
     the code the dz tie gives an in-focus plane (0), so the term trains identity and decoder, not the blur code."""
 
@@ -130,7 +131,7 @@ def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2
     out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "cycle": zero, "dz": zero,
            "deblur": zero}
     if f1 is not None:
-        out["deblur"] = l1_loss(deblurred, f1)
+        out["deblur"] = DEBLUR_LOSSES[opts.deblur_loss](deblurred, f1)
     if opts.cross:
         out["cross"] = rec_fn(swapped, torch.cat([x2, x1, y1, y2]))
     if swaps and opts.cycle_weight > 0:  # gradient reaches the decoder only: the encoder is the fixed reader

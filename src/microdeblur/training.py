@@ -26,7 +26,7 @@ from .frame_probe import SCORE as FRAME_SCORE
 from .frame_probe import FrameProbe
 from .interrupts import deferred
 from .atomic import atomic_path
-from .losses import beta_schedule, reconstruction_loss
+from .losses import DEBLUR_LOSSES, beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
 from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched, with_source_code
 from .normalize import IntensityModel, NormalizationSpec
@@ -80,6 +80,7 @@ class TrainConfig:
     distance_weight: float = 0.1  # λ on consistency + contrastive (objectives.Manifold)
     cycle_weight: float = 0.0  # μ on the swapped blur code read back by the frozen encoder (off: 1 diverged)
     deblur_weight: float = 0.0  # ω on the supervised D(id(x), 0) -> x_focus term (objectives.Manifold)
+    deblur_loss: str = "l1"  # its distance: l1 (CARE's) or l2 (RMS: the minimiser of the MSE that PSNR scores)
 
     def __post_init__(self) -> None:
         # fine-tuning starts from disentangled weights: a reconstruction-only warm-up would unlearn the swap
@@ -107,7 +108,7 @@ class TrainConfig:
                            contrastive=self.contrastive, cross=self.cross, dz_weight=self.dz_tie,
                            dz_scale=float(self.dz_range or 30.0), margin=self.margin, group_size=self.group_size,
                            distance_weight=self.distance_weight, cycle_weight=self.cycle_weight,
-                           deblur_weight=self.deblur_weight)
+                           deblur_weight=self.deblur_weight, deblur_loss=self.deblur_loss)
 
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
@@ -183,6 +184,8 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     _finite("--distance-weight", cfg.distance_weight, 0)
     _finite("--cycle-weight", cfg.cycle_weight, 0)
     _finite("--deblur-weight", cfg.deblur_weight, 0)
+    if cfg.deblur_loss not in DEBLUR_LOSSES:
+        raise UserError(f"unknown --deblur-loss {cfg.deblur_loss!r}: use {', '.join(DEBLUR_LOSSES)}")
     if cfg.unshuffle not in (1, 2, 4):
         raise UserError(f"--unshuffle must be 1, 2 or 4, got {cfg.unshuffle}")
     if cfg.stem < 0 or (cfg.stem and not cfg.uses_input_skip):
@@ -210,7 +213,7 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
+ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code", "deblur_loss")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
