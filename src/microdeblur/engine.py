@@ -330,13 +330,16 @@ class Deblurrer:
         sources: list[np.ndarray] = []
 
         def swap(tiles: np.ndarray, blur: np.ndarray) -> np.ndarray:
-            out, own = 0.0, 0.0
-            for k in range(self.tta):  # test-time views: each mirrored/transposed, swapped, mapped back, averaged
-                identity, source = self.encode_tiles(dihedral(tiles, k))
-                out = out + dihedral(self.decode_tiles(identity, blur), k, inverse=True)
-                own = own + source
-            sources.append(own / self.tta)
-            return out / self.tta
+            own: list[np.ndarray] = []  # each view's own codes (per tile: no mapping back)
+
+            def one_view(view: np.ndarray) -> np.ndarray:
+                identity, source = self.encode_tiles(view)
+                own.append(source)
+                return self.decode_tiles(identity, blur)
+
+            out = averaged_views(one_view, self.tta)(tiles)
+            sources.append(np.mean(own, axis=0))
+            return out
 
         out = predict_tiled(work, swap, batch_size=self.batch_size, grid=grid, per_tile=code)
         enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)
