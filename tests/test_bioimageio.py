@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
-from microdeblur.errors import UserError
 from microdeblur.engine import Deblurrer
+from microdeblur.errors import UserError
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.normalize import NORMALIZATION
 from microdeblur.weights import WeightsMeta, load_weights, save_weights

@@ -121,7 +121,7 @@ def test_a_rank_that_cannot_reach_the_others_fails_clearly(tmp_path, data):
     res = subprocess.run([sys.executable, "-m", "microdeblur", "train", str(data), "-o", str(tmp_path / "w.safetensors"),
                           "--max-steps", "2", "--batch-size", "4", *TINY], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 1, res.stderr
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: rank 0 of 2 could not join") and "Traceback" not in res.stderr
 
 

@@ -13,6 +13,7 @@ from cli_helpers import one_error, run_cli, tiny_weights
 
 from microdeblur import training
 from microdeblur.calibration import (
+    OpticsOptions,
     fit_calibration,
     sign_confidence,
     sign_reliability,
@@ -21,7 +22,6 @@ from microdeblur.calibration import (
 from microdeblur.engine import Deblurrer, tile_sign_confidence
 from microdeblur.focus_runs import focus_paths
 from microdeblur.io import read_image, write_tiff
-from microdeblur.calibration import OpticsOptions
 
 DZ = np.linspace(-20, 20, 41)
 OPTICS = ("--na", "0.4", "--wavelength", "0.55")

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from typer.testing import CliRunner
-
 from cli_helpers import tiny_weights
+from typer.testing import CliRunner
 
 from microdeblur.calibration import dz_to_code, fit_calibration
 from microdeblur.cli import app
@@ -22,8 +21,8 @@ from microdeblur.focus_runs import focus_paths
 from microdeblur.inference import deblur_paths, interpolate_paths
 from microdeblur.io import read_image, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
-from microdeblur.normalize import Normalizer, frame_normalizer
 from microdeblur.normalize import NORMALIZATION as DEFAULT_NORMALIZATION
+from microdeblur.normalize import Normalizer, frame_normalizer
 from microdeblur.weights import WeightsMeta, load_weights, save_weights
 
 TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4))

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from microdeblur import io as mdio
-from microdeblur.errors import UserError
 from microdeblur.atomic import atomic_write_bytes, check_output_path
+from microdeblur.errors import UserError
 from microdeblur.inputs import expand_inputs, natural_key
 from microdeblur.io import StackWriter, iter_planes, read_image, read_info, to_dtype, write_tiff
 

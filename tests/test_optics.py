@@ -3,30 +3,33 @@ drive, dz converted between the training microscope and the user's, and the weig
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from cli_helpers import one_error, run_cli
 
 from microdeblur import engine, log
-from microdeblur.calibration import REFERENCE, Microscope, dz_factor, fit_calibration
+from microdeblur.calibration import REFERENCE, Microscope, OpticsOptions, dz_factor, fit_calibration
 from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
 from microdeblur.inference import deblur_paths, interpolate_paths
-from microdeblur.calibration import OpticsOptions
-from microdeblur.optics import OpticsRun
 from microdeblur.io import read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
-from microdeblur.weights import (WeightsMeta, default_weights_path, load_weights, optics_of_prepared, save_weights,
-                                 training_optics)
-
-from cli_helpers import one_error, run_cli
+from microdeblur.optics import OpticsRun
+from microdeblur.weights import (
+    WeightsMeta,
+    default_weights_path,
+    load_weights,
+    optics_of_prepared,
+    save_weights,
+    training_optics,
+)
 
 TINY = dict(widths=(4, 8, 8), id_channels=(2, 3, 4))
 OBJ_40X = Microscope(0.75, 0.55)  # 40x/0.75

@@ -18,21 +18,20 @@ import pytest
 import tifffile
 import torch
 import typer
+from cli_helpers import one_error, run_cli
 
 from microdeblur import engine, inference
 from microdeblur import prepare as prep
 from microdeblur import simulate as sim
 from microdeblur import weights as wmod
+from microdeblur.atomic import Outputs, StagedFolder, atomic_path, remove_stale_temps, temp_path
 from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
 from microdeblur.errors import UserError
 from microdeblur.interrupts import raise_on_sigterm
-from microdeblur.atomic import Outputs, StagedFolder, atomic_path, remove_stale_temps, temp_path
 from microdeblur.io import StackWriter, read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, save_weights
-
-from cli_helpers import one_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 

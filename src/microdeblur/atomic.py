@@ -12,9 +12,9 @@ import secrets
 import shutil
 import socket
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from . import log
 from .errors import UserError
@@ -470,7 +470,7 @@ class StagedFolder:
             except OSError:
                 pass
 
-    def __enter__(self) -> "StagedFolder":
+    def __enter__(self) -> StagedFolder:
         return self
 
     def error(self, e: BaseException) -> BaseException:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import bisect
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,8 @@ from skimage.filters import unsharp_mask
 from skimage.restoration import richardson_lucy, uft, wiener
 from torch import Tensor, nn
 
-from .errors import UserError
 from .atomic import atomic_path
+from .errors import UserError
 from .simulate import Optics, defocus_psf
 
 UNSHARP_RADIUS = 1.0  # px at working scale (skimage defaults)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import csv as csvlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import log
 from .errors import UserError, one_line

@@ -17,15 +17,14 @@ import math
 import tempfile
 import warnings
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserError
 from .engine import normalization_spec
+from .errors import UserError
 from .normalize import EXACT_PIXELS
 
 EXTRA_HINT = "pip install 'microdeblur[bioimageio]'"
@@ -68,8 +67,8 @@ def interp(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
 class DeblurPackageModel(nn.Module):
     """Raw [B,1,H,W] float32 -> deblurred raw [B,1,H,W]: deblur_plane's pipeline on each image of the batch."""
 
-    def __init__(self, core: nn.Module, k: int, pmin: float, pmax: float, ratios: List[float],
-                 gate: List[List[float]]) -> None:
+    def __init__(self, core: nn.Module, k: int, pmin: float, pmax: float, ratios: list[float],
+                 gate: list[list[float]]) -> None:
         """`gate`: [] (none), or [calibration codes, their dz (um), [lo_um, hi_um]] of the weights' focus gate."""
         super().__init__()
         self.core, self.k = core, k
@@ -125,7 +124,7 @@ def working_factor(scale: float) -> int:
     return k
 
 
-def gate_entry(meta) -> List[List[float]]:
+def gate_entry(meta) -> list[list[float]]:
     """The focus gate as DeblurPackageModel takes it: [] when `deblur` would not gate by default."""
     from .calibration import _knots
     from .focus_gate import Ramp

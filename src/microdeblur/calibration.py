@@ -62,7 +62,7 @@ class Microscope:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Microscope":
+    def from_dict(cls, d: dict) -> Microscope:
         """From a weights' `optics` entry; ValueError when a value is missing or out of range."""
         if not isinstance(d, dict):
             raise ValueError(f"optics must be a JSON object, got {d!r}")
@@ -90,7 +90,7 @@ class OpticsOptions:
     wavelength_um: float | None = None
     pixel_size_um: float | None = None
 
-    def checked(self) -> "OpticsOptions":
+    def checked(self) -> OpticsOptions:
         """self, or a UserError naming the option whose value is impossible."""
         if self.na is not None and not (math.isfinite(self.na) and NA_RANGE[0] < self.na <= NA_RANGE[1]):
             raise UserError(f"--na must be an objective NA in ({NA_RANGE[0]:g}, {NA_RANGE[1]:g}], got {self.na:g}")

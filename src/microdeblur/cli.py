@@ -6,7 +6,6 @@ import functools
 import inspect
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -14,6 +13,7 @@ from typer.core import TyperCommand, TyperGroup
 from . import __version__, log
 from .errors import UserError
 from .interrupts import raise_on_sigterm
+
 
 def _no_flag_metavars(params: list) -> list:
     """Flags take no value: show none (Typer would show <bool>)."""
@@ -153,23 +153,23 @@ def _parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise UserError(f"--size must look like WIDTHxHEIGHT (e.g. 2048x1536), got {text!r}")
+        raise UserError(f"--size must look like WIDTHxHEIGHT (e.g. 2048x1536), got {text!r}") from None
     return w, h
 
 
 @app.command()
 @_user_errors
 def prepare(
-    raw: List[Path] = typer.Argument(..., help="Day folders (one image per plane), multi-page z-stacks, or folders of those."),
+    raw: list[Path] = typer.Argument(..., help="Day folders (one image per plane), multi-page z-stacks, or folders of those."),
     data: Path = typer.Argument(..., help="Prepared output folder (created, or appended to)."),
-    focus_plane: Optional[int] = typer.Option(None, "--focus-plane", help="In-focus plane index for every day (else focus.txt marker, else auto)."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="One resize factor for every day (default: each day to the working pixel size from its own pixel size)."),
+    focus_plane: int | None = typer.Option(None, "--focus-plane", help="In-focus plane index for every day (else focus.txt marker, else auto)."),
+    scale: float | None = typer.Option(None, "--scale", help="One resize factor for every day (default: each day to the working pixel size from its own pixel size)."),
     working_pixel: float = typer.Option(0.65, "--working-pixel", help="Pixel size at the sample (um) that every day is resized to (the shipped network's)."),
     tile: int = typer.Option(128, "--tile", help="Crop size in pixels."),
-    z_step: Optional[float] = typer.Option(None, "--z-step", help="Plane spacing in um (default: from metadata)."),
-    na: Optional[float] = NaOpt,
-    wavelength: Optional[float] = WavelengthOpt,
-    pixel_size: Optional[float] = PixelSizeOpt,
+    z_step: float | None = typer.Option(None, "--z-step", help="Plane spacing in um (default: from metadata)."),
+    na: float | None = NaOpt,
+    wavelength: float | None = WavelengthOpt,
+    pixel_size: float | None = PixelSizeOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Resize raw through-focus days to the working pixel size and cut them into per-crop z-stacks for training."""
@@ -188,11 +188,11 @@ def simulate(
     planes: int = typer.Option(100, "--planes", help="Planes per day."),
     size: str = typer.Option("2048x1536", "--size", help="Frame size WIDTHxHEIGHT in camera pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
-    z_step: Optional[float] = typer.Option(None, "--z-step", help="Plane spacing in um (default: the preset's, 1.0 for reference; drawn per day with --randomize)."),
-    cells: Optional[int] = typer.Option(None, "--cells", help="Cells per field (default: crowded, scaled to the area)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Microscope and specimen: reference (default), yeast-40x, budding-yeast-60x, mammalian-10x, bacteria-100x-like or confluent-20x (docs/simulator.md)."),
+    z_step: float | None = typer.Option(None, "--z-step", help="Plane spacing in um (default: the preset's, 1.0 for reference; drawn per day with --randomize)."),
+    cells: int | None = typer.Option(None, "--cells", help="Cells per field (default: crowded, scaled to the area)."),
+    preset: str | None = typer.Option(None, "--preset", help="Microscope and specimen: reference (default), yeast-40x, budding-yeast-60x, mammalian-10x, bacteria-100x-like or confluent-20x (docs/simulator.md)."),
     randomize: bool = typer.Option(False, "--randomize", help="Draw a new microscope, camera, illumination, dust and specimen family for every day (documented ranges)."),
-    specimen: Optional[str] = typer.Option(None, "--specimen", help="Force the specimen family: protoplasts, yeast, mammalian, bacteria or confluent."),
+    specimen: str | None = typer.Option(None, "--specimen", help="Force the specimen family: protoplasts, yeast, mammalian, bacteria or confluent."),
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Simulate bright-field through-focus days (reference: plant protoplasts; raw layout that prepare reads)."""
@@ -218,8 +218,8 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="Weights file to write (.safetensors)."),
     variant: str = typer.Option("manifold-1d", "--variant", help="manifold-1d, manifold or ml-vae."),
     epochs: int = typer.Option(1000, "--epochs", help="Epochs (one epoch = as many pairs as training identities)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (may grow on --resume)."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this much wall time."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps (may grow on --resume)."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after this much wall time."),
     batch_size: int = typer.Option(12, "--batch-size", help="Pairs per pair kind per step (groups for ml-vae)."),
     crop: int = typer.Option(64, "--crop", help="Train on random crops of this side (multiple of 16) cut from the tiles."),
     p_focus: float = typer.Option(0.5, "--p-focus", help="Probability that a same-identity pair's partner is the in-focus plane."),
@@ -227,29 +227,29 @@ def train(
     lr_halflife: int = typer.Option(6000, "--lr-halflife", help="Steps over which the learning rate halves."),
     seed: int = typer.Option(0, "--seed", help="Random seed (sampling, initialisation, split)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of identities held out."),
-    dz_range: Optional[float] = typer.Option(30.0, "--dz-range", help="Use planes with |dz| <= this (um, or planes if z-step unknown)."),
+    dz_range: float | None = typer.Option(30.0, "--dz-range", help="Use planes with |dz| <= this (um, or planes if z-step unknown)."),
     widths: str = typer.Option("32,48,64,96", "--widths", help="Channels per pyramid level (each level halves the resolution)."),
     id_channels: str = typer.Option("16,24,32,48", "--id-channels", help="Identity channels per pyramid level (one per width)."),
     unshuffle: int = typer.Option(2, "--unshuffle", help="Space-to-depth factor at the input: 1 convolves the first level at full resolution (1, 2 or 4)."),
     stem: int = typer.Option(0, "--stem", help="Channels of full-resolution convolutions before the space-to-depth and a FiLM-modulated full-resolution head after it (0: none)."),
     source_code: bool = typer.Option(False, "--source-code", help="Condition the decoder on each tile's own blur code as well as the target code (relative refocusing; with --init, starts as the same function)."),
-    input_skip: Optional[bool] = typer.Option(None, "--input-skip/--no-input-skip", help="Input pixels as the finest identity level, decoder output = input + correction (default: on, off for ml-vae)."),
+    input_skip: bool | None = typer.Option(None, "--input-skip/--no-input-skip", help="Input pixels as the finest identity level, decoder output = input + correction (default: on, off for ml-vae)."),
     no_consistency: bool = typer.Option(False, "--no-consistency", help="Drop the consistency term (ablation)."),
     no_contrastive: bool = typer.Option(False, "--no-contrastive", help="Drop the contrastive term (ablation)."),
     no_cross: bool = typer.Option(False, "--no-cross", help="Drop the cross-reconstruction term (ablation)."),
-    dz_weight: Optional[float] = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
+    dz_weight: float | None = typer.Option(None, "--dz-weight", help="Weight of the term tying the 1-D code to known dz (default 0.1 for manifold-1d)."),
     distance_weight: float = typer.Option(0.1, "--distance-weight", help="Weight of the consistency and contrastive terms inside β (thesis: 1)."),
     cycle_weight: float = typer.Option(0.0, "--cycle-weight", help="Weight of the swapped blur code read back from the swap's decoding by the frozen encoder (off by default: 1 diverged)."),
     deblur_weight: float = typer.Option(0.0, "--deblur-weight", help="Weight of the supervised term D(identity(x), 0) -> in-focus plane (manifold-1d: 0 is the dz tie's in-focus code; every pair, from step 0)."),
     deblur_loss: str = typer.Option("l1", "--deblur-loss", help="Distance of that term: l1 (CARE's) or l2 (root mean squared error: the minimiser of the MSE that PSNR scores)."),
-    beta_delay: Optional[int] = typer.Option(None, "--beta-delay", help="Steps of reconstruction only before β starts rising (default 300; 0 with --init)."),
-    beta_ramp: Optional[int] = typer.Option(None, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1 (default 600; 0 with --init)."),
-    perceptual_weights: Optional[Path] = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
+    beta_delay: int | None = typer.Option(None, "--beta-delay", help="Steps of reconstruction only before β starts rising (default 300; 0 with --init)."),
+    beta_ramp: int | None = typer.Option(None, "--beta-ramp", help="Steps of the exponential ramp of β from 0 to 1 (default 600; 0 with --init)."),
+    perceptual_weights: Path | None = typer.Option(None, "--perceptual-weights", help="Local VGG-16 state dict for a perceptual loss."),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every", help="Steps between checkpoints."),
     eval_every: int = typer.Option(250, "--eval-every", help="Steps between validation probes (the best one is exported)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Checkpoint to continue from."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (fine-tuning); 'shipped' = the packaged manifold-1d weights."),
-    val_frames: Optional[List[Path]] = typer.Option(None, "--val-frames", help="Held-out simulated days (simulate's output folder; repeat for several): export the step whose deblurred whole frames gain most over the input."),
+    resume: Path | None = typer.Option(None, "--resume", help="Checkpoint to continue from."),
+    init: Path | None = typer.Option(None, "--init", help="Start from these weights (fine-tuning); 'shipped' = the packaged manifold-1d weights."),
+    val_frames: list[Path] | None = typer.Option(None, "--val-frames", help="Held-out simulated days (simulate's output folder; repeat for several): export the step whose deblurred whole frames gain most over the input."),
     workers: int = typer.Option(0, "--workers", help="Torch threads (0: all cores)."),
     device: str = DeviceOpt,
     precision: str = typer.Option("auto", "--precision", help="auto (bfloat16 autocast on CUDA GPUs that support it, else float32), float32 or bfloat16."),
@@ -275,26 +275,26 @@ def train(
 @app.command()
 @_user_errors
 def deblur(
-    inputs: List[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
+    inputs: list[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
     output: str = typer.Option(..., "--output", "-o", help="Output file (one input) or folder (several; a trailing / always means a folder)."),
-    weights: Optional[Path] = WeightsOpt,
-    reference: Optional[Path] = typer.Option(None, "--reference", help="In-focus image whose blur code is used instead of the stored one."),
-    scale: Optional[float] = ScaleOpt,
-    na: Optional[float] = NaOpt,
-    wavelength: Optional[float] = WavelengthOpt,
-    pixel_size: Optional[float] = PixelSizeOpt,
+    weights: Path | None = WeightsOpt,
+    reference: Path | None = typer.Option(None, "--reference", help="In-focus image whose blur code is used instead of the stored one."),
+    scale: float | None = ScaleOpt,
+    na: float | None = NaOpt,
+    wavelength: float | None = WavelengthOpt,
+    pixel_size: float | None = PixelSizeOpt,
     overlap: int = OverlapOpt,
-    batch_size: Optional[int] = BatchOpt,
+    batch_size: int | None = BatchOpt,
     precision: str = PrecisionOpt,
     backend: str = BackendOpt,
-    dz: Optional[float] = typer.Option(None, "--dz", help="Refocus to this dz (um on your microscope: see --na, --wavelength) instead of focus (calibrated manifold-1d weights)."),
-    save_comparison: Optional[Path] = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
-    focus_gate: Optional[bool] = typer.Option(None, "--focus-gate/--no-focus-gate", help="Apply the correction in proportion to each tile's estimated defocus, by the ramp fitted on validation days that the weights carry (calibrated 1-D weights; with weights that carry none, --focus-gate uses 1-3 um). Default: on when the weights carry a ramp, as the shipped ones do (docs/inference.md)."),
+    dz: float | None = typer.Option(None, "--dz", help="Refocus to this dz (um on your microscope: see --na, --wavelength) instead of focus (calibrated manifold-1d weights)."),
+    save_comparison: Path | None = typer.Option(None, "--save-comparison", help="Write a side-by-side input/output PNG."),
+    focus_gate: bool | None = typer.Option(None, "--focus-gate/--no-focus-gate", help="Apply the correction in proportion to each tile's estimated defocus, by the ramp fitted on validation days that the weights carry (calibrated 1-D weights; with weights that carry none, --focus-gate uses 1-3 um). Default: on when the weights carry a ramp, as the shipped ones do (docs/inference.md)."),
     tta: int = typer.Option(1, "--tta", help="Test-time views averaged per tile: 1 (none), 2, 4 or 8 mirrors/transposes; n views cost n times the network time (measured gain: docs/inference.md)."),
-    truth: Optional[Path] = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
-    shard: Optional[str] = ShardOpt,
+    truth: Path | None = typer.Option(None, "--truth", help="In-focus image of the same field: print PSNR/SSIM of input and output against it."),
+    shard: str | None = ShardOpt,
     skip_existing: bool = SkipExistingOpt,
-    manifest: Optional[Path] = ManifestOpt,
+    manifest: Path | None = ManifestOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
@@ -302,8 +302,8 @@ def deblur(
 
     Batch mode (--shard, --skip-existing or --manifest): each output is moved into place as soon as it is
     complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
-    from .inference import deblur_paths
     from .calibration import OpticsOptions
+    from .inference import deblur_paths
     from .inputs import expand_inputs
 
     optics = OpticsOptions(na, wavelength, pixel_size).checked()  # fail before any work
@@ -327,26 +327,26 @@ def deblur(
 @_user_errors
 def interpolate(
     a: Path = typer.Argument(..., help="Image at the first focus level."),
-    b: Optional[Path] = typer.Argument(None, help="Image of the same field at the second focus level (not needed with --dz-from/--dz-to)."),
+    b: Path | None = typer.Argument(None, help="Image of the same field at the second focus level (not needed with --dz-from/--dz-to)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output Z-stack (ImageJ TIFF)."),
     steps: int = typer.Option(6, "--steps", help="Number of planes in the output."),
-    dz_from: Optional[float] = typer.Option(None, "--dz-from", help="Start dz in um on your microscope (see --na, --wavelength; calibrated manifold-1d weights)."),
-    dz_to: Optional[float] = typer.Option(None, "--dz-to", help="End dz in um on your microscope."),
-    weights: Optional[Path] = WeightsOpt,
-    scale: Optional[float] = ScaleOpt,
-    na: Optional[float] = NaOpt,
-    wavelength: Optional[float] = WavelengthOpt,
-    pixel_size: Optional[float] = PixelSizeOpt,
+    dz_from: float | None = typer.Option(None, "--dz-from", help="Start dz in um on your microscope (see --na, --wavelength; calibrated manifold-1d weights)."),
+    dz_to: float | None = typer.Option(None, "--dz-to", help="End dz in um on your microscope."),
+    weights: Path | None = WeightsOpt,
+    scale: float | None = ScaleOpt,
+    na: float | None = NaOpt,
+    wavelength: float | None = WavelengthOpt,
+    pixel_size: float | None = PixelSizeOpt,
     overlap: int = OverlapOpt,
-    batch_size: Optional[int] = BatchOpt,
+    batch_size: int | None = BatchOpt,
     precision: str = PrecisionOpt,
     backend: str = BackendOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Walk the blur code from A's focus level to B's (or between two dz) and write the stack."""
-    from .inference import interpolate_paths
     from .calibration import OpticsOptions
+    from .inference import interpolate_paths
 
     interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
                       overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite,
@@ -356,23 +356,23 @@ def interpolate(
 @app.command()
 @_user_errors
 def focus(
-    inputs: List[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
+    inputs: list[str] = typer.Argument(..., help="Image files, stacks, folders or globs."),
     output: str = typer.Option(..., "--output", "-o", help="Defocus map TIFF (one input) or folder (several; a trailing / always means a folder)."),
-    weights: Optional[Path] = WeightsOpt,
-    scale: Optional[float] = ScaleOpt,
-    na: Optional[float] = NaOpt,
-    wavelength: Optional[float] = WavelengthOpt,
-    pixel_size: Optional[float] = PixelSizeOpt,
+    weights: Path | None = WeightsOpt,
+    scale: float | None = ScaleOpt,
+    na: float | None = NaOpt,
+    wavelength: float | None = WavelengthOpt,
+    pixel_size: float | None = PixelSizeOpt,
     overlap: int = OverlapOpt,
-    batch_size: Optional[int] = BatchOpt,
+    batch_size: int | None = BatchOpt,
     precision: str = PrecisionOpt,
     backend: str = BackendOpt,
-    csv: Optional[Path] = typer.Option(None, "--csv", help="Write a per-image summary table."),
+    csv: Path | None = typer.Option(None, "--csv", help="Write a per-image summary table."),
     sign: str = typer.Option("auto", "--sign", help="signed (dz), unsigned (|dz|) or auto: signed when the weights' calibration is signed and every input's NA and wavelength are known (metadata or --na/--wavelength), else unsigned; weights without a measured sign reliability stay signed (docs/inference.md)."),
-    confidence: Optional[str] = typer.Option(None, "--confidence", help="Also write the per-tile confidence (0..1, NaN: no usable tile) in the sign of dz: a TIFF (one input) or folder of <name>_conf.tif (not with batch mode)."),
-    shard: Optional[str] = ShardOpt,
+    confidence: str | None = typer.Option(None, "--confidence", help="Also write the per-tile confidence (0..1, NaN: no usable tile) in the sign of dz: a TIFF (one input) or folder of <name>_conf.tif (not with batch mode)."),
+    shard: str | None = ShardOpt,
     skip_existing: bool = SkipExistingOpt,
-    manifest: Optional[Path] = ManifestOpt,
+    manifest: Path | None = ManifestOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
@@ -380,8 +380,8 @@ def focus(
     1-D blur code.
 
     Batch mode (--shard, --skip-existing or --manifest) works as for deblur."""
-    from .focus_runs import focus_paths
     from .calibration import OpticsOptions
+    from .focus_runs import focus_paths
 
     focus_paths(inputs, output, weights=weights, scale=scale, overlap=overlap, batch_size=batch_size, precision=precision,
                 csv=csv, device=device, overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest,
@@ -394,13 +394,13 @@ def focus(
 def evaluate(
     data: Path = typer.Argument(..., help="Folder written by prepare."),
     report_dir: Path = typer.Option(..., "--output", "-o", help="Report folder (metrics.json, report.md, figures)."),
-    weights: List[Path] = typer.Option([], "--weights", "-w", help="Weights to compare (repeatable; default: shipped)."),
-    unet: Optional[Path] = typer.Option(None, "--unet", help="CARE-style U-Net baseline weights (benchmarks/train_unet.py)."),
+    weights: list[Path] = typer.Option([], "--weights", "-w", help="Weights to compare (repeatable; default: shipped)."),
+    unet: Path | None = typer.Option(None, "--unet", help="CARE-style U-Net baseline weights (benchmarks/train_unet.py)."),
     split: str = typer.Option("val", "--split", help="val (held-out identities), train (training identities) or all."),
-    identities: Optional[int] = typer.Option(None, "--identities", help="Evaluate at most this many identities, spread over the split."),
+    identities: int | None = typer.Option(None, "--identities", help="Evaluate at most this many identities, spread over the split."),
     quick: bool = typer.Option(False, "--quick", help="Small subset, few classifier epochs (about a minute)."),
     classifier_epochs: int = typer.Option(300, "--classifier-epochs", help="Epochs of the ML-VAE score classifiers."),
-    frames: List[Path] = typer.Option([], "--frames", help="Folder of held-out simulated days: also score whole frames (repeatable)."),
+    frames: list[Path] = typer.Option([], "--frames", help="Folder of held-out simulated days: also score whole frames (repeatable)."),
     frames_dz_max: float = typer.Option(15.0, "--frames-dz-max", help="Whole frames with 0 < |dz| <= this (um) are scored."),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
@@ -425,7 +425,7 @@ app.add_typer(export_app, name="export")
 @_user_errors
 def export_bioimageio(
     output: Path = typer.Option(..., "--output", "-o", help="Package file to write (.zip)."),
-    weights: Optional[Path] = WeightsOpt,
+    weights: Path | None = WeightsOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Write a bioimage.io model package of the deblur operation (needs the optional bioimageio extra)."""
@@ -438,7 +438,7 @@ def export_bioimageio(
 @export_app.command("onnx")
 @_user_errors
 def export_onnx(
-    weights: Optional[Path] = WeightsOpt,
+    weights: Path | None = WeightsOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Write the network's ONNX graphs beside its weights (W.encoder.onnx, W.decoder.onnx), so that deblur, focus and

@@ -13,7 +13,6 @@ import torch
 from .errors import UserError
 from .prepare import load_index
 
-
 LEVEL_UM = 0.5  # same-dz pairs match dz (reference µm) to this grid: days with other optics or z steps pair too
 
 
@@ -55,7 +54,7 @@ class PreparedData:
         return ref if len(ref) >= at_least else list(identities)
 
     @classmethod
-    def load(cls, folder: Path, dz_range: float | None = None) -> "PreparedData":
+    def load(cls, folder: Path, dz_range: float | None = None) -> PreparedData:
         """Read a prepared folder (UserError when it is not one); keep planes with |dz| <= dz_range."""
         folder = Path(folder)
         index = load_index(folder)
@@ -164,8 +163,8 @@ class PairSampler:
     def _same_dz(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         lv = self.rng.integers(0, len(self.levels), n)
         i1, i2 = np.empty(n, np.int64), np.empty(n, np.int64)
-        for j, l in enumerate(lv):
-            members = self.levels[l]
+        for j, level in enumerate(lv):
+            members = self.levels[level]
             while True:
                 a, b = self.rng.choice(len(members), 2, replace=False)
                 if self.data.owner[members[a]] != self.data.owner[members[b]]:

@@ -5,10 +5,11 @@ gloo on CPU, NCCL on CUDA, picked from the device; one process (no WORLD_SIZE) n
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -16,16 +16,16 @@ The network itself is a runner on numpy tiles (`torch_runner.TorchRunner`, the r
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import calibration, log
 from .errors import UserError
 from .focus_gate import DEFAULT_RAMP_UM, Ramp, tile_defocus
-from .normalize import Normalizer, NormalizationSpec, frame_median, frame_normalizer
+from .normalize import NormalizationSpec, Normalizer, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
@@ -213,7 +213,7 @@ class Deblurrer:
                             "--pixel-size or the file's metadata, or give --scale")
         return scale
 
-    def with_scale(self, scale: float) -> "Deblurrer":
+    def with_scale(self, scale: float) -> Deblurrer:
         """This Deblurrer resizing by `scale` (a shallow copy sharing the model and tile grids; self if equal)."""
         if scale == self.scale:
             return self

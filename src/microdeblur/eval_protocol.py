@@ -4,9 +4,10 @@ and the metadata that says how the numbers were obtained (docs/evaluation.md has
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

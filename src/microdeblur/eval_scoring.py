@@ -4,8 +4,9 @@ tiles, and (with --frames) the whole-frame table of frame_eval.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

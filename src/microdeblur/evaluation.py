@@ -8,8 +8,9 @@ is the command (checks, then each step in order); what is evaluated and how is `
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,8 +10,8 @@ engine.Deblurrer.focus_gate).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class Ramp:
         return np.clip((d - self.lo_um) / (self.hi_um - self.lo_um), 0.0, 1.0).astype(np.float32)
 
     @classmethod
-    def from_meta(cls, entry: dict | None) -> "Ramp | None":
+    def from_meta(cls, entry: dict | None) -> Ramp | None:
         """The ramp a weights file stores (None when it stores none)."""
         return None if not entry else cls(float(entry["lo_um"]), float(entry["hi_um"]))
 

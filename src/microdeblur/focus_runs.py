@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import csv as csvlib
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import calibration, log
+from .atomic import Outputs
 from .batch_runs import Batch, check_replaceable, has_header, run_batch, shard_pairs
+from .calibration import OpticsOptions
 from .engine import BATCH_SIZE, IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, require_calibration
 from .errors import UserError
-from .inference import (_check_outputs, _checked_planes, _info_or_raise, _is_folder_name, load_deblurrer, _output_paths,
-                        _plan, _planes_to_do, _tolerant_infos)
-from .atomic import Outputs
-from .inputs import Shard, TIFF_SUFFIXES
-from .calibration import OpticsOptions
+from .inference import (
+    _check_outputs,
+    _checked_planes,
+    _info_or_raise,
+    _is_folder_name,
+    _output_paths,
+    _plan,
+    _planes_to_do,
+    _tolerant_infos,
+    load_deblurrer,
+)
+from .inputs import TIFF_SUFFIXES, Shard
 from .optics import OpticsRun
 
 FOCUS_COLUMNS = ("file", "plane", "median_dz_um", "frac_in_focus", "n_tiles", "n_tiles_used")
@@ -154,7 +163,7 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
     conf_outs: list[Path] = []
     if confidence is not None:
         conf_outs = _output_paths(files, Path(confidence), _confidence_name, _is_folder_name(confidence))
-        for c, o in zip(conf_outs, outs):
+        for c in conf_outs:
             if c.suffix.lower() not in TIFF_SUFFIXES:
                 raise UserError(f"{c}: confidence maps are written as .tif or .tiff")
             if c in outs:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tifffile
 
 from . import log
-from .errors import UserError
 from .calibration import REFERENCE
+from .errors import UserError
 from .metrics import frame_scores, minmse_scores
 from .normalize import frame_normalizer
 

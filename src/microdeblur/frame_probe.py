@@ -9,9 +9,9 @@ the same whatever the number of frames in it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class FrameProbe:
     frames: tuple[ProbeFrame, ...]
 
     @classmethod
-    def build(cls, folders: Sequence[Path], per_day: int = 8, crop_um: float = 330.0, dz_max: float = 15.0) -> "FrameProbe":
+    def build(cls, folders: Sequence[Path], per_day: int = 8, crop_um: float = 330.0, dz_max: float = 15.0) -> FrameProbe:
         """`per_day` defocused frames with 0 < |dz| <= dz_max (um) spread over each day, cropped to a central
         square of crop_um (about 4 x 4 tiles of 128 working pixels at 0.65 um)."""
         frames = []

@@ -10,21 +10,20 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from . import calibration, log
+from .atomic import Outputs
 from .batch_runs import Batch, run_batch, shard_pairs
+from .calibration import OpticsOptions
 from .engine import BATCH_SIZE, OVERLAP, Deblurrer, check_finite, require_calibration
 from .errors import UserError
-from .atomic import Outputs
-from .inputs import Shard, TIFF_SUFFIXES
+from .inputs import TIFF_SUFFIXES, Shard
 from .normalize import Normalizer, frame_normalizer
-from .calibration import OpticsOptions
 from .optics import OpticsRun
-
 
 # ---------------------------------------------------------------- checks shared by the commands
 

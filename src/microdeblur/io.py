@@ -9,10 +9,10 @@ import os
 import re
 import threading
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import imageio.v3 as iio
 import numpy as np

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -60,7 +60,7 @@ def warn(msg: str) -> None:
 
 
 @contextmanager
-def progress(description: str, total: int | None) -> Iterator["Bar"]:
+def progress(description: str, total: int | None) -> Iterator[Bar]:
     """Progress bar context; yields a Bar with advance(n) and set(text)."""
     if _level < 1 or not console.is_terminal and _level < 2:
         yield Bar(None, None)

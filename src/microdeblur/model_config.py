@@ -97,7 +97,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict` (unknown keys ignored; a file without `arch` is the old single-scale network,
         one without `input_skip` has none)."""
         names = set(cls.__dataclass_fields__)

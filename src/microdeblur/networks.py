@@ -3,8 +3,9 @@ decoder level (thesis ch. 4 and 5.1.2, rebuilt for detail; docs/model.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ class Codes(NamedTuple):
 
     identity: Tensor
     blur: Tensor
-    id_logvar: Optional[Tensor] = None
-    blur_logvar: Optional[Tensor] = None
+    id_logvar: Tensor | None = None
+    blur_logvar: Tensor | None = None
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -59,7 +60,7 @@ class DecoderLevel(nn.Module):
         self.conv1 = conv(id_in + (width if cin_coarse else 0), width)
         self.conv2 = conv(width, width)
 
-    def forward(self, identity: Tensor, coarse: Optional[Tensor], film: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, identity: Tensor, coarse: Tensor | None, film: tuple[Tensor, Tensor]) -> Tensor:
         """`film` = (scale, shift), each [B,C,1,1], applied as x·(1+scale)+shift after the first conv."""
         x = identity
         if coarse is not None and self.reduce is not None:

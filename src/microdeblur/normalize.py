@@ -70,7 +70,7 @@ class IntensityModel:
             raise ValueError("an intensity model needs increasing dz levels and finite lo < hi ratios, one per level")
 
     @classmethod
-    def fit(cls, samples: dict[float, list[tuple[float, float]]]) -> "IntensityModel":
+    def fit(cls, samples: dict[float, list[tuple[float, float]]]) -> IntensityModel:
         """Median over frames of (lo/median, hi/median) per dz level (training)."""
         levels = sorted(samples)
         return cls(tuple(levels), tuple(float(np.median([s[0] for s in samples[k]])) for k in levels),
@@ -95,7 +95,7 @@ class NormalizationSpec:
     intensity: IntensityModel | None = None
 
     @classmethod
-    def from_dict(cls, value: dict | None) -> "NormalizationSpec":
+    def from_dict(cls, value: dict | None) -> NormalizationSpec:
         """Read `WeightsMeta.normalization` (files written by 0.1 and 0.2 alike); ValueError when malformed."""
         d = dict(value or {})
         method = d.get("method", "frame-percentile")

@@ -3,19 +3,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dataset import PairSampler
-from .losses import (DEBLUR_LOSSES, RecFn, consistency_loss, contrastive_loss, group_posterior, kl_standard_normal,
-                     reparameterize)
+from .losses import (
+    DEBLUR_LOSSES,
+    RecFn,
+    consistency_loss,
+    contrastive_loss,
+    group_posterior,
+    kl_standard_normal,
+    reparameterize,
+)
 from .networks import DisentangledAE
-
 
 DEBLUR_CODE = 0.0  # the 1-D blur code the dz tie gives an in-focus plane: the deblurring term decodes with it
 

@@ -4,11 +4,17 @@ docs/inference.md, "Units, optics and resizing")."""
 
 from __future__ import annotations
 
-
 from . import calibration, log
-from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, OpticsOptions, agreed_value
+from .calibration import (
+    NA_RANGE,
+    PIXEL_RANGE_UM,
+    REFERENCE,
+    WAVELENGTH_RANGE_UM,
+    Microscope,
+    OpticsOptions,
+    agreed_value,
+)
 from .engine import Deblurrer
-
 
 
 class OpticsRun:

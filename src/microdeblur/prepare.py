@@ -6,18 +6,18 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from . import log
+from .atomic import StagedFolder
 from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value, dz_factor
 from .errors import UserError
-from .atomic import StagedFolder
 from .inputs import IMAGE_SUFFIXES, TIFF_SUFFIXES, images_in, natural_key
 from .io import ImageInfo, iter_planes, read_image, read_info, to_dtype, write_tiff
 from .normalize import frame_normalizer

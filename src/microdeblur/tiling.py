@@ -14,8 +14,8 @@ Running a network over the tiles in batches is `engine.predict_tiled`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view

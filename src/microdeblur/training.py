@@ -16,6 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import log
+from .atomic import atomic_path
 from .calibration import fit_calibration, spearman
 from .dataset import LEVEL_UM, PairSampler, PreparedData
 from .devices import PRECISIONS, autocast, compute_dtype, torch_threads
@@ -25,7 +26,6 @@ from .errors import UserError
 from .frame_probe import SCORE as FRAME_SCORE
 from .frame_probe import FrameProbe
 from .interrupts import deferred
-from .atomic import atomic_path
 from .losses import DEBLUR_LOSSES, beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
 from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched, with_source_code
@@ -290,7 +290,7 @@ class Probe:
 
     @classmethod
     def build(cls, data: PreparedData, val_ids: list[int], train_ids: list[int], rng: np.random.Generator,
-              n_ids: int = 24, dz_max: float = 15.0) -> "Probe":
+              n_ids: int = 24, dz_max: float = 15.0) -> Probe:
         val = list(rng.permutation(val_ids or train_ids)[:n_ids])
         b, t, d = [], [], []
         for i in val:

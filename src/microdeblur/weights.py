@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
-
-import json
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import safe_open
 
+from .atomic import atomic_path, check_output_path
 from .calibration import REFERENCE, Microscope
 from .errors import UserError
-from .atomic import atomic_path, check_output_path
-from .normalize import NORMALIZATION
 from .model_config import ModelConfig
+from .normalize import NORMALIZATION
 
 if TYPE_CHECKING:  # torch is imported only where tensors are read or written (the ONNX backend never needs it)
     import torch
@@ -38,12 +37,12 @@ class WeightsMeta:
     config: ModelConfig
     normalization: dict = field(default_factory=lambda: dict(NORMALIZATION))
     scale: float = 1.0
-    z_step_um: Optional[float] = None
+    z_step_um: float | None = None
     focus_blur_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    calibration: Optional[dict] = None
+    calibration: dict | None = None
     training: dict = field(default_factory=dict)
-    optics: Optional[dict] = None  # the microscope trained for (training_optics); None: the reference microscope
-    focus_gate: Optional[dict] = None  # the fitted correction ramp (focus_gate.Ramp: lo_um, hi_um, how it was fitted)
+    optics: dict | None = None  # the microscope trained for (training_optics); None: the reference microscope
+    focus_gate: dict | None = None  # the fitted correction ramp (focus_gate.Ramp: lo_um, hi_um, how it was fitted)
 
     def __post_init__(self) -> None:
         self.focus_blur_code = np.asarray(self.focus_blur_code, dtype=np.float32).reshape(-1)
@@ -97,7 +96,7 @@ def meta_from_strings(md: dict[str, str]) -> WeightsMeta:
     )
 
 
-def _checked_gate(entry: Any) -> Optional[dict]:
+def _checked_gate(entry: Any) -> dict | None:
     """The `focus_gate` entry as stored, after checking it (ValueError when malformed); null reads as absent."""
     from .focus_gate import Ramp
 
@@ -110,7 +109,7 @@ def _checked_gate(entry: Any) -> Optional[dict]:
     return entry
 
 
-def _checked_optics(entry: Any) -> Optional[dict]:
+def _checked_optics(entry: Any) -> dict | None:
     """The `optics` entry as stored, after checking it (ValueError when malformed); null reads as absent."""
     if entry is None:
         return None

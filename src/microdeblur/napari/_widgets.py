@@ -5,7 +5,8 @@ failure becomes one napari notification with the CLI's one-line message, never a
 """
 
 import time
-from typing import Any, Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import napari
 import numpy as np
