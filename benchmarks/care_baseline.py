@@ -3,9 +3,10 @@ baseline, exported as a tile-to-tile ONNX graph that `frame_quality_bench.py --o
 `deblur`'s tiling and blending, beside every other method (issue 12).
 
 CAREamics cannot share the project's environment (reference/notes.md: its torchvision needs a CUDA torch build), so
-this script runs in its own:
+this script runs in its own (careamics 0.3.5 with these pins, 2026-12-02; newer torch pins resolve to an old
+careamics 0.0.x, and careamics imports pkg_resources, which the fresh venv lacked):
 
-    python -m venv care && care/bin/pip install torch==2.14.1 torchvision==0.29.1 careamics onnx
+    python -m venv care && care/bin/pip install torch==2.11.0 torchvision==0.26.0 careamics onnx "setuptools<80"
     care/bin/pip install --no-deps -e . && care/bin/pip install safetensors typer rich imageio scipy scikit-image
     care/bin/python benchmarks/care_baseline.py runs/data_train -o runs/care_4k.onnx --steps 4000 --batch-size 12
 

@@ -63,6 +63,7 @@ def world(device_name: str = "auto") -> Iterator[World]:
                         "check torchrun's --nnodes/--rdzv-endpoint and that the nodes reach each other") from None
     try:
         yield World(rank, size, device)
+        dist.barrier()  # leave together: gloo aborts a rank whose peer tears its connections down mid-exchange
     finally:
         dist.destroy_process_group()
 
