@@ -7,7 +7,9 @@ RAW: days written by `microdeblur simulate` with seeds never used for training. 
 0 < |dz| <= --dz-max goes through each method whole and is scored against the day's in-focus plane:
 min-MSE (gain and offset fitted to the percentile-normalised in-focus frame, CSBDeep's convention; the
 input gets the same fit) and each image normalised by its own percentiles (`deblur --truth`).
-Methods: the blurry input, unsharp masking, Richardson-Lucy with the true PSF, each model through the real
+Methods: the blurry input, unsharp masking, Richardson-Lucy with the true PSF, with `--linear-fit` the
+least-squares linear filter per true dz learned on held-out days (isotropic, shift-invariant: a Wiener filter
+learned from data; told the true dz, like Richardson-Lucy), each model through the real
 `deblur` path (with the focus gate when the weights carry a fitted ramp, as `deblur` does), and the U-Net baseline (benchmarks/train_unet.py) and tile-to-tile ONNX baselines (`--onnx CARE=FILE`,
 benchmarks/care_baseline.py) through the same tiling and blending.
 """
@@ -33,6 +35,9 @@ def main() -> None:
     ap.add_argument("--onnx", action="append", default=[], metavar="NAME=FILE",
                     help="a tile-to-tile ONNX baseline (benchmarks/care_baseline.py), repeatable")
     ap.add_argument("--dz-max", type=float, default=15.0)
+    ap.add_argument("--linear-fit", type=Path, nargs="+", default=[], metavar="DAYS",
+                    help="held-out days of the same microscope: add the least-squares linear filter per true dz "
+                    "learned on them (frame_eval.linear_filter_method)")
     ap.add_argument("--rl-iterations", type=int, nargs="+", default=[1, 10], help="one Richardson-Lucy row per count")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-frame rows and the summary here")
@@ -66,6 +71,9 @@ def main() -> None:
             methods["U-Net"] = frame_eval.tiled_method(unet, scale)
             for v in a.tta:
                 methods[f"U-Net (tta {v})"] = frame_eval.tiled_method(unet, scale, views=v)
+        if a.linear_fit:
+            methods["linear filter per true dz"] = frame_eval.linear_filter_method(
+                frame_eval.find_frame_days(a.linear_fit), scale, a.dz_max)
         for spec in a.onnx:
             name, _, path = spec.partition("=")
             methods[name] = frame_eval.onnx_tiled_method(Path(path), scale)

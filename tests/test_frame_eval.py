@@ -82,3 +82,33 @@ def test_defocused_frames_are_the_scored_planes_with_the_normalised_focus(raw):
     assert plane.dtype == np.float32 and plane.shape == ref.shape
     assert np.array_equal(plane, day.plane(int(np.flatnonzero(day.dz == dz)[0])).astype(np.float32))
     assert np.percentile(ref, 1) == pytest.approx(0.0, abs=1e-3) and np.percentile(ref, 99.8) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_linear_filter_learns_an_isotropic_transfer_and_inverts_it():
+    """Pairs related by a known isotropic gain give back that gain per ring (its inverse filter from blurry to
+    focus), and applying it restores the frame; gain 1 is the identity."""
+    from scipy.ndimage import gaussian_filter
+
+    from microdeblur.baselines import LinearFilterFit, linear_filter
+
+    rng = np.random.default_rng(1)
+    focus = gaussian_filter(rng.random((96, 128)), 1.0)
+    blurry = 0.5 * focus
+    fit = LinearFilterFit(n_rings=16)
+    fit.add(blurry, focus)
+    np.testing.assert_allclose(fit.gains(), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(linear_filter(blurry, fit.gains()), focus, atol=1e-5)
+    np.testing.assert_allclose(linear_filter(focus, np.ones(16)), focus, atol=1e-5)
+
+
+def test_linear_filter_method_is_fitted_per_dz_and_keeps_the_frame(raw):
+    days = frame_eval.find_frame_days([raw])
+    method = frame_eval.linear_filter_method(days, scale=0.5)
+    plane = days[0].plane(1)
+    out = method(plane, -3.0, days[0].pixel_um)
+    assert out.shape == plane.shape and out.dtype == np.float32 and np.isfinite(out).all()
+    ref = frame_normalizer(days[0].plane(2).astype(np.float32)).before(days[0].plane(2).astype(np.float32))
+    # fitted on this very day, the filter moves the frame toward focus (min-MSE)
+    assert psnr_minmse(out, ref) > psnr_minmse(plane.astype(np.float32), ref)
+    with pytest.raises(UserError, match="no defocused frames"):
+        frame_eval.linear_filter_method(days, scale=0.5, dz_max=0.5)

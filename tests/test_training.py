@@ -287,6 +287,28 @@ def test_extending_a_run_keeps_the_planned_steps(tmp_path, data):
     _same_state(_ckpt_model(tmp_path / "a.ckpt"), _ckpt_model(tmp_path / "b.ckpt"))
 
 
+def test_ema_exports_the_average_and_resumes_bit_for_bit(tmp_path, data):
+    """--ema: the export is the moving average (not the last step's weights), it is kept in the checkpoint, and
+    8 steps then --resume to 12 equal 12 steps in one go, average included."""
+    ema = TINY | {"eval_every": 12}  # one probe, at the last step: the export is the average there
+    train(data, tmp_path / "a.safetensors", TrainConfig(max_steps=12, seed=3, ema=0.5, **ema))
+    ck = torch.load(tmp_path / "a.ckpt", map_location="cpu", weights_only=True)
+    live, avg = ck["model"], {k.removeprefix("module."): v for k, v in ck["ema"].items() if k != "n_averaged"}
+    exported = load_weights(tmp_path / "a.safetensors")[0].state_dict()
+    assert int(ck["ema"]["n_averaged"]) == 12
+    assert any(not torch.allclose(live[k], avg[k]) for k in live)  # the average lags the last step
+    for k, v in exported.items():
+        assert torch.equal(v, avg[k]), k
+    train(data, tmp_path / "c.safetensors", TrainConfig(max_steps=12, seed=3, ema=0.5, **TINY))  # probes at 4, 8, 12
+    train(data, tmp_path / "b.safetensors", TrainConfig(max_steps=8, seed=3, ema=0.5, **TINY))
+    (tmp_path / "b.safetensors").unlink()
+    train(data, tmp_path / "b.safetensors", TrainConfig(max_steps=12, seed=3, ema=0.5, resume=tmp_path / "b.ckpt", **TINY))
+    kb, kc = (torch.load(tmp_path / f"{n}.ckpt", map_location="cpu", weights_only=True) for n in "bc")
+    _same_state(ck["model"], kb["model"])
+    _same_state(kc["ema"], kb["ema"])
+    _same_state(*(load_weights(tmp_path / f"{n}.safetensors")[0].state_dict() for n in "bc"))
+
+
 def test_init_fine_tunes_from_weights(tmp_path, data):
     """With a vanishing learning rate the fine-tuned weights stay the --init weights, unlike a fresh start."""
     train(data, tmp_path / "base.safetensors", TrainConfig(max_steps=4, **TINY))
@@ -313,6 +335,8 @@ def test_init_fine_tunes_from_weights(tmp_path, data):
     (["--dz-weight", "0", "--deblur-weight", "1"], "--deblur-weight"),
     (["--variant", "ml-vae", "--source-code"], "--source-code"),
     (["--deblur-loss", "huber"], "--deblur-loss"),
+    (["--ema", "1"], "--ema"),
+    (["--ema", "-0.1"], "--ema"),
 ])
 def test_bad_options(tmp_path, data, args, words):
     res = runner.invoke(app, ["train", str(data), "-o", str(tmp_path / "w.safetensors"), *args])
@@ -423,21 +447,33 @@ def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_p
 
 
 def test_val_frames_pick_the_export_by_whole_frame_gain(tmp_path, data):
-    """--val-frames: every probe deblurs held-out whole frames through deblur's path; the exported step is the one
-    with the largest bin-balanced min-MSE gain over the input, and the weights say so."""
+    """--val-frames: every probe deblurs held-out whole frames through deblur's path; for manifold-1d (a dz tie) the
+    exported step is the one with the largest bin-balanced min-MSE gain over the input after the focus gate fitted on
+    those frames through the tie, for a variant without a tie the ungated gain; the weights say which."""
     import csv
 
+    from microdeblur.calibration import code_to_dz
+    from microdeblur.focus_gate import candidates
+    from microdeblur.frame_probe import tie_calibration
+
     simulate_days(tmp_path / "val", days=1, planes=7, size=(320, 320), seed=77, z_step_um=2.0)
-    out = tmp_path / "w.safetensors"
-    cfg = TrainConfig(max_steps=12, beta_delay=4, beta_ramp=4, seed=2, val_frames=(tmp_path / "val",), **TINY)
-    train(data, out, cfg)
-    _, meta = load_weights(out)
-    rows = list(csv.DictReader(open(tmp_path / "w.log.csv")))
-    gains = {int(r["step"]): float(r["val_frame_gain"]) for r in rows}
-    assert len(gains) == 3 and all(np.isfinite(list(gains.values())))
-    assert all(float(r["val_frame_input"]) == float(rows[0]["val_frame_input"]) for r in rows)  # same frames each time
-    assert meta.training["selected_by"] == "val_frame_gain"
-    assert meta.training["exported_step"] == max(gains, key=gains.get)
+    for variant, key in (("manifold-1d", "val_frame_gated_gain"), ("manifold", "val_frame_gain")):
+        out = tmp_path / f"{variant}.safetensors"
+        cfg = TrainConfig(variant=variant, max_steps=12, beta_delay=4, beta_ramp=4, seed=2, val_frames=(tmp_path / "val",), **TINY)
+        train(data, out, cfg)
+        _, meta = load_weights(out)
+        rows = list(csv.DictReader(open(out.with_suffix(".log.csv"))))
+        gains = {int(r["step"]): float(r[key]) for r in rows}
+        assert len(gains) == 3 and all(np.isfinite(list(gains.values())))
+        assert all(float(r["val_frame_input"]) == float(rows[0]["val_frame_input"]) for r in rows)  # same frames each time
+        assert meta.training["selected_by"] == key
+        assert meta.training["exported_step"] == max(gains, key=gains.get)
+        has_gate = "val_gate_lo_um" in rows[0]
+        assert has_gate == (variant == "manifold-1d")
+        if has_gate:
+            ramps = {(r.lo_um, r.hi_um) for r in candidates()}
+            assert all((float(r["val_gate_lo_um"]), float(r["val_gate_hi_um"])) in ramps for r in rows)
+    assert np.allclose(code_to_dz(tie_calibration(30.0), np.array([-0.5, 0.0, 0.1])), [-15.0, 0.0, 3.0])
     # resuming a checkpoint whose best step was picked by the tile probe starts a fresh frame-probe selection
     plain = tmp_path / "p.safetensors"
     train(data, plain, TrainConfig(max_steps=8, beta_delay=4, beta_ramp=4, seed=2, **TINY))
@@ -446,7 +482,7 @@ def test_val_frames_pick_the_export_by_whole_frame_gain(tmp_path, data):
                           overwrite=True, **TINY)
     train(data, plain, resumed)
     _, meta = load_weights(plain)
-    assert meta.training["selected_by"] == "val_frame_gain" and meta.training["exported_step"] == 12
+    assert meta.training["selected_by"] == "val_frame_gated_gain" and meta.training["exported_step"] == 12
 
 
 def test_calibration_days_are_the_reference_microscopes_when_there_are_enough(data):

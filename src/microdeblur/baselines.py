@@ -65,6 +65,49 @@ def wiener_tiles(tiles: np.ndarray, psf: np.ndarray, balance: float = WIENER_BAL
     return out[:, r:-r, r:-r].astype(np.float32)
 
 
+LINEAR_RINGS = 128  # frequency rings of the learned linear filter
+LINEAR_PAD = 64  # reflected border (px) around a frame before its FFT: keeps the wrap-around out of the frame
+
+
+def _padded_spectrum(x: np.ndarray) -> np.ndarray:
+    return np.fft.rfft2(np.pad(np.asarray(x, np.float64), LINEAR_PAD, mode="reflect"))
+
+
+def _rings(spectrum_shape: tuple[int, int], n_rings: int) -> np.ndarray:
+    """Ring (0..n_rings-1) of every rfft2 frequency, by radial frequency in cycles per pixel (DC 0, corner last)."""
+    fy = np.fft.fftfreq(spectrum_shape[0])[:, None]
+    fx = np.fft.rfftfreq(2 * (spectrum_shape[1] - 1))[None, :]
+    return np.minimum((np.hypot(fy, fx) / np.sqrt(0.5) * n_rings).astype(int), n_rings - 1)
+
+
+@dataclass
+class LinearFilterFit:
+    """Least-squares sums of a ring-wise linear filter from blurry to in-focus frames (accumulate, then `gains`)."""
+
+    n_rings: int = LINEAR_RINGS
+    num: np.ndarray | None = None
+    den: np.ndarray | None = None
+
+    def add(self, blurry: np.ndarray, focus: np.ndarray) -> None:
+        """Add one pair of same-shape normalised frames (a defocused one and its in-focus frame)."""
+        b, t = _padded_spectrum(blurry), _padded_spectrum(focus)
+        rings = _rings(b.shape, self.n_rings).ravel()
+        num = np.bincount(rings, (t * b.conj()).real.ravel(), self.n_rings)
+        den = np.bincount(rings, (np.abs(b) ** 2).ravel(), self.n_rings)
+        self.num, self.den = (num, den) if self.num is None else (self.num + num, self.den + den)
+
+    def gains(self) -> np.ndarray:
+        """Real gain per ring minimising sum |T - g B|^2 (a defocus PSF is even, so its transfer is real)."""
+        return self.num / np.maximum(self.den, 1e-12)
+
+
+def linear_filter(x: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Apply a ring-wise gain (LinearFilterFit.gains) to a 2-D frame."""
+    spec = _padded_spectrum(x)
+    out = np.fft.irfft2(spec * gains[_rings(spec.shape, len(gains))], s=tuple(n + 2 * LINEAR_PAD for n in x.shape))
+    return out[LINEAR_PAD:-LINEAR_PAD, LINEAR_PAD:-LINEAR_PAD].astype(np.float32)
+
+
 def deconvolve(tiles: np.ndarray, dz_um: np.ndarray, pixel_um: float | np.ndarray,
                method: Callable[[np.ndarray, np.ndarray], np.ndarray], optics: Optics | None = None) -> np.ndarray:
     """Apply `method(tiles, psf)` with the objective's defocus PSF at each tile's |Δz| and pixel size (µm; one

@@ -79,17 +79,23 @@ def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale
     """Method that resizes to the working pixel size (pixel size / 0.65 um with `by_pixel`; `scale` without, or
     when the pixel size is unknown), normalises by the frame's percentiles, applies fn(normalised, dz, working pixel um), reverts the
     normalisation and resizes back, as `deblur` does around its network."""
-    from .engine import rescale, resize_to
+    from .engine import resize_to
 
     def method(plane: np.ndarray, dz: float, pixel_um: float) -> np.ndarray:
-        own = by_pixel and pixel_um is not None
-        scale_here = float(f"{pixel_um / REFERENCE.working_pixel_um:.10g}") if own else scale
-        work = rescale(plane, scale_here)
+        work, scale_here = _working(plane, scale, pixel_um if by_pixel else None)
         norm = frame_normalizer(work)
         out = norm.after(fn(norm.before(work), dz, None if pixel_um is None else pixel_um / scale_here))
         return resize_to(out, plane.shape)
 
     return method
+
+
+def _working(plane: np.ndarray, scale: float, pixel_um: float | None) -> tuple[np.ndarray, float]:
+    """(plane at the working pixel: resized by pixel_um / 0.65 um, or by `scale` when pixel_um is None; the factor)."""
+    from .engine import rescale
+
+    factor = float(f"{pixel_um / REFERENCE.working_pixel_um:.10g}") if pixel_um is not None else scale
+    return rescale(plane, factor), factor
 
 
 def baseline_methods(scale: float, rl_iterations: int | Sequence[int] = 10, by_pixel: bool = True) -> dict[str, Method]:
@@ -109,6 +115,29 @@ def baseline_methods(scale: float, rl_iterations: int | Sequence[int] = 10, by_p
     return {INPUT: lambda plane, dz, px: np.asarray(plane, np.float32),
             "unsharp mask": at_working_scale(lambda x, dz, px: unsharp(x[None])[0], scale, by_pixel),
             **{f"Richardson-Lucy ({n} it.)": rl(n) for n in counts}}
+
+
+def linear_filter_method(fit_days: Sequence[FrameDay], scale: float, dz_max: float = 15.0) -> Method:
+    """The least-squares linear filter for each dz (baselines.LinearFilterFit), learned on `fit_days` (held-out
+    days of the same microscope) at the working pixel and applied with the frame's true dz (the nearest fitted
+    one), resized and normalised as at_working_scale does around any method."""
+    from .baselines import LinearFilterFit, linear_filter
+
+    def working(plane: np.ndarray, pixel_um: float | None) -> np.ndarray:
+        work = _working(plane, scale, pixel_um)[0]
+        return frame_normalizer(work).before(work)
+
+    fits: dict[float, LinearFilterFit] = {}
+    for day in fit_days:
+        focus = working(day.plane(day.focus).astype(np.float32), day.pixel_um)
+        for i, dz in enumerate(day.dz):
+            if dz != 0 and abs(dz) <= dz_max + 1e-9:
+                fits.setdefault(round(float(dz), 3), LinearFilterFit()).add(working(day.plane(i), day.pixel_um), focus)
+    if not fits:
+        raise UserError("no defocused frames to fit the linear filter on")
+    gains = {dz: f.gains() for dz, f in fits.items()}
+    levels = np.array(sorted(gains))
+    return at_working_scale(lambda x, dz, px: linear_filter(x, gains[float(levels[np.argmin(np.abs(levels - dz))])]), scale)
 
 
 def model_method(deblurrer) -> Method:

@@ -4,7 +4,9 @@ Tile probes rank checkpoints badly on whole frames (docs/model-card.md). This pr
 defocused frames (a central crop, several tiles wide) through the real `deblur` path, tiling, blending and
 intensity return included, and scores them against the in-focus frame after the min-MSE fit (CSBDeep's
 convention). The selection score is the mean over |dz| bins of the gain over the blurry input, so each bin weighs
-the same whatever the number of frames in it.
+the same whatever the number of frames in it. For a 1-D blur code tied to dz (manifold-1d) the probe also scores
+what ships: the output blended by the focus gate whose ramp fits these frames best, each tile's defocus read
+through the tie (code = dz / dz_scale) instead of a calibration that does not exist yet (GATED_SCORE).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import numpy as np
 import torch
 
 from .calibration import REFERENCE
+from .engine import upsample_tile_values
 from .eval_protocol import spread
+from .focus_gate import GateFrame, fit_ramp, score, tile_defocus
 from .frame_eval import FRAME_BINS, bin_name, find_frame_days
+from .io import to_dtype
 from .metrics import minmse_scores
 from .normalize import frame_normalizer
 
 SCORE = "val_frame_gain"
+GATED_SCORE = "val_frame_gated_gain"
 
 
 @dataclass(frozen=True)
@@ -56,21 +62,50 @@ class FrameProbe:
                                          minmse_scores(plane.astype(np.float32), truth)[0]))
         return cls(tuple(frames))
 
-    def metrics(self, deblurrer) -> dict[str, float]:
-        """Mean min-MSE PSNR of input and output, and the bin-balanced mean gain (SCORE) of this Deblurrer."""
+    def metrics(self, deblurrer, tie_um: float | None = None) -> dict[str, float]:
+        """Mean min-MSE PSNR of input and output and the bin-balanced mean gain (SCORE) of this Deblurrer's ungated
+        output; with `tie_um` (the dz that code 1 stands for), also the bin-balanced gain after the best-fitting focus
+        gate (GATED_SCORE) and that gate's ramp."""
         gains: dict[str, list[float]] = {}
-        outs, ins = [], []
+        outs, ins, gated = [], [], []
         with torch.inference_mode():
             for f in self.frames:
                 db = deblurrer.with_scale(deblurrer.scale_for(f.pixel_um))
-                out = minmse_scores(db.deblur_plane(f.plane).astype(np.float32), f.truth)[0]
+                y, codes, grid = db.swap_parts(f.plane, db.target, 0.0)
+                y = to_dtype(y, f.plane.dtype).astype(np.float32)  # what deblur_plane writes
+                out = minmse_scores(y, f.truth)[0]
                 outs.append(out)
                 ins.append(f.input_psnr)
-                lo, hi = next((lo, hi) for lo, hi in FRAME_BINS if lo < abs(f.dz_um) <= hi)
-                gains.setdefault(bin_name(lo, hi), []).append(out - f.input_psnr)
-        per_bin = {f"val_frame_gain_{k}": float(np.mean(v)) for k, v in gains.items()}
-        return {"val_frame_minmse": float(np.mean(outs)), "val_frame_input": float(np.mean(ins)),
-                SCORE: float(np.mean([np.mean(v) for v in gains.values()])), **per_bin}
+                gains.setdefault(_bin(f.dz_um), []).append(out - f.input_psnr)
+                if tie_um:
+                    defocus = tile_defocus(tie_calibration(tie_um), codes[:, 0], grid.rows_cols)
+                    gated.append(GateFrame(f.plane.astype(np.float32), y, defocus,
+                                           lambda w, g=grid, s=f.plane.shape: upsample_tile_values(w, g, s), f.truth, f.dz_um))
+        per_bin = {f"{SCORE}_{k}": float(np.mean(v)) for k, v in gains.items()}
+        row = {"val_frame_minmse": float(np.mean(outs)), "val_frame_input": float(np.mean(ins)),
+               SCORE: _balanced(gains), **per_bin}
+        if gated:
+            ramp, _ = fit_ramp(gated)
+            gated_gains: dict[str, list[float]] = {}
+            for gf, f in zip(gated, self.frames):
+                gated_gains.setdefault(_bin(f.dz_um), []).append(score(gf, ramp) - f.input_psnr)
+            row |= {GATED_SCORE: _balanced(gated_gains), "val_gate_lo_um": ramp.lo_um, "val_gate_hi_um": ramp.hi_um}
+        return row
+
+
+def tie_calibration(tie_um: float) -> dict:
+    """The calibration a dz tie implies before one is fitted: code c stands for c x tie_um (linear, signed)."""
+    return {"kind": "signed", "knots": {"code": [-1.0, 1.0], "dz_um": [-tie_um, tie_um]}}
+
+
+def _bin(dz_um: float) -> str:
+    lo, hi = next((lo, hi) for lo, hi in FRAME_BINS if lo < abs(dz_um) <= hi)
+    return bin_name(lo, hi)
+
+
+def _balanced(gains: dict[str, list[float]]) -> float:
+    """Mean over bins of the mean gain in each bin (every bin weighs the same)."""
+    return float(np.mean([np.mean(v) for v in gains.values()]))
 
 
 def _centre(plane: np.ndarray, side: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import log
 from .atomic import atomic_path
@@ -23,8 +24,8 @@ from .devices import PRECISIONS, autocast, compute_dtype, torch_threads
 from .distributed import World, any_rank, gather_objects, world
 from .engine import OVERLAP, Deblurrer
 from .errors import UserError
+from .frame_probe import GATED_SCORE, FrameProbe
 from .frame_probe import SCORE as FRAME_SCORE
-from .frame_probe import FrameProbe
 from .interrupts import deferred
 from .losses import DEBLUR_LOSSES, beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
@@ -81,6 +82,7 @@ class TrainConfig:
     cycle_weight: float = 0.0  # μ on the swapped blur code read back by the frozen encoder (off: 1 diverged)
     deblur_weight: float = 0.0  # ω on the supervised D(id(x), 0) -> x_focus term (objectives.Manifold)
     deblur_loss: str = "l1"  # its distance: l1 (CARE's) or l2 (RMS: the minimiser of the MSE that PSNR scores)
+    ema: float = 0.0  # decay of an exponential moving average of the weights that probes score and export uses (0: off)
 
     def __post_init__(self) -> None:
         # fine-tuning starts from disentangled weights: a reconstruction-only warm-up would unlearn the swap
@@ -198,6 +200,9 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown --precision {cfg.precision!r}: use {', '.join(PRECISIONS)}")
     _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
+    _finite("--ema", cfg.ema, 0)
+    if cfg.ema >= 1:
+        raise UserError(f"--ema is a decay below 1 (0 turns it off; 0.999 averages about the last 1,000 steps), got {cfg.ema}")
     if cfg.dz_range is not None:
         _finite("--dz-range", cfg.dz_range, 0, open_low=True)
     if cfg.dz_weight is not None:
@@ -213,7 +218,7 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code", "deblur_loss")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
+ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code", "deblur_loss", "ema")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
@@ -226,7 +231,7 @@ def _with_defaults(recipe: dict) -> dict:
 
 
 def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: TrainState, cfg: TrainConfig,
-                     w: World | None = None) -> None:
+                     w: World | None = None, ema: AveragedModel | None = None) -> None:
     """Everything needed to continue bit for bit, written atomically by rank 0 (replaces the previous checkpoint).
 
     Every rank's sampler state is kept; `rng` is rank 0's (the one a single-process run uses)."""
@@ -238,12 +243,15 @@ def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: Tr
             "rng": rngs[0], "rank_rngs": rngs, "rank_steps": [n for _, n in ranks], "torch_rng": torch.get_rng_state(), "step": state.step,
             "elapsed_s": state.elapsed_s, "history": state.history, "recipe": cfg.recipe(),
             "best": {"score": state.best_score, "step": state.best_step, "model": state.best_model, "by": state.best_by}}
+    if ema is not None:
+        blob["ema"] = ema.state_dict()
     with atomic_path(path, overwrite=True) as tmp:
         torch.save(blob, tmp)
 
 
 def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: TrainConfig,
-                     w: World | None = None, best_by: str = "val_deblur_minmse") -> TrainState:
+                     w: World | None = None, best_by: str = "val_deblur_minmse",
+                     ema: AveragedModel | None = None) -> TrainState:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file problem
@@ -260,6 +268,8 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
         raise UserError(f"checkpoint {path} was trained with {was}: resume with the same options")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(ck["ema"])
     rngs = ck.get("rank_rngs") or [ck["rng"]]
     size, rank = (1, 0) if w is None else (w.size, w.rank)
     if len(rngs) == size:
@@ -371,6 +381,11 @@ def _write_log(path: Path, history: list[dict]) -> None:
         w.writerows(history)
 
 
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """PyTorch's exponential moving average of the weights and buffers (None when decay is 0)."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Exponential decay counted in steps (extending a run keeps the planned steps' rates)."""
     return cfg.lr * 0.5 ** (step / cfg.lr_halflife)
@@ -458,7 +473,8 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     sampler = PairSampler(data, train_ids, rng)
     probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
     frames = FrameProbe.build(cfg.val_frames) if cfg.val_frames and w.main else None
-    best_by = FRAME_SCORE if cfg.val_frames else "val_deblur_minmse"
+    tie_um = cfg.step_options().dz_scale if cfg.variant == "manifold-1d" and cfg.dz_tie > 0 else None
+    best_by = (GATED_SCORE if tie_um else FRAME_SCORE) if cfg.val_frames else "val_deblur_minmse"
     index = load_index(Path(data_dir))
     norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
     optics = optics_of_prepared(index, data.scale)  # the microscope trained for, reference where unknown
@@ -474,7 +490,10 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     if w.size > 1:
         step_module = DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
     ckpt = checkpoint_path(output)
-    state = _load_checkpoint(cfg.resume, model, opt, rng, cfg, w, best_by) if cfg.resume else TrainState(best_by=best_by)
+    ema = weight_average(model, cfg.ema)
+    scored = model if ema is None else ema.module  # what the probes score and the export writes
+    state = (_load_checkpoint(cfg.resume, model, opt, rng, cfg, w, best_by, ema) if cfg.resume
+             else TrainState(best_by=best_by))
     steps_per_epoch = max(1, math.ceil(len(train_ids) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch, cfg.max_steps)
     budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
@@ -493,15 +512,15 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
         if not w.main:  # rank 0 alone probes, logs and keeps the best state
             run.update(sums={}, n=0, t=time.perf_counter())
             return
-        row |= {k: round(v, 4) for k, v in probe.metrics(model, device).items()}
+        row |= {k: round(v, 4) for k, v in probe.metrics(scored, device).items()}
         if frames is not None:
-            live = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
-                               focus_blur_code=probe.focus_code(model, device), optics=optics)
-            row |= {k: round(v, 4) for k, v in frames.metrics(Deblurrer(model, live, device=device, overlap=min(OVERLAP, data.tile // 4))).items()}
-            model.train()
+            live = WeightsMeta(variant=cfg.variant, config=scored.config, normalization=norm, scale=data.scale,
+                               focus_blur_code=probe.focus_code(scored, device), optics=optics)
+            row |= {k: round(v, 4) for k, v in frames.metrics(Deblurrer(scored, live, device=device, overlap=min(OVERLAP, data.tile // 4)), tie_um).items()}
+            scored.train()
         if row[state.best_by] > state.best_score:
             state.best_score, state.best_step = row[state.best_by], state.step
-            state.best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state.best_model = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         state.history.append(row)
         _write_log(log_csv, state.history)
         log.debug(json.dumps(row))
@@ -526,6 +545,8 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             state.step += 1
             run["n"] += 1
             for k, v in parts.items():
@@ -540,15 +561,15 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
                 evaluate_now(beta)
             if state.step % cfg.checkpoint_every == 0:
                 state.elapsed_s = time.perf_counter() - t_start
-                _save_checkpoint(ckpt, model, opt, rng, state, cfg, w)
+                _save_checkpoint(ckpt, model, opt, rng, state, cfg, w, ema)
     state.elapsed_s = time.perf_counter() - t_start
     if state.step < total and not (budget_s is not None and state.elapsed_s >= budget_s):  # stopped by a signal
-        _save_checkpoint(ckpt, model, opt, rng, state, cfg, w)
+        _save_checkpoint(ckpt, model, opt, rng, state, cfg, w, ema)
         log.info(f"interrupted at step {state.step}; checkpoint saved, continue with --resume {ckpt}")
         raise SystemExit(stop.exit_code if stop else 130)
     if not state.history or state.history[-1]["step"] != state.step:
         evaluate_now(beta)
-    _save_checkpoint(ckpt, model, opt, rng, state, cfg, w)
+    _save_checkpoint(ckpt, model, opt, rng, state, cfg, w, ema)
     if not w.main:  # the other ranks are done: rank 0 alone exports (no collective calls after this point)
         return output
     if state.best_model is not None:
