@@ -20,20 +20,15 @@ import numpy as np
 
 from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
-from microdeblur.engine import Deblurrer, upsample_tile_values
-from microdeblur.focus_gate import GateFrame, fit_ramp, score, tile_defocus
+from microdeblur.engine import Deblurrer
+from microdeblur.focus_gate import GateFrame, fit_ramp, gate_frame, score
 from microdeblur.weights import load_weights, save_weights
 
 
 def frames(db: Deblurrer, days, dz_max: float) -> list[GateFrame]:
     """One GateFrame per defocused plane of the days."""
-    out = []
-    for day, dz, x, ref in frame_eval.defocused_frames(days, dz_max):
-        d = db.with_scale(db.scale_for(day.pixel_um))
-        y, codes, grid = d.swap_parts(x, d.target, 0.0)
-        out.append(GateFrame(x, y, tile_defocus(db.meta.calibration, codes[:, 0], grid.rows_cols),
-                             lambda w, g=grid, s=x.shape: upsample_tile_values(w, g, s), ref, dz))
-    return out
+    return [gate_frame(db.with_scale(db.scale_for(day.pixel_um)), x, ref, dz)
+            for day, dz, x, ref in frame_eval.defocused_frames(days, dz_max)]
 
 
 def main() -> None:

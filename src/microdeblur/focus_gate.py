@@ -70,6 +70,16 @@ class GateFrame:
     dz_um: float
 
 
+def gate_frame(deblurrer, plane: np.ndarray, reference: np.ndarray, dz_um: float, cal: dict | None = None) -> GateFrame:
+    """A plane deblurred once without the gate, as a GateFrame (tile defocus through `cal`, default the weights')."""
+    from .engine import upsample_tile_values  # the engine imports this module
+
+    corrected, codes, grid = deblurrer.swap_parts(plane, deblurrer.target, 0.0)
+    defocus = tile_defocus(cal or deblurrer.meta.calibration, codes[:, 0], grid.rows_cols)
+    return GateFrame(np.asarray(plane, np.float32), corrected, defocus,
+                     lambda w: upsample_tile_values(w, grid, plane.shape), reference, dz_um)
+
+
 def score(frame: GateFrame, ramp: Ramp | None) -> float:
     """Min-MSE PSNR of the frame deblurred with the ramp (None: the full correction everywhere)."""
     from .metrics import minmse_fit, psnr_batch  # scikit-image: only when fitting

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from .calibration import REFERENCE
-from .engine import upsample_tile_values
 from .eval_protocol import spread
-from .focus_gate import GateFrame, fit_ramp, score, tile_defocus
+from .focus_gate import fit_ramp, gate_frame, score
 from .frame_eval import FRAME_BINS, bin_name, find_frame_days
 from .io import to_dtype
 from .metrics import minmse_scores
@@ -71,16 +70,13 @@ class FrameProbe:
         with torch.inference_mode():
             for f in self.frames:
                 db = deblurrer.with_scale(deblurrer.scale_for(f.pixel_um))
-                y, codes, grid = db.swap_parts(f.plane, db.target, 0.0)
-                y = to_dtype(y, f.plane.dtype).astype(np.float32)  # what deblur_plane writes
-                out = minmse_scores(y, f.truth)[0]
+                if tie_um:
+                    gated.append(gate_frame(db, f.plane, f.truth, f.dz_um, tie_calibration(tie_um)))
+                y = gated[-1].corrected if tie_um else db.swap_parts(f.plane, db.target, 0.0)[0]
+                out = minmse_scores(to_dtype(y, f.plane.dtype).astype(np.float32), f.truth)[0]  # as deblur writes
                 outs.append(out)
                 ins.append(f.input_psnr)
                 gains.setdefault(_bin(f.dz_um), []).append(out - f.input_psnr)
-                if tie_um:
-                    defocus = tile_defocus(tie_calibration(tie_um), codes[:, 0], grid.rows_cols)
-                    gated.append(GateFrame(f.plane.astype(np.float32), y, defocus,
-                                           lambda w, g=grid, s=f.plane.shape: upsample_tile_values(w, g, s), f.truth, f.dz_um))
         per_bin = {f"{SCORE}_{k}": float(np.mean(v)) for k, v in gains.items()}
         row = {"val_frame_minmse": float(np.mean(outs)), "val_frame_input": float(np.mean(ins)),
                SCORE: _balanced(gains), **per_bin}
