@@ -67,7 +67,7 @@ def world(device_name: str = "auto") -> Iterator[World]:
         dist.barrier()  # leave together: gloo aborts a rank whose peer tears its connections down mid-exchange
     finally:
         # a DistributedDataParallel left in a reference cycle would otherwise be freed at exit, after its process
-        # group, and its gloo threads end in std::terminate (SIGABRT, measured 1 run in ~20 without this)
+        # group, and its gloo threads end in std::terminate (SIGABRT: 2 in 25 two-process runs without this, 0 in 100 with it)
         gc.collect()
         dist.destroy_process_group()
 
