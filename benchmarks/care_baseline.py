@@ -13,7 +13,8 @@ careamics 0.0.x, and careamics imports pkg_resources, which the fresh venv lacke
 Pairs: every defocused plane of the training identities (PreparedData.split, as `train` and train_unet.py) with
 the in-focus plane of its identity, percentile-normalised tiles as `prepare` wrote them; CAREamics draws random
 `--patch` crops from them, normalises by its own mean/std (kept in the exported graph) and trains its default
-CARE U-Net with its default loss and optimiser for exactly `--steps` batches (one epoch of num_steps batches).
+CARE U-Net with its default loss, optimiser and per-epoch schedule for exactly `--steps` optimiser steps
+(Lightning's max_steps; one epoch is every 64-px patch of the pairs once).
 """
 
 from __future__ import annotations
@@ -68,11 +69,19 @@ def main() -> None:
     cfg = create_care_config(experiment_name="care_baseline", data_type="array", axes="SYX",
                              patch_size=[args.patch, args.patch], batch_size=args.batch_size, num_epochs=1,
                              num_steps=args.steps)
+    # CAREamics' num_steps only caps the batches of each epoch (Lightning's limit_train_batches; one epoch of
+    # these pairs is ~6,100 batches of 64-px patches): count the budget in optimiser steps across epochs instead
+    params = cfg.training_config.trainer_params
+    params.pop("limit_train_batches", None)
+    params.update(max_steps=args.steps, max_epochs=-1)
     work = Path(tempfile.mkdtemp(prefix="care_"))
     careamist = CAREamist(cfg, work_dir=work, enable_progress_bar=False)
     t = time.perf_counter()
     careamist.train(train_data=x, train_data_target=y, val_data=xv, val_data_target=yv)
     minutes = (time.perf_counter() - t) / 60
+    done = int(careamist.trainer.global_step)
+    if done != args.steps:
+        raise SystemExit(f"error: CAREamics ran {done} optimiser steps, not {args.steps}")
     norm = careamist.config.data_config.normalization  # mean/std CAREamics computed from the training pairs
     stats = {k: float(np.asarray(getattr(norm, k)).reshape(-1)[0]) for k in
              ("input_means", "input_stds", "target_means", "target_stds")}
@@ -96,7 +105,7 @@ def main() -> None:
                           output_names=["out"], dynamic_axes={"tiles": {0: "n"}, "out": {0: "n"}}, opset_version=17,
                           dynamo=False)
     n_params = sum(p.numel() for p in net.parameters())
-    info = {"careamics": __import__("careamics").__version__, "torch": torch.__version__, "steps": args.steps,
+    info = {"careamics": __import__("careamics").__version__, "torch": torch.__version__, "steps": done, "batches_per_epoch": int(careamist.trainer.num_training_batches),
             "batch_size": args.batch_size, "patch": args.patch, "pairs": int(len(x)), "parameters": int(n_params),
             "minutes": round(minutes, 1), "model": careamist.config.algorithm_config.model.model_dump(),
             "loss": str(careamist.config.algorithm_config.loss), "optimizer": careamist.config.algorithm_config.optimizer.model_dump(),
