@@ -9,6 +9,9 @@
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
 #   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
 #       --deblur-weight 1 --dz-weight 1 --source-code                  # shipped manifold-1d (2026-12-02)
+# Session 13's candidate on the stage 1 trained with the source code from scratch (m1dsc, committed):
+#   bash benchmarks/train_randomised.sh 4000 m1dscr models/checkpoints/m1dsc.safetensors \
+#       --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999
 # (the train options are part of the shipped recipe: without them the run is the plain fine-tune)
 # INIT for the shipped run: the stage-1 export, committed; `bash benchmarks/train_shipped.sh 9000 m1dz1
 # --deblur-weight 1 --dz-weight 1` rebuilds it from scratch (it exports its best tile-probe step, 8,250).

@@ -6,6 +6,9 @@
 # continues an interrupted run from its checkpoint (also with a larger STEPS: the schedules are counted
 # in steps, so extending a run keeps the steps already planned). The shipped run (both cores):
 #   bash benchmarks/train_shipped.sh 10000 m1d                      # shipped manifold-1d (pyramid network, input skip)
+# Stage 1 with the source code from the first step (session 13, models/checkpoints/m1dsc.safetensors, 52 min):
+#   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_shipped.sh 9000 \
+#       m1dsc --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999 --val-frames runs/val/ref
 # Same-budget comparisons (WORKERS=1 to run two at once):
 #   bash benchmarks/train_shipped.sh 10000 manifold --variant manifold
 #   bash benchmarks/train_shipped.sh 10000 mlvae --variant ml-vae
