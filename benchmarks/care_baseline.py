@@ -67,13 +67,10 @@ def main() -> None:
     x, y = pairs(data, train_ids, args.max_pairs, rng)
     xv, yv = pairs(data, val_ids, 64, rng)
     cfg = create_care_config(experiment_name="care_baseline", data_type="array", axes="SYX",
-                             patch_size=[args.patch, args.patch], batch_size=args.batch_size, num_epochs=1,
-                             num_steps=args.steps)
-    # CAREamics' num_steps only caps the batches of each epoch (Lightning's limit_train_batches; one epoch of
-    # these pairs is ~6,100 batches of 64-px patches): count the budget in optimiser steps across epochs instead
-    params = cfg.training_config.trainer_params
-    params.pop("limit_train_batches", None)
-    params.update(max_steps=args.steps, max_epochs=-1)
+                             patch_size=[args.patch, args.patch], batch_size=args.batch_size)
+    # the budget in optimiser steps across epochs: CAREamics' own num_steps only caps each epoch's batches
+    # (Lightning's limit_train_batches; one epoch of these pairs is 6,140 batches of 64-px patches)
+    cfg.training_config.trainer_params.update(max_steps=args.steps, max_epochs=-1)
     work = Path(tempfile.mkdtemp(prefix="care_"))
     careamist = CAREamist(cfg, work_dir=work, enable_progress_bar=False)
     t = time.perf_counter()
@@ -105,8 +102,8 @@ def main() -> None:
                           output_names=["out"], dynamic_axes={"tiles": {0: "n"}, "out": {0: "n"}}, opset_version=17,
                           dynamo=False)
     n_params = sum(p.numel() for p in net.parameters())
-    info = {"careamics": __import__("careamics").__version__, "torch": torch.__version__, "steps": done, "batches_per_epoch": int(careamist.trainer.num_training_batches),
-            "batch_size": args.batch_size, "patch": args.patch, "pairs": int(len(x)), "parameters": int(n_params),
+    info = {"careamics": __import__("careamics").__version__, "torch": torch.__version__, "steps": done,
+            "batches_per_epoch": int(careamist.trainer.num_training_batches), "batch_size": args.batch_size, "patch": args.patch, "pairs": int(len(x)), "parameters": int(n_params),
             "minutes": round(minutes, 1), "model": careamist.config.algorithm_config.model.model_dump(),
             "loss": str(careamist.config.algorithm_config.loss), "optimizer": careamist.config.algorithm_config.optimizer.model_dump(),
             "normalisation": stats}
