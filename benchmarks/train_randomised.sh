@@ -7,22 +7,22 @@
 # then the focus gate's ramp is fitted on those validation days and five more (benchmarks/fit_focus_gate.py) and
 # written into runs/NAME_gated.safetensors, the file that ships.
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
-#   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
-#       --deblur-weight 1 --dz-weight 1 --source-code                  # shipped manifold-1d (2026-12-02)
-# Session 13's candidate on the stage 1 trained with the source code from scratch (m1dsc, committed):
-#   bash benchmarks/train_randomised.sh 4000 m1dscr models/checkpoints/m1dsc.safetensors \
-#       --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999
+#   bash benchmarks/train_randomised.sh 10000 m1dscr10 models/checkpoints/m1dsc.safetensors \
+#       --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999     # shipped manifold-1d (2026-12-06)
 # (the train options are part of the shipped recipe: without them the run is the plain fine-tune)
-# INIT for the shipped run: the stage-1 export, committed; `bash benchmarks/train_shipped.sh 9000 m1dz1
-# --deblur-weight 1 --dz-weight 1` rebuilds it from scratch (it exports its best tile-probe step, 8,250).
+# INIT for the shipped run: the stage-1 export, committed; its command in train_shipped.sh rebuilds it from scratch
+# (m1dsc, 9,000 steps). The weights shipped before (2026-12-02) were
+#   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
+#       --deblur-weight 1 --dz-weight 1 --source-code
+# on `bash benchmarks/train_shipped.sh 9000 m1dz1 --deblur-weight 1 --dz-weight 1` (exported step 8,250).
 # Re-running continues an interrupted run from runs/NAME.ckpt. LAUNCH runs it data-parallel, e.g. two one-thread
 # processes (1.3x the tiles/s of one two-thread process on 2 cores, docs/benchmarks.md):
 #   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_randomised.sh ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${1:-4000}
-NAME=${2:-m1dz1rs}
-INIT=${3:-models/checkpoints/m1dz1.safetensors}
+STEPS=${1:-10000}
+NAME=${2:-m1dscr10}
+INIT=${3:-models/checkpoints/m1dsc.safetensors}
 shift $(( $# > 3 ? 3 : $# ))
 [ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
 [ -d runs/raw_random ] || microdeblur simulate runs/raw_random --days 16 --planes 31 --size 2048x1536 --randomize --seed 4000
