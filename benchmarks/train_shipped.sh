@@ -4,11 +4,12 @@
 #   bash benchmarks/train_shipped.sh STEPS NAME [TRAIN OPTIONS...]
 # Writes runs/raw_train, runs/data_train and runs/NAME.safetensors (+ .ckpt, .log.csv); re-running
 # continues an interrupted run from its checkpoint (also with a larger STEPS: the schedules are counted
-# in steps, so extending a run keeps the steps already planned). The shipped run (both cores):
-#   bash benchmarks/train_shipped.sh 10000 m1d                      # shipped manifold-1d (pyramid network, input skip)
-# Stage 1 with the source code from the first step (session 13, models/checkpoints/m1dsc.safetensors, 52 min):
+# in steps, so extending a run keeps the steps already planned).
+# Stage 1 of the shipped manifold-1d (2026-12-06; stage 2: train_randomised.sh), the source code from the first step
+# (models/checkpoints/m1dsc.safetensors, 52 min on both cores):
 #   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_shipped.sh 9000 \
 #       m1dsc --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999 --val-frames runs/val/ref
+# The plain recipe (shipped until 2026-12-02): bash benchmarks/train_shipped.sh 10000 m1d
 # Same-budget comparisons (WORKERS=1 to run two at once):
 #   bash benchmarks/train_shipped.sh 10000 manifold --variant manifold
 #   bash benchmarks/train_shipped.sh 10000 mlvae --variant ml-vae
@@ -19,6 +20,8 @@ NAME=${2:-manifold-1d}
 shift $(( $# > 2 ? 2 : $# ))
 [ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
 [ -f runs/data_train/index.json ] || microdeblur prepare runs/raw_train runs/data_train
+# the whole-frame validation day that --val-frames runs/val/ref reads (seed never used in training or testing)
+[ -d runs/val/ref ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
 OUT=runs/${NAME}.safetensors
 RESUME=()
 [ -f "runs/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && RESUME=(--resume "runs/${NAME}.ckpt")
