@@ -46,9 +46,9 @@ def main() -> None:
             true.append(z)
             med.append(summary["median_dz_um" if signed else "median_abs_dz_um"])
             med_all.append(float(np.median(dz_tiles)))
-            tile_err.append(np.abs(dz_tiles - (abs(z) if meta.calibration["kind"] == "abs" else z)))
+            tile_err.append(np.abs(dz_tiles - (z if signed else abs(z))))
     true, med, med_all = np.asarray(true), np.asarray(med), np.asarray(med_all)
-    target = np.abs(true) if meta.calibration["kind"] == "abs" else true
+    target = true if signed else np.abs(true)
     tiles = np.concatenate(tile_err)
     res = {"calibration_kind": meta.calibration["kind"], "images": int(len(true)),
            "spearman_median_vs_true": calibration.spearman(med, target),
