@@ -7,11 +7,12 @@
 # then the focus gate's ramp is fitted on those validation days and five more (benchmarks/fit_focus_gate.py) and
 # written into runs/NAME_gated.safetensors, the file that ships.
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
-#   bash benchmarks/train_randomised.sh 10000 m1dscr10 models/checkpoints/m1dsc.safetensors \
-#       --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999     # shipped manifold-1d (2026-12-06)
+#   bash benchmarks/train_randomised.sh 10000 m1dsc18r models/checkpoints/m1dsc18.safetensors \
+#       --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999     # shipped manifold-1d (2026-12-06, session 15)
 # (the train options are part of the shipped recipe: without them the run is the plain fine-tune)
 # INIT for the shipped run: the stage-1 export, committed; its command in train_shipped.sh rebuilds it from scratch
-# (m1dsc, 9,000 steps). The weights shipped before (2026-12-02) were
+# (m1dsc18, 18,000 steps). Shipped before it: m1dscr10, the same command on models/checkpoints/m1dsc.safetensors
+# (9,000 steps; its gated file is models/checkpoints/m1dscr10_gated.safetensors). Before that (2026-12-02):
 #   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
 #       --deblur-weight 1 --dz-weight 1 --source-code
 # on `bash benchmarks/train_shipped.sh 9000 m1dz1 --deblur-weight 1 --dz-weight 1` (exported step 8,250).
@@ -21,8 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-10000}
-NAME=${2:-m1dscr10}
-INIT=${3:-models/checkpoints/m1dsc.safetensors}
+NAME=${2:-m1dsc18r}
+INIT=${3:-models/checkpoints/m1dsc18.safetensors}
 shift $(( $# > 3 ? 3 : $# ))
 [ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
 [ -d runs/raw_random ] || microdeblur simulate runs/raw_random --days 16 --planes 31 --size 2048x1536 --randomize --seed 4000

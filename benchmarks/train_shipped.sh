@@ -6,9 +6,10 @@
 # continues an interrupted run from its checkpoint (also with a larger STEPS: the schedules are counted
 # in steps, so extending a run keeps the steps already planned).
 # Stage 1 of the shipped manifold-1d (2026-12-06; stage 2: train_randomised.sh), the source code from the first step
-# (models/checkpoints/m1dsc.safetensors, 52 min on both cores):
-#   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_shipped.sh 9000 \
-#       m1dsc --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999 --val-frames runs/val/ref
+# (models/checkpoints/m1dsc18.safetensors, 95 min on both cores; run as 9,000 steps, m1dsc, then resumed):
+#   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_shipped.sh 18000 \
+#       m1dsc18 --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999 --val-frames runs/val/ref
+# (the same with 9000 m1dsc is the stage 1 of the weights shipped before, m1dscr10)
 # The plain recipe (shipped until 2026-12-02): bash benchmarks/train_shipped.sh 10000 m1d
 # Same-budget comparisons (WORKERS=1 to run two at once):
 #   bash benchmarks/train_shipped.sh 10000 manifold --variant manifold
