@@ -3,7 +3,7 @@
 Run: python benchmarks/focus_bench.py RAW_DAYS [--weights W] [--dz-max 30]
 RAW_DAYS: days written by `microdeblur simulate` with seeds never used for training (each day has
 ground_truth.json). Every plane with |dz| <= dz-max is a whole camera frame; its median estimate as
-`microdeblur focus` reports it (`Deblurrer.focus_maps`: tiles below the contrast floor left out) is compared with
+`microdeblur focus` reports it (`Deblurrer.tile_focus` and `maps_of`, as `focus_maps`: tiles below the contrast floor left out) is compared with
 the true dz, and so is the plain median over all tiles (empty background included; the figure before session 14).
 Prints Spearman rho, mean absolute errors, and per-tile error.
 """
@@ -39,10 +39,9 @@ def main() -> None:
         for f, z in zip(files, truth["z_um"]):
             if abs(z) > a.dz_max:
                 continue
-            plane = tifffile.imread(f)
-            enc = db.encode(plane)
-            dz_tiles = calibration.code_to_dz(meta.calibration, enc.blur[:, 0])
-            _, _, summary = db.focus_maps(plane, signed=signed)
+            tf = db.tile_focus(tifffile.imread(f))
+            dz_tiles = tf.dz_um
+            _, _, summary = db.maps_of(tf, signed=signed)
             true.append(z)
             med.append(summary["median_dz_um" if signed else "median_abs_dz_um"])
             med_all.append(float(np.median(dz_tiles)))

@@ -136,6 +136,16 @@ def averaged_views(fn: Callable[[np.ndarray], np.ndarray], views: int) -> Callab
 
 
 @dataclass
+class TileFocus:
+    """Per-tile defocus of one plane (µm of the training microscope) and which tiles have enough contrast."""
+
+    dz_um: np.ndarray  # [N]
+    usable: np.ndarray  # [N] bool
+    grid: TileGrid
+    shape: tuple[int, int]
+
+
+@dataclass
 class Encoded:
     """Codes of every tile of one plane plus what is needed to decode it back to that plane."""
 
@@ -367,38 +377,48 @@ class Deblurrer:
         dmap, _, summary = self.focus_maps(plane2d, dz_factor, signed=signed)
         return dmap, summary
 
-    def focus_maps(self, plane2d: np.ndarray, dz_factor: float = 1.0, *, signed: bool = True,
-                   confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None, dict]:
-        """(defocus map, sign-confidence map or None, summary) of a plane; see `focus_map`.
-
-        Unsigned (`signed` False): every tile's |dz| is interpolated (no false in-focus band where neighbouring
-        tiles' signs differ) and the summary's median is `median_abs_dz_um` instead of `median_dz_um`. The
-        confidence map (with `confidence`) holds each tile's `tile_sign_confidence`, interpolated like the dz map,
-        NaN where the dz map is NaN."""
+    def tile_focus(self, plane2d: np.ndarray) -> TileFocus:
+        """Each tile's calibrated defocus (µm of the training microscope) and whether it has enough contrast to
+        count, from one encoding of the plane."""
         cal = getattr(self.meta, "calibration", None)
         if not cal:
             raise UserError("focus maps need weights with a blur-code calibration")
         enc = self.encode(plane2d)
         if enc.blur.shape[1] != 1:
             raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
-        rows, cols = enc.grid.rows_cols
-        dz_train = calibration.code_to_dz(cal, enc.blur[:, 0])
-        dz = (dz_train * float(dz_factor)).astype(np.float32)
+        usable = tile_contrast(rescale(np.asarray(plane2d), self.scale), enc.grid) >= MIN_TILE_CONTRAST
+        return TileFocus(calibration.code_to_dz(cal, enc.blur[:, 0]), usable, enc.grid, enc.shape)
+
+    def focus_maps(self, plane2d: np.ndarray, dz_factor: float = 1.0, *, signed: bool = True,
+                   confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """(defocus map, sign-confidence map or None, summary) of a plane; see `focus_map` and `maps_of`."""
+        return self.maps_of(self.tile_focus(plane2d), dz_factor, signed=signed, confidence=confidence)
+
+    def maps_of(self, tf: TileFocus, dz_factor: float = 1.0, *, signed: bool = True,
+                confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """(defocus map, sign-confidence map or None, summary) of a plane's `tile_focus`.
+
+        Unsigned (`signed` False): every tile's |dz| is interpolated (no false in-focus band where neighbouring
+        tiles' signs differ) and the summary's median is `median_abs_dz_um` instead of `median_dz_um`. The
+        confidence map (with `confidence`) holds each tile's `tile_sign_confidence`, interpolated like the dz map,
+        NaN where the dz map is NaN."""
+        rows, cols = tf.grid.rows_cols
+        dz = (tf.dz_um * float(dz_factor)).astype(np.float32)
         if not signed:
             dz = np.abs(dz)
-        usable = tile_contrast(rescale(np.asarray(plane2d), self.scale), enc.grid) >= MIN_TILE_CONTRAST
-        dz = np.where(usable, dz, np.nan).reshape(rows, cols)
-        dmap = upsample_tile_values(dz, enc.grid, enc.shape)
+        dz = np.where(tf.usable, dz, np.nan).reshape(rows, cols)
+        dmap = upsample_tile_values(dz, tf.grid, tf.shape)
         cmap = None
         if confidence:
-            conf = np.where(usable, tile_sign_confidence(cal, dz_train), np.nan).astype(np.float32)
-            cmap = upsample_tile_values(conf.reshape(rows, cols), enc.grid, enc.shape)
+            conf = tile_sign_confidence(self.meta.calibration, tf.dz_um)
+            conf = np.where(tf.usable, conf, np.nan).astype(np.float32)
+            cmap = upsample_tile_values(conf.reshape(rows, cols), tf.grid, tf.shape)
             cmap = np.where(np.isfinite(dmap), np.clip(cmap, 0.0, 1.0), np.nan).astype(np.float32)
         known = dmap[np.isfinite(dmap)]
         summary = {"median_dz_um" if signed else "median_abs_dz_um":
                    float(np.median(known)) if known.size else float("nan"),
                    "frac_in_focus": float(np.mean(np.abs(known) <= IN_FOCUS_UM)) if known.size else float("nan"),
-                   "n_tiles": int(dz.size), "n_tiles_used": int(usable.sum())}
+                   "n_tiles": int(dz.size), "n_tiles_used": int(tf.usable.sum())}
         return dmap, cmap, summary
 
 
