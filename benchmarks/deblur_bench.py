@@ -250,7 +250,7 @@ def section_e(work: Path, weights: Path) -> None:
     import torch
 
     from microdeblur.engine import rescale
-    from microdeblur.io import read_image
+    from microdeblur.image_read import read_image
     from microdeblur.normalize import frame_normalizer
     from microdeblur.simulate import simulate_days
     from microdeblur.tiling import extract_tiles, stitch, tile_grid
@@ -365,7 +365,8 @@ STAGES_CHILD = """
 import sys, time
 t0 = time.perf_counter()
 from microdeblur.inference import load_deblurrer
-from microdeblur.io import read_image, write_tiff
+from microdeblur.image_read import read_image
+from microdeblur.image_write import write_tiff
 t1 = time.perf_counter()
 db, meta = load_deblurrer(sys.argv[1], "cpu", sys.argv[4])
 t2 = time.perf_counter()

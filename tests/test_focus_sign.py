@@ -21,7 +21,8 @@ from microdeblur.calibration import (
 )
 from microdeblur.engine import Deblurrer, tile_sign_confidence
 from microdeblur.focus_runs import focus_paths
-from microdeblur.io import read_image, write_tiff
+from microdeblur.image_read import read_image
+from microdeblur.image_write import write_tiff
 
 DZ = np.linspace(-20, 20, 41)
 OPTICS = ("--na", "0.4", "--wavelength", "0.55")
@@ -128,7 +129,7 @@ def test_finalize_stores_the_sign_table_in_the_calibration(monkeypatch):
                            tile_indices=lambda sel: np.concatenate([np.arange(4 * i, 4 * i + 4) for i in sel]),
                            reference_identities=lambda sel: list(sel))
     model = SimpleNamespace(eval=lambda: None, config=SimpleNamespace(blur_dim=1))
-    _, cal = training.finalize(model, data, ids, training.TrainConfig(seed=0), "cpu")
+    _, cal = training.finalize(model, data, ids, 0, "cpu")
     table = cal["sign_reliability"]
     assert cal["kind"] == "signed" and table["n_scored"] == int((dz != 0).sum())
     assert table["fraction_correct"] and all(f == 1.0 for f in table["fraction_correct"])

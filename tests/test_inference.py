@@ -18,8 +18,9 @@ from microdeblur.cli import app
 from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
+from microdeblur.image_read import read_image
+from microdeblur.image_write import write_tiff
 from microdeblur.inference import deblur_paths, interpolate_paths
-from microdeblur.io import read_image, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.normalize import NORMALIZATION as DEFAULT_NORMALIZATION
 from microdeblur.normalize import Normalizer, frame_normalizer

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from microdeblur import io as mdio
+from microdeblur import image_read as mdio
 from microdeblur.atomic import atomic_write_bytes, check_output_path
 from microdeblur.errors import UserError
+from microdeblur.image_read import iter_planes, read_image, read_info
+from microdeblur.image_write import StackWriter, to_dtype, write_tiff
 from microdeblur.inputs import expand_inputs, natural_key
-from microdeblur.io import StackWriter, iter_planes, read_image, read_info, to_dtype, write_tiff
 
 
 def _ramp(shape, dtype) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from microdeblur.io import to_dtype
+from microdeblur.image_write import to_dtype
 from microdeblur.normalize import EXACT_PIXELS, Normalizer, frame_median, frame_normalizer
 
 

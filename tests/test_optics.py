@@ -18,8 +18,9 @@ from microdeblur.calibration import REFERENCE, Microscope, OpticsOptions, dz_fac
 from microdeblur.engine import Deblurrer
 from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
+from microdeblur.image_read import read_image, read_info
+from microdeblur.image_write import write_tiff
 from microdeblur.inference import deblur_paths, interpolate_paths
-from microdeblur.io import read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.optics import OpticsRun
 from microdeblur.weights import (

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from microdeblur import prepare as prep
 from microdeblur.cli import app
 from microdeblur.errors import UserError
-from microdeblur.io import read_image, to_dtype, write_tiff
+from microdeblur.image_read import read_image
+from microdeblur.image_write import to_dtype, write_tiff
 from microdeblur.normalize import frame_normalizer
 
 

@@ -28,8 +28,9 @@ from microdeblur.atomic import Outputs, StagedFolder, atomic_path, remove_stale_
 from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
 from microdeblur.errors import UserError
+from microdeblur.image_read import read_image, read_info
+from microdeblur.image_write import StackWriter, write_tiff
 from microdeblur.interrupts import raise_on_sigterm
-from microdeblur.io import StackWriter, read_image, read_info, write_tiff
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, save_weights
 
@@ -210,7 +211,7 @@ def test_a_commit_failing_at_any_step_leaves_the_old_outputs_or_none(tmp_path: P
 _CHILD = r"""
 import os, signal, sys, time
 from pathlib import Path
-import microdeblur.io as mdio
+import microdeblur.image_write as mdio
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even when the test runner ignores Ctrl-C
 slow, barrier = float(os.environ.get("MD_SLOW", "0")), os.environ.get("MD_BARRIER")
 if slow:

@@ -17,9 +17,9 @@ from microdeblur.calibration import fit_calibration
 from microdeblur.cli import app
 from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
+from microdeblur.image_read import read_image
 from microdeblur.inference import deblur_paths
 from microdeblur.inputs import Shard, parse_shard, prefetch, shard_indices
-from microdeblur.io import read_image
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.weights import WeightsMeta, save_weights
 

@@ -158,7 +158,7 @@ def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
 
 def example_frame() -> np.ndarray:
     """The shipped +10 um example plane (simulated, 1024x768 uint16) as float32."""
-    from .io import read_image
+    from .image_read import read_image
 
     return read_image(Path(__file__).parent / "examples" / "example_dz+10um.tif").data.astype(np.float32)
 

@@ -284,7 +284,7 @@ class Deblurrer:
 
     def decode(self, enc: Encoded, blur: np.ndarray, norm: Normalizer | None = None) -> np.ndarray:
         """Decode `enc`'s identity codes with blur code(s) [Db] or [N,Db] into a plane of the input shape."""
-        from .io import to_dtype
+        from .image_write import to_dtype
 
         blur = self.as_code(blur)
         n = len(enc.identity)
@@ -320,7 +320,7 @@ class Deblurrer:
     def _swap(self, plane: np.ndarray, code, dz: float | None, gate: bool = False) -> np.ndarray:
         """encode -> decode batch by batch (no plane-wide identity kept), stitched and reverted for dz; with
         `gate`, blended with the input by each tile's estimated defocus (focus_gate)."""
-        from .io import to_dtype
+        from .image_write import to_dtype
 
         result, sources, grid = self.swap_parts(plane, code, dz)
         if gate:

@@ -52,7 +52,7 @@ def _focus_file(db: Deblurrer, path: Path, info, out, bar, factor: float = 1.0, 
     yields one summary row per plane."""
     from contextlib import ExitStack
 
-    from .io import StackWriter
+    from .image_write import StackWriter
 
     kw = info.write_kwargs()
     key = "median_dz_um" if signed else "median_abs_dz_um"

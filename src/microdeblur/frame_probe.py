@@ -22,7 +22,7 @@ from .calibration import REFERENCE
 from .eval_protocol import spread
 from .focus_gate import fit_ramp, gate_frame, score
 from .frame_eval import FRAME_BINS, bin_name, find_frame_days
-from .io import to_dtype
+from .image_write import to_dtype
 from .metrics import minmse_scores
 from .normalize import frame_normalizer
 

@@ -30,7 +30,7 @@ from .optics import OpticsRun
 
 def _infos(paths: Iterable[Path]) -> list:
     """ImageInfo of every input, refusing channel axes, other than 2-D/one-plane-axis arrays, non-real pixels."""
-    from .io import read_info
+    from .image_read import read_info
 
     infos = []
     for p in paths:
@@ -236,8 +236,8 @@ def _check_deblur_output(out: Path, info) -> None:
 
 def _checked_planes(path: Path, info) -> Iterator[tuple[int, np.ndarray]]:
     """(index, plane) of an input, each checked for NaN/inf, read ahead in a background thread."""
+    from .image_read import iter_planes
     from .inputs import prefetch
-    from .io import iter_planes
 
     def read() -> Iterator[tuple[int, np.ndarray]]:
         for i, plane in iter_planes(path):
@@ -249,7 +249,8 @@ def _checked_planes(path: Path, info) -> Iterator[tuple[int, np.ndarray]]:
 def _deblur_file(db: Deblurrer, path: Path, info, out, code, dz: float, bar) -> tuple[np.ndarray, np.ndarray]:
     """Deblur every plane of one input into the AtomicFile `out` (code targeting dz um); returns the first
     input/output planes."""
-    from .io import StackWriter, read_image
+    from .image_read import read_image
+    from .image_write import StackWriter
 
     if out.path.suffix.lower() == ".png":
         plane = check_finite(read_image(path).data, path)
@@ -295,7 +296,7 @@ class _Targets:
         self._codes: dict[float, object] = {}
         self.cal = require_calibration(meta, weights, "--dz") if dz is not None else None
         if reference is not None:
-            from .io import read_image
+            from .image_read import read_image
 
             ref = read_image(reference)
             db_ref, _ = optics.resolve(ref)
@@ -396,7 +397,8 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
                       overwrite: bool = False, optics: OpticsOptions = OpticsOptions(), backend: str = "auto") -> Path:
     """Z-stack walking the blur code from A's to B's (per tile) or between two dz (um of A's microscope), with A's
     identity code. B is encoded at A's resize factor (the same field at the same size)."""
-    from .io import read_image, write_tiff
+    from .image_read import read_image
+    from .image_write import write_tiff
 
     output = Path(output)
     optics = optics.checked()

@@ -165,7 +165,7 @@ def json_safe(value: Any) -> Any:
 def check_truth(inputs: list[Path], truth: Path) -> None:
     """Refuse a --truth image that cannot be compared with the inputs (before any work is done)."""
     from .errors import UserError
-    from .io import read_info
+    from .image_read import read_info
 
     ref = read_info(truth)
     for p in inputs:
@@ -209,7 +209,7 @@ def compare_to_truth(inputs: list[Path], outputs: list[Path], truth: Path) -> li
     stack), logged: min-MSE PSNR/SSIM (the field's convention), own-percentile PSNR/SSIM and sharpness."""
     from . import log
     from .errors import UserError
-    from .io import read_image
+    from .image_read import read_image
 
     def plane(p: Path) -> np.ndarray:
         d = read_image(p).data

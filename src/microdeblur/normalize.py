@@ -22,7 +22,7 @@ class Normalizer:
         return ((np.asarray(x, dtype=np.float32) - np.float32(self.lo)) / np.float32(self.hi - self.lo))
 
     def after(self, y: np.ndarray) -> np.ndarray:
-        """Normalised values → raw scale, float32 (cast with io.to_dtype to restore the dtype)."""
+        """Normalised values → raw scale, float32 (cast with image_write.to_dtype to restore the dtype)."""
         return np.asarray(y, dtype=np.float32) * np.float32(self.hi - self.lo) + np.float32(self.lo)
 
 

@@ -18,8 +18,10 @@ from . import log
 from .atomic import StagedFolder
 from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value, dz_factor
 from .errors import UserError
+from .image_meta import ImageInfo
+from .image_read import iter_planes, read_image, read_info
+from .image_write import to_dtype, write_tiff
 from .inputs import IMAGE_SUFFIXES, TIFF_SUFFIXES, images_in, natural_key
-from .io import ImageInfo, iter_planes, read_image, read_info, to_dtype, write_tiff
 from .normalize import frame_normalizer
 
 INDEX_NAME = "index.json"

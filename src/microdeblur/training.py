@@ -391,7 +391,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 ** (step / cfg.lr_halflife)
 
 
-def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, device) -> tuple[np.ndarray, dict | None]:
+def finalize(model, data: PreparedData, train_ids: list[int], seed: int, device) -> tuple[np.ndarray, dict | None]:
     """In-focus blur code (mean over in-focus training tiles, also with the deblurring term, which trains at
     code 0: the mean scored 0.15 dB better on whole frames, model card) and, for 1-D codes, the dz calibration
     (with its measured sign reliability, `calibration.sign_reliability`) on the reference microscope's days
@@ -405,7 +405,7 @@ def finalize(model, data: PreparedData, train_ids: list[int], cfg: TrainConfig, 
     if model.config.blur_dim == 1:
         # fitted where the unit is exact: the days of the reference microscope when the folder has enough of them
         # (fitted over all days of a randomised mix it read the reference example's +10 / -10 um as +14.9 / -6.0)
-        pick = np.random.default_rng(cfg.seed).permutation(data.reference_identities(train_ids))[:300]
+        pick = np.random.default_rng(seed).permutation(data.reference_identities(train_ids))[:300]
         idx = data.tile_indices(sorted(pick.tolist()))
         codes = blur_batched(model, data.tiles[idx], device)
         cal = fit_calibration(codes[:, 0], data.dz_all[idx])
@@ -575,7 +575,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     if state.best_model is not None:
         model.load_state_dict(state.best_model)
         log.info(f"exporting the best validation step {state.best_step} ({state.best_by} {state.best_score:.2f} dB)")
-    focus_code, cal = finalize(model, data, train_ids, cfg, device)
+    focus_code, cal = finalize(model, data, train_ids, cfg.seed, device)
     summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": data_hash(index),
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
