@@ -70,9 +70,6 @@ def _storable(dtype: np.dtype) -> np.dtype:
     return dtype
 
 
-# ---------------------------------------------------------------- TIFF writing
-
-
 def _ijorder(axes: str) -> bool:
     """True when axes are a subsequence of ImageJ's TZCYXS order ending in YX."""
     it = iter("TZCYXS")
