@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from microdeblur.dataset import PreparedData
 from microdeblur.devices import torch_threads
 from microdeblur.training import finalize
-from microdeblur.weights import load_weights, save_weights
+from microdeblur.weights import load_weights, read_meta, save_weights
 
 
 def average(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -44,7 +44,7 @@ def main() -> None:
     a = ap.parse_args()
     model, meta = load_weights(a.ingredients[0])
     for p in a.ingredients[1:]:
-        if load_weights(p)[1].config != meta.config:
+        if read_meta(p)[1].config != meta.config:
             raise SystemExit(f"error: {p} has another architecture than {a.ingredients[0]}")
     model.load_state_dict(average(a.ingredients), strict=True)
     recipe = meta.training.get("recipe", {})
