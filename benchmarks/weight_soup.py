@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from microdeblur.atomic import check_output_path
 from microdeblur.dataset import PreparedData
 from microdeblur.devices import torch_threads
+from microdeblur.errors import UserError
 from microdeblur.training import finalize
 from microdeblur.weights import load_weights, read_meta, save_weights
 
@@ -34,7 +36,7 @@ def average(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
-    """Average, recalibrate, write."""
+    """Parse the arguments and make the soup."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ingredients", type=Path, nargs="+")
     ap.add_argument("--data", type=Path, required=True, help="the prepared folder the runs trained on")
@@ -42,6 +44,15 @@ def main() -> None:
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     a = ap.parse_args()
+    try:
+        soup(a)
+    except UserError as e:  # a bad path or an existing output: one line, nothing written
+        raise SystemExit(f"error: {e}") from None
+
+
+def soup(a: argparse.Namespace) -> None:
+    """Average the ingredients, recalibrate, write `a.output`."""
+    check_output_path(a.output, a.overwrite)
     model, meta = load_weights(a.ingredients[0])
     for p in a.ingredients[1:]:
         if read_meta(p)[1].config != meta.config:
@@ -52,7 +63,8 @@ def main() -> None:
     train_ids, _ = data.split(recipe.get("val_fraction", 0.2), recipe.get("seed", 0))
     with torch_threads(a.threads):
         focus_code, cal = finalize(model, data, train_ids, recipe.get("seed", 0), "cpu")
-    training = {**meta.training, "soup": [str(p) for p in a.ingredients],
+    kept = {k: v for k, v in meta.training.items() if k not in ("exported_step", "last", "minutes")}  # one run's
+    training = {**kept, "soup": [str(p) for p in a.ingredients],
                 "selected_by": f"uniform weight average of {len(a.ingredients)} runs"}
     meta = dataclasses.replace(meta, focus_blur_code=focus_code, calibration=cal, focus_gate=None, training=training)
     save_weights(a.output, model, meta, overwrite=a.overwrite)
