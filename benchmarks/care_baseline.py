@@ -15,12 +15,18 @@ the in-focus plane of its identity, percentile-normalised tiles as `prepare` wro
 `--patch` crops from them, normalises by its own mean/std (kept in the exported graph) and trains its default
 CARE U-Net with its default loss, optimiser and per-epoch schedule for exactly `--steps` optimiser steps
 (Lightning's max_steps; one epoch is every 64-px patch of the pairs once).
+
+A budget longer than one working session: `--work-dir DIR` keeps a Lightning checkpoint of the whole training
+state (weights, optimiser, scheduler, step) in `DIR/resume.ckpt`, replaced atomically every `--save-every` steps;
+the same command with `--resume` continues from it to `--steps`. The resumed run draws new random patches, so it
+matches an uninterrupted one in budget and schedule, not bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +45,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.2, help="as `microdeblur train`")
     p.add_argument("--dz-range", type=float, default=30.0, help="as `microdeblur train`")
     p.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs (smoke tests)")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep CAREamics' files and resume.ckpt here "
+                   "(default: a new temporary folder)")
+    p.add_argument("--save-every", type=int, default=500, help="steps between replacements of resume.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/resume.ckpt")
     return p.parse_args()
 
 
@@ -52,8 +62,24 @@ def pairs(data, ids: list[int], limit: int | None, rng: np.random.Generator) -> 
     return x, y
 
 
+def saver(path: Path, every: int):
+    """A Lightning callback that replaces `path` with a full training checkpoint every `every` optimiser steps."""
+    from lightning.pytorch.callbacks import Callback
+
+    class SaveEvery(Callback):
+        def on_train_batch_end(self, trainer, *_) -> None:
+            if trainer.global_step % every == 0:
+                tmp = path.with_suffix(".tmp")
+                trainer.save_checkpoint(tmp)
+                os.replace(tmp, path)
+
+    return SaveEvery()
+
+
 def main() -> None:
     args = parse_args()
+    if args.resume and (args.work_dir is None or not (args.work_dir / "resume.ckpt").is_file()):
+        raise SystemExit(f"error: --resume needs {args.work_dir or '--work-dir'}/resume.ckpt from an earlier run")
     import torch
     from careamics import CAREamist
     from careamics.config import create_care_config
@@ -71,8 +97,15 @@ def main() -> None:
     # the budget in optimiser steps across epochs: CAREamics' own num_steps only caps each epoch's batches
     # (Lightning's limit_train_batches; one epoch of these pairs is 6,140 batches of 64-px patches)
     cfg.training_config.trainer_params.update(max_steps=args.steps, max_epochs=-1)
-    work = Path(tempfile.mkdtemp(prefix="care_"))
-    careamist = CAREamist(cfg, work_dir=work, enable_progress_bar=False)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="care_"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "resume.ckpt"
+    callbacks = [saver(ckpt, args.save_every)]
+    if args.resume:
+        careamist = CAREamist(checkpoint_path=ckpt, work_dir=work, callbacks=callbacks, enable_progress_bar=False)
+        careamist.trainer.fit_loop.epoch_loop.max_steps = args.steps  # the budget asked now, not the one saved
+    else:
+        careamist = CAREamist(cfg, work_dir=work, callbacks=callbacks, enable_progress_bar=False)
     t = time.perf_counter()
     careamist.train(train_data=x, train_data_target=y, val_data=xv, val_data_target=yv)
     minutes = (time.perf_counter() - t) / 60
@@ -104,7 +137,7 @@ def main() -> None:
     n_params = sum(p.numel() for p in net.parameters())
     info = {"careamics": __import__("careamics").__version__, "torch": torch.__version__, "steps": done,
             "batches_per_epoch": int(careamist.trainer.num_training_batches), "batch_size": args.batch_size, "patch": args.patch, "pairs": int(len(x)), "parameters": int(n_params),
-            "minutes": round(minutes, 1), "model": careamist.config.algorithm_config.model.model_dump(),
+            "minutes": round(minutes, 1), "resumed": args.resume, "model": careamist.config.algorithm_config.model.model_dump(),
             "loss": str(careamist.config.algorithm_config.loss), "optimizer": careamist.config.algorithm_config.optimizer.model_dump(),
             "normalisation": stats}
     args.output.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))

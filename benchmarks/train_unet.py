@@ -5,6 +5,9 @@ the same split `train` uses (PreparedData.split). The U-Net is sized to about th
 the default manifold-1d model.
 
     python benchmarks/train_unet.py DATA --output runs/unet.safetensors --steps 5000
+
+Every `--save-every` steps the whole training state (weights, Adam moments, both random generators, step) replaces
+OUTPUT with the suffix .ckpt; the same command with `--resume` continues from it, step for step as if never stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from microdeblur import log
+from microdeblur.atomic import atomic_path
 from microdeblur.baselines import UNet, UNetConfig, save_unet, unet_config_for
 from microdeblur.dataset import PreparedData
 from microdeblur.devices import resolve_device
@@ -41,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--base", type=int, default=None, help="U-Net base width (default: match the manifold-1d size)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--save-every", type=int, default=500, help="steps between replacements of OUTPUT.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt (same options, larger budget)")
     return p.parse_args()
 
 
@@ -87,7 +93,18 @@ def main() -> None:
              f"(manifold-1d: {target}); {len(train_ids)} training identities, {len(pairs)} pairs")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
-    start, step, running, last_log = time.monotonic(), 0, None, time.monotonic()
+    ckpt, step, running, earlier = args.output.with_suffix(".ckpt"), 0, None, 0.0
+    if args.resume:
+        if not ckpt.is_file():
+            raise SystemExit(f"error: --resume needs {ckpt} from an earlier run")
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step, running, earlier = state["step"], state["running"], state["minutes"]
+        log.info(f"resumed {ckpt} at step {step}")
+    start, last_log = time.monotonic(), time.monotonic()
     while step < max_steps and time.monotonic() - start < max_s:
         x, y = (t.to(device) for t in sample_batch(data, pairs, rng, args.batch_size, args.crop))
         loss = F.l1_loss(model(x), y)
@@ -96,10 +113,16 @@ def main() -> None:
         opt.step()
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % args.save_every == 0:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
+                     "torch_rng": torch.get_rng_state(), "step": step, "running": running,
+                     "minutes": earlier + (time.monotonic() - start) / 60}
+            with atomic_path(ckpt, overwrite=True) as tmp:
+                torch.save(state, tmp)
         if time.monotonic() - last_log > 30.0:
             last_log = time.monotonic()
             log.info(f"step {step}  L1 {running:.4f}  {(last_log - start) / 60:.1f} min")
-    summary = {"steps": step, "tiles_seen": step * args.batch_size, "minutes": (time.monotonic() - start) / 60,
+    summary = {"steps": step, "tiles_seen": step * args.batch_size, "minutes": earlier + (time.monotonic() - start) / 60,
                "final_l1": running, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr, "seed": args.seed,
                "val_fraction": args.val_fraction, "dz_range": args.dz_range, "data": str(args.data),
                "train_identities": len(train_ids)}

@@ -172,3 +172,33 @@ def test_export_refusals_are_one_line_errors(spec_tools, package, tmp_path):
     with pytest.raises(UserError, match="not 1/k"):
         export_bioimageio(tmp_path / "odd.zip", odd)
     assert not (tmp_path / "odd.zip").exists()
+
+
+@pytest.mark.parametrize("length", [128, 144, 256, 384, 400, 512, 768, 1024, 1536, 2000, 2048])
+def test_package_tiles_like_deblur(length):
+    from microdeblur.bioimageio import tile_starts
+    from microdeblur.engine import OVERLAP
+    from microdeblur.tiling import tile_starts as engine_starts
+
+    assert tile_starts(length, 128, OVERLAP, 16) == engine_starts(length, 128, OVERLAP, 16).tolist()
+
+
+@pytest.mark.parametrize("rows_cols", [(1, 1), (2, 3), (4, 7), (9, 6)])
+def test_package_gate_helpers_match_deblur(rows_cols):
+    """Per-tile values upsampled between tile centres, and the gate's neighbourhood median, as `deblur` has them."""
+    from microdeblur.bioimageio import tile_median, upsample_tiles
+    from microdeblur.engine import upsample_tile_values
+    from microdeblur.focus_gate import WINDOW_TILES, tile_defocus
+    from microdeblur.tiling import tile_grid
+
+    shape = (rows_cols[0] * 96 + 32, rows_cols[1] * 96 + 32) if rows_cols != (1, 1) else (128, 128)
+    grid = tile_grid(shape, 128, 32, 16)
+    assert grid.rows_cols == rows_cols
+    values = np.random.default_rng(sum(rows_cols)).random(rows_cols).astype(np.float32)
+    t = torch.from_numpy(values)[None, None]
+    for out in (shape, (2 * shape[0], 2 * shape[1])):
+        got = upsample_tiles(t, grid.ys.tolist(), grid.xs.tolist(), 128, list(shape), list(out))[0, 0].numpy()
+        np.testing.assert_allclose(got, upsample_tile_values(values, grid, out), atol=1e-6)
+    cal = fit_calibration(np.linspace(-1, 1, 41), np.linspace(-10, 10, 41))  # dz = 10 x code
+    expect = tile_defocus(cal, values, rows_cols)
+    np.testing.assert_allclose(tile_median(10 * t, WINDOW_TILES)[0, 0].numpy(), expect, rtol=1e-5)

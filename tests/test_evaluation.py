@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,26 @@ def prepared(tmp_path_factory) -> Path:
     prepare_days(sorted((root / "raw").iterdir()), root / "data", focus_plane=None, scale=0.5, tile=128,
                  z_step_um=None, overwrite=False)
     return root / "data"
+
+
+def _train_unet(monkeypatch, data: Path, out: Path, steps: int, *extra: str) -> None:
+    script = Path(__file__).parents[1] / "benchmarks" / "train_unet.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(data), "-o", str(out), "--steps", str(steps), "--base", "4",
+                                      "--batch-size", "2", "--crop", "32", "--save-every", "2", *extra])
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def test_unet_baseline_resumes_step_for_step(prepared: Path, tmp_path: Path, monkeypatch):
+    """A U-Net baseline run stopped at step 4 and resumed to 6 ends with the weights of one run straight to 6."""
+    _train_unet(monkeypatch, prepared, tmp_path / "straight.safetensors", 6)
+    _train_unet(monkeypatch, prepared, tmp_path / "resumed.safetensors", 4)
+    _train_unet(monkeypatch, prepared, tmp_path / "resumed.safetensors", 6, "--resume", "--overwrite")
+    (a, info_a), (b, info_b) = (baselines.load_unet(tmp_path / f"{n}.safetensors") for n in ("straight", "resumed"))
+    assert info_a["steps"] == info_b["steps"] == 6
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    with pytest.raises(SystemExit, match="--resume needs"):
+        _train_unet(monkeypatch, prepared, tmp_path / "never.safetensors", 6, "--resume")
 
 
 def _tiny_weights(path: Path, variant: str, seed: int) -> Path:

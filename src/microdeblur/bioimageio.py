@@ -4,8 +4,9 @@ The package's model takes raw intensities and does what `Deblurrer.deblur_plane`
 binning to the working scale, per-image 1 / 99.8 percentile normalisation, identity encoder, decoder with
 the in-focus blur code of the weights, revert to raw units (focus-plane ratios x median when the weights
 hold them, else the input's percentiles), bilinear resize back, and, when the weights carry a fitted focus
-gate, the blend with the input by the image's estimated defocus (one estimate per image; `deblur` has one per
-tile neighbourhood). The normalisation lives in the model
+gate, the blend with the input by each tile's estimated defocus. Each tile of `deblur`'s grid gives its own blur
+code (encoded alone, as in `deblur`); the decoder's FiLM parameters and the gate are interpolated between tile
+centres over the whole image, which is decoded in one piece. The normalisation lives in the model
 because the spec's postprocessing cannot revert with statistics of the input (docs/bioimageio.md).
 bioimage.io tooling (`bioimageio.spec`) is imported only inside `export_bioimageio`.
 """
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import normalization_spec
+from .engine import OVERLAP, normalization_spec
 from .errors import UserError
+from .focus_gate import WINDOW_TILES
 from .normalize import EXACT_PIXELS
 
 EXTRA_HINT = "pip install 'microdeblur[bioimageio]'"
@@ -39,21 +41,78 @@ TOLERANCE = {"relative_tolerance": 1e-3, "absolute_tolerance": 0.05, "mismatched
 
 
 class DeblurCore(nn.Module):
-    """Normalised images [B,1,H,W] -> the network's identity maps -> its decoder at the in-focus blur code.
+    """Normalised images [B,1,H,W] and the decoder's FiLM maps -> the network's identity maps -> its decoder.
 
-    The model's own `identity_maps` and `decode_maps` (what `encode`/`decode` run, input skip and stem included),
-    without flattening the identity, so H != W works. A source_code network reads its own blur code from the
-    whole image here (one code per image, where `deblur` has one per tile)."""
+    The model's own identity maps and decoder (input skip and stem included), without flattening the identity,
+    so H != W works."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, films: list[Tensor]) -> Tensor:
+        """`films`: scale, shift, scale, ... [B,C,h,w] per decoder level (deepest first, then the stem's head)."""
+        maps, _ = self.model.identity_maps(x)
+        return self.model.decode_maps(maps, [(films[i], films[i + 1]) for i in range(0, len(films), 2)])
+
+
+class TileFilms(nn.Module):
+    """Tiles [N,1,T,T] -> (their own blur codes [N,Db], the decoder's FiLM parameters at the in-focus code [N,P]):
+    what `deblur` decodes each tile with (a `--source-code` decoder reads the tile's own code)."""
 
     def __init__(self, model: nn.Module, code: Tensor) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("code", code.reshape(1, -1).float())
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(deblurred normalised images, the images' own blur codes [B, Db])."""
-        maps, blur = self.model.identity_maps(x)
-        return self.model.decode_maps(maps, self.model.films(self.code.expand(x.shape[0], -1), blur)), blur
+    def forward(self, tiles: Tensor) -> tuple[Tensor, Tensor]:
+        codes = self.model.identity_maps(tiles)[1]
+        return codes, self.model.film_params(self.code.expand(tiles.shape[0], -1), codes)
+
+
+def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
+    """tiling.tile_starts in TorchScript, for lengths that are multiples of `align` (what the package accepts)."""
+    if length <= tile:
+        return [0]
+    step = max(align, (tile - overlap) // align * align)
+    units = (length - tile) // align
+    n = int(math.ceil((length - tile) / step)) + 1
+    return [int(math.floor(i * (units / (n - 1)) + 0.5)) * align for i in range(n)]
+
+
+def tile_index(starts: list[int], tile: int, n_work: int, n_out: int) -> Tensor:
+    """Fractional tile index of each of n_out pixels, tile centres mapped as engine.tile_centres (ends held flat)."""
+    pos = torch.arange(n_out, dtype=torch.float32)
+    if len(starts) == 1:
+        return torch.zeros_like(pos)
+    centres = (torch.tensor(starts, dtype=torch.float32) + (tile - 1) / 2.0 + 0.5) * (n_out / n_work) - 0.5
+    return interp(pos, centres, torch.arange(len(starts), dtype=torch.float32))
+
+
+def tile_weights(starts: list[int], tile: int, n_work: int, n_out: int) -> Tensor:
+    """[n_out, tiles] linear interpolation weights from tile centres to pixels (engine._interp_matrix)."""
+    idx = tile_index(starts, tile, n_work, n_out)
+    i0 = torch.clamp(torch.floor(idx).long(), 0, len(starts) - 1)
+    i1 = torch.clamp(i0 + 1, 0, len(starts) - 1)
+    f = idx - i0.float()
+    m = torch.zeros(n_out, len(starts))
+    m.scatter_add_(1, i0[:, None], (1 - f)[:, None])
+    return m.scatter_add_(1, i1[:, None], f[:, None])
+
+
+def upsample_tiles(v: Tensor, ys: list[int], xs: list[int], tile: int, work: list[int], out: list[int]) -> Tensor:
+    """Per-tile values [B,D,rows,cols] at tile centres, bilinear to [B,D,out] (engine.upsample_tile_values)."""
+    rows = tile_weights(ys, tile, work[0], out[0]).to(v.dtype)
+    cols = tile_weights(xs, tile, work[1], out[1]).to(v.dtype)
+    return torch.matmul(torch.matmul(rows, v), cols.t())
+
+
+def tile_median(values: Tensor, window: int) -> Tensor:
+    """[B,1,rows,cols] -> median over each tile's `window` x `window` neighbourhood (focus_gate.tile_defocus)."""
+    ky = min(window, values.shape[2] - (values.shape[2] + 1) % 2)
+    kx = min(window, values.shape[3] - (values.shape[3] + 1) % 2)
+    padded = F.pad(values, [kx // 2, kx // 2, ky // 2, ky // 2], mode="replicate")
+    return F.unfold(padded, [ky, kx]).median(dim=1).values.reshape(values.shape)
 
 
 def interp(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
@@ -67,11 +126,13 @@ def interp(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
 class DeblurPackageModel(nn.Module):
     """Raw [B,1,H,W] float32 -> deblurred raw [B,1,H,W]: deblur_plane's pipeline on each image of the batch."""
 
-    def __init__(self, core: nn.Module, k: int, pmin: float, pmax: float, ratios: list[float],
-                 gate: list[list[float]]) -> None:
-        """`gate`: [] (none), or [calibration codes, their dz (um), [lo_um, hi_um]] of the weights' focus gate."""
+    def __init__(self, core: nn.Module, films: nn.Module, tiling: list[int], levels: list[list[int]], k: int,
+                 pmin: float, pmax: float, ratios: list[float], gate: list[list[float]]) -> None:
+        """`tiling`: deblur's [tile, overlap, align] (working px); `levels`: [stride, FiLM channels] of each decoder
+        level, deepest first; `gate`: [] (none), or [calibration codes, their dz (um), [lo_um, hi_um]]."""
         super().__init__()
-        self.core, self.k = core, k
+        self.core, self.films, self.k, self.levels = core, films, k, levels
+        self.tile, self.overlap, self.align, self.window = tiling[0], tiling[1], tiling[2], WINDOW_TILES
         self.use_gate = len(gate) == 3
         # buffers, so that .to(device / dtype) moves them with the network
         self.register_buffer("code_k", torch.tensor(gate[0] if self.use_gate else [0.0, 1.0], dtype=torch.float32))
@@ -99,7 +160,24 @@ class DeblurPackageModel(nn.Module):
         span = 1e-6 * torch.clamp(lo.abs(), min=1.0)
         hi = torch.where(hi - lo > span, hi, lo + span)
         lo, hi, med = lo.reshape(-1, 1, 1, 1), hi.reshape(-1, 1, 1, 1), med.reshape(-1, 1, 1, 1)
-        y, blur = self.core((work - lo) / (hi - lo))
+        x_n = (work - lo) / (hi - lo)
+        h, w = x_n.shape[-2], x_n.shape[-1]
+        ys = tile_starts(h, self.tile, self.overlap, self.align)
+        xs = tile_starts(w, self.tile, self.overlap, self.align)
+        tiles: list[Tensor] = []
+        for a in ys:
+            tiles.extend([x_n[:, :, a:a + self.tile, b:b + self.tile] for b in xs])
+        codes, params = self.films(torch.cat(tiles))
+        codes = codes.reshape(len(ys), len(xs), x_n.shape[0], -1).permute(2, 3, 0, 1)
+        params = params.reshape(len(ys), len(xs), x_n.shape[0], -1).permute(2, 3, 0, 1)
+        films: list[Tensor] = []  # each tile's FiLM, bilinear between tile centres at every level's pixels
+        start = 0
+        for level in self.levels:
+            stride, c = level[0], level[1]
+            films.extend(upsample_tiles(params[:, start:start + 2 * c], ys, xs, self.tile, [h, w],
+                                        [h // stride, w // stride]).split(c, dim=1))
+            start += 2 * c
+        y = self.core(x_n, films)
         out_lo, out_hi = lo, hi
         if self.use_ratios:
             ok = med > 0  # a plane whose median is not positive keeps its own range (Deblurrer.revert_for)
@@ -108,10 +186,10 @@ class DeblurPackageModel(nn.Module):
         out = y * (out_hi - out_lo) + out_lo
         if self.k > 1:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-        if self.use_gate:  # the focus gate, with the whole image's defocus (deblur: each tile's neighbourhood)
-            dz = torch.abs(interp(blur[:, 0], self.code_k, self.dz_k))
-            w = torch.clamp((dz - self.gate_lo) / (self.gate_hi - self.gate_lo), 0.0, 1.0).reshape(-1, 1, 1, 1)
-            out = x + w * (out - x)
+        if self.use_gate:  # the focus gate: each tile's defocus, median over its neighbourhood, between centres
+            dz = tile_median(torch.abs(interp(codes[:, :1], self.code_k, self.dz_k)), self.window)
+            gate = torch.clamp((dz - self.gate_lo) / (self.gate_hi - self.gate_lo), 0.0, 1.0)
+            out = x + upsample_tiles(gate, ys, xs, self.tile, [h, w], size) * (out - x)
         return out
 
 
@@ -144,12 +222,18 @@ def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
     k = working_factor(float(meta.scale))
     spec = normalization_spec(meta)
     ratios = [] if spec.intensity is None else [spec.intensity.normalizer(0.0, 1.0).lo, spec.intensity.normalizer(0.0, 1.0).hi]
-    core = DeblurCore(model.float().eval(), torch.from_numpy(code)).eval().requires_grad_(False)
-    side = model.config.tile
+    cfg = model.config
+    model = model.float().eval().requires_grad_(False)
+    strides = [cfg.unshuffle * 2 ** level for level in reversed(range(cfg.levels))] + ([1] if cfg.stem else [])
+    levels = [[s, c] for s, c in zip(strides, model.film_channels)]
+    tile = torch.rand(1, 1, cfg.tile, cfg.tile)
+    films = [torch.zeros(1, c, cfg.tile // s, cfg.tile // s) for s, c in levels for _ in (0, 1)]
     with torch.no_grad(), warnings.catch_warnings():  # the network's input-side check becomes a constant: the
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # rdf declares the allowed sizes instead
-        traced = torch.jit.trace(core, torch.rand(1, 1, side, side), check_trace=False)
-    wrapper = DeblurPackageModel(traced, k, spec.pmin, spec.pmax, ratios, gate_entry(meta))
+        core = torch.jit.trace(DeblurCore(model).eval(), (tile, films), check_trace=False)
+        tile_films = torch.jit.trace(TileFilms(model, torch.from_numpy(code)).eval(), tile, check_trace=False)
+    wrapper = DeblurPackageModel(core, tile_films, [cfg.tile, OVERLAP, cfg.downsample], levels, k, spec.pmin,
+                                 spec.pmax, ratios, gate_entry(meta))
     return torch.jit.script(wrapper.eval())
 
 
@@ -231,8 +315,8 @@ DESCRIPTION = ("Deblurs bright-field microscopy images by decoding each image's 
                "blur code (microdeblur's `deblur` on one image). Takes raw intensities and normalises each image "
                "itself ({pmin:g} / {pmax:g} percentiles, reverted at the output): give it whole images. The output "
                "is a smoothed, in-focus-like rendering, not restored detail.")
-GATE_NOTE = (", then the focus gate: input + w x correction, w = the weights' fitted ramp of the image's "
-             "estimated defocus (one estimate per image; `deblur` has one per neighbourhood of tiles)")
+GATE_NOTE = (", then the focus gate: input + w x correction, w = the weights' fitted ramp of each tile's "
+             "estimated defocus (median over its neighbourhood of tiles, as `deblur`), between tile centres")
 INPUT_NOTE = "Raw bright-field intensities, one channel, any range (normalised inside the model)."
 OUTPUT_NOTE = "Deblurred image in the input's raw units, float32, input size."
 
@@ -275,7 +359,7 @@ def describe(files: dict[str, Path], meta, k: int, model: nn.Module):
         model_parameter_count=sum(p.numel() for p in model.parameters())))
     return spec.ModelDescr(
         name="microdeblur manifold-1d deblur", description=DESCRIPTION.format(pmin=pmin, pmax=pmax) + (
-            " The correction is applied in proportion to the image's estimated defocus (the weights' focus gate)."
+            " The correction is applied in proportion to each tile's estimated defocus (the weights' focus gate)."
             if gate_entry(meta) else ""), version=__version__,
         authors=[spec.Author(name="microdeblur maintainers")],
         cite=[spec.CiteEntry(text=THESIS, url=THESIS_URL)], license=spec.LicenseId("MIT"),

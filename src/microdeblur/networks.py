@@ -220,11 +220,15 @@ class DisentangledAE(nn.Module):
     def films(self, blur: Tensor, source: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         """Per decoder level (deepest first) FiLM (scale, shift) pairs from the target blur code and, with
         source_code, the tiles' own codes (default: the target itself, i.e. a reconstruction)."""
+        params = self.film_params(blur, source).split([c for c in self.film_channels for _ in (0, 1)], dim=1)
+        return [(params[2 * i][..., None, None], params[2 * i + 1][..., None, None]) for i in range(len(self.film_channels))]
+
+    def film_params(self, blur: Tensor, source: Tensor | None = None) -> Tensor:
+        """`films` as one [B, 2·sum(film_channels)] tensor: each level's scales, then its shifts, deepest first."""
         blur = blur.reshape(blur.shape[0], -1)
         if self.config.source_code:
             blur = torch.cat([blur, (blur if source is None else source.reshape(source.shape[0], -1)).to(blur.dtype)], dim=1)
-        params = self.film(blur).split([c for c in self.film_channels for _ in (0, 1)], dim=1)
-        return [(params[2 * i][..., None, None], params[2 * i + 1][..., None, None]) for i in range(len(self.film_channels))]
+        return self.film(blur)
 
     def decode(self, identity: Tensor, blur: Tensor) -> Tensor:
         """Codes identity [B,Di], blur [B,Db] -> images [B,1,S,S] (no output activation)."""
