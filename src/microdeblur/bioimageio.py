@@ -80,30 +80,30 @@ def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
     return [int(math.floor(i * (units / (n - 1)) + 0.5)) * align for i in range(n)]
 
 
-def tile_index(starts: list[int], tile: int, n_work: int, n_out: int) -> Tensor:
+def tile_index(starts: list[int], tile: int, n_work: int, n_out: int, device: torch.device) -> Tensor:
     """Fractional tile index of each of n_out pixels, tile centres mapped as engine.tile_centres (ends held flat)."""
-    pos = torch.arange(n_out, dtype=torch.float32)
+    pos = torch.arange(n_out, dtype=torch.float32, device=device)
     if len(starts) == 1:
         return torch.zeros_like(pos)
-    centres = (torch.tensor(starts, dtype=torch.float32) + (tile - 1) / 2.0 + 0.5) * (n_out / n_work) - 0.5
-    return interp(pos, centres, torch.arange(len(starts), dtype=torch.float32))
+    centres = (torch.tensor(starts, dtype=torch.float32, device=device) + (tile - 1) / 2.0 + 0.5) * (n_out / n_work) - 0.5
+    return interp(pos, centres, torch.arange(len(starts), dtype=torch.float32, device=device))
 
 
-def tile_weights(starts: list[int], tile: int, n_work: int, n_out: int) -> Tensor:
+def tile_weights(starts: list[int], tile: int, n_work: int, n_out: int, device: torch.device) -> Tensor:
     """[n_out, tiles] linear interpolation weights from tile centres to pixels (engine._interp_matrix)."""
-    idx = tile_index(starts, tile, n_work, n_out)
+    idx = tile_index(starts, tile, n_work, n_out, device)
     i0 = torch.clamp(torch.floor(idx).long(), 0, len(starts) - 1)
     i1 = torch.clamp(i0 + 1, 0, len(starts) - 1)
     f = idx - i0.float()
-    m = torch.zeros(n_out, len(starts))
+    m = torch.zeros(n_out, len(starts), device=device)
     m.scatter_add_(1, i0[:, None], (1 - f)[:, None])
     return m.scatter_add_(1, i1[:, None], f[:, None])
 
 
 def upsample_tiles(v: Tensor, ys: list[int], xs: list[int], tile: int, work: list[int], out: list[int]) -> Tensor:
     """Per-tile values [B,D,rows,cols] at tile centres, bilinear to [B,D,out] (engine.upsample_tile_values)."""
-    rows = tile_weights(ys, tile, work[0], out[0]).to(v.dtype)
-    cols = tile_weights(xs, tile, work[1], out[1]).to(v.dtype)
+    rows = tile_weights(ys, tile, work[0], out[0], v.device).to(v.dtype)
+    cols = tile_weights(xs, tile, work[1], out[1], v.device).to(v.dtype)
     return torch.matmul(torch.matmul(rows, v), cols.t())
 
 
