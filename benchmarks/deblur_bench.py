@@ -99,7 +99,7 @@ def default_weights(work: Path) -> Path:
 def reference_psf(path: Path, dz_um: float = 10.0) -> Path:
     """The reference microscope's defocus PSF at dz_um, camera pixels at the sample (what baselines.py uses)."""
     from microdeblur.baselines import psf_size
-    from microdeblur.simulate import Optics, defocus_psf
+    from microdeblur.microscope import Optics, defocus_psf
 
     optics = Optics()
     np.save(path, defocus_psf(optics, dz_um, optics.pixel_um, psf_size(dz_um, optics.pixel_um, optics)))

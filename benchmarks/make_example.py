@@ -13,7 +13,8 @@ from pathlib import Path
 
 import tifffile
 
-from microdeblur.simulate import Optics, simulate_day
+from microdeblur.microscope import Optics
+from microdeblur.simulate import simulate_day
 
 SEED = 424242
 OUT = Path(__file__).resolve().parents[1] / "src" / "microdeblur" / "examples"

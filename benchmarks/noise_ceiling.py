@@ -15,9 +15,10 @@ import numpy as np
 import scipy.fft as sfft
 
 from microdeblur.metrics import psnr_batch, ssim_batch
+from microdeblur.microscope import Camera, Imager, Optics, expose, illumination
 from microdeblur.normalize import frame_normalizer
 from microdeblur.prepare import rescale_frame
-from microdeblur.simulate import Camera, Imager, Optics, _illumination, expose, make_specimen
+from microdeblur.specimens import make_specimen
 
 
 def tiles(frame: np.ndarray, t: int = 128) -> np.ndarray:
@@ -42,7 +43,7 @@ def main() -> None:
         shape = (sfft.next_fast_len(768 + 2 * m), sfft.next_fast_len(1024 + 2 * m))
         imager = Imager(make_specimen(rng, shape, optics), optics)
         clean = imager.intensity(0.0, (slice(m, m + 768), slice(m, m + 1024)))
-        illum = _illumination(rng, clean.shape, camera)
+        illum = illumination(rng, clean.shape, camera)
         noisy_a = expose(rng, clean, illum, camera)
         noisy_b = expose(rng, clean, illum, camera)
         noiseless = clean * illum * camera.background + camera.offset

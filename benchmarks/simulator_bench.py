@@ -73,28 +73,30 @@ def _dense_points(optics, step: float = 1 / 7):
     return pts.astype(np.float32), np.full(len(pts), 1 / len(pts), np.float32)
 
 
-def _stack(sim, specimen_logt, depths, spectrum, optics, zs, crop, dense: bool):
+def _stack(specimen_logt, depths, spectrum, optics, zs, crop, dense: bool):
     """Intensity at every z summed over the spectrum, with the simulator's or a dense source sampling."""
-    orig = sim.source_points
+    from microdeblur import microscope, simulate, specimens
+
+    orig = microscope.source_points
     if dense:
-        sim.source_points = _dense_points
+        microscope.source_points = _dense_points
     try:
         out = [0.0 for _ in zs]
         n = len(spectrum.wavelengths_um)
         for j, (lam, w) in enumerate(zip(spectrum.wavelengths_um, spectrum.weights)):
             o = optics if n == 1 else replace(optics, wavelength_um=lam, source_angle=optics.source_angle + j * (np.pi / 3) / n)
-            layers = [sim._transmittance(lt, optics.wavelength_um / lam) for lt in specimen_logt]
-            im = sim.Imager(sim.Specimen(layers, depths), o)
+            layers = [simulate._transmittance(lt, optics.wavelength_um / lam) for lt in specimen_logt]
+            im = microscope.Imager(specimens.Specimen(layers, depths), o)
             for k, z in enumerate(zs):
                 out[k] = out[k] + w * im.intensity(float(z), crop)
         return out
     finally:
-        sim.source_points = orig
+        microscope.source_points = orig
 
 
 def sources(a: argparse.Namespace) -> None:
-    from microdeblur import simulate as sim
-    from microdeblur import specimens
+    from microdeblur import labs, specimens
+    from microdeblur.microscope import Optics, Spectrum
 
     zs = [-20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0]
     n = a.size
@@ -102,20 +104,20 @@ def sources(a: argparse.Namespace) -> None:
     shape = (n + 2 * m, n + 2 * m)
     crop = (slice(m, m + n), slice(m, m + n))
     shot = 1 / np.sqrt(2600.0)
-    cases = [("reference (20x/0.40, condenser 0.20, 0.55 um)", sim.Optics(), sim.Spectrum(), (1, 2, 3, 4)),
-             ("condenser 0.36 (sigma 0.9)", sim.Optics(condenser_na=0.36), sim.Spectrum(), (1, 2, 3)),
-             ("halogen, 4 wavelengths, rings per wavelength", sim.Optics(wavelength_um=sim._mean_wavelength(sim._HALOGEN)),
-              sim._HALOGEN, (1, 2))]
+    cases = [("reference (20x/0.40, condenser 0.20, 0.55 um)", Optics(), Spectrum(), (1, 2, 3, 4)),
+             ("condenser 0.36 (sigma 0.9)", Optics(condenser_na=0.36), Spectrum(), (1, 2, 3)),
+             ("halogen, 4 wavelengths, rings per wavelength", Optics(wavelength_um=labs._mean_wavelength(labs._HALOGEN)),
+              labs._HALOGEN, (1, 2))]
     print(f"canvas {shape}, frame {n}x{n}, z = {zs}")
     print("| optics | source points | max rel. RMS error | mean rel. RMS error | max RMS error / shot noise |\n|---|---|---|---|---|")
     for label, optics, spectrum, rings in cases:
         rng = np.random.default_rng(0)
         logt, depths, _ = specimens.protoplasts(rng, shape, optics.pixel_um, 2 * np.pi / optics.wavelength_um)
-        ref = _stack(sim, logt, depths, spectrum, optics, zs, crop, dense=True)
+        ref = _stack(logt, depths, spectrum, optics, zs, crop, dense=True)
         n_dense = len(_dense_points(optics)[0]) * len(spectrum.wavelengths_um)
         for r in rings:
             o = replace(optics, source_rings=r)
-            got = _stack(sim, logt, depths, spectrum, o, zs, crop, dense=False)
+            got = _stack(logt, depths, spectrum, o, zs, crop, dense=False)
             rel = [float(np.sqrt(np.mean((g - f) ** 2)) / np.std(f)) for g, f in zip(got, ref)]
             absn = [float(np.sqrt(np.mean((g - f) ** 2)) / shot) for g, f in zip(got, ref)]
             pts = (1 + 6 * r) * len(spectrum.wavelengths_um)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from microdeblur import baselines, eval_protocol, evaluation, metrics
 from microdeblur.cli import app
-from microdeblur.simulate import Optics, defocus_psf
+from microdeblur.microscope import Optics, defocus_psf
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")

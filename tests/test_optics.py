@@ -110,7 +110,7 @@ def test_an_objective_counts_only_up_to_the_na_its_working_pixels_can_show():
 
 
 def test_reference_microscope_is_the_simulators():
-    from microdeblur.simulate import Optics
+    from microdeblur.microscope import Optics
 
     o = Optics()
     assert (REFERENCE.na, REFERENCE.wavelength_um, REFERENCE.pixel_um) == (o.na, o.wavelength_um, o.pixel_um)
@@ -152,7 +152,7 @@ def _raw_day(folder: Path, truth_optics: dict | None, pixel_um: float | None, pl
 
 
 def test_optics_of_a_prepared_folder_from_ground_truth_and_index(tmp_path):
-    from microdeblur.simulate import Optics
+    from microdeblur.microscope import Optics
 
     o = Optics(na=0.75, magnification=40.0)
     _raw_day(tmp_path / "raw" / "d1", {"na": o.na, "wavelength_um": o.wavelength_um, "pixel_um": o.pixel_um},

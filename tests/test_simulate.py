@@ -13,17 +13,10 @@ from scipy.ndimage import gaussian_filter
 from typer.testing import CliRunner
 
 from microdeblur.cli import app
-from microdeblur.simulate import (
-    FAMILIES,
-    OBJECTIVES,
-    PRESETS,
-    DustShadow,
-    Optics,
-    defocus_psf,
-    draw_lab,
-    plane_positions,
-    simulate_days,
-)
+from microdeblur.labs import OBJECTIVES, PRESETS, draw_lab
+from microdeblur.microscope import DustShadow, Optics, defocus_psf
+from microdeblur.simulate import plane_positions, simulate_days
+from microdeblur.specimens import FAMILIES
 
 runner = CliRunner()
 

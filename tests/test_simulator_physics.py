@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from microdeblur.simulate import Imager, Optics, Specimen, source_points
+from microdeblur.microscope import Imager, Optics, source_points
+from microdeblur.specimens import Specimen
 
 N = 128
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .atomic import atomic_path
 from .errors import UserError
-from .simulate import Optics, defocus_psf
+from .microscope import Optics, defocus_psf
 
 UNSHARP_RADIUS = 1.0  # px at working scale (skimage defaults)
 UNSHARP_AMOUNT = 1.0

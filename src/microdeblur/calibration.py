@@ -76,7 +76,7 @@ class Microscope:
         return m
 
 
-# The microscope the shipped weights were trained for (simulate.Optics(): 20x/0.40, 6.5 µm camera pixels, so
+# The microscope the shipped weights were trained for (microscope.Optics(): 20x/0.40, 6.5 µm camera pixels, so
 # 0.325 µm at the sample; prepare's scale 0.5 gives 0.65 µm working pixels). Weights without an `optics` entry
 # are read as this microscope.
 REFERENCE = Microscope(na=0.40, wavelength_um=0.55, pixel_um=0.325, working_pixel_um=0.65)

@@ -18,8 +18,8 @@ from .baselines import UNSHARP_AMOUNT, UNSHARP_RADIUS, WIENER_BALANCE
 from .dataset import PreparedData
 from .errors import UserError
 from .metrics import BIN_EDGES, DATA_RANGE, NEAR_FOCUS, PSNR_CAP_DB, bin_labels
+from .microscope import Optics
 from .networks import count_parameters
-from .simulate import Optics
 from .weights import load_weights
 
 DZ_RANGE = 30.0  # evaluate planes with |Δz| <= this (µm, or planes when the z step is unknown), as `train`
@@ -176,7 +176,7 @@ def baseline_info(rl_iterations: int, unit: str, unet: Path | None, unet_model: 
     """Settings of each baseline."""
     info: dict[str, Any] = {"unsharp mask": {"radius_px": UNSHARP_RADIUS, "amount": UNSHARP_AMOUNT}}
     if unit == "um":
-        psf = "simulate.defocus_psf, reference objective, pixel size protocol.pixel_um"
+        psf = "microscope.defocus_psf, reference objective, pixel size protocol.pixel_um"
         info["Richardson-Lucy"] = {"iterations": rl_iterations, "psf": psf}
         info["Wiener"] = {"balance": WIENER_BALANCE, "psf": psf}
     if unet_model is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from . import frame_eval
 from .errors import UserError
 from .eval_protocol import INPUT
-from .simulate import Optics
+from .microscope import Optics
 
 REPORT_FILES = ("metrics.json", "report.md", "deblur_examples.png", "deblur_by_dz.png", "interpolation.png",
                 "identity_codes_*.png", "blur_codes_*.png")  # what a report writes (glob patterns)

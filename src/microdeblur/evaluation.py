@@ -35,8 +35,8 @@ from .eval_protocol import (
 from .eval_report import report_files, write_report
 from .eval_scoring import baseline_methods, score_model, score_whole_frames
 from .metrics import deblur_summary, json_safe, psnr_batch, ssim_batch
+from .microscope import Optics
 from .prepare import INDEX_NAME, load_index
-from .simulate import Optics
 
 
 def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet: Path | None = None,
