@@ -68,10 +68,12 @@ def test_core_and_cli_import_no_optional_extra():
     assert res.stdout.strip().splitlines()[-1:] in ([], [""]), f"imported: {res.stdout}"
 
 
-def _weights(path: Path, scale: float = 0.5, ratios: dict | None = RATIOS, gate: dict | None = None) -> Path:
-    torch.manual_seed(0)  # the shipped kind of network: input skip, plus a stem and a source code to cover them
-    model = DisentangledAE(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True, stem=2,
-                                       source_code=True)).eval()
+def _weights(path: Path, scale: float = 0.5, ratios: dict | None = RATIOS, gate: dict | None = None,
+             full_res: dict | None = None) -> Path:
+    """The shipped kind of network (input skip, source code), plus a full-resolution stem (or `full_res`)."""
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True, source_code=True,
+                                       **(full_res or {"stem": 2}))).eval()
     for p in model.parameters():  # the zero-initialised output layers would hide a core that drops the input
         torch.nn.init.normal_(p, std=0.2)
     dz = np.linspace(-20, 20, 41)
@@ -119,8 +121,9 @@ def test_package_output_equals_deblur_plane_on_its_test_tile(package):
     assert np.abs(y[0, 0] - expect).max() <= tol
 
 
-def test_package_applies_the_weights_focus_gate_as_deblur_does(spec_tools, tmp_path):
-    weights = _weights(tmp_path / "gated.safetensors", gate={"lo_um": 0.0, "hi_um": 40.0})
+@pytest.mark.parametrize("full_res", [{"stem": 2}, {"head": 3}])
+def test_package_applies_the_weights_focus_gate_as_deblur_does(spec_tools, tmp_path, full_res):
+    weights = _weights(tmp_path / "gated.safetensors", gate={"lo_um": 0.0, "hi_um": 40.0}, full_res=full_res)
     res = runner.invoke(app, ["export", "bioimageio", "-o", str(tmp_path / "pkg.zip"), "-w", str(weights)])
     assert res.exit_code == 0, res.output
     x = np.load(io.BytesIO(_member(tmp_path / "pkg.zip", "test_input.npy")))

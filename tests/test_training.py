@@ -207,6 +207,34 @@ def test_source_code_init_keeps_the_function_and_training_uses_the_tiles_own_cod
     assert model.film[0].weight[:, 1].abs().max() > 0  # the new input (the tile's own code) was trained
 
 
+def test_head_init_keeps_the_function_and_training_moves_the_head(tmp_path, data):
+    """--head N --init: the network with a new full-resolution head computes what its base did (output conv and
+    FiLM rows at zero), the head's output conv learns, it follows the blur code, and the weights record it."""
+    from microdeblur.networks import with_head
+
+    base = tmp_path / "base.safetensors"
+    train(data, base, TrainConfig(max_steps=2, **TINY))
+    src, _ = load_weights(base)
+    headed = with_head(src, 3).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(headed(x), src.eval()(x), rtol=0, atol=0)
+    out = tmp_path / "head.safetensors"
+    train(data, out, TrainConfig(max_steps=4, init=base, head=3, **{**TINY, "eval_every": 2}))
+    model, meta = load_weights(out)
+    assert meta.config.head == 3 and meta.training["recipe"]["head"] == 3
+    assert model.fine_out.weight.abs().max() > 0
+    with torch.no_grad():
+        c = model.encode(x)
+        a, b = (model.decode(c.identity, torch.full_like(c.blur, v)) for v in (-1.0, 1.0))
+        model.fine_out.weight.zero_()
+        model.fine_out.bias.zero_()
+        a0, b0 = (model.decode(c.identity, torch.full_like(c.blur, v)) for v in (-1.0, 1.0))
+    assert (a - b - (a0 - b0)).abs().max() > 0  # the head adds a code-dependent correction of its own
+    with pytest.raises(UserError, match="--head"):
+        train(data, tmp_path / "bad.safetensors", TrainConfig(max_steps=1, head=3, stem=2, **TINY))
+
+
 def test_augmentation_keeps_pairs_aligned(data):
     d = PreparedData.load(data)
     s = PairSampler(d, list(range(12)), np.random.default_rng(1))

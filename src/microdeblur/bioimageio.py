@@ -51,7 +51,7 @@ class DeblurCore(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, films: list[Tensor]) -> Tensor:
-        """`films`: scale, shift, scale, ... [B,C,h,w] per decoder level (deepest first, then the stem's head)."""
+        """`films`: scale, shift, scale, ... [B,C,h,w] per FiLM'd level (`DisentangledAE.film_strides` order)."""
         maps, _ = self.model.identity_maps(x)
         return self.model.decode_maps(maps, [(films[i], films[i + 1]) for i in range(0, len(films), 2)])
 
@@ -224,8 +224,7 @@ def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
     ratios = [] if spec.intensity is None else [spec.intensity.normalizer(0.0, 1.0).lo, spec.intensity.normalizer(0.0, 1.0).hi]
     cfg = model.config
     model = model.float().eval().requires_grad_(False)
-    strides = [cfg.unshuffle * 2 ** level for level in reversed(range(cfg.levels))] + ([1] if cfg.stem else [])
-    levels = [[s, c] for s, c in zip(strides, model.film_channels)]
+    levels = [[s, c] for s, c in zip(model.film_strides(), model.film_channels)]
     tile = torch.rand(1, 1, cfg.tile, cfg.tile)
     films = [torch.zeros(1, c, cfg.tile // s, cfg.tile // s) for s, c in levels for _ in (0, 1)]
     with torch.no_grad(), warnings.catch_warnings():  # the network's input-side check becomes a constant: the

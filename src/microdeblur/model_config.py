@@ -23,6 +23,7 @@ class ModelConfig:
     unshuffle: int = 2  # lossless space-to-depth at the input / depth-to-space at the output
     input_skip: bool = False  # the input pixels are the finest identity level; the decoder adds its output to them
     stem: int = 0  # channels of full-resolution convolutions before the space-to-depth and after the output (0: none)
+    head: int = 0  # channels of a full-resolution decoder level on the output, the input and the finest decoder features
     # the identity carries the tile's own blur code and the decoder is conditioned on it as well as on the target
     # code (relative refocusing: the correction can depend on how far the tile is from the target)
     source_code: bool = False
@@ -39,6 +40,8 @@ class ModelConfig:
             raise ValueError("widths and id_channels need one positive number per pyramid level each")
         if self.stem < 0 or (self.stem and not self.input_skip):
             raise ValueError("stem must be 0 or positive, and needs the input skip (its head refines input + correction)")
+        if self.head < 0 or (self.head and (not self.input_skip or self.stem)):
+            raise ValueError("head must be 0 or positive, and needs the input skip and no stem (which has a head of its own)")
         if self.source_code and self.variant == "ml-vae":
             raise ValueError("source_code needs a manifold variant (ml-vae averages and samples its identity)")
         if min(self.widths + self.id_channels) < 1 or self.blur_width < 1 or self.unshuffle < 1 or self.vector_blur_dim < 1:

@@ -98,6 +98,11 @@ class DisentangledAE(nn.Module):
             self.head_in, self.head_out = conv(2, cfg.stem), conv(cfg.stem, 1)  # full-res refinement of the output
             nn.init.zeros_(self.head_out.weight)
             nn.init.zeros_(self.head_out.bias)
+        if cfg.head:  # a full-resolution decoder level: the output, the input and the finest decoder features
+            self.fine_in = conv(2 + cfg.widths[0], cfg.head)
+            self.fine_mid, self.fine_out = conv(cfg.head, cfg.head), conv(cfg.head, 1)
+            nn.init.zeros_(self.fine_out.weight)  # starts as no change: `with_head` adds it to a trained network
+            nn.init.zeros_(self.fine_out.bias)
         for k, (w, c) in enumerate(zip(cfg.widths, ids)):
             deepest = k == cfg.levels - 1
             enc.append(EncoderLevel(cin, w, 2 * c if (vae and deepest) else c, stride=1 if k == 0 else 2))
@@ -114,7 +119,7 @@ class DisentangledAE(nn.Module):
         if cfg.input_skip:  # start as the identity map: the decoder learns a correction of its input
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
-        self.film_channels = [cfg.widths[k] for k in reversed(range(cfg.levels))] + ([cfg.stem] if cfg.stem else [])
+        self.film_channels = [cfg.widths[k] for k in reversed(range(cfg.levels))] + [c for c in (cfg.stem, cfg.head) if c]
         film_in = cfg.blur_dim + cfg.source_dim  # target code (and, with source_code, the tile's own code)
         self.film = nn.Sequential(nn.Linear(film_in, cfg.blur_width), nn.SiLU(),
                                   nn.Linear(cfg.blur_width, 2 * sum(self.film_channels)))
@@ -242,11 +247,25 @@ class DisentangledAE(nn.Module):
         for level, film, m in zip(self.dec, films, reversed(maps)):
             h = level(m, h, film)
         y = self._shuffle(self.out(h) if base is None else self.out(h) + base)
+        if self.config.head:
+            return self._fine(y, self._shuffle(base), h, films[-1])
         if not self.config.stem:
             return y
         scale, shift = films[-1]  # the head: conv - FiLM - act - conv on (output, input) at full resolution
         r = torch.addcmul(shift, self.head_in(torch.cat([y, self._shuffle(base)], dim=1)), 1.0 + scale)
         return y + self.head_out(act(r))
+
+    def _fine(self, y: Tensor, x: Tensor, finest: Tensor, film: tuple[Tensor, Tensor]) -> Tensor:
+        """The full-resolution head: output + correction from (output, input, finest decoder features upsampled)."""
+        up = F.interpolate(finest, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        h = act(torch.addcmul(film[1], self.fine_in(torch.cat([y, x, up], dim=1)), 1.0 + film[0]))
+        return y + self.fine_out(act(self.fine_mid(h)))
+
+    def film_strides(self) -> list[int]:
+        """Input pixels per pixel of each FiLM'd level, in `films` order (decoder levels deepest first, then the
+        full-resolution head of the stem or of `head`)."""
+        cfg = self.config
+        return [cfg.unshuffle * 2**k for k in reversed(range(cfg.levels))] + [1 for c in (cfg.stem, cfg.head) if c]
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction from the (mean) codes."""
@@ -261,6 +280,18 @@ def with_source_code(model: DisentangledAE) -> DisentangledAE:
     state = model.state_dict()
     w = state["film.0.weight"]
     state["film.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], new.config.source_dim)], dim=1)
+    new.load_state_dict(state)
+    return new
+
+
+def with_head(model: DisentangledAE, channels: int) -> DisentangledAE:
+    """A copy of a network with a full-resolution head of `channels` channels, computing the same function at first
+    (the head's output conv and its FiLM rows start at zero): how `train --head N --init` starts."""
+    new = DisentangledAE(replace(model.config, head=channels)).to(next(model.parameters()).device)
+    state = new.state_dict() | model.state_dict()
+    for k in ("film.2.weight", "film.2.bias"):
+        old = state[k]
+        state[k] = torch.cat([old, old.new_zeros(2 * channels, *old.shape[1:])])
     new.load_state_dict(state)
     return new
 

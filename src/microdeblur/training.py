@@ -29,7 +29,7 @@ from .frame_probe import SCORE as FRAME_SCORE
 from .interrupts import deferred
 from .losses import DEBLUR_LOSSES, beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
-from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched, with_source_code
+from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched, with_head, with_source_code
 from .normalize import IntensityModel, NormalizationSpec
 from .objectives import OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
@@ -58,6 +58,7 @@ class TrainConfig:
     id_channels: tuple[int, ...] = (16, 24, 32, 48)
     unshuffle: int = 2  # space-to-depth factor at the input (1: the first level convolves at full resolution)
     stem: int = 0  # channels of the full-resolution stem and head around the space-to-depth (0: none)
+    head: int = 0  # channels of a full-resolution decoder level after the output (0: none; with --init, added at zero)
     source_code: bool = False  # the decoder also reads each tile's own blur code (relative refocusing)
     input_skip: bool | None = None  # None: on for the manifold variants, off for the ml-vae baseline
     consistency: bool = True
@@ -192,6 +193,8 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError(f"--unshuffle must be 1, 2 or 4, got {cfg.unshuffle}")
     if cfg.stem < 0 or (cfg.stem and not cfg.uses_input_skip):
         raise UserError(f"--stem must be 0 or positive and needs the input skip (not ml-vae, not --no-input-skip), got {cfg.stem}")
+    if cfg.head < 0 or (cfg.head and (not cfg.uses_input_skip or cfg.stem)):
+        raise UserError(f"--head must be 0 or positive and needs the input skip and no --stem, got {cfg.head}")
     if cfg.source_code and cfg.variant == "ml-vae":
         raise UserError("--source-code needs a manifold variant (ml-vae averages and samples its identity)")
     if cfg.deblur_weight and (cfg.variant != "manifold-1d" or cfg.dz_tie <= 0):
@@ -218,7 +221,7 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code", "deblur_loss", "ema")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
+ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code", "deblur_loss", "ema", "head")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
@@ -347,7 +350,7 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
     try:
         mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels,
                          input_skip=cfg.uses_input_skip, unshuffle=cfg.unshuffle, stem=cfg.stem,
-                         source_code=cfg.source_code)
+                         source_code=cfg.source_code, head=cfg.head)
     except ValueError as e:
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
@@ -362,11 +365,13 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
             raise UserError(f"--init weights use {src.config.tile}-px tiles but the data has {tile}-px tiles (prepare --tile)")
         if cfg.source_code and not src.config.source_code:  # the decoder starts as the same function
             src = with_source_code(src)
+        if cfg.head and not src.config.head:  # likewise: the head's output starts at zero
+            src = with_head(src, cfg.head)
         if src.config.to_dict() != mc.to_dict():
             log.info(f"--init: using the architecture of {cfg.init} ({src.config.to_dict()})")
             cfg = replace(cfg, widths=src.config.widths, id_channels=src.config.id_channels,
                           input_skip=src.config.input_skip, unshuffle=src.config.unshuffle, stem=src.config.stem,
-                          source_code=src.config.source_code)
+                          source_code=src.config.source_code, head=src.config.head)
         model = src
     return model.to(device).to(memory_format=torch.channels_last).train(), cfg
 
