@@ -80,6 +80,9 @@ def main() -> None:
     args = parse_args()
     if args.resume and (args.work_dir is None or not (args.work_dir / "resume.ckpt").is_file()):
         raise SystemExit(f"error: --resume needs {args.work_dir or '--work-dir'}/resume.ckpt from an earlier run")
+    if not args.resume and args.work_dir is not None and (args.work_dir / "resume.ckpt").exists():
+        raise SystemExit(f"error: {args.work_dir}/resume.ckpt holds an earlier run: continue it with --resume, or "
+                         "give another --work-dir")
     import torch
     from careamics import CAREamist
     from careamics.config import create_care_config

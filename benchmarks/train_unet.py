@@ -94,6 +94,8 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
     ckpt, step, running, earlier = args.output.with_suffix(".ckpt"), 0, None, 0.0
+    if not args.resume and ckpt.exists() and not args.overwrite:
+        raise SystemExit(f"error: {ckpt} holds an earlier run: continue it with --resume, or start again with --overwrite")
     if args.resume:
         if not ckpt.is_file():
             raise SystemExit(f"error: --resume needs {ckpt} from an earlier run")

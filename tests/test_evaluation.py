@@ -133,6 +133,8 @@ def test_unet_baseline_resumes_step_for_step(prepared: Path, tmp_path: Path, mon
         assert torch.equal(v, b.state_dict()[k]), k
     with pytest.raises(SystemExit, match="--resume needs"):
         _train_unet(monkeypatch, prepared, tmp_path / "never.safetensors", 6, "--resume")
+    with pytest.raises(SystemExit, match="holds an earlier run"):  # a fresh start never replaces a run's state
+        _train_unet(monkeypatch, prepared, tmp_path / "resumed.safetensors", 6)
 
 
 def _tiny_weights(path: Path, variant: str, seed: int) -> Path:
