@@ -21,6 +21,7 @@ import numpy as np
 from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
 from microdeblur.engine import Deblurrer
+from microdeblur.frame_eval import INPUT
 from microdeblur.metrics import minmse_fit
 from microdeblur.weights import load_weights
 
@@ -47,7 +48,7 @@ def band_label(i: int) -> str:
 def methods_for(a: argparse.Namespace) -> dict[str, frame_eval.Method]:
     """The blurry input, the weights through `deblur`, and the peers through the same tiling and blending."""
     model, meta = load_weights(a.weights)
-    methods = {"input": lambda plane, dz, px: plane.astype(np.float32),
+    methods = {INPUT: frame_eval.baseline_methods(meta.scale, [])[INPUT],
                a.weights.stem if a.weights else "shipped": frame_eval.model_method(Deblurrer(model, meta, device="cpu"))}
     if a.unet is not None:
         from microdeblur.baselines import load_unet
@@ -63,15 +64,15 @@ def table(energy: dict[str, list[tuple[float, np.ndarray]]]) -> str:
     """Markdown: per |dz| bin and band, the input's error share and every method's error against the input's (dB),
     then all bands together (= minus the min-MSE PSNR gain); the last column takes, frame by frame, the least error
     of the methods in each band: what the best of them together would leave."""
-    names = [n for n in energy if n != "input"]
+    names = [n for n in energy if n != INPUT]
     head = ("| \\|dz\\| bin | band (cycles/px) | input error share | " + " | ".join(f"{n} (dB vs input)" for n in names)
             + " | best per band (dB vs input) |")
     lines = [head, "|" + "---|" * (4 + len(names))]
     for lo, hi in BINS:
-        keep = [i for i, (dz, _) in enumerate(energy["input"]) if lo < abs(dz) <= hi]
+        keep = [i for i, (dz, _) in enumerate(energy[INPUT]) if lo < abs(dz) <= hi]
         if not keep:
             continue
-        inp = np.stack([energy["input"][i][1] for i in keep])  # [frames, bands]
+        inp = np.stack([energy[INPUT][i][1] for i in keep])  # [frames, bands]
         each = np.stack([np.stack([energy[n][i][1] for i in keep]) for n in names])  # [methods, frames, bands]
         best = each.min(axis=0)
         share = (inp / inp.sum(axis=1, keepdims=True)).mean(axis=0)

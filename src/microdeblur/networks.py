@@ -223,8 +223,9 @@ class DisentangledAE(nn.Module):
         return self.identity_maps(x)[1]
 
     def films(self, blur: Tensor, source: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
-        """Per decoder level (deepest first) FiLM (scale, shift) pairs from the target blur code and, with
-        source_code, the tiles' own codes (default: the target itself, i.e. a reconstruction)."""
+        """Per FiLM'd level (decoder levels deepest first, then a full-resolution head: `film_strides`) the (scale,
+        shift) pairs from the target blur code and, with source_code, the tiles' own codes (default: the target
+        itself, i.e. a reconstruction)."""
         params = self.film_params(blur, source).split([c for c in self.film_channels for _ in (0, 1)], dim=1)
         return [(params[2 * i][..., None, None], params[2 * i + 1][..., None, None]) for i in range(len(self.film_channels))]
 
