@@ -490,3 +490,39 @@ def test_bfloat16_autocast_stays_close_to_float32(cal_weights):
     assert Deblurrer(model, meta, device="cpu", batch_size=None).batch_size == 32
     assert not np.array_equal(ref, low)  # autocast really ran
     assert np.abs(low - ref).max() <= 0.02 * (ref.max() - ref.min())
+
+
+def _source_code_deblurrer(tmp_path: Path, **kw) -> Deblurrer:
+    """A seeded source-code network whose layers all act (no zero-initialised output), calibrated."""
+    torch.manual_seed(1)
+    model = DisentangledAE(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True, source_code=True)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return Deblurrer(*load_weights(_save_model(tmp_path / "sc.safetensors", model)), device="cpu", batch_size=5, **kw)
+
+
+@pytest.mark.parametrize("tta", [1, 2])
+def test_source_code_decoder_reads_the_neighbourhood_median_code(tmp_path, tta):
+    """Each tile is encoded once (identities kept with one view), and its decoder reads the median of its
+    neighbours' own codes, not its own: the same in the fused path and in encode -> decode."""
+    from microdeblur.focus_gate import neighbourhood_median
+
+    db = _source_code_deblurrer(tmp_path, tta=tta)
+    plane = _image((300, 420), np.uint16, seed=7)
+    encodes, decoded = [], []
+    encode, decode = db.encode_tiles, db.decode_tiles
+    db.encode_tiles = lambda t: encodes.append(len(t)) or encode(t)
+    db.decode_tiles = lambda i, b: decoded.append(i[:, -1].copy()) or decode(i, b)
+    out, codes, grid = db.swap_parts(plane, db.target, 0.0)
+    rows, cols = grid.rows_cols
+    assert rows > 2 and cols > 2 and sum(encodes) == len(grid) * (1 if tta == 1 else 1 + tta)
+    smoothed = neighbourhood_median(codes.reshape(rows, cols, 1)).reshape(-1)
+    assert not np.allclose(smoothed, codes[:, 0])
+    for view in range(tta):  # every view's decoder reads the smoothed codes of the plain view
+        np.testing.assert_array_equal(np.concatenate(decoded[view::tta]), smoothed)
+    if tta == 1:
+        enc = db.encode(plane)
+        np.testing.assert_array_equal(enc.identity[:, -1], smoothed)
+        np.testing.assert_array_equal(db.deblur_plane(plane), db.decode(enc, db.target, db.revert_for(enc, 0.0)))
+        db.smooth_codes = False
+        assert not np.array_equal(db.deblur_plane(plane), db.decode(enc, db.target, db.revert_for(enc, 0.0)))

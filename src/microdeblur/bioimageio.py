@@ -5,8 +5,9 @@ binning to the working scale, per-image 1 / 99.8 percentile normalisation, ident
 the in-focus blur code of the weights, revert to raw units (focus-plane ratios x median when the weights
 hold them, else the input's percentiles), bilinear resize back, and, when the weights carry a fitted focus
 gate, the blend with the input by each tile's estimated defocus. Each tile of `deblur`'s grid gives its own blur
-code (encoded alone, as in `deblur`); the decoder's FiLM parameters and the gate are interpolated between tile
-centres over the whole image, which is decoded in one piece. The normalisation lives in the model
+code (encoded alone, as in `deblur`; a source-code decoder reads their median over the tile's neighbourhood, as
+`deblur` does); the decoder's FiLM parameters and the gate are interpolated between tile centres over the whole
+image, which is decoded in one piece. The normalisation lives in the model
 because the spec's postprocessing cannot revert with statistics of the input (docs/bioimageio.md).
 bioimage.io tooling (`bioimageio.spec`) is imported only inside `export_bioimageio`.
 """
@@ -56,18 +57,28 @@ class DeblurCore(nn.Module):
         return self.model.decode_maps(maps, [(films[i], films[i + 1]) for i in range(0, len(films), 2)])
 
 
+class TileCodes(nn.Module):
+    """Tiles [N,1,T,T] -> their own blur codes [N,Db] (each tile encoded alone, as in `deblur`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tiles: Tensor) -> Tensor:
+        return self.model.identity_maps(tiles)[1]
+
+
 class TileFilms(nn.Module):
-    """Tiles [N,1,T,T] -> (their own blur codes [N,Db], the decoder's FiLM parameters at the in-focus code [N,P]):
-    what `deblur` decodes each tile with (a `--source-code` decoder reads the tile's own code)."""
+    """Source codes [N,Db] -> the decoder's FiLM parameters at the in-focus code [N,P] (a `--source-code` decoder
+    reads the neighbourhood's code, engine.Deblurrer.source_codes; others ignore it)."""
 
     def __init__(self, model: nn.Module, code: Tensor) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("code", code.reshape(1, -1).float())
 
-    def forward(self, tiles: Tensor) -> tuple[Tensor, Tensor]:
-        codes = self.model.identity_maps(tiles)[1]
-        return codes, self.model.film_params(self.code.expand(tiles.shape[0], -1), codes)
+    def forward(self, sources: Tensor) -> Tensor:
+        return self.model.film_params(self.code.expand(sources.shape[0], -1), sources)
 
 
 def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
@@ -126,12 +137,13 @@ def interp(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
 class DeblurPackageModel(nn.Module):
     """Raw [B,1,H,W] float32 -> deblurred raw [B,1,H,W]: deblur_plane's pipeline on each image of the batch."""
 
-    def __init__(self, core: nn.Module, films: nn.Module, tiling: list[int], levels: list[list[int]], k: int,
-                 pmin: float, pmax: float, ratios: list[float], gate: list[list[float]]) -> None:
-        """`tiling`: deblur's [tile, overlap, align] (working px); `levels`: [stride, FiLM channels] of each decoder
-        level, deepest first; `gate`: [] (none), or [calibration codes, their dz (um), [lo_um, hi_um]]."""
+    def __init__(self, core: nn.Module, codes: nn.Module, films: nn.Module, tiling: list[int], levels: list[list[int]],
+                 k: int, pmin: float, pmax: float, ratios: list[float], gate: list[list[float]]) -> None:
+        """`codes`, `films`: TileCodes and TileFilms; `tiling`: deblur's [tile, overlap, align] (working px);
+        `levels`: [stride, FiLM channels] of each decoder level, deepest first; `gate`: [] (none), or [calibration
+        codes, their dz (um), [lo_um, hi_um]]."""
         super().__init__()
-        self.core, self.films, self.k, self.levels = core, films, k, levels
+        self.core, self.codes, self.films, self.k, self.levels = core, codes, films, k, levels
         self.tile, self.overlap, self.align, self.window = tiling[0], tiling[1], tiling[2], WINDOW_TILES
         self.use_gate = len(gate) == 3
         # buffers, so that .to(device / dtype) moves them with the network
@@ -167,8 +179,9 @@ class DeblurPackageModel(nn.Module):
         tiles: list[Tensor] = []
         for a in ys:
             tiles.extend([x_n[:, :, a:a + self.tile, b:b + self.tile] for b in xs])
-        codes, params = self.films(torch.cat(tiles))
-        codes = codes.reshape(len(ys), len(xs), x_n.shape[0], -1).permute(2, 3, 0, 1)
+        codes = self.codes(torch.cat(tiles)).reshape(len(ys), len(xs), x_n.shape[0], -1).permute(2, 3, 0, 1)
+        sources = tile_median(codes.reshape(-1, 1, len(ys), len(xs)), self.window).reshape(codes.shape)
+        params = self.films(sources.permute(2, 3, 0, 1).reshape(-1, codes.shape[1]))
         params = params.reshape(len(ys), len(xs), x_n.shape[0], -1).permute(2, 3, 0, 1)
         films: list[Tensor] = []  # each tile's FiLM, bilinear between tile centres at every level's pixels
         start = 0
@@ -230,8 +243,10 @@ def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
     with torch.no_grad(), warnings.catch_warnings():  # the network's input-side check becomes a constant: the
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # rdf declares the allowed sizes instead
         core = torch.jit.trace(DeblurCore(model).eval(), (tile, films), check_trace=False)
-        tile_films = torch.jit.trace(TileFilms(model, torch.from_numpy(code)).eval(), tile, check_trace=False)
-    wrapper = DeblurPackageModel(core, tile_films, [cfg.tile, OVERLAP, cfg.downsample], levels, k, spec.pmin,
+        tile_codes = torch.jit.trace(TileCodes(model).eval(), tile, check_trace=False)
+        tile_films = torch.jit.trace(TileFilms(model, torch.from_numpy(code)).eval(), torch.zeros(2, cfg.blur_dim),
+                                     check_trace=False)
+    wrapper = DeblurPackageModel(core, tile_codes, tile_films, [cfg.tile, OVERLAP, cfg.downsample], levels, k, spec.pmin,
                                  spec.pmax, ratios, gate_entry(meta))
     return torch.jit.script(wrapper.eval())
 

@@ -1,13 +1,14 @@
 """The array-level engine: resizing, tiled batched prediction and the `Deblurrer` (no paths, no files).
 
 Per plane: float32 -> resize by `scale` (`rescale`, exactly as `prepare` resized the training frames) ->
-per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches -> replace the blur
-code -> decode -> blend-stitch (`predict_tiled`, the one tiled, batched predictor) -> revert to raw units
-(with the weights' focus-plane ratios for the target dz when they hold them) -> resize back to the input
-shape (`resize_to`, bilinear) -> when deblurring to focus with a focus gate, input + weight x correction
-(focus_gate.py) -> cast to the input dtype (clip, round). Also here: per-tile defocus maps
-(`Deblurrer.focus_map`, tile contrast, tile-centre interpolation) and the checks every front end applies
-to a plane and to the weights (`check_finite`, `require_calibration`, `normalization_spec`).
+per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches -> (source-code networks)
+each tile's own code replaced by its neighbourhood's median -> decode with the target code -> blend-stitch
+(`predict_tiled`, the one tiled, batched predictor) -> revert to raw units (with the weights' focus-plane ratios
+for the target dz when they hold them) -> resize back to the input shape (`resize_to`, bilinear) -> when
+deblurring to focus with a focus gate, input + weight x correction (focus_gate.py) -> cast to the input dtype
+(clip, round). Also here: per-tile defocus maps (`Deblurrer.focus_map`, tile contrast, tile-centre
+interpolation) and the checks every front end applies to a plane and to the weights (`check_finite`,
+`require_calibration`, `normalization_spec`).
 The network itself is a runner on numpy tiles (`torch_runner.TorchRunner`, the reference, or
 `onnx_runner.OnnxRunner`), so this module never imports torch. The path-level commands are in `inference.py` and
 `focus_runs.py`, batch-run bookkeeping in `batch_runs.py`.
@@ -24,7 +25,7 @@ import numpy as np
 
 from . import calibration, log
 from .errors import UserError
-from .focus_gate import DEFAULT_RAMP_UM, Ramp, tile_defocus
+from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, tile_defocus
 from .normalize import NormalizationSpec, Normalizer, frame_median, frame_normalizer
 from .tiling import TileGrid, extract_tiles, stitch, tile_grid
 
@@ -40,6 +41,9 @@ BATCH_SIZE = 32
 MIN_TILE_CONTRAST = 0.01
 NO_CONTRAST = "no tile has enough contrast to estimate defocus"
 TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the other mirror and both, + transposes
+# swap_parts keeps a plane's identities between its two passes up to this size (a 2048x1536 frame at the shipped
+# 0.5 scale: 88 tiles, 41 MB); above it, or with several views, the second pass encodes the tiles again.
+IDENTITY_CACHE_BYTES = 256 * 2**20
 
 
 # ---------------------------------------------------------------- resizing
@@ -166,7 +170,7 @@ class Deblurrer:
 
     def __init__(self, model, meta, *, device="cpu", scale: float | None = None, overlap: int = OVERLAP,
                  batch_size: int | None = BATCH_SIZE, precision: str = "auto", focus_gate: bool | None = None,
-                 tta: int = 1) -> None:
+                 tta: int = 1, smooth_codes: bool = True) -> None:
         if hasattr(model, "default_batch_size"):
             self.net = model
         else:
@@ -185,6 +189,7 @@ class Deblurrer:
         if tta not in TTA_CHOICES:
             raise UserError(f"--tta must be one of {', '.join(map(str, TTA_CHOICES))} views, got {tta}")
         self.tta = int(tta)
+        self.smooth_codes = bool(smooth_codes)  # source_codes: neighbourhood medians, else each tile's own code
         self.scale = float(meta.scale if scale is None else scale)
         if not 0 < self.scale <= 8:
             raise UserError(f"--scale must be in (0, 8], got {self.scale:g}")
@@ -275,7 +280,19 @@ class Deblurrer:
         parts = [self.encode_tiles(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
         identity = np.concatenate([p[0] for p in parts])
         blur = np.concatenate([p[1] for p in parts])
+        sources = self.source_codes(blur, grid)
+        if sources is not None:
+            identity[:, -sources.shape[1]:] = sources
         return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype, median)
+
+    def source_codes(self, blur: np.ndarray, grid: TileGrid) -> np.ndarray | None:
+        """What a source-code decoder reads as each tile's own blur code: the median of the tiles' codes [N,Db]
+        over its neighbourhood (focus_gate.neighbourhood_median; a tile's own code scatters around its
+        neighbours' where the specimen's defocus does not); None for other networks or with smooth_codes off."""
+        if not (self.config.source_code and self.smooth_codes):
+            return None
+        rows, cols = grid.rows_cols
+        return neighbourhood_median(blur.reshape(rows, cols, -1)).reshape(len(blur), -1).astype(np.float32)
 
     def encode_plane(self, plane2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, TileGrid]:
         """(identity codes [N,Di], blur codes [N,Db], tile grid) of a 2-D plane."""
@@ -330,31 +347,42 @@ class Deblurrer:
 
     def swap_parts(self, plane: np.ndarray, code, dz: float | None) -> tuple[np.ndarray, np.ndarray, TileGrid]:
         """(the plane decoded with `code`, float32 in raw units at the input shape, every tile's own blur code,
-        the tile grid): what _swap blends and casts."""
+        the tile grid): what _swap blends and casts. Two passes over the tiles: encode each (for its own code;
+        identities kept when they fit IDENTITY_CACHE_BYTES and one view is used), then decode each batch with
+        the neighbourhood's source codes (source_codes)."""
         if plane.ndim != 2:
             raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
         work, norm, median = self._working(plane)
         grid = self.grid(work.shape)
         code = self.as_code(code)
         code = np.broadcast_to(code, (len(grid), code.shape[-1])) if code.ndim == 1 else code
-        sources: list[np.ndarray] = []
+        tiles, bs = extract_tiles(work, grid)[:, None], self.batch_size
+        kept: list[np.ndarray | None] = []  # each batch's identities, or None: encoded again in the second pass
+        own: list[np.ndarray] = []
+        for i in range(0, len(tiles), bs):
+            identity, blur = self.encode_tiles(tiles[i:i + bs])
+            own.append(blur)
+            keep = self.tta == 1 and identity.nbytes / len(identity) * len(tiles) <= IDENTITY_CACHE_BYTES
+            kept.append(identity if keep else None)
+        codes = np.concatenate(own)
+        sources = self.source_codes(codes, grid)
 
-        def swap(tiles: np.ndarray, blur: np.ndarray) -> np.ndarray:
-            own: list[np.ndarray] = []  # each view's own codes (per tile: no mapping back)
+        def decode(batch: np.ndarray, index: np.ndarray) -> np.ndarray:
+            rows = index[:, 0]
 
             def one_view(view: np.ndarray) -> np.ndarray:
-                identity, source = self.encode_tiles(view)
-                own.append(source)
-                return self.decode_tiles(identity, blur)
+                identity = kept[rows[0] // bs]
+                identity = self.encode_tiles(view)[0] if identity is None else identity
+                if sources is not None:
+                    identity[:, -sources.shape[1]:] = sources[rows]
+                return self.decode_tiles(identity, code[rows])
 
-            out = averaged_views(one_view, self.tta)(tiles)
-            sources.append(np.mean(own, axis=0))
-            return out
+            return averaged_views(one_view, self.tta)(batch)
 
-        out = predict_tiled(work, swap, batch_size=self.batch_size, grid=grid, per_tile=code)
+        stitched = predict_tiled(work, decode, batch_size=bs, grid=grid, per_tile=np.arange(len(tiles))[:, None])
         enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)
-        result = resize_to(self.revert_for(enc, dz).after(out), plane.shape)
-        return result, np.concatenate(sources), grid
+        result = resize_to(self.revert_for(enc, dz).after(stitched), plane.shape)
+        return result, codes, grid
 
     def focus_gate(self, codes: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
         """Per-pixel weight of the correction (input shape): the Deblurrer's ramp of each tile's neighbourhood

@@ -50,10 +50,16 @@ def tile_defocus(cal: dict, codes: np.ndarray, rows_cols: tuple[int, int]) -> np
     """|dz| (training µm) per tile [rows, cols]: each tile's code through the calibration, median over its
     WINDOW_TILES x WINDOW_TILES neighbourhood (odd, at most the grid; edge tiles repeated beyond the border).
     numpy only: scipy's import would cost a fresh `deblur` process more than the whole gate."""
-    est = np.abs(calibration.code_to_dz(cal, np.asarray(codes).reshape(-1))).reshape(rows_cols)
-    size = [min(WINDOW_TILES, n - (n + 1) % 2) for n in rows_cols]  # odd: a window centred on its tile
-    padded = np.pad(est, [(k // 2, k // 2) for k in size], mode="edge")
-    return np.median(np.lib.stride_tricks.sliding_window_view(padded, size), axis=(-2, -1))
+    return neighbourhood_median(np.abs(calibration.code_to_dz(cal, np.asarray(codes).reshape(-1))).reshape(rows_cols))
+
+
+def neighbourhood_median(values: np.ndarray) -> np.ndarray:
+    """Per-tile values [rows, cols, ...] -> the median over each tile's WINDOW_TILES x WINDOW_TILES neighbourhood
+    (odd, at most the grid; edge tiles repeated beyond the border), per trailing column."""
+    size = [min(WINDOW_TILES, n - (n + 1) % 2) for n in values.shape[:2]]  # odd: a window centred on its tile
+    padded = np.pad(values, [(k // 2, k // 2) for k in size] + [(0, 0)] * (values.ndim - 2), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, size, axis=(0, 1))
+    return np.median(windows, axis=(-2, -1))
 
 
 @dataclass
