@@ -54,7 +54,9 @@ def main() -> None:
     a = ap.parse_args()
     model, meta = load_weights(a.weights)
     with torch_threads(0):
-        variants = frames(Deblurrer(model, meta, device="cpu", focus_gate=False), frame_eval.find_frame_days(a.days))
+        # each tile's own code in the identity, as when the published figures were measured (before 2026-12-07)
+        variants = frames(Deblurrer(model, meta, device="cpu", focus_gate=False, smooth_codes=False),
+                          frame_eval.find_frame_days(a.days))
     print("| target | ramp | gated " + " ".join(f"{lo}-{hi}" for lo, hi in BINS) + " | ungated (same bins) |")
     for name, fs in zip(("absolute", "relative"), variants):
         ramp, _ = fit_ramp(fs)

@@ -205,3 +205,33 @@ def test_package_gate_helpers_match_deblur(rows_cols):
     cal = fit_calibration(np.linspace(-1, 1, 41), np.linspace(-10, 10, 41))  # dz = 10 x code
     expect = tile_defocus(cal, values, rows_cols)
     np.testing.assert_allclose(tile_median(10 * t, WINDOW_TILES)[0, 0].numpy(), expect, rtol=1e-5)
+
+
+def test_package_decoder_reads_deblurs_neighbourhood_codes_on_a_multi_tile_image(tmp_path):
+    """On an image of 3 x 4 tiles the FiLM of every tile comes from the same neighbourhood-median source code as
+    `deblur`'s (Deblurrer.source_codes), per image of a batch."""
+    from microdeblur.bioimageio import DeblurCore, DeblurPackageModel, TileCodes, TileFilms
+    from microdeblur.engine import OVERLAP
+
+    model, meta = load_weights(_weights(tmp_path / "w.safetensors"))
+    seen: dict[str, torch.Tensor] = {}
+
+    class Recorded(TileFilms):
+        def forward(self, sources):
+            seen["sources"] = sources.clone()
+            return super().forward(sources)
+
+    cfg, db = model.config, Deblurrer(model, meta)
+    levels = [[s, c] for s, c in zip(model.film_strides(), model.film_channels)]
+    package = DeblurPackageModel(DeblurCore(model), TileCodes(model), Recorded(model, torch.tensor([0.1])),
+                                 [cfg.tile, OVERLAP, cfg.downsample], levels, 2, db.pmin, db.pmax, [], [])
+    x = (np.random.default_rng(3).random((2, 1, 512, 768)) * 1000 + 50).astype(np.float32)
+    with torch.no_grad():
+        package(torch.from_numpy(x))
+    got = seen["sources"].numpy().reshape(3 * 4, 2)  # tiles row by row, then the batch
+    for b in range(2):
+        enc = db.encode(x[b, 0])
+        assert enc.grid.rows_cols == (3, 4)
+        expect = db.source_codes(enc.blur, enc.grid)[:, 0]
+        assert not np.allclose(expect, enc.blur[:, 0])
+        np.testing.assert_allclose(got[:, b], expect, atol=1e-5)

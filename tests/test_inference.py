@@ -515,7 +515,7 @@ def test_source_code_decoder_reads_the_neighbourhood_median_code(tmp_path, tta):
     db.decode_tiles = lambda i, b: decoded.append(i[:, -1].copy()) or decode(i, b)
     out, codes, grid = db.swap_parts(plane, db.target, 0.0)
     rows, cols = grid.rows_cols
-    assert rows > 2 and cols > 2 and sum(encodes) == len(grid) * (1 if tta == 1 else 1 + tta)
+    assert rows > 2 and cols > 2 and sum(encodes) == len(grid) * tta  # the plain view's identities are kept
     smoothed = neighbourhood_median(codes.reshape(rows, cols, 1)).reshape(-1)
     assert not np.allclose(smoothed, codes[:, 0])
     for view in range(tta):  # every view's decoder reads the smoothed codes of the plain view
@@ -526,3 +526,29 @@ def test_source_code_decoder_reads_the_neighbourhood_median_code(tmp_path, tta):
         np.testing.assert_array_equal(db.deblur_plane(plane), db.decode(enc, db.target, db.revert_for(enc, 0.0)))
         db.smooth_codes = False
         assert not np.array_equal(db.deblur_plane(plane), db.decode(enc, db.target, db.revert_for(enc, 0.0)))
+
+
+def test_decode_pass_without_the_identity_cache_gives_the_same_plane(tmp_path, monkeypatch):
+    import microdeblur.engine as engine
+
+    db = _source_code_deblurrer(tmp_path)
+    plane = _image((300, 420), np.uint16, seed=8)
+    cached = db.swap_parts(plane, db.target, 0.0)[0]
+    encodes = []
+    encode = db.encode_tiles
+    db.encode_tiles = lambda t: encodes.append(len(t)) or encode(t)
+    monkeypatch.setattr(engine, "IDENTITY_CACHE_BYTES", 0)
+    again = db.swap_parts(plane, db.target, 0.0)[0]
+    assert sum(encodes) == 2 * len(db.grid(plane.shape)) and np.array_equal(cached, again)
+
+
+def test_interpolation_starts_at_the_reconstruction_for_a_source_code_network(tmp_path):
+    """The walk's first target is the code the identity carries, so plane 0 decodes each tile with target = source."""
+    from microdeblur.inference import walk_codes
+
+    db = _source_code_deblurrer(tmp_path)
+    a, b = _image((300, 420), np.uint16, seed=9), _image((300, 420), np.uint16, seed=10)
+    enc = db.encode(a)
+    first = walk_codes(db, a, b, 3)[0]
+    assert np.array_equal(first, db.decode(enc, enc.identity[:, -1:]))
+    assert not np.array_equal(first, db.decode(enc, enc.blur))

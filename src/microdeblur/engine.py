@@ -42,7 +42,7 @@ MIN_TILE_CONTRAST = 0.01
 NO_CONTRAST = "no tile has enough contrast to estimate defocus"
 TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the other mirror and both, + transposes
 # swap_parts keeps a plane's identities between its two passes up to this size (a 2048x1536 frame at the shipped
-# 0.5 scale: 88 tiles, 41 MB); above it, or with several views, the second pass encodes the tiles again.
+# 0.5 scale: 88 tiles, 41 MB); above it the second pass encodes the tiles again.
 IDENTITY_CACHE_BYTES = 256 * 2**20
 
 
@@ -103,7 +103,7 @@ def predict_tiled(image2d: np.ndarray, fn: Callable[..., np.ndarray], tile: int 
                   batch_size: int = BATCH_SIZE, align: int = 1, *, grid: TileGrid | None = None,
                   per_tile=None) -> np.ndarray:
     """Run `fn` on batches of tiles of a 2-D image and blend-stitch its outputs: the one tiled, batched predictor
-    (the Deblurrer's encode -> decode, and frame_eval's tile-to-tile baselines).
+    (the Deblurrer's decode pass, and frame_eval's tile-to-tile baselines).
 
     `fn` maps tiles [n,1,T,T] float32 to the same shape; with `per_tile` (one row per tile, e.g. blur codes) it is
     called as fn(tiles, rows) with the rows of its tiles. A given `grid` (tile_grid of the image's shape) is used
@@ -289,10 +289,15 @@ class Deblurrer:
         """What a source-code decoder reads as each tile's own blur code: the median of the tiles' codes [N,Db]
         over its neighbourhood (focus_gate.neighbourhood_median; a tile's own code scatters around its
         neighbours' where the specimen's defocus does not); None for other networks or with smooth_codes off."""
-        if not (self.config.source_code and self.smooth_codes):
-            return None
+        if not (self.config.source_code and self.smooth_codes and self.config.blur_dim == 1):
+            return None  # a median per component of a vector code was never measured: own codes there
         rows, cols = grid.rows_cols
         return neighbourhood_median(blur.reshape(rows, cols, -1)).reshape(len(blur), -1).astype(np.float32)
+
+    def read_codes(self, enc: Encoded) -> np.ndarray:
+        """The blur codes [N,Db] the decoder takes as the tiles' own from `enc.identity` (the source codes of a
+        source-code network, else the encoder's): decoding with them as the target reconstructs the plane."""
+        return enc.identity[:, -self.config.source_dim:] if self.config.source_dim else enc.blur
 
     def encode_plane(self, plane2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, TileGrid]:
         """(identity codes [N,Di], blur codes [N,Db], tile grid) of a 2-D plane."""
@@ -335,8 +340,8 @@ class Deblurrer:
         return self._swap(np.asarray(plane2d), self.target if blur_code is None else blur_code, dz, gate)
 
     def _swap(self, plane: np.ndarray, code, dz: float | None, gate: bool = False) -> np.ndarray:
-        """encode -> decode batch by batch (no plane-wide identity kept), stitched and reverted for dz; with
-        `gate`, blended with the input by each tile's estimated defocus (focus_gate)."""
+        """swap_parts (encode, decode with `code`, stitch, revert for dz), cast to the plane's dtype; with `gate`,
+        blended with the input by each tile's estimated defocus (focus_gate)."""
         from .image_write import to_dtype
 
         result, sources, grid = self.swap_parts(plane, code, dz)
@@ -348,8 +353,8 @@ class Deblurrer:
     def swap_parts(self, plane: np.ndarray, code, dz: float | None) -> tuple[np.ndarray, np.ndarray, TileGrid]:
         """(the plane decoded with `code`, float32 in raw units at the input shape, every tile's own blur code,
         the tile grid): what _swap blends and casts. Two passes over the tiles: encode each (for its own code;
-        identities kept when they fit IDENTITY_CACHE_BYTES and one view is used), then decode each batch with
-        the neighbourhood's source codes (source_codes)."""
+        identities kept while they fit IDENTITY_CACHE_BYTES), then decode each batch (and with --tta its other
+        views, encoded there) with the neighbourhood's source codes (source_codes)."""
         if plane.ndim != 2:
             raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
         work, norm, median = self._working(plane)
@@ -357,29 +362,34 @@ class Deblurrer:
         code = self.as_code(code)
         code = np.broadcast_to(code, (len(grid), code.shape[-1])) if code.ndim == 1 else code
         tiles, bs = extract_tiles(work, grid)[:, None], self.batch_size
-        kept: list[np.ndarray | None] = []  # each batch's identities, or None: encoded again in the second pass
+        kept: dict[int, np.ndarray] = {}  # first tile -> the batch's identities, while they fit the cache
         own: list[np.ndarray] = []
         for i in range(0, len(tiles), bs):
             identity, blur = self.encode_tiles(tiles[i:i + bs])
             own.append(blur)
-            keep = self.tta == 1 and identity.nbytes / len(identity) * len(tiles) <= IDENTITY_CACHE_BYTES
-            kept.append(identity if keep else None)
+            if identity.nbytes / len(identity) * len(tiles) <= IDENTITY_CACHE_BYTES:
+                kept[i] = identity
+        n = len(tiles)
+        del tiles  # predict_tiled extracts them again
         codes = np.concatenate(own)
         sources = self.source_codes(codes, grid)
 
         def decode(batch: np.ndarray, index: np.ndarray) -> np.ndarray:
             rows = index[:, 0]
+            cached = kept.pop(int(rows[0]), None)
+            if cached is not None and len(cached) != len(rows):
+                raise RuntimeError("the decode pass batches the tiles unlike the encode pass")
 
             def one_view(view: np.ndarray) -> np.ndarray:
-                identity = kept[rows[0] // bs]
-                identity = self.encode_tiles(view)[0] if identity is None else identity
+                plain = cached is not None and np.array_equal(view, batch)  # a view equal to the tiles encodes alike
+                identity = cached if plain else self.encode_tiles(view)[0]
                 if sources is not None:
                     identity[:, -sources.shape[1]:] = sources[rows]
                 return self.decode_tiles(identity, code[rows])
 
             return averaged_views(one_view, self.tta)(batch)
 
-        stitched = predict_tiled(work, decode, batch_size=bs, grid=grid, per_tile=np.arange(len(tiles))[:, None])
+        stitched = predict_tiled(work, decode, batch_size=bs, grid=grid, per_tile=np.arange(n)[:, None])
         enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)
         result = resize_to(self.revert_for(enc, dz).after(stitched), plane.shape)
         return result, codes, grid

@@ -453,10 +453,11 @@ def walk_codes(db: Deblurrer, plane_a: np.ndarray, plane_b: np.ndarray, steps: i
     enc_a, enc_b = db.encode(plane_a), db.encode(plane_b)
     if enc_a.grid.shape != enc_b.grid.shape:
         raise UserError("A and B must have the same size")
+    code_a, code_b = db.read_codes(enc_a), db.read_codes(enc_b)
     out = []
     with log.progress("interpolate", total=steps) as bar:
         for r in np.linspace(0.0, 1.0, steps):
-            blur = (1 - r) * enc_a.blur + r * enc_b.blur
+            blur = (1 - r) * code_a + r * code_b
             norm = Normalizer((1 - r) * enc_a.norm.lo + r * enc_b.norm.lo, (1 - r) * enc_a.norm.hi + r * enc_b.norm.hi)
             out.append(db.decode(enc_a, blur, norm))
             bar.advance()
