@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,13 +78,7 @@ def main() -> None:
         raise SystemExit("error: needs calibrated manifold-1d weights trained with --source-code")
     with torch_threads(a.threads):
         rows = frame_eval.score_frames(frame_eval.find_frame_days(a.days), methods_for(Deblurrer(model, meta)), a.dz_max)
-    summary = frame_eval.summarise(rows, a.dz_max)
-    text = frame_eval.markdown(summary)
-    print(text)
-    if a.json:
-        a.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
-    if a.markdown:
-        a.markdown.write_text(text)
+    print(frame_eval.write_report(rows, a.dz_max, a.json, a.markdown)[1])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ benchmarks/care_baseline.py) through the same tiling and blending.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from microdeblur import frame_eval
@@ -80,15 +79,10 @@ def main() -> None:
             for v in a.tta:
                 methods[f"{name} (tta {v})"] = frame_eval.onnx_tiled_method(Path(path), scale, views=v)
         rows = frame_eval.score_frames(days, methods, a.dz_max)
-    summary = frame_eval.summarise(rows, a.dz_max)
-    table = frame_eval.markdown(summary)
+    summary, table = frame_eval.write_report(rows, a.dz_max, a.json, a.markdown)
     n = summary["methods"][frame_eval.INPUT]["all"]["n"]
     print(f"{len(days)} day(s) from {', '.join(map(str, a.raw))}: {n} frames with 0 < |dz| <= {a.dz_max:g} um\n")
     print(table)
-    if a.json:
-        a.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
-    if a.markdown:
-        a.markdown.write_text(table)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -31,7 +33,7 @@ def test_minmse_fit_is_the_least_squares_affine_map():
     np.testing.assert_allclose(minmse_fit(np.ones_like(t), t), np.full_like(t, t.mean()), atol=1e-6)
 
 
-def test_days_and_scores(raw):
+def test_days_and_scores(raw, tmp_path):
     days = frame_eval.find_frame_days([raw])
     assert len(days) == 1 and list(days[0].dz) == [-6, -3, 0, 3, 6] and days[0].focus == 2
     ref = tifffile.imread(days[0].files[2]).astype(np.float32)
@@ -49,6 +51,9 @@ def test_days_and_scores(raw):
     summary = frame_eval.summarise(rows, dz_max=3.0)
     assert summary["bins"] == ["0-2", "2-5"] and summary["methods"]["input"]["bins"]["2-5"]["n"] == 2
     assert "min-MSE PSNR" in frame_eval.markdown(summary)
+    written, text = frame_eval.write_report(rows, 3.0, tmp_path / "f.json", tmp_path / "f.md")
+    assert written == summary and (tmp_path / "f.md").read_text() == text == frame_eval.markdown(summary)
+    assert json.loads((tmp_path / "f.json").read_text())["rows"] == rows
 
 
 def test_baselines_keep_the_frame_shape(raw):

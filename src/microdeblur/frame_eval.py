@@ -250,3 +250,15 @@ def markdown(summary: dict[str, Any]) -> str:
     counts = ", ".join(f"{b}: {first['bins'][b]['n']}" for b in summary["bins"])
     parts.append(f"Frames per |dz| bin (µm): {counts}.\n")
     return "\n".join(parts)
+
+
+def write_report(rows: list[dict[str, Any]], dz_max: float, json_path: Path | None = None,
+                 markdown_path: Path | None = None) -> tuple[dict[str, Any], str]:
+    """(summary, markdown tables) of scored rows, also written to json_path (rows and summary) and markdown_path."""
+    summary = summarise(rows, dz_max)
+    text = markdown(summary)
+    if json_path:
+        json_path.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    if markdown_path:
+        markdown_path.write_text(text)
+    return summary, text
