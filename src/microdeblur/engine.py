@@ -277,13 +277,24 @@ class Deblurrer:
         work, norm, median = self._working(plane)
         grid = self.grid(work.shape)
         tiles = extract_tiles(work, grid)[:, None]
-        parts = [self.encode_tiles(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
-        identity = np.concatenate([p[0] for p in parts])
-        blur = np.concatenate([p[1] for p in parts])
+        kept, blur = self._encode_batches(tiles)
+        identity = np.concatenate(list(kept.values()))
         sources = self.source_codes(blur, grid)
         if sources is not None:
             identity[:, -sources.shape[1]:] = sources
         return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype, median)
+
+    def _encode_batches(self, tiles: np.ndarray, budget: float = np.inf) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """Encode tiles batch by batch: (each batch's identities by its first tile, kept while the whole plane's
+        would fit in `budget` bytes; every tile's own blur code [N,Db])."""
+        kept: dict[int, np.ndarray] = {}
+        own: list[np.ndarray] = []
+        for i in range(0, len(tiles), self.batch_size):
+            identity, blur = self.encode_tiles(tiles[i:i + self.batch_size])
+            own.append(blur)
+            if identity.nbytes / len(identity) * len(tiles) <= budget:
+                kept[i] = identity
+        return kept, np.concatenate(own)
 
     def source_codes(self, blur: np.ndarray, grid: TileGrid) -> np.ndarray | None:
         """What a source-code decoder reads as each tile's own blur code: the median of the tiles' codes [N,Db]
@@ -361,17 +372,10 @@ class Deblurrer:
         grid = self.grid(work.shape)
         code = self.as_code(code)
         code = np.broadcast_to(code, (len(grid), code.shape[-1])) if code.ndim == 1 else code
-        tiles, bs = extract_tiles(work, grid)[:, None], self.batch_size
-        kept: dict[int, np.ndarray] = {}  # first tile -> the batch's identities, while they fit the cache
-        own: list[np.ndarray] = []
-        for i in range(0, len(tiles), bs):
-            identity, blur = self.encode_tiles(tiles[i:i + bs])
-            own.append(blur)
-            if identity.nbytes / len(identity) * len(tiles) <= IDENTITY_CACHE_BYTES:
-                kept[i] = identity
+        tiles = extract_tiles(work, grid)[:, None]
+        kept, codes = self._encode_batches(tiles, IDENTITY_CACHE_BYTES)
         n = len(tiles)
         del tiles  # predict_tiled extracts them again
-        codes = np.concatenate(own)
         sources = self.source_codes(codes, grid)
 
         def decode(batch: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -389,7 +393,7 @@ class Deblurrer:
 
             return averaged_views(one_view, self.tta)(batch)
 
-        stitched = predict_tiled(work, decode, batch_size=bs, grid=grid, per_tile=np.arange(n)[:, None])
+        stitched = predict_tiled(work, decode, batch_size=self.batch_size, grid=grid, per_tile=np.arange(n)[:, None])
         enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)
         result = resize_to(self.revert_for(enc, dz).after(stitched), plane.shape)
         return result, codes, grid
