@@ -103,6 +103,48 @@ def test_deblur_term_is_the_in_focus_decode_and_enters_the_total(data):
     assert torch.allclose(parts["total"] - off["total"], 2.0 * parts["deblur"], rtol=1e-4, atol=1e-6)
 
 
+def test_focus_all_adds_the_in_focus_planes_of_the_same_dz_pairs_and_draws_the_same_pairs(data):
+    d = PreparedData.load(data)
+    tr, _ = d.split(0.25)
+    one = PairSampler(d, tr, np.random.default_rng(4)).pairs(6, crop=32, p_focus=0.5, with_focus=True)
+    b = PairSampler(d, tr, np.random.default_rng(4)).pairs(6, crop=32, p_focus=0.5, with_focus=True, focus_all=True)
+    assert one.fy is None and b.fy.shape == (12, 1, 32, 32)
+    assert all(torch.equal(getattr(one, k), getattr(b, k)) for k in ("x1", "x2", "y1", "y2", "f1"))
+    # same window and transform as its tile: an in-focus y comes back as itself, a defocused one does not
+    s = PairSampler(d, tr, np.random.default_rng(2))
+    seen = False
+    for _ in range(40):
+        b = s.pairs(8, crop=32, with_focus=True, focus_all=True)
+        ys, at_focus = torch.cat([b.y1, b.y2]), torch.cat([b.dzy, b.dzy]) == 0
+        assert not any(torch.equal(b.fy[i], ys[i]) for i in range(16) if not at_focus[i])
+        if at_focus.any():
+            assert all(torch.equal(b.fy[i], ys[i]) for i in range(16) if at_focus[i])
+            seen = True
+    assert seen, "no in-focus y drawn"
+
+
+def test_deblur_all_puts_every_tile_of_the_step_in_the_term(data):
+    from microdeblur.losses import l1_loss, ms_ssim_l1
+    from microdeblur.model_config import ModelConfig
+    from microdeblur.networks import DisentangledAE
+    from microdeblur.objectives import OBJECTIVES, StepOptions
+
+    torch.manual_seed(0)
+    model = DisentangledAE(ModelConfig(tile=64, widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True))
+    with torch.no_grad():
+        model.out.weight.normal_(0, 0.1)
+    s = PairSampler(PreparedData.load(data), list(range(12)), np.random.default_rng(3))
+    obj = OBJECTIVES["manifold-1d"]
+    opts = StepOptions(batch_size=4, crop=32, deblur_weight=1.0, deblur_all=True)
+    batch = obj.sample(s, opts)
+    assert obj.tiles_per_step(opts) == 28 and batch["fy"].shape[0] == 8
+    parts = obj.losses(model, batch, opts, ms_ssim_l1, beta=1.0)
+    xs = torch.cat([batch[k] for k in ("x1", "x2", "y1", "y2")])
+    expect = l1_loss(model.decode(model.encode(xs).identity, torch.zeros(16, 1)),
+                     torch.cat([batch["f1"], batch["f1"], batch["fy"]]))
+    assert torch.allclose(parts["deblur"], expect, rtol=1e-4)
+
+
 def test_deblur_term_leaves_the_blur_code_alone(data):
     """The in-focus code is read, not trained, by the deblurring term: no gradient reaches the blur head."""
     from microdeblur.losses import ms_ssim_l1

@@ -28,6 +28,7 @@ class PairBatch:
     dz2: torch.Tensor
     dzy: torch.Tensor  # dz shared by y1 and y2
     f1: torch.Tensor | None = None  # in-focus plane of x1's identity, same window and augmentation (with_focus)
+    fy: torch.Tensor | None = None  # in-focus planes of y1's and y2's identities, [2n], their windows (focus_all)
 
 
 class PreparedData:
@@ -144,6 +145,7 @@ class PairSampler:
             raise UserError("no dz level is shared by two identities: cannot form same-dz pairs")
         self.counts = np.array([data.start[i + 1] - data.start[i] for i in self.ids])
         self.focus = np.array([data.focus_index[i] for i in self.ids])
+        self.focus_tile = np.asarray(data.start[:-1]) + np.asarray(data.focus_index)  # per identity of `data`
         if np.any(self.counts < 2):
             raise UserError("every identity needs at least two planes")
 
@@ -202,22 +204,31 @@ class PairSampler:
                     o[m] = torch.flip(t, dims=(3,)) if f else t
         return out
 
-    def pairs(self, n: int, crop: int | None = None, p_focus: float = 0.0, with_focus: bool = False) -> PairBatch:
+    def pairs(self, n: int, crop: int | None = None, p_focus: float = 0.0, with_focus: bool = False,
+              focus_all: bool = False) -> PairBatch:
         """n same-identity pairs (one crop window per pair; the second member in focus with probability
-        p_focus) and n same-dz pairs (independent windows); with_focus adds x1's in-focus plane (f1).
-        with_focus draws no random numbers, so the pairs are the same either way."""
+        p_focus) and n same-dz pairs (independent windows); with_focus adds x1's in-focus plane (f1), focus_all
+        also y1's and y2's (fy). Neither draws random numbers, so the pairs are the same either way."""
         a, b, f = self._same_identity(n, p_focus)
         c, d = self._same_dz(n)
         w = None if crop is None else self._offsets(n, crop)
         xs = [self._tensor(a, crop, w), self._tensor(b, crop, w)] + ([self._tensor(f, crop, w)] if with_focus else [])
-        y1 = self._tensor(c, crop, None if crop is None else self._offsets(n, crop))
-        y2 = self._tensor(d, crop, None if crop is None else self._offsets(n, crop))
+        wc = None if crop is None else self._offsets(n, crop)
+        wd = None if crop is None else self._offsets(n, crop)
+        ys = [self._tensor(c, crop, wc), self._tensor(d, crop, wd)]
+        if focus_all:
+            ys += [self._tensor(self._focus_of(c), crop, wc), self._tensor(self._focus_of(d), crop, wd)]
         if self.augment:
             xs = self._augment(*xs)
-            y1, y2 = self._augment(y1, y2)
+            ys = self._augment(*ys)
         dz = self.data.dz_all
-        return PairBatch(xs[0], xs[1], y1, y2, torch.from_numpy(dz[a].copy()), torch.from_numpy(dz[b].copy()),
-                         torch.from_numpy(dz[c].copy()), xs[2] if with_focus else None)
+        return PairBatch(xs[0], xs[1], ys[0], ys[1], torch.from_numpy(dz[a].copy()), torch.from_numpy(dz[b].copy()),
+                         torch.from_numpy(dz[c].copy()), xs[2] if with_focus else None,
+                         torch.cat(ys[2:]) if focus_all else None)
+
+    def _focus_of(self, tiles: np.ndarray) -> np.ndarray:
+        """Global index of the in-focus plane of each tile's identity."""
+        return self.focus_tile[self.data.owner[tiles]]
 
     def groups(self, g: int, k: int, crop: int | None = None, p_focus: float = 0.0) -> torch.Tensor:
         """g groups of k planes of one identity each, [g, k, 1, c, c] (ML-VAE), one crop window per group;

@@ -44,6 +44,7 @@ class StepOptions:
     cycle_weight: float = 0.0
     deblur_weight: float = 0.0
     deblur_loss: str = "l1"  # losses.DEBLUR_LOSSES
+    deblur_all: bool = False  # the deblurring term on x2, y1 and y2 too, not on x1 only
     group_size: int = 4
 
 
@@ -85,25 +86,30 @@ class Manifold:
     (what `focus` would read on a deblurred or refocused output).
     ω = deblur_weight (manifold-1d): D(id(x1), 0) -> f1, f1 the in-focus plane of x1's identity, by L1 (or RMS) on every
     pair from the first step (not inside β): the operation `deblur` ships, trained as CARE trains its net, with
-    the code the dz tie gives an in-focus plane (0), so the term trains identity and decoder, not the blur code."""
+    the code the dz tie gives an in-focus plane (0), so the term trains identity and decoder, not the blur code.
+    With deblur_all it also acts on x2 (target f1) and on y1, y2 (their own in-focus planes fy): 4n targets a step."""
 
     scalar_blur: bool
 
     def tiles_per_step(self, opts: StepOptions) -> int:
-        return (5 if opts.deblur_weight > 0 else 4) * opts.batch_size  # f1 is drawn too
+        if opts.deblur_weight <= 0:
+            return 4 * opts.batch_size
+        return (7 if opts.deblur_all else 5) * opts.batch_size  # f1 (and fy) are drawn too
 
     def sample(self, sampler, opts):
-        b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus, with_focus=opts.deblur_weight > 0)
+        deblur = opts.deblur_weight > 0
+        b = sampler.pairs(opts.batch_size, opts.crop, opts.p_focus, with_focus=deblur, focus_all=deblur and opts.deblur_all)
         out = {"x1": b.x1, "x2": b.x2, "y1": b.y1, "y2": b.y2, "dz": torch.cat([b.dz1, b.dz2])}
-        if b.f1 is not None:
-            out["f1"] = b.f1
+        for key, value in (("f1", b.f1), ("fy", b.fy)):
+            if value is not None:
+                out[key] = value
         return out
 
     def losses(self, model, batch, opts, rec_fn, beta):
         x1, x2, y1, y2 = (batch[k].contiguous(memory_format=torch.channels_last) for k in ("x1", "x2", "y1", "y2"))
-        f1 = batch["f1"].contiguous(memory_format=torch.channels_last) if "f1" in batch else None
+        f1, fy = (batch[k].contiguous(memory_format=torch.channels_last) if k in batch else None for k in ("f1", "fy"))
         parts = manifold_terms(model, x1, x2, y1, y2, rec_fn=rec_fn, opts=opts, dz=batch["dz"] if self.scalar_blur else None,
-                               f1=f1)
+                               f1=f1, fy=fy)
         distances = opts.distance_weight * (parts["cons"] + parts["cont"])
         swapped = parts["cross"] + opts.cycle_weight * parts["cycle"]
         parts["total"] = (parts["rec"] + beta * (swapped + distances) + opts.dz_weight * parts["dz"]
@@ -112,10 +118,11 @@ class Manifold:
 
 
 def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2: Tensor, *, rec_fn: RecFn,
-                   opts: StepOptions, dz: Tensor | None = None, f1: Tensor | None = None) -> dict[str, Tensor]:
+                   opts: StepOptions, dz: Tensor | None = None, f1: Tensor | None = None,
+                   fy: Tensor | None = None) -> dict[str, Tensor]:
     """Loss terms of one manifold step; one encoder call for the inputs, one decoder call for own
-    reconstructions, swaps and (with x1's in-focus planes f1) deblurrings, one encoder call for re-encoding
-    the swaps (consistency)."""
+    reconstructions, swaps and (with x1's in-focus planes f1, and fy for x2, y1, y2) deblurrings, one encoder
+    call for re-encoding the swaps (consistency)."""
     n, side = x1.shape[0], x1.shape[-1]
     xs = torch.cat([x1, x2, y1, y2])
     codes = model.encode(xs)
@@ -130,15 +137,17 @@ def manifold_terms(model: DisentangledAE, x1: Tensor, x2: Tensor, y1: Tensor, y2
     if swaps:  # D(ix1,bx2)->x2, D(ix2,bx1)->x1, D(iy1,by2)->y1, D(iy2,by1)->y2
         dec_ids += [ix1, ix2, iy1, iy2]
         dec_blurs += [bx2, bx1, by2, by1]
+    deblur_ids = ids if fy is not None else ix1
     if f1 is not None:  # D(ix1, DEBLUR_CODE) -> f1: the deblurring `deblur` ships, at the tie's in-focus code
-        dec_ids.append(ix1)  # (decoding with b(f1) bent the code's Δz order, Spearman 0.986 -> 0.77; with
-        dec_blurs.append(bx1.new_full(bx1.shape, DEBLUR_CODE))  # sg(b(f1)) the term did not learn)
+        dec_ids.append(deblur_ids)  # (decoding with b(f1) bent the code's Δz order, Spearman 0.986 -> 0.77; with
+        dec_blurs.append(blurs.new_full((deblur_ids.shape[0], *bx1.shape[1:]), DEBLUR_CODE))  # sg(b(f1)): no learning)
     dec = model.decode(torch.cat(dec_ids), torch.cat(dec_blurs))
     own, swapped, deblurred = dec[: 4 * n], dec[4 * n: 8 * n], dec[8 * n if swaps else 4 * n:]
     out = {"rec": rec_fn(own, xs), "cons": zero, "cont": zero, "cross": zero, "cycle": zero, "dz": zero,
            "deblur": zero}
     if f1 is not None:
-        out["deblur"] = DEBLUR_LOSSES[opts.deblur_loss](deblurred, f1)
+        targets = f1 if fy is None else torch.cat([f1, f1, fy])  # x2 shares x1's identity, window and augmentation
+        out["deblur"] = DEBLUR_LOSSES[opts.deblur_loss](deblurred, targets)
     if opts.cross:
         out["cross"] = rec_fn(swapped, torch.cat([x2, x1, y1, y2]))
     if swaps and opts.cycle_weight > 0:  # gradient reaches the decoder only: the encoder is the fixed reader

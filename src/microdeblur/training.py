@@ -83,6 +83,7 @@ class TrainConfig:
     cycle_weight: float = 0.0  # μ on the swapped blur code read back by the frozen encoder (off: 1 diverged)
     deblur_weight: float = 0.0  # ω on the supervised D(id(x), 0) -> x_focus term (objectives.Manifold)
     deblur_loss: str = "l1"  # its distance: l1 (CARE's) or l2 (RMS: the minimiser of the MSE that PSNR scores)
+    deblur_all: bool = False  # that term on every tile of a step (x1, x2, y1, y2), not on x1 only
     ema: float = 0.0  # decay of an exponential moving average of the weights that probes score and export uses (0: off)
 
     def __post_init__(self) -> None:
@@ -111,7 +112,7 @@ class TrainConfig:
                            contrastive=self.contrastive, cross=self.cross, dz_weight=self.dz_tie,
                            dz_scale=float(self.dz_range or 30.0), margin=self.margin, group_size=self.group_size,
                            distance_weight=self.distance_weight, cycle_weight=self.cycle_weight,
-                           deblur_weight=self.deblur_weight, deblur_loss=self.deblur_loss)
+                           deblur_weight=self.deblur_weight, deblur_loss=self.deblur_loss, deblur_all=self.deblur_all)
 
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
@@ -200,6 +201,8 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     if cfg.deblur_weight and (cfg.variant != "manifold-1d" or cfg.dz_tie <= 0):
         raise UserError("--deblur-weight needs manifold-1d with a dz tie (--dz-weight > 0): the term decodes with "
                         "the code the tie gives an in-focus plane")
+    if cfg.deblur_all and not cfg.deblur_weight:
+        raise UserError("--deblur-all needs --deblur-weight > 0")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown --precision {cfg.precision!r}: use {', '.join(PRECISIONS)}")
     _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
@@ -221,7 +224,7 @@ def checkpoint_path(output: Path) -> Path:
     return output.with_suffix(".ckpt")
 
 
-ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code", "deblur_loss", "ema", "head")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
+ADDED_OPTIONS = ("cycle_weight", "deblur_weight", "unshuffle", "stem", "source_code", "deblur_loss", "ema", "head", "deblur_all")  # recipe keys newer than checkpoint version 2; defaults = the old behaviour
 RUN_CONTROLS = {"epochs", "max_steps", "max_minutes", "eval_every"}  # may change on --resume; the rest must match
 
 
