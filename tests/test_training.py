@@ -80,16 +80,23 @@ def test_with_focus_adds_the_in_focus_plane_of_x1s_identity_and_draws_the_same_p
         pytest.fail("no in-focus x1 drawn")
 
 
-def test_deblur_term_is_the_in_focus_decode_and_enters_the_total(data):
-    from microdeblur.losses import l1_loss, ms_ssim_l1
+def _tiny_skip_model():
+    """A tiny input-skip manifold network with a non-zero correction, so its decode depends on the blur code."""
     from microdeblur.model_config import ModelConfig
     from microdeblur.networks import DisentangledAE
-    from microdeblur.objectives import OBJECTIVES, StepOptions
 
     torch.manual_seed(0)
     model = DisentangledAE(ModelConfig(tile=64, widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True))
-    with torch.no_grad():  # a non-zero correction, so the decode depends on the blur code
+    with torch.no_grad():
         model.out.weight.normal_(0, 0.1)
+    return model
+
+
+def test_deblur_term_is_the_in_focus_decode_and_enters_the_total(data):
+    from microdeblur.losses import l1_loss, ms_ssim_l1
+    from microdeblur.objectives import OBJECTIVES, StepOptions
+
+    model = _tiny_skip_model()
     d = PreparedData.load(data)
     s = PairSampler(d, list(range(12)), np.random.default_rng(3))
     obj = OBJECTIVES["manifold-1d"]
@@ -125,14 +132,9 @@ def test_focus_all_adds_the_in_focus_planes_of_the_same_dz_pairs_and_draws_the_s
 
 def test_deblur_all_puts_every_tile_of_the_step_in_the_term(data):
     from microdeblur.losses import l1_loss, ms_ssim_l1
-    from microdeblur.model_config import ModelConfig
-    from microdeblur.networks import DisentangledAE
     from microdeblur.objectives import OBJECTIVES, StepOptions
 
-    torch.manual_seed(0)
-    model = DisentangledAE(ModelConfig(tile=64, widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True))
-    with torch.no_grad():
-        model.out.weight.normal_(0, 0.1)
+    model = _tiny_skip_model()
     s = PairSampler(PreparedData.load(data), list(range(12)), np.random.default_rng(3))
     obj = OBJECTIVES["manifold-1d"]
     opts = StepOptions(batch_size=4, crop=32, deblur_weight=1.0, deblur_all=True)
@@ -148,14 +150,9 @@ def test_deblur_all_puts_every_tile_of_the_step_in_the_term(data):
 def test_deblur_term_leaves_the_blur_code_alone(data):
     """The in-focus code is read, not trained, by the deblurring term: no gradient reaches the blur head."""
     from microdeblur.losses import ms_ssim_l1
-    from microdeblur.model_config import ModelConfig
-    from microdeblur.networks import DisentangledAE
     from microdeblur.objectives import OBJECTIVES, StepOptions
 
-    torch.manual_seed(0)
-    model = DisentangledAE(ModelConfig(tile=64, widths=(4, 8, 8), id_channels=(2, 3, 4), input_skip=True))
-    with torch.no_grad():
-        model.out.weight.normal_(0, 0.1)
+    model = _tiny_skip_model()
     s = PairSampler(PreparedData.load(data), list(range(12)), np.random.default_rng(3))
     opts = StepOptions(batch_size=4, crop=32, deblur_weight=1.0)
     parts = OBJECTIVES["manifold-1d"].losses(model, OBJECTIVES["manifold-1d"].sample(s, opts), opts, ms_ssim_l1, beta=1.0)
