@@ -172,6 +172,22 @@ def test_training_with_the_deblur_term_logs_it(tmp_path, data):
     assert meta.training["recipe"]["deblur_weight"] == 1.0 and meta.training["last"]["deblur"] > 0
 
 
+def test_deblur_all_reaches_the_recipe_needs_the_term_and_old_recipes_read_it_as_off(tmp_path, data):
+    from microdeblur.training import _with_defaults
+
+    out = tmp_path / "w.safetensors"
+    args = ["-q", "train", str(data), "-o", str(out), "--max-steps", "2", "--widths", "4,8,8", "--id-channels", "2,3,4",
+            "--batch-size", "2", "--crop", "32", "--workers", "1", "--eval-every", "2", "--deblur-all"]
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0 and "error: --deblur-all needs --deblur-weight" in res.output and not out.exists()
+    res = runner.invoke(app, args + ["--deblur-weight", "1"])
+    assert res.exit_code == 0, res.output
+    _, meta = load_weights(out)
+    assert meta.training["recipe"]["deblur_all"] is True and meta.training["last"]["deblur"] > 0
+    assert TrainConfig(deblur_weight=1.0, deblur_all=True).step_options().deblur_all
+    assert _with_defaults({"lr": 1e-3})["deblur_all"] is False
+
+
 def test_l2_deblur_term_is_the_rms_error_and_resumes_from_old_recipes(tmp_path, data):
     """--deblur-loss l2 makes the term the root mean squared error (the MSE's minimiser); the option is recorded,
     and a recipe written before it existed reads back as l1."""
