@@ -46,6 +46,7 @@ def test_layout_and_truth(small_day):
     assert truth["optics"]["na"] == 0.40 and truth["optics"]["condenser_na"] == 0.20
     assert abs(truth["optics"]["pixel_um"] - 0.325) < 1e-9
     assert truth["z_um"][10] == 0.0 and truth["cells"]
+    assert truth["software"]["numpy"] == np.__version__ and "scipy" in truth["software"]
 
 
 def test_same_seed_same_files(tmp_path, small_day):

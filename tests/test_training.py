@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +13,9 @@ from typer.testing import CliRunner
 from microdeblur.cli import app
 from microdeblur.dataset import PairSampler, PreparedData
 from microdeblur.errors import UserError
+from microdeblur.prepare import load_index
 from microdeblur.simulate import simulate_days
-from microdeblur.training import TrainConfig, train
+from microdeblur.training import TrainConfig, data_hash, note_data, train
 from microdeblur.weights import load_weights
 
 runner = CliRunner()
@@ -308,6 +312,7 @@ def test_few_steps_reduce_loss_and_export(tmp_path, data, variant):
     assert meta.scale == 0.5 and meta.z_step_um == 2.0 and meta.focus_blur_code.size == model.config.blur_dim
     hist = meta.training["last"]
     assert hist["step"] == 24 and 4 <= meta.training["exported_step"] <= 24
+    assert meta.training["software"]["torch"] == torch.__version__
     rows = (tmp_path / f"{variant}.log.csv").read_text().splitlines()
     first, last = (dict(zip(rows[0].split(","), r.split(","))) for r in (rows[1], rows[-1]))
     assert float(last["rec"]) < float(first["rec"])
@@ -368,6 +373,25 @@ def test_extending_a_run_keeps_the_planned_steps(tmp_path, data):
     (tmp_path / "b.safetensors").unlink()
     train(data, tmp_path / "b.safetensors", TrainConfig(max_steps=12, seed=3, resume=tmp_path / "b.ckpt", **TINY))
     _same_state(_ckpt_model(tmp_path / "a.ckpt"), _ckpt_model(tmp_path / "b.ckpt"))
+    assert load_weights(tmp_path / "b.safetensors")[1].training["data_hashes"] == [data_hash(load_index(data))]
+
+
+def test_resume_on_regenerated_data_records_both_hashes(tmp_path, data):
+    """Data prepared again with slightly different pixels (another numpy, say) resume, and the export names both."""
+    train(data, tmp_path / "a.safetensors", TrainConfig(max_steps=4, seed=3, **TINY))
+    (tmp_path / "a.safetensors").unlink()
+    moved = tmp_path / "data"
+    shutil.copytree(data, moved)
+    index = json.loads((moved / "index.json").read_text())
+    next(iter(index["days"].values()))["hi"][0] += 0.5
+    (moved / "index.json").write_text(json.dumps(index))
+    train(moved, tmp_path / "a.safetensors", TrainConfig(max_steps=6, seed=3, resume=tmp_path / "a.ckpt", **TINY))
+    hashes = load_weights(tmp_path / "a.safetensors")[1].training["data_hashes"]
+    assert hashes == [data_hash(load_index(data)), data_hash(index)] and hashes[0] != hashes[1]
+
+
+def test_note_data_appends_only_changes():
+    assert note_data([], "a") == ["a"] and note_data(["a"], "a") == ["a"] and note_data(["a"], "b") == ["a", "b"]
 
 
 def test_ema_exports_the_average_and_resumes_bit_for_bit(tmp_path, data):

@@ -20,6 +20,7 @@ from . import specimens as _specimens
 from .errors import UserError
 from .labs import REFERENCE, Lab, draw_lab, lab_for
 from .microscope import Camera, DustShadow, Imager, Optics, cis, dust_map, expose, illumination
+from .provenance import software_versions
 from .specimens import Specimen
 
 MIN_SIZE = 128
@@ -132,6 +133,7 @@ def simulate_day(folder: Path, name: str, *, planes: int, size: tuple[int, int],
         "canvas": {"shape": list(pad_shape), "margin_px": margin},
         "layer_depth_um": [round(d, 3) for d in depths],
         "cells": [c for c in cell_list if -100 < c["y_px"] < h + 100 and -100 < c["x_px"] < w + 100],
+        "software": software_versions(),
     }
     (folder / "focus.txt").write_text(f"{focus}\n# in-focus plane index (z = 0 um), written by microdeblur simulate\n")
     (folder / "ground_truth.json").write_text(json.dumps(truth, indent=1))

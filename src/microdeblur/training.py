@@ -33,6 +33,7 @@ from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched, wi
 from .normalize import IntensityModel, NormalizationSpec
 from .objectives import OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
+from .provenance import software_versions
 from .weights import WeightsMeta, load_weights, optics_of_prepared, save_weights
 
 CKPT_VERSION = 2
@@ -135,6 +136,7 @@ class TrainState:
     best_step: int = 0
     best_model: dict | None = None
     best_by: str = "val_deblur_minmse"  # the probe figure the best step maximises
+    data_hashes: list[str] = field(default_factory=list)  # prepared data trained on, one entry per change on --resume
 
 
 def _finite(name: str, value: float, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> None:
@@ -247,7 +249,7 @@ def _save_checkpoint(path: Path, model, opt, rng: np.random.Generator, state: Tr
     rngs = [r for r, _ in ranks]
     blob = {"version": CKPT_VERSION, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "rng": rngs[0], "rank_rngs": rngs, "rank_steps": [n for _, n in ranks], "torch_rng": torch.get_rng_state(), "step": state.step,
-            "elapsed_s": state.elapsed_s, "history": state.history, "recipe": cfg.recipe(),
+            "elapsed_s": state.elapsed_s, "history": state.history, "recipe": cfg.recipe(), "data_hashes": state.data_hashes,
             "best": {"score": state.best_score, "step": state.best_step, "model": state.best_model, "by": state.best_by}}
     if ema is not None:
         blob["ema"] = ema.state_dict()
@@ -292,7 +294,7 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
         best = {}
     return TrainState(step=ck["step"], elapsed_s=ck["elapsed_s"], history=ck["history"],
                       best_score=float(best.get("score", -math.inf)), best_step=int(best.get("step", 0)),
-                      best_model=best.get("model"), best_by=best_by)
+                      best_model=best.get("model"), best_by=best_by, data_hashes=list(ck.get("data_hashes", [])))
 
 
 @dataclass
@@ -444,6 +446,15 @@ def intensity_model(data: PreparedData, identities: list[int]) -> IntensityModel
     return IntensityModel.fit(rows)
 
 
+def note_data(seen: list[str], now: str) -> list[str]:
+    """The data hashes a run has trained on, `now` appended where it differs from the last (logged: regenerated
+    data differ in their low bits when numpy or scipy change)."""
+    if seen and seen[-1] != now:
+        log.info(f"the prepared data differ from those the checkpoint was trained on (hash {seen[-1]}, now {now}): "
+                 "the run continues on these; the export records both")
+    return seen if seen and seen[-1] == now else [*seen, now]
+
+
 def data_hash(index: dict) -> str:
     """Hash of a prepared index without its absolute source paths: the same data hashes alike wherever it lies."""
     days = {name: {k: v for k, v in day.items() if k != "source"} for name, day in index.get("days", {}).items()}
@@ -510,6 +521,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     t_start = time.perf_counter() - state.elapsed_s
     if state.step:
         log.info(f"resuming at step {state.step} of {total}")
+    state.data_hashes = note_data(state.data_hashes, data_hash(index))
 
     def evaluate_now(beta: float) -> None:
         n = max(run["n"], 1)
@@ -585,11 +597,13 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
         log.info(f"exporting the best validation step {state.best_step} ({state.best_by} {state.best_score:.2f} dB)")
     focus_code, cal = finalize(model, data, train_ids, cfg.seed, device)
     summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": data_hash(index),
+               "data_hashes": state.data_hashes,
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
                "selected_by": state.best_by,
                "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(), "world_size": w.size,
-               "device": str(device), "precision": str(amp or torch.float32).replace("torch.", ""), "last": state.history[-1] if state.history else {}}
+               "device": str(device), "precision": str(amp or torch.float32).replace("torch.", ""),
+               "software": software_versions(), "last": state.history[-1] if state.history else {}}
     meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
                        z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary,
                        optics=optics)
