@@ -16,6 +16,7 @@ With --before SRC (a `src` folder of another version, e.g. from `git archive`) t
 are repeated with that code (PYTHONPATH), interleaved, so before/after share the machine's load.
 
 Usage: python benchmarks/deblur_bench.py [--weights W] [--before DIR/src] [--planes 100] [--skip-stack] [--only a,b,...]
+    [--backends torch,onnx]
 """
 
 from __future__ import annotations
@@ -145,13 +146,16 @@ def load() -> str:
     return "load " + " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def variants(weights: Path, before: Path | None) -> list[tuple[str, Path | None, list[str]]]:
-    """(label, src or None, extra CLI options) of every version timed: this code on each backend it can run for
-    these weights (onnx when their exported graphs lie beside them), and the --before code on its default."""
+BACKENDS = ("torch", "onnx")
+
+
+def variants(weights: Path, before: Path | None, backends: tuple[str, ...] = BACKENDS) -> list[tuple[str, Path | None, list[str]]]:
+    """(label, src or None, extra CLI options) of every version timed: this code on each of `backends` it can run
+    for these weights (onnx when their exported graphs lie beside them), and the --before code on its default."""
     from microdeblur.onnx_runner import graph_paths
 
-    out = [("torch", None, ["--backend", "torch"])]
-    if all(p.is_file() for p in graph_paths(weights)):
+    out = [("torch", None, ["--backend", "torch"])] if "torch" in backends else []
+    if "onnx" in backends and all(p.is_file() for p in graph_paths(weights)):
         out.append(("onnx", None, ["--backend", "onnx"]))
     return out + ([("before", before, [])] if before else [])
 
@@ -224,12 +228,12 @@ def section_c(weights: Path, repeats: int) -> None:
               f" (target <= 2 s)")
 
 
-def section_d(work: Path, weights: Path, before: Path | None, planes: int) -> None:
+def section_d(work: Path, weights: Path, before: Path | None, planes: int, backends: tuple[str, ...] = BACKENDS) -> None:
     """A big stack through the CLI: wall, CPU and peak RSS."""
     stack = work / "stack.tif"
     make_stack(stack, planes)
     print(f"(d) {planes}-plane 2048x1536 uint16 stack through the CLI, {load()}")
-    for name, src, extra in variants(weights, before):
+    for name, src, extra in variants(weights, before, backends):
         cmd = ["/usr/bin/time", "-v", *cli(["deblur", str(stack), "-o", str(work / f"stack_{name}.tif"),
                                             "-w", str(weights), "--device", "cpu", "--overwrite", *extra])]
         t = time.perf_counter()
@@ -425,6 +429,7 @@ def main() -> None:
     ap.add_argument("--skip-stack", action="store_true")
     ap.add_argument("--only", default="a,c,d,e,f,g,h", help="sections to run (a includes b)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="backends the stack (d) runs on")
     args = ap.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="deblur_bench_", dir=args.workdir))
@@ -444,7 +449,7 @@ def main() -> None:
         if "e" in only:
             section_e(work, weights)
         if "d" in only and not args.skip_stack:
-            section_d(work, weights, args.before, args.planes)
+            section_d(work, weights, args.before, args.planes, tuple(args.backends.split(",")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
