@@ -596,7 +596,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
         model.load_state_dict(state.best_model)
         log.info(f"exporting the best validation step {state.best_step} ({state.best_by} {state.best_score:.2f} dB)")
     focus_code, cal = finalize(model, data, train_ids, cfg.seed, device)
-    summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": data_hash(index),
+    summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": state.data_hashes[-1],
                "data_hashes": state.data_hashes,
                "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
                "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
