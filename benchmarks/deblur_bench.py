@@ -431,6 +431,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--backends", default=",".join(BACKENDS), help="backends the stack (d) runs on")
     args = ap.parse_args()
+    if not set(args.backends.split(",")) <= set(BACKENDS):
+        ap.error(f"--backends takes a comma-separated subset of {','.join(BACKENDS)}, got {args.backends}")
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="deblur_bench_", dir=args.workdir))
     try:

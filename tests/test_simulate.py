@@ -160,8 +160,10 @@ REFERENCE_DAY_SHA256 = {"X86_V4": "f5f3393af5d656e3aaabda18570a9de0fb192f2d5b646
 
 def _simd_level() -> str:
     """The highest x86 feature level numpy dispatches to on this CPU ('' elsewhere)."""
-    from numpy._core._multiarray_umath import __cpu_features__ as features
-
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as features
     return next((lvl for lvl in ("X86_V4", "X86_V3") if features.get(lvl)), "")
 
 

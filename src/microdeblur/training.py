@@ -449,10 +449,12 @@ def intensity_model(data: PreparedData, identities: list[int]) -> IntensityModel
 def note_data(seen: list[str], now: str) -> list[str]:
     """The data hashes a run has trained on, `now` appended where it differs from the last (logged: regenerated
     data differ in their low bits when numpy or scipy change)."""
-    if seen and seen[-1] != now:
+    if seen and seen[-1] == now:
+        return seen
+    if seen:
         log.info(f"the prepared data differ from those the checkpoint was trained on (hash {seen[-1]}, now {now}): "
                  "the run continues on these; the export records both")
-    return seen if seen and seen[-1] == now else [*seen, now]
+    return [*seen, now]
 
 
 def data_hash(index: dict) -> str:
