@@ -492,6 +492,20 @@ def test_bfloat16_autocast_stays_close_to_float32(cal_weights):
     assert np.abs(low - ref).max() <= 0.02 * (ref.max() - ref.min())
 
 
+def test_cpu_batch_size_keeps_a_calls_memory():
+    """The shipped size gets BATCH_SIZE tiles per call; a network whose largest feature map is 4x larger (no
+    space-to-depth) a quarter, so one call holds as much memory; small networks no more than BATCH_SIZE."""
+    from microdeblur.engine import BATCH_SIZE, cpu_batch_size
+
+    assert cpu_batch_size(ModelConfig()) == BATCH_SIZE
+    assert cpu_batch_size(ModelConfig(unshuffle=1)) == BATCH_SIZE // 4
+    assert cpu_batch_size(ModelConfig(input_skip=True, head=64)) == 4  # 64 channels at full resolution, at least 4
+    assert cpu_batch_size(ModelConfig(widths=(4, 8, 8), id_channels=(2, 3, 4))) == BATCH_SIZE
+    model = DisentangledAE(ModelConfig(widths=(32, 8), id_channels=(2, 3), unshuffle=1))
+    meta = WeightsMeta(variant="manifold-1d", config=model.config)
+    assert Deblurrer(model, meta, device="cpu").batch_size == BATCH_SIZE // 4  # the runner's default
+
+
 def _source_code_deblurrer(tmp_path: Path, **kw) -> Deblurrer:
     """A seeded source-code network whose layers all act (no zero-initialised output), calibrated."""
     torch.manual_seed(1)

@@ -33,7 +33,7 @@ IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 # Tile overlap (px at working scale). With tiles aligned to the network's stride, 32 px keeps the difference to a
 # whole-image pass at a quarter of what 48 px unaligned gave, with 25 % fewer tiles (docs/benchmarks.md, issue 14).
 OVERLAP = 32
-BATCH_SIZE = 32
+BATCH_SIZE = 32  # tiles per network call on a CPU for the shipped network's size (cpu_batch_size)
 # A tile's contrast: std of its band-passed working-scale plane (Gaussian sigma 1 px minus sigma 8 px) over the
 # local mean level, raw units. Below this a tile shows nothing to estimate defocus from: measured 0.0026-0.0031
 # on the simulator's empty background, >= 0.035 on every tile of the real yeast and THP-1 stacks at any plane
@@ -97,6 +97,20 @@ def rescale(plane: np.ndarray, scale: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- tiled, batched prediction
+
+
+def memory_ratio(config) -> float:
+    """How many times the shipped architecture's largest feature map per tile `config`'s is."""
+    from .model_config import ModelConfig
+
+    return config.largest_feature_map / ModelConfig().largest_feature_map
+
+
+def cpu_batch_size(config) -> int:
+    """Tiles per network call on a CPU: BATCH_SIZE for the shipped network's size, proportionally fewer (at
+    least 4) for a larger largest feature map, so that a call's memory stays the same (ONNX Runtime keeps its
+    peak allocation; docs/benchmarks.md "Deblur speed")."""
+    return int(np.clip(BATCH_SIZE / memory_ratio(config), 4, BATCH_SIZE))
 
 
 def predict_tiled(image2d: np.ndarray, fn: Callable[..., np.ndarray], tile: int = 128, overlap: int = OVERLAP,
@@ -169,7 +183,7 @@ class Deblurrer:
     `config`, `encode`, `decode` and `default_batch_size` on numpy tiles, e.g. an OnnxRunner)."""
 
     def __init__(self, model, meta, *, device="cpu", scale: float | None = None, overlap: int = OVERLAP,
-                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", focus_gate: bool | None = None,
+                 batch_size: int | None = None, precision: str = "auto", focus_gate: bool | None = None,
                  tta: int = 1, smooth_codes: bool = True) -> None:
         if hasattr(model, "default_batch_size"):
             self.net = model

@@ -13,7 +13,7 @@ from . import calibration, log
 from .atomic import Outputs
 from .batch_runs import Batch, check_replaceable, has_header, run_batch, shard_pairs
 from .calibration import OpticsOptions
-from .engine import BATCH_SIZE, IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, require_calibration
+from .engine import IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, require_calibration
 from .errors import UserError
 from .inference import (
     _check_outputs,
@@ -141,7 +141,7 @@ def _sign_notes(sign: str, cal: dict, weights: Path | None, optics: OpticsOption
 
 
 def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None, scale: float | None = None,
-                overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", csv: Path | None = None, device: str = "auto",
+                overlap: int = OVERLAP, batch_size: int | None = None, precision: str = "auto", csv: Path | None = None, device: str = "auto",
                 overwrite: bool = False, shard: Shard | str | None = None, skip_existing: bool = False,
                 manifest: Path | None = None, optics: OpticsOptions = OpticsOptions(), sign: str = "auto",
                 confidence: str | Path | None = None, backend: str = "auto") -> list[Path]:

@@ -19,7 +19,7 @@ from . import calibration, log
 from .atomic import Outputs
 from .batch_runs import Batch, run_batch, shard_pairs
 from .calibration import OpticsOptions
-from .engine import BATCH_SIZE, OVERLAP, Deblurrer, check_finite, require_calibration
+from .engine import OVERLAP, Deblurrer, check_finite, require_calibration
 from .errors import UserError
 from .inputs import TIFF_SUFFIXES, Shard
 from .normalize import Normalizer, frame_normalizer
@@ -317,7 +317,7 @@ class _Targets:
 
 def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | None = None,
                  reference: Path | None = None, scale: float | None = None, overlap: int = OVERLAP,
-                 batch_size: int | None = BATCH_SIZE, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
+                 batch_size: int | None = None, precision: str = "auto", dz: float | None = None, save_comparison: Path | None = None,
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
                  skip_existing: bool = False, manifest: Path | None = None,
                  optics: OpticsOptions = OpticsOptions(), focus_gate: bool | None = None, backend: str = "auto",
@@ -393,7 +393,7 @@ def _deblur_batch(targets: _Targets, pairs: list[tuple[Path, Path]], batch: Batc
 
 def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, dz_from: float | None = None,
                       dz_to: float | None = None, weights: Path | None = None, scale: float | None = None,
-                      overlap: int = OVERLAP, batch_size: int | None = BATCH_SIZE, precision: str = "auto", device: str = "auto",
+                      overlap: int = OVERLAP, batch_size: int | None = None, precision: str = "auto", device: str = "auto",
                       overwrite: bool = False, optics: OpticsOptions = OpticsOptions(), backend: str = "auto") -> Path:
     """Z-stack walking the blur code from A's to B's (per tile) or between two dz (um of A's microscope), with A's
     identity code. B is encoded at A's resize factor (the same field at the same size)."""

@@ -89,6 +89,11 @@ class ModelConfig:
         return self.id_dim_for(self.tile)
 
     @property
+    def largest_feature_map(self) -> int:
+        """Numbers per tile in the network's largest feature map: what the memory of a batch of tiles scales with."""
+        return max(self.widths[0] * (self.tile // self.unshuffle) ** 2, max(self.stem, self.head) * self.tile**2)
+
+    @property
     def blur_dim(self) -> int:
         """Length of the blur code: 1 for manifold-1d, else `vector_blur_dim`."""
         return 1 if self.variant == "manifold-1d" else self.vector_blur_dim

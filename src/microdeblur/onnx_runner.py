@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import BATCH_SIZE
+from .engine import cpu_batch_size
 from .errors import UserError
 from .model_config import ModelConfig
 
@@ -73,10 +73,9 @@ class OnnxRunner:
         self.config = config
         self.encoder, self.decoder = session(encoder, threads), session(decoder, threads)
 
-    @staticmethod
-    def default_batch_size() -> int:
-        """Tiles per network call (engine.BATCH_SIZE, as PyTorch on a CPU)."""
-        return BATCH_SIZE
+    def default_batch_size(self) -> int:
+        """Tiles per network call (engine.cpu_batch_size, as PyTorch on a CPU)."""
+        return cpu_batch_size(self.config)
 
     def encode(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tiles [n,1,T,T] float32 -> (identity [n,Di], blur [n,Db]) float32."""

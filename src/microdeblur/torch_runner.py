@@ -9,17 +9,19 @@ import torch
 from torch import nn
 
 from .devices import autocast, compute_dtype
-from .engine import BATCH_SIZE
+from .engine import BATCH_SIZE, cpu_batch_size, memory_ratio
+from .model_config import ModelConfig
 
 
-def default_batch_size(device: torch.device, tile: int) -> int:
-    """Tiles per network call: BATCH_SIZE on CPU; on a CUDA GPU as many as a quarter of its free memory holds
-    at 400 bytes per tile pixel (about twice the live activations of the default network, counted from its
-    layer sizes), between BATCH_SIZE and 2048."""
+def default_batch_size(device: torch.device, config: ModelConfig) -> int:
+    """Tiles per network call: cpu_batch_size on CPU; on a CUDA GPU as many as a quarter of its free memory holds
+    at 400 bytes per tile pixel for the shipped network's size (about twice its live activations, counted from
+    its layer sizes; larger networks in proportion: engine.memory_ratio), between BATCH_SIZE and 2048."""
     if device.type != "cuda":
-        return BATCH_SIZE
+        return cpu_batch_size(config)
     free, _ = torch.cuda.mem_get_info(device)
-    return int(np.clip(free // 4 // (400 * tile * tile), BATCH_SIZE, 2048))
+    per_tile = 400 * config.tile**2 * memory_ratio(config)
+    return int(np.clip(free // 4 // per_tile, BATCH_SIZE, 2048))
 
 
 class TorchRunner:
@@ -39,7 +41,7 @@ class TorchRunner:
 
     def default_batch_size(self) -> int:
         """Tiles per call that suit the device (default_batch_size)."""
-        return default_batch_size(self.device, int(self.config.tile))
+        return default_batch_size(self.device, self.config)
 
     def _tiles(self, tiles: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)).to(self.device)
