@@ -16,7 +16,7 @@ With --before SRC (a `src` folder of another version, e.g. from `git archive`) t
 are repeated with that code (PYTHONPATH), interleaved, so before/after share the machine's load.
 
 Usage: python benchmarks/deblur_bench.py [--weights W] [--before DIR/src] [--planes 100] [--skip-stack] [--only a,b,...]
-    [--backends torch,onnx]
+    [--backends torch,onnx] [--scale S]
 """
 
 from __future__ import annotations
@@ -231,14 +231,16 @@ def section_c(weights: Path, repeats: int) -> None:
               f" (target <= 2 s)")
 
 
-def section_d(work: Path, weights: Path, before: Path | None, planes: int, backends: tuple[str, ...] = BACKENDS) -> None:
-    """A big stack through the CLI: wall, CPU and peak RSS."""
+def section_d(work: Path, weights: Path, before: Path | None, planes: int, backends: tuple[str, ...] = BACKENDS,
+              scale: float | None = None) -> None:
+    """A big stack through the CLI (at `scale`, default the weights'): wall, CPU and peak RSS."""
     stack = work / "stack.tif"
     make_stack(stack, planes)
-    print(f"(d) {planes}-plane 2048x1536 uint16 stack through the CLI, {load()}")
+    at = [] if scale is None else ["--scale", f"{scale:g}"]
+    print(f"(d) {planes}-plane 2048x1536 uint16 stack through the CLI{' ' + ' '.join(at) if at else ''}, {load()}")
     for name, src, extra in variants(weights, before, backends):
         cmd = ["/usr/bin/time", "-v", *cli(["deblur", str(stack), "-o", str(work / f"stack_{name}.tif"),
-                                            "-w", str(weights), "--device", "cpu", "--overwrite", *extra])]
+                                            "-w", str(weights), "--device", "cpu", "--overwrite", *at, *extra])]
         t = time.perf_counter()
         res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env_for(src))
         wall = time.perf_counter() - t
@@ -433,6 +435,7 @@ def main() -> None:
     ap.add_argument("--only", default="a,c,d,e,f,g,h", help="sections to run (a includes b)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--backends", default=",".join(BACKENDS), help="backends the stack (d) runs on")
+    ap.add_argument("--scale", type=float, default=None, help="deblur --scale of the stack (d); default the weights'")
     args = ap.parse_args()
     if not set(args.backends.split(",")) <= set(BACKENDS):
         ap.error(f"--backends takes a comma-separated subset of {','.join(BACKENDS)}, got {args.backends}")
@@ -454,7 +457,7 @@ def main() -> None:
         if "e" in only:
             section_e(work, weights)
         if "d" in only and not args.skip_stack:
-            section_d(work, weights, args.before, args.planes, tuple(args.backends.split(",")))
+            section_d(work, weights, args.before, args.planes, tuple(args.backends.split(",")), args.scale)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -542,18 +542,26 @@ def test_source_code_decoder_reads_the_neighbourhood_median_code(tmp_path, tta):
         assert not np.array_equal(db.deblur_plane(plane), db.decode(enc, db.target, db.revert_for(enc, 0.0)))
 
 
-def test_decode_pass_without_the_identity_cache_gives_the_same_plane(tmp_path, monkeypatch):
-    import microdeblur.engine as engine
-
+@pytest.mark.parametrize("shape,batch", [((300, 420), 5), ((700, 260), 3), ((700, 260), 64), ((140, 900), 4)])
+def test_interleaved_encode_decode_equals_encode_then_decode(tmp_path, shape, batch):
+    """deblur_plane decodes a batch as soon as its tiles' neighbourhoods are encoded, each tile encoded once: the
+    same plane as encoding the whole plane first, on grids of 2 to 7 tile rows and batches across rows."""
     db = _source_code_deblurrer(tmp_path)
-    plane = _image((300, 420), np.uint16, seed=8)
-    cached = db.swap_parts(plane, db.target, 0.0)[0]
-    encodes = []
-    encode = db.encode_tiles
-    db.encode_tiles = lambda t: encodes.append(len(t)) or encode(t)
-    monkeypatch.setattr(engine, "IDENTITY_CACHE_BYTES", 0)
-    again = db.swap_parts(plane, db.target, 0.0)[0]
-    assert sum(encodes) == 2 * len(db.grid(plane.shape)) and np.array_equal(cached, again)
+    db.batch_size = batch
+    plane = _image(shape, np.uint16, seed=8)
+    calls = []
+    encode, decode = db.encode_tiles, db.decode_tiles
+    db.encode_tiles = lambda t: calls.append(("encode", len(t))) or encode(t)
+    db.decode_tiles = lambda i, b: calls.append(("decode", len(i))) or decode(i, b)
+    out = db.deblur_plane(plane)
+    n, (rows, _) = len(db.grid(plane.shape)), db.grid(plane.shape).rows_cols
+    assert sum(k for c, k in calls if c == "encode") == n == sum(k for c, k in calls if c == "decode")
+    kinds = [c for c, _ in calls]
+    if rows > 5 and batch < n / 2:  # tall grids start decoding before the last rows are encoded
+        assert kinds.index("decode") < len(kinds) - 1 - kinds[::-1].index("encode")
+    db.encode_tiles, db.decode_tiles = encode, decode
+    enc = db.encode(plane)
+    np.testing.assert_array_equal(out, db.decode(enc, db.target, db.revert_for(enc, 0.0)))
 
 
 def test_interpolation_starts_at_the_reconstruction_for_a_source_code_network(tmp_path):

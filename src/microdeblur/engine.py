@@ -3,7 +3,7 @@
 Per plane: float32 -> resize by `scale` (`rescale`, exactly as `prepare` resized the training frames) ->
 per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches -> (source-code networks)
 each tile's own code replaced by its neighbourhood's median -> decode with the target code -> blend-stitch
-(`predict_tiled`, the one tiled, batched predictor) -> revert to raw units (with the weights' focus-plane ratios
+(`tiling.Blend`; encode and decode interleaved batch by batch, `Deblurrer.swap_parts`) -> revert to raw units (with the weights' focus-plane ratios
 for the target dz when they hold them) -> resize back to the input shape (`resize_to`, bilinear) -> when
 deblurring to focus with a focus gate, input + weight x correction (focus_gate.py) -> cast to the input dtype
 (clip, round). Also here: per-tile defocus maps (`Deblurrer.focus_map`, tile contrast, tile-centre
@@ -25,9 +25,9 @@ import numpy as np
 
 from . import calibration, log
 from .errors import UserError
-from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, tile_defocus
+from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, neighbourhood_window, tile_defocus
 from .normalize import NormalizationSpec, Normalizer, frame_median, frame_normalizer
-from .tiling import TileGrid, extract_tiles, stitch, tile_grid
+from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_grid
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 # Tile overlap (px at working scale). With tiles aligned to the network's stride, 32 px keeps the difference to a
@@ -41,9 +41,6 @@ BATCH_SIZE = 32  # tiles per network call on a CPU for the shipped network's siz
 MIN_TILE_CONTRAST = 0.01
 NO_CONTRAST = "no tile has enough contrast to estimate defocus"
 TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the other mirror and both, + transposes
-# swap_parts keeps a plane's identities between its two passes up to this size (a 2048x1536 frame at the shipped
-# 0.5 scale: 88 tiles, 41 MB); above it the second pass encodes the tiles again.
-IDENTITY_CACHE_BYTES = 256 * 2**20
 
 
 # ---------------------------------------------------------------- resizing
@@ -113,23 +110,16 @@ def cpu_batch_size(config) -> int:
     return int(np.clip(BATCH_SIZE / memory_ratio(config), 4, BATCH_SIZE))
 
 
-def predict_tiled(image2d: np.ndarray, fn: Callable[..., np.ndarray], tile: int = 128, overlap: int = OVERLAP,
-                  batch_size: int = BATCH_SIZE, align: int = 1, *, grid: TileGrid | None = None,
-                  per_tile=None) -> np.ndarray:
-    """Run `fn` on batches of tiles of a 2-D image and blend-stitch its outputs: the one tiled, batched predictor
-    (the Deblurrer's decode pass, and frame_eval's tile-to-tile baselines).
-
-    `fn` maps tiles [n,1,T,T] float32 to the same shape; with `per_tile` (one row per tile, e.g. blur codes) it is
-    called as fn(tiles, rows) with the rows of its tiles. A given `grid` (tile_grid of the image's shape) is used
-    instead of building one from tile, overlap and align."""
-    grid = tile_grid(image2d.shape, tile, overlap, align) if grid is None else grid
+def predict_tiled(image2d: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], tile: int = 128,
+                  overlap: int = OVERLAP, batch_size: int = BATCH_SIZE, align: int = 1) -> np.ndarray:
+    """Run `fn` (tiles [n,1,T,T] float32 -> the same shape) on batches of tiles of a 2-D image and blend-stitch
+    its outputs: frame_eval's tile-to-tile baselines through the Deblurrer's tiling and blending."""
+    grid = tile_grid(image2d.shape, tile, overlap, align)
     tiles = extract_tiles(image2d, grid)[:, None]
-    batches = range(0, len(tiles), batch_size)
-    if per_tile is None:
-        out = [fn(tiles[i:i + batch_size]) for i in batches]
-    else:
-        out = [fn(tiles[i:i + batch_size], per_tile[i:i + batch_size]) for i in batches]
-    return stitch(np.concatenate(out)[:, 0], grid)
+    blend = Blend(grid)
+    for i in range(0, len(tiles), batch_size):
+        blend.add(i, fn(tiles[i:i + batch_size])[:, 0])
+    return blend.image()
 
 
 def dihedral(tiles: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
@@ -291,33 +281,37 @@ class Deblurrer:
         work, norm, median = self._working(plane)
         grid = self.grid(work.shape)
         tiles = extract_tiles(work, grid)[:, None]
-        kept, blur = self._encode_batches(tiles)
-        identity = np.concatenate(list(kept.values()))
+        identity, blur = self._encode_batches(tiles)
         sources = self.source_codes(blur, grid)
         if sources is not None:
             identity[:, -sources.shape[1]:] = sources
         return Encoded(identity, blur, grid, norm, plane.shape, plane.dtype, median)
 
-    def _encode_batches(self, tiles: np.ndarray, budget: float = np.inf) -> tuple[dict[int, np.ndarray], np.ndarray]:
-        """Encode tiles batch by batch: (each batch's identities by its first tile, kept while the whole plane's
-        would fit in `budget` bytes; every tile's own blur code [N,Db])."""
-        kept: dict[int, np.ndarray] = {}
-        own: list[np.ndarray] = []
-        for i in range(0, len(tiles), self.batch_size):
-            identity, blur = self.encode_tiles(tiles[i:i + self.batch_size])
-            own.append(blur)
-            if identity.nbytes / len(identity) * len(tiles) <= budget:
-                kept[i] = identity
-        return kept, np.concatenate(own)
+    def _encode_batches(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(identities [N,Di], blur codes [N,Db]) of tiles, encoded batch by batch."""
+        parts = [self.encode_tiles(tiles[i:i + self.batch_size]) for i in range(0, len(tiles), self.batch_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def smooths_codes(self) -> bool:
+        """Whether the decoder reads each tile's neighbourhood median code as its own (source_codes)."""
+        return bool(self.config.source_code and self.smooth_codes and self.config.blur_dim == 1)
 
     def source_codes(self, blur: np.ndarray, grid: TileGrid) -> np.ndarray | None:
         """What a source-code decoder reads as each tile's own blur code: the median of the tiles' codes [N,Db]
         over its neighbourhood (focus_gate.neighbourhood_median; a tile's own code scatters around its
-        neighbours' where the specimen's defocus does not); None for other networks or with smooth_codes off."""
-        if not (self.config.source_code and self.smooth_codes and self.config.blur_dim == 1):
-            return None  # a median per component of a vector code was never measured: own codes there
-        rows, cols = grid.rows_cols
-        return neighbourhood_median(blur.reshape(rows, cols, -1)).reshape(len(blur), -1).astype(np.float32)
+        neighbours' where the specimen's defocus does not); None for other networks or with smooth_codes off
+        (a median per component of a vector code was never measured: own codes there)."""
+        if not self.smooths_codes():
+            return None
+        return self._medians(blur, grid, grid.rows_cols[0])
+
+    @staticmethod
+    def _medians(codes: np.ndarray, grid: TileGrid, rows: int) -> np.ndarray:
+        """neighbourhood_median of the codes [rows*cols,Db] of a grid's first `rows` rows, with the whole grid's
+        window, flat [rows*cols,Db] float32 (all but the last window // 2 rows final while rows are missing)."""
+        cols = grid.rows_cols[1]
+        values = codes[:rows * cols].reshape(rows, cols, -1)
+        return neighbourhood_median(values, neighbourhood_window(grid.rows_cols)).reshape(rows * cols, -1).astype(np.float32)
 
     def read_codes(self, enc: Encoded) -> np.ndarray:
         """The blur codes [N,Db] the decoder takes as the tiles' own from `enc.identity` (the source codes of a
@@ -377,9 +371,11 @@ class Deblurrer:
 
     def swap_parts(self, plane: np.ndarray, code, dz: float | None) -> tuple[np.ndarray, np.ndarray, TileGrid]:
         """(the plane decoded with `code`, float32 in raw units at the input shape, every tile's own blur code,
-        the tile grid): what _swap blends and casts. Two passes over the tiles: encode each (for its own code;
-        identities kept while they fit IDENTITY_CACHE_BYTES), then decode each batch (and with --tta its other
-        views, encoded there) with the neighbourhood's source codes (source_codes)."""
+        the tile grid): what _swap blends and casts. One pass over the tiles, batch by batch: each batch is
+        encoded (its own codes and identities kept), then every batch whose tiles' neighbourhoods are all encoded
+        (source_codes; at once without them) is decoded with its target codes and blended in, and its identities
+        are dropped. So each tile is encoded once and only a few rows of identities are held at any frame size
+        (with --tta the other views are encoded as their batch is decoded)."""
         if plane.ndim != 2:
             raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
         work, norm, median = self._working(plane)
@@ -387,30 +383,44 @@ class Deblurrer:
         code = self.as_code(code)
         code = np.broadcast_to(code, (len(grid), code.shape[-1])) if code.ndim == 1 else code
         tiles = extract_tiles(work, grid)[:, None]
-        kept, codes = self._encode_batches(tiles, IDENTITY_CACHE_BYTES)
-        n = len(tiles)
-        del tiles  # predict_tiled extracts them again
-        sources = self.source_codes(codes, grid)
-
-        def decode(batch: np.ndarray, index: np.ndarray) -> np.ndarray:
-            rows = index[:, 0]
-            cached = kept.pop(int(rows[0]), None)
-            if cached is not None and len(cached) != len(rows):
-                raise RuntimeError("the decode pass batches the tiles unlike the encode pass")
-
-            def one_view(view: np.ndarray) -> np.ndarray:
-                plain = cached is not None and np.array_equal(view, batch)  # a view equal to the tiles encodes alike
-                identity = cached if plain else self.encode_tiles(view)[0]
-                if sources is not None:
-                    identity[:, -sources.shape[1]:] = sources[rows]
-                return self.decode_tiles(identity, code[rows])
-
-            return averaged_views(one_view, self.tta)(batch)
-
-        stitched = predict_tiled(work, decode, batch_size=self.batch_size, grid=grid, per_tile=np.arange(n)[:, None])
+        n, (rows, cols), size = len(tiles), grid.rows_cols, self.batch_size
+        codes = np.empty((n, self.config.blur_dim), np.float32)
+        sources = np.empty_like(codes) if self.smooths_codes() else None
+        kept: dict[int, np.ndarray] = {}
+        blend = Blend(grid)
+        half = neighbourhood_window(grid.rows_cols)[0] // 2  # rows below a tile row its sources need
+        final = decoded = 0  # tiles whose decoder inputs are known; tiles decoded (a multiple of the batch size)
+        for i in range(0, n, size):
+            kept[i], codes[i:i + size] = self.encode_tiles(tiles[i:i + size])
+            done = min(i + size, n)
+            if sources is None:
+                final = done
+            elif done == n or done // cols - half > final // cols:
+                have = rows if done == n else done // cols
+                now = rows if done == n else have - half
+                sources[final:now * cols] = self._medians(codes, grid, have)[final:now * cols]
+                final = now * cols
+            while decoded < final and (decoded + size <= final or final == n):
+                j = min(decoded + size, n)
+                own = None if sources is None else sources[decoded:j]
+                blend.add(decoded, self._decode_batch(tiles[decoded:j], kept.pop(decoded), code[decoded:j], own)[:, 0])
+                decoded = j
         enc = Encoded(np.empty(0), np.empty(0), grid, norm, plane.shape, plane.dtype, median)
-        result = resize_to(self.revert_for(enc, dz).after(stitched), plane.shape)
+        result = resize_to(self.revert_for(enc, dz).after(blend.image()), plane.shape)
         return result, codes, grid
+
+    def _decode_batch(self, batch: np.ndarray, identity: np.ndarray, code: np.ndarray,
+                      sources: np.ndarray | None) -> np.ndarray:
+        """Decoded tiles [n,1,T,T] of one batch from its kept identities (with --tta averaged over its views, the
+        others encoded here), the decoder reading `sources` as the tiles' own codes where given."""
+
+        def one_view(view: np.ndarray) -> np.ndarray:
+            ids = identity if np.array_equal(view, batch) else self.encode_tiles(view)[0]  # an equal view encodes alike
+            if sources is not None:
+                ids[:, -sources.shape[1]:] = sources
+            return self.decode_tiles(ids, code)
+
+        return averaged_views(one_view, self.tta)(batch)
 
     def focus_gate(self, codes: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
         """Per-pixel weight of the correction (input shape): the Deblurrer's ramp of each tile's neighbourhood

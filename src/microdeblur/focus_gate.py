@@ -53,10 +53,18 @@ def tile_defocus(cal: dict, codes: np.ndarray, rows_cols: tuple[int, int]) -> np
     return neighbourhood_median(np.abs(calibration.code_to_dz(cal, np.asarray(codes).reshape(-1))).reshape(rows_cols))
 
 
-def neighbourhood_median(values: np.ndarray) -> np.ndarray:
-    """Per-tile values [rows, cols, ...] -> the median over each tile's WINDOW_TILES x WINDOW_TILES neighbourhood
-    (odd, at most the grid; edge tiles repeated beyond the border), per trailing column."""
-    size = [min(WINDOW_TILES, n - (n + 1) % 2) for n in values.shape[:2]]  # odd: a window centred on its tile
+def neighbourhood_window(rows_cols: tuple[int, int]) -> tuple[int, int]:
+    """The (rows, cols) of the neighbourhood window on a grid of that many tiles: WINDOW_TILES, at most the grid,
+    odd so that it is centred on its tile."""
+    return tuple(min(WINDOW_TILES, n - (n + 1) % 2) for n in rows_cols)
+
+
+def neighbourhood_median(values: np.ndarray, window: tuple[int, int] | None = None) -> np.ndarray:
+    """Per-tile values [rows, cols, ...] -> the median over each tile's neighbourhood (`window`, default
+    neighbourhood_window of the values' grid; edge tiles repeated beyond the border), per trailing column. A
+    grid's first rows, given the window of the whole grid, get the whole grid's medians except in their last
+    window[0] // 2 rows."""
+    size = list(window or neighbourhood_window(values.shape[:2]))
     padded = np.pad(values, [(k // 2, k // 2) for k in size] + [(0, 0)] * (values.ndim - 2), mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, size, axis=(0, 1))
     return np.median(windows, axis=(-2, -1))

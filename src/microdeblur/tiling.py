@@ -164,13 +164,30 @@ def stitch(tiles_out: np.ndarray, grid: TileGrid, shape: tuple[int, int] | None 
     """Blend (N, T, T) tile outputs into one float32 image: sum(w*y) / sum(w), cropped to `shape`."""
     if shape is not None and tuple(shape) != grid.shape:
         raise ValueError(f"shape {shape} does not match grid shape {grid.shape}")
-    tiles_out = np.asarray(tiles_out, dtype=np.float32).reshape(len(grid), grid.tile, grid.tile)
-    acc = np.zeros(grid.padded_shape, dtype=np.float32)
-    for t, y in zip(grid, tiles_out):  # O(N) slice adds; the network dominates the cost
-        acc[t.slices] += t.weight * y
-    (t0, _), (l0, _) = grid.pad
-    h, w = grid.shape
-    return acc[t0:t0 + h, l0:l0 + w] / _weight_sum(grid)[t0:t0 + h, l0:l0 + w]
+    blend = Blend(grid)
+    blend.add(0, np.reshape(tiles_out, (len(grid), grid.tile, grid.tile)))
+    return blend.image()
+
+
+class Blend:
+    """A blend-stitch filled batch by batch: `add` the outputs of consecutive tiles, then `image` (the same sums,
+    in the same order, as `stitch` of all of them at once)."""
+
+    def __init__(self, grid: TileGrid) -> None:
+        self.grid = grid
+        self.acc = np.zeros(grid.padded_shape, dtype=np.float32)
+
+    def add(self, first: int, outputs: np.ndarray) -> None:
+        """Add the (n, T, T) outputs of tiles first .. first+n-1 (grid order)."""
+        outputs = np.asarray(outputs, dtype=np.float32)
+        for t, y in zip(self.grid.tiles[first:first + len(outputs)], outputs):  # O(N) slice adds
+            self.acc[t.slices] += t.weight * y
+
+    def image(self) -> np.ndarray:
+        """sum(w*y) / sum(w) over the unpadded image (float32)."""
+        (t0, _), (l0, _) = self.grid.pad
+        h, w = self.grid.shape
+        return self.acc[t0:t0 + h, l0:l0 + w] / _weight_sum(self.grid)[t0:t0 + h, l0:l0 + w]
 
 
 def _weight_sum(grid: TileGrid) -> np.ndarray:
