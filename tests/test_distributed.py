@@ -125,6 +125,28 @@ def test_a_rank_that_cannot_reach_the_others_fails_clearly(tmp_path, data):
     assert lines[-1].startswith("error: rank 0 of 2 could not join") and "Traceback" not in res.stderr
 
 
+WAIT_SCRIPT = """
+import sys, time
+from microdeblur.distributed import any_rank, world
+with world("cpu") as w:
+    if w.rank == 0:
+        time.sleep(5)  # rank 0 alone probes or writes a checkpoint while the others wait
+    print("stop" if any_rank(w, w.rank == 0) else "go")
+"""
+
+
+def test_ranks_wait_for_rank_0_longer_than_the_join_timeout(tmp_path):
+    """The join timeout (MICRODEBLUR_DIST_TIMEOUT, 2 s here) does not bound how long a rank waits at a step's
+    collective: that is MICRODEBLUR_DIST_WAIT (default 1800 s), so a slow probe on rank 0 does not end the run."""
+    script = tmp_path / "wait.py"
+    script.write_text(WAIT_SCRIPT)
+    res = _torchrun([str(script)], env={"MICRODEBLUR_DIST_TIMEOUT": "2"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["stop", "stop"]
+    res = _torchrun([str(script)], env={"MICRODEBLUR_DIST_TIMEOUT": "2", "MICRODEBLUR_DIST_WAIT": "2"})
+    assert res.returncode != 0  # the wait is what bounds it
+
+
 def test_batch_must_split_over_the_processes(tmp_path, data):
     res = _torchrun(["-m", "microdeblur", "train", str(data), "-o", str(tmp_path / "w.safetensors"), "--max-steps", "2",
                      "--batch-size", "3", *TINY])

@@ -18,7 +18,10 @@ import torch.distributed as dist
 from .devices import resolve_device
 from .errors import UserError
 
-TIMEOUT_ENV = "MICRODEBLUR_DIST_TIMEOUT"  # seconds the ranks wait for each other (default 120)
+TIMEOUT_ENV = "MICRODEBLUR_DIST_TIMEOUT"  # seconds the ranks wait to join each other (default 120)
+# seconds a rank waits for the others inside the run (default 1800): rank 0 alone probes and writes checkpoints
+# while the others wait at the next step's all-reduce, which on a slow or shared machine can pass 120 s
+WAIT_ENV = "MICRODEBLUR_DIST_WAIT"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class World:
     rank: int
     size: int
     device: torch.device
+    group: Any = None  # the process group of the run's collectives (None: the default group or one process)
 
     @property
     def main(self) -> bool:
@@ -62,9 +66,10 @@ def world(device_name: str = "auto") -> Iterator[World]:
         raise UserError(f"rank {rank} of {size} could not join the other training processes within "
                         f"{timeout.seconds} s ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
                         "check torchrun's --nnodes/--rdzv-endpoint and that the nodes reach each other") from None
+    group = dist.new_group(timeout=timedelta(seconds=_env_int(WAIT_ENV, 1800)))
     try:
-        yield World(rank, size, device)
-        dist.barrier()  # leave together: gloo aborts a rank whose peer tears its connections down mid-exchange
+        yield World(rank, size, device, group)
+        dist.barrier(group=group)  # leave together: gloo aborts a rank whose peer tears its connections down mid-exchange
     finally:
         # a DistributedDataParallel left in a reference cycle would otherwise be freed at exit, after its process
         # group, and its gloo threads end in std::terminate (SIGABRT: 2 in 25 two-process runs without this, 0 in 100 with it)
@@ -77,7 +82,7 @@ def any_rank(w: World, flag: bool) -> bool:
     if w.size == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=w.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=w.group)
     return bool(t.item() > 0)
 
 
@@ -86,5 +91,5 @@ def gather_objects(w: World, obj: Any) -> list[Any]:
     if w.size == 1:
         return [obj]
     out: list[Any] = [None] * w.size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=w.group)
     return out

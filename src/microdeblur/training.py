@@ -509,7 +509,8 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     step_module = TrainStep(model, objective, opts, rec_fn)
     amp = compute_dtype(device, cfg.precision)
     if w.size > 1:
-        step_module = DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
+        step_module = DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None,
+                                              process_group=w.group)
     ckpt = checkpoint_path(output)
     ema = weight_average(model, cfg.ema)
     scored = model if ema is None else ema.module  # what the probes score and the export writes
