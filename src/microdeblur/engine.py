@@ -3,10 +3,10 @@
 Per plane: float32 -> resize by `scale` (`rescale`, exactly as `prepare` resized the training frames) ->
 per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches -> (source-code networks)
 each tile's own code replaced by its neighbourhood's median -> decode with the target code -> blend-stitch
-(`tiling.Blend`; encode and decode interleaved batch by batch, `Deblurrer.swap_parts`) -> revert to raw units (with the weights' focus-plane ratios
-for the target dz when they hold them) -> resize back to the input shape (`resize_to`, bilinear) -> when
-deblurring to focus with a focus gate, input + weight x correction (focus_gate.py) -> cast to the input dtype
-(clip, round). Also here: per-tile defocus maps (`Deblurrer.focus_map`, tile contrast, tile-centre
+(`tiling.Blend`; encode and decode interleaved batch by batch, `Deblurrer.swap_parts`) -> revert to raw units
+(with the weights' focus-plane ratios for the target dz when they hold them) -> resize back to the input shape
+(`resize_to`, bilinear) -> when deblurring to focus with a focus gate, input + weight x correction (focus_gate.py)
+-> cast to the input dtype (clip, round). Also here: per-tile defocus maps (`Deblurrer.focus_map`, tile contrast, tile-centre
 interpolation) and the checks every front end applies to a plane and to the weights (`check_finite`,
 `require_calibration`, `normalization_spec`).
 The network itself is a runner on numpy tiles (`torch_runner.TorchRunner`, the reference, or
