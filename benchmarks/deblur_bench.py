@@ -258,9 +258,9 @@ def section_e(work: Path, weights: Path) -> None:
     """Seams: tiled vs whole-image prediction of the same network on a simulated 512x512 working image."""
     import torch
 
-    from microdeblur.engine import rescale
     from microdeblur.image_read import read_image
     from microdeblur.normalize import frame_normalizer
+    from microdeblur.resizing import rescale
     from microdeblur.simulate import simulate_days
     from microdeblur.tiling import extract_tiles, stitch, tile_grid
     from microdeblur.weights import load_weights

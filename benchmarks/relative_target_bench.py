@@ -17,9 +17,10 @@ import numpy as np
 
 from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
-from microdeblur.engine import Deblurrer, resize_to, upsample_tile_values
+from microdeblur.engine import Deblurrer
 from microdeblur.focus_gate import GateFrame, fit_ramp, score, tile_defocus
-from microdeblur.tiling import stitch
+from microdeblur.resizing import resize_to
+from microdeblur.tiling import stitch, upsample_tile_values
 from microdeblur.weights import load_weights
 
 BINS = ((0, 15), (0, 2), (2, 5), (5, 10), (10, 15))

@@ -190,9 +190,8 @@ def test_package_tiles_like_deblur(length):
 def test_package_gate_helpers_match_deblur(rows_cols):
     """Per-tile values upsampled between tile centres, and the gate's neighbourhood median, as `deblur` has them."""
     from microdeblur.bioimageio import tile_median, upsample_tiles
-    from microdeblur.engine import upsample_tile_values
     from microdeblur.focus_gate import WINDOW_TILES, tile_defocus
-    from microdeblur.tiling import tile_grid
+    from microdeblur.tiling import tile_grid, upsample_tile_values
 
     shape = (rows_cols[0] * 96 + 32, rows_cols[1] * 96 + 32) if rows_cols != (1, 1) else (128, 128)
     grid = tile_grid(shape, 128, 32, 16)

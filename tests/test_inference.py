@@ -457,9 +457,9 @@ def test_truth_of_another_size_is_refused_before_writing(tmp_path):
 @pytest.mark.parametrize("shape,scale", [((1536, 2048), 0.5), ((300, 401), 0.5), ((301, 400), 0.5), ((90, 120), 1 / 3),
                                          ((64, 64), 0.25), ((100, 150), 0.6), ((7, 9), 0.5)])
 def test_rescale_is_bit_identical_to_prepare(shape, scale):
-    """engine.rescale bins without importing prepare/skimage; it must stay exactly the training resampler."""
-    from microdeblur.engine import rescale
+    """resizing.rescale bins without importing prepare/skimage; it must stay exactly the training resampler."""
     from microdeblur.prepare import rescale_frame
+    from microdeblur.resizing import rescale
 
     plane = _image(shape, np.uint16, seed=4)
     assert np.array_equal(rescale(plane, scale), rescale_frame(plane, scale))

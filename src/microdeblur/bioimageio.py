@@ -92,7 +92,7 @@ def tile_starts(length: int, tile: int, overlap: int, align: int) -> list[int]:
 
 
 def tile_index(starts: list[int], tile: int, n_work: int, n_out: int, device: torch.device) -> Tensor:
-    """Fractional tile index of each of n_out pixels, tile centres mapped as engine.tile_centres (ends held flat)."""
+    """Fractional tile index of each of n_out pixels, tile centres mapped as tiling.tile_centres (ends held flat)."""
     pos = torch.arange(n_out, dtype=torch.float32, device=device)
     if len(starts) == 1:
         return torch.zeros_like(pos)
@@ -112,7 +112,7 @@ def tile_weights(starts: list[int], tile: int, n_work: int, n_out: int, device: 
 
 
 def upsample_tiles(v: Tensor, ys: list[int], xs: list[int], tile: int, work: list[int], out: list[int]) -> Tensor:
-    """Per-tile values [B,D,rows,cols] at tile centres, bilinear to [B,D,out] (engine.upsample_tile_values)."""
+    """Per-tile values [B,D,rows,cols] at tile centres, bilinear to [B,D,out] (tiling.upsample_tile_values)."""
     rows = tile_weights(ys, tile, work[0], out[0], v.device).to(v.dtype)
     cols = tile_weights(xs, tile, work[1], out[1], v.device).to(v.dtype)
     return torch.matmul(torch.matmul(rows, v), cols.t())

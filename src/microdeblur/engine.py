@@ -1,6 +1,6 @@
-"""The array-level engine: resizing, tiled batched prediction and the `Deblurrer` (no paths, no files).
+"""The array-level engine: tiled batched prediction and the `Deblurrer` (no paths, no files).
 
-Per plane: float32 -> resize by `scale` (`rescale`, exactly as `prepare` resized the training frames) ->
+Per plane: float32 -> resize by `scale` (`resizing.rescale`, exactly as `prepare` resized the training frames) ->
 per-frame percentile normalisation -> overlapping 128-px tiles -> encode in batches -> (source-code networks)
 each tile's own code replaced by its neighbourhood's median -> decode with the target code -> blend-stitch
 (`tiling.Blend`; encode and decode interleaved batch by batch, `Deblurrer.swap_parts`) -> revert to raw units
@@ -27,7 +27,8 @@ from . import calibration, log
 from .errors import UserError
 from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, neighbourhood_window, tile_defocus
 from .normalize import NormalizationSpec, Normalizer, frame_median, frame_normalizer
-from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_grid
+from .resizing import rescale, resize_to
+from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_contrast, tile_grid, upsample_tile_values
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 # Tile overlap (px at working scale). With tiles aligned to the network's stride, 32 px keeps the difference to a
@@ -41,56 +42,6 @@ BATCH_SIZE = 32  # tiles per network call on a CPU for the shipped network's siz
 MIN_TILE_CONTRAST = 0.01
 NO_CONTRAST = "no tile has enough contrast to estimate defocus"
 TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the other mirror and both, + transposes
-
-
-# ---------------------------------------------------------------- resizing
-
-
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lower index, upper index, upper weight) per output pixel of a pixel-centre-aligned linear resize along one
-    axis (source positions below 0 clamp to 0; the upper index stops at the last pixel), as torch's bilinear
-    interpolation with align_corners=False."""
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
-    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
-
-
-def resize_to(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float32 plane to an exact shape (pixel-centre aligned, edges clamped; no antialiasing)."""
-    plane = np.asarray(plane, dtype=np.float32)
-    if plane.shape == tuple(shape):
-        return plane
-    r0, r1, wr = _linear_taps(plane.shape[0], int(shape[0]))
-    c0, c1, wc = _linear_taps(plane.shape[1], int(shape[1]))
-    rows = plane[r0] + wr[:, None] * (plane[r1] - plane[r0])
-    return rows[:, c0] + wc * (rows[:, c1] - rows[:, c0])
-
-
-def _binning_factor(shape: tuple[int, int], scale: float) -> int | None:
-    """k when resizing `shape` by `scale` is exact k x k binning (prepare.rescale_frame's first case), else None."""
-    k = round(1 / scale)
-    out = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
-    return k if scale < 1 and k > 1 and (out[0] * k, out[1] * k) == tuple(shape) else None
-
-
-def _bin(frame: np.ndarray, k: int) -> np.ndarray:
-    """Mean over k x k blocks, float32, with the very operations of prepare's binning (bit-identical, tested)."""
-    h, w = frame.shape[0] // k, frame.shape[1] // k
-    rows = sum(frame[i::k][:h] for i in range(k))
-    return sum(rows[:, j::k][:, :w] for j in range(k)) / np.float32(k * k)
-
-
-def rescale(plane: np.ndarray, scale: float) -> np.ndarray:
-    """Plane at working scale, resized exactly as `prepare` resized the training frames."""
-    plane = np.asarray(plane, dtype=np.float32)
-    if scale == 1:
-        return plane
-    k = _binning_factor(plane.shape, scale)
-    if k is not None:  # the common case (scale 0.5) without importing prepare, scipy and skimage (~0.4 s)
-        return _bin(plane, k)
-    from .prepare import rescale_frame
-
-    return rescale_frame(plane, scale)
 
 
 # ---------------------------------------------------------------- tiled, batched prediction
@@ -507,50 +458,6 @@ def normalization_spec(meta) -> NormalizationSpec:
         return NormalizationSpec.from_dict(getattr(meta, "normalization", None))
     except ValueError as e:
         raise UserError(f"the weights' normalization metadata is inconsistent: {e}") from None
-
-
-def tile_centres(grid: TileGrid, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Tile centres (row, column pixel coordinates) mapped into an image of `shape`."""
-    out = []
-    for starts, (pad, _), n_work, n_out in zip((grid.ys, grid.xs), grid.pad, grid.shape, shape):
-        c_work = starts + (grid.tile - 1) / 2.0 - pad
-        out.append((c_work + 0.5) * (n_out / n_work) - 0.5)
-    return out[0], out[1]
-
-
-def _interp_matrix(n: int, centres: np.ndarray) -> np.ndarray:
-    """(n, k) linear interpolation weights from k sorted centres to pixels 0..n-1 (ends held flat)."""
-    eye = np.eye(len(centres), dtype=np.float64)
-    pos = np.arange(n, dtype=np.float64)
-    return np.stack([np.interp(pos, centres, e) for e in eye], axis=1).astype(np.float32)
-
-
-def upsample_tile_values(values: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
-    """Per-tile values (rows, cols) placed at tile centres, bilinearly interpolated to `shape`.
-
-    NaN tiles are left out of the interpolation and stay NaN over the pixels they are the nearest tile of."""
-    cy, cx = tile_centres(grid, shape)
-    my, mx = _interp_matrix(shape[0], cy), _interp_matrix(shape[1], cx)
-    ok = np.isfinite(values)
-    if ok.all():
-        return my @ values @ mx.T
-    num = my @ np.where(ok, values, 0).astype(np.float32) @ mx.T
-    den = my @ ok.astype(np.float32) @ mx.T
-    nearest = ok[np.argmax(my, axis=1)][:, np.argmax(mx, axis=1)]
-    return np.where(nearest, num / np.maximum(den, 1e-12), np.nan).astype(np.float32)
-
-
-def tile_contrast(work: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """Per-tile contrast of a raw-unit working-scale plane: std of the band-passed tile (Gaussian sigma 1 minus
-    sigma 8 px: no pixel noise, no illumination gradient) over the tile's mean level (0 where that is 0)."""
-    from scipy import ndimage as ndi
-
-    work = np.asarray(work, dtype=np.float32)
-    base = ndi.gaussian_filter(work, 8.0)
-    detail = extract_tiles(ndi.gaussian_filter(work, 1.0) - base, grid).reshape(len(grid), -1)
-    level = np.abs(extract_tiles(base, grid).reshape(len(grid), -1).mean(axis=1))
-    spread = detail.std(axis=1)
-    return np.where(level > 0, spread / np.maximum(level, np.finfo(np.float32).tiny), 0.0)
 
 
 # ---------------------------------------------------------------- checks of planes and weights (every front end)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import calibration
+from .tiling import upsample_tile_values
 
 DEFAULT_RAMP_UM = (1.0, 3.0)  # `--focus-gate` with weights that carry no fitted ramp (the gate of round 3)
 WINDOW_TILES = 5
@@ -86,7 +87,6 @@ class GateFrame:
 
 def gate_frame(deblurrer, plane: np.ndarray, reference: np.ndarray, dz_um: float, cal: dict | None = None) -> GateFrame:
     """A plane deblurred once without the gate, as a GateFrame (tile defocus through `cal`, default the weights')."""
-    from .engine import upsample_tile_values  # the engine imports this module
 
     corrected, codes, grid = deblurrer.swap_parts(plane, deblurrer.target, 0.0)
     defocus = tile_defocus(cal or deblurrer.meta.calibration, codes[:, 0], grid.rows_cols)

@@ -79,7 +79,7 @@ def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale
     """Method that resizes to the working pixel size (pixel size / 0.65 um with `by_pixel`; `scale` without, or
     when the pixel size is unknown), normalises by the frame's percentiles, applies fn(normalised, dz, working pixel um), reverts the
     normalisation and resizes back, as `deblur` does around its network."""
-    from .engine import resize_to
+    from .resizing import resize_to
 
     def method(plane: np.ndarray, dz: float, pixel_um: float) -> np.ndarray:
         work, scale_here = _working(plane, scale, pixel_um if by_pixel else None)
@@ -92,7 +92,7 @@ def at_working_scale(fn: Callable[[np.ndarray, float, float], np.ndarray], scale
 
 def _working(plane: np.ndarray, scale: float, pixel_um: float | None) -> tuple[np.ndarray, float]:
     """(plane at the working pixel: resized by pixel_um / 0.65 um, or by `scale` when pixel_um is None; the factor)."""
-    from .engine import rescale
+    from .resizing import rescale
 
     factor = float(f"{pixel_um / REFERENCE.working_pixel_um:.10g}") if pixel_um is not None else scale
     return rescale(plane, factor), factor
@@ -148,7 +148,7 @@ def model_method(deblurrer) -> Method:
 
 def tiled_method(net, scale: float, device="cpu", tile: int = 128, views: int = 1) -> Method:
     """A tile-to-tile network ([N,1,T,T] normalised -> same) run through deblur's tiling and blending
-    (engine.predict_tiled, the Deblurrer's tiled predictor, with deblur's overlap and batch size), averaged over
+    (engine.predict_tiled: deblur's tile grid and blending, overlap and batch size), averaged over
     `views` test-time views as `deblur --tta` does."""
     import torch
 

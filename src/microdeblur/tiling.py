@@ -9,7 +9,8 @@ partition of unity: 1 inside the tile, a raised-cosine ramp across the band it s
 neighbour (exactly 0 on the tile's inner edge pixel), no ramp on sides that touch the image
 border. Sum of weights is therefore 1 everywhere (no 0/0), and stitching is sum(w*y) / sum(w).
 Images smaller than a tile in a dimension are reflect-padded (centred) to the tile size.
-Running a network over the tiles in batches is `engine.predict_tiled`.
+Per-tile values (defocus, gate weights) go back to pixels with `upsample_tile_values`; `tile_contrast` says
+which tiles hold enough detail to read.
 """
 
 from __future__ import annotations
@@ -199,3 +200,47 @@ def _weight_sum(grid: TileGrid) -> np.ndarray:
     for t in grid.tiles[: len(grid.xs)]:
         sx[t.slices[1]] += t.wx
     return np.outer(sy, sx)
+
+
+def tile_centres(grid: TileGrid, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tile centres (row, column pixel coordinates) mapped into an image of `shape`."""
+    out = []
+    for starts, (pad, _), n_work, n_out in zip((grid.ys, grid.xs), grid.pad, grid.shape, shape):
+        c_work = starts + (grid.tile - 1) / 2.0 - pad
+        out.append((c_work + 0.5) * (n_out / n_work) - 0.5)
+    return out[0], out[1]
+
+
+def _interp_matrix(n: int, centres: np.ndarray) -> np.ndarray:
+    """(n, k) linear interpolation weights from k sorted centres to pixels 0..n-1 (ends held flat)."""
+    eye = np.eye(len(centres), dtype=np.float64)
+    pos = np.arange(n, dtype=np.float64)
+    return np.stack([np.interp(pos, centres, e) for e in eye], axis=1).astype(np.float32)
+
+
+def upsample_tile_values(values: np.ndarray, grid: TileGrid, shape: tuple[int, int]) -> np.ndarray:
+    """Per-tile values (rows, cols) placed at tile centres, bilinearly interpolated to `shape`.
+
+    NaN tiles are left out of the interpolation and stay NaN over the pixels they are the nearest tile of."""
+    cy, cx = tile_centres(grid, shape)
+    my, mx = _interp_matrix(shape[0], cy), _interp_matrix(shape[1], cx)
+    ok = np.isfinite(values)
+    if ok.all():
+        return my @ values @ mx.T
+    num = my @ np.where(ok, values, 0).astype(np.float32) @ mx.T
+    den = my @ ok.astype(np.float32) @ mx.T
+    nearest = ok[np.argmax(my, axis=1)][:, np.argmax(mx, axis=1)]
+    return np.where(nearest, num / np.maximum(den, 1e-12), np.nan).astype(np.float32)
+
+
+def tile_contrast(work: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Per-tile contrast of a raw-unit working-scale plane: std of the band-passed tile (Gaussian sigma 1 minus
+    sigma 8 px: no pixel noise, no illumination gradient) over the tile's mean level (0 where that is 0)."""
+    from scipy import ndimage as ndi
+
+    work = np.asarray(work, dtype=np.float32)
+    base = ndi.gaussian_filter(work, 8.0)
+    detail = extract_tiles(ndi.gaussian_filter(work, 1.0) - base, grid).reshape(len(grid), -1)
+    level = np.abs(extract_tiles(base, grid).reshape(len(grid), -1).mean(axis=1))
+    spread = detail.std(axis=1)
+    return np.where(level > 0, spread / np.maximum(level, np.finfo(np.float32).tiny), 0.0)
