@@ -26,6 +26,7 @@ import numpy as np
 from . import calibration, log
 from .errors import UserError
 from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, neighbourhood_window, tile_defocus
+from .model_config import ModelConfig
 from .normalize import NormalizationSpec, Normalizer, frame_median, frame_normalizer
 from .resizing import rescale, resize_to
 from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_contrast, tile_grid, upsample_tile_values
@@ -47,14 +48,12 @@ TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the oth
 # ---------------------------------------------------------------- tiled, batched prediction
 
 
-def memory_ratio(config) -> float:
+def memory_ratio(config: ModelConfig) -> float:
     """How many times the shipped architecture's largest feature map per tile `config`'s is."""
-    from .model_config import ModelConfig
-
     return config.largest_feature_map / ModelConfig().largest_feature_map
 
 
-def cpu_batch_size(config) -> int:
+def cpu_batch_size(config: ModelConfig) -> int:
     """Tiles per network call on a CPU: BATCH_SIZE for the shipped network's size, proportionally fewer (at
     least 4) for a larger largest feature map, so that a call's memory stays the same (ONNX Runtime keeps its
     peak allocation; docs/benchmarks.md "Deblur speed")."""
