@@ -11,6 +11,8 @@
 #       m1dsc18 --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999 --val-frames runs/val/ref
 # (the same with 9000 m1dsc is the stage 1 of the weights shipped before, m1dscr10)
 # The plain recipe (shipped until 2026-12-02): bash benchmarks/train_shipped.sh 10000 m1d
+# Editing the source tree while a run trains can end it: modules imported late (the frame probe's) are read then.
+# To keep working, run it from a snapshot: git archive HEAD src | tar -x -C /path/snap; PYTHONPATH=/path/snap/src bash ...
 # Same-budget comparisons (WORKERS=1 to run two at once):
 #   bash benchmarks/train_shipped.sh 10000 manifold --variant manifold
 #   bash benchmarks/train_shipped.sh 10000 mlvae --variant ml-vae
