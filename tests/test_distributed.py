@@ -142,7 +142,7 @@ def test_ranks_wait_for_rank_0_longer_than_the_join_timeout(tmp_path):
     script.write_text(WAIT_SCRIPT)
     res = _torchrun([str(script)], env={"MICRODEBLUR_DIST_TIMEOUT": "2"})
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split() == ["stop", "stop"]
+    assert res.stdout.count("stop") == 2 and "go" not in res.stdout  # the two ranks' lines may interleave
     res = _torchrun([str(script)], env={"MICRODEBLUR_DIST_TIMEOUT": "2", "MICRODEBLUR_DIST_WAIT": "2"})
     assert res.returncode != 0  # the wait is what bounds it
 

@@ -142,13 +142,6 @@ def _reserve(fd: int, path: Path) -> None:
             raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of `data` at `offset` (os.pwrite may write less)."""
-    while len(data):
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-
 class StackWriter(Transaction):
     """Write a stack plane by plane into a temp TIFF, moved into place on close.
 
@@ -174,7 +167,7 @@ class StackWriter(Transaction):
                                 ome or _is_ome_name(self.path))
         self._compress = _compression_kwargs(compression, predictor, self.dtype)
         self._raw = temp_path(self.path) if self._compress else self._file.tmp
-        self._fd = None
+        self._out = None
         try:
             # tifffile lays out the header and a contiguous data block; planes then go in with plain writes at
             # their offsets (through a memory map every written plane stayed in the process's resident memory:
@@ -182,8 +175,8 @@ class StackWriter(Transaction):
             layout = tifffile.memmap(self._raw, shape=self.shape, dtype=self.dtype, **self._kw)
             self._offset, self._stored = int(layout.offset), layout.dtype
             del layout
-            self._fd = os.open(self._raw, os.O_WRONLY)
-            _reserve(self._fd, self._raw)
+            self._out = open(self._raw, "r+b")  # noqa: SIM115 - held open across write() calls, closed in close/abort
+            _reserve(self._out.fileno(), self._raw)
         except BaseException as e:
             self.abort()
             raise self._file.error(e) from None
@@ -196,7 +189,8 @@ class StackWriter(Transaction):
         data = np.ascontiguousarray(to_dtype(plane, self.dtype), dtype=self._stored)
         if data.shape != self.shape[-2:]:
             raise ValueError(f"{self.path}: plane of shape {data.shape}, expected {self.shape[-2:]}")
-        _pwrite_all(self._fd, memoryview(data).cast("B"), self._offset + self._next * self._plane_bytes)
+        self._out.seek(self._offset + self._next * self._plane_bytes)
+        self._out.write(memoryview(data).cast("B"))
         self._next += 1
 
     def _stored_planes(self):
@@ -212,8 +206,8 @@ class StackWriter(Transaction):
             self.abort()
             raise ValueError(f"{self.path}: {self._next} of {self.n_planes} planes written")
         try:
-            os.close(self._fd)
-            self._fd = None
+            self._out.close()
+            self._out = None
             if self._compress:
                 tifffile.imwrite(self._file.tmp, data=self._stored_planes(), shape=self.shape, dtype=self.dtype,
                                  **self._kw, **self._compress)
@@ -227,9 +221,9 @@ class StackWriter(Transaction):
 
     def abort(self) -> None:
         """Discard the temp files."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
         self._raw.unlink(missing_ok=True)
         self._file.discard()
 
