@@ -6,8 +6,8 @@ each tile's own code replaced by its neighbourhood's median -> decode with the t
 (`tiling.Blend`; encode and decode interleaved batch by batch, `Deblurrer.swap_parts`) -> revert to raw units
 (with the weights' focus-plane ratios for the target dz when they hold them) -> resize back to the input shape
 (`resize_to`, bilinear) -> when deblurring to focus with a focus gate, input + weight x correction (focus_gate.py)
--> cast to the input dtype (clip, round). Also here: per-tile defocus maps (`Deblurrer.focus_map`, tile contrast, tile-centre
-interpolation) and the checks every front end applies to a plane and to the weights (`check_finite`,
+-> cast to the input dtype (clip, round). Also here: per-tile defocus maps (`Deblurrer.focus_map`, from
+`tiling.tile_contrast` and `tiling.upsample_tile_values`) and the checks every front end applies to a plane and to the weights (`check_finite`,
 `require_calibration`, `normalization_spec`).
 The network itself is a runner on numpy tiles (`torch_runner.TorchRunner`, the reference, or
 `onnx_runner.OnnxRunner`), so this module never imports torch. The path-level commands are in `inference.py` and
@@ -253,15 +253,18 @@ class Deblurrer:
         (a median per component of a vector code was never measured: own codes there)."""
         if not self.smooths_codes():
             return None
-        return self._medians(blur, grid, grid.rows_cols[0])
+        return self._medians(blur, grid, 0, grid.rows_cols[0], grid.rows_cols[0])
 
     @staticmethod
-    def _medians(codes: np.ndarray, grid: TileGrid, rows: int) -> np.ndarray:
-        """neighbourhood_median of the codes [rows*cols,Db] of a grid's first `rows` rows, with the whole grid's
-        window, flat [rows*cols,Db] float32 (all but the last window // 2 rows final while rows are missing)."""
-        cols = grid.rows_cols[1]
-        values = codes[:rows * cols].reshape(rows, cols, -1)
-        return neighbourhood_median(values, neighbourhood_window(grid.rows_cols)).reshape(rows * cols, -1).astype(np.float32)
+    def _medians(codes: np.ndarray, grid: TileGrid, first: int, last: int, have: int) -> np.ndarray:
+        """Flat [(last-first)*cols,Db] float32 neighbourhood medians (the whole grid's window) of tile rows
+        first..last-1, from the codes [>=have*cols,Db] of the grid's first `have` rows; rows within window // 2 of
+        `have` are final only when have is all rows. Reads just the rows it needs (a slab from `first` - window // 2)."""
+        cols, window = grid.rows_cols[1], neighbourhood_window(grid.rows_cols)
+        top = max(first - window[0] // 2, 0)  # above it the slab's edge padding equals the grid's
+        slab = codes[top * cols:have * cols].reshape(have - top, cols, -1)
+        medians = neighbourhood_median(slab, window)[first - top:last - top]
+        return medians.reshape((last - first) * cols, -1).astype(np.float32)
 
     def read_codes(self, enc: Encoded) -> np.ndarray:
         """The blur codes [N,Db] the decoder takes as the tiles' own from `enc.identity` (the source codes of a
@@ -348,7 +351,7 @@ class Deblurrer:
             elif done == n or done // cols - half > final // cols:
                 have = rows if done == n else done // cols
                 now = rows if done == n else have - half
-                sources[final:now * cols] = self._medians(codes, grid, have)[final:now * cols]
+                sources[final:now * cols] = self._medians(codes, grid, final // cols, now, have)
                 final = now * cols
             while decoded < final and (decoded + size <= final or final == n):
                 j = min(decoded + size, n)
