@@ -17,13 +17,14 @@ W=${1:?weights file}
 OUT=${2:?output folder}
 shift 2
 mkdir -p "$OUT"
-[ -d runs/raw_sparse ] || microdeblur simulate runs/raw_sparse --days 3 --planes 31 --z-step 2 --size 2048x1536 --seed 2000 --cells 320
-[ -d runs/raw_crowded ] || microdeblur simulate runs/raw_crowded --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 3000
+# a simulated folder is done when its last day is there (a killed simulate leaves only its staging folder)
+[ -d runs/raw_sparse/day03 ] || microdeblur simulate runs/raw_sparse --days 3 --planes 31 --z-step 2 --size 2048x1536 --seed 2000 --cells 320
+[ -d runs/raw_crowded/day02 ] || microdeblur simulate runs/raw_crowded --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 3000
 [ -f runs/data_sparse/index.json ] || microdeblur prepare runs/raw_sparse runs/data_sparse
-[ -d runs/raw_random_test ] || microdeblur simulate runs/raw_random_test --days 3 --planes 31 --size 1024x768 --randomize --seed 6000
-[ -d runs/val/ref ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
-[ -d runs/val/ref_more ] || microdeblur simulate runs/val/ref_more --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 5100
-[ -d runs/val/ref_sparse ] || microdeblur simulate runs/val/ref_sparse --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5200 --cells 320
+[ -d runs/raw_random_test/day03 ] || microdeblur simulate runs/raw_random_test --days 3 --planes 31 --size 1024x768 --randomize --seed 6000
+[ -d runs/val/ref/day01 ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
+[ -d runs/val/ref_more/day02 ] || microdeblur simulate runs/val/ref_more --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 5100
+[ -d runs/val/ref_sparse/day01 ] || microdeblur simulate runs/val/ref_sparse --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5200 --cells 320
 COMPARE=()
 for c in "$@"; do COMPARE+=(-w "$c"); done
 python benchmarks/frame_quality_bench.py runs/raw_sparse runs/raw_crowded -w "$W" "${COMPARE[@]}" --gated \

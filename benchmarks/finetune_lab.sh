@@ -16,9 +16,10 @@ NDAYS=${3:-2}
 STEPS=${4:-500}
 W=runs/lab_${PRESET}
 mkdir -p "$W"
-[ -d "$W/raw_train" ] || microdeblur simulate "$W/raw_train" --days "$NDAYS" --planes 31 --z-step "$ZSTEP" \
+# a simulated folder is done when its last day is there (a killed simulate leaves only its staging folder)
+[ -d "$W/raw_train/day$(printf %02d "$NDAYS")" ] || microdeblur simulate "$W/raw_train" --days "$NDAYS" --planes 31 --z-step "$ZSTEP" \
   --size 1024x768 --preset "$PRESET" --seed 90
-[ -d "$W/test/raw" ] || microdeblur simulate "$W/test/raw" --days 2 --planes 31 --z-step "$ZSTEP" --size 1024x768 \
+[ -d "$W/test/raw/day02" ] || microdeblur simulate "$W/test/raw" --days 2 --planes 31 --z-step "$ZSTEP" --size 1024x768 \
   --preset "$PRESET" --seed 77
 NA=$(python -c "import json,glob; print(json.load(open(sorted(glob.glob('$W/raw_train/*/ground_truth.json'))[0]))['optics']['na'])")
 WL=$(python -c "import json,glob; print(json.load(open(sorted(glob.glob('$W/raw_train/*/ground_truth.json'))[0]))['optics']['wavelength_um'])")

@@ -25,15 +25,16 @@ STEPS=${1:-10000}
 NAME=${2:-m1dsc18r}
 INIT=${3:-models/checkpoints/m1dsc18.safetensors}
 shift $(( $# > 3 ? 3 : $# ))
-[ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
-[ -d runs/raw_random ] || microdeblur simulate runs/raw_random --days 16 --planes 31 --size 2048x1536 --randomize --seed 4000
+# a simulated folder is done when its last day is there (a killed simulate leaves only its staging folder)
+[ -d runs/raw_train/day16 ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
+[ -d runs/raw_random/day16 ] || microdeblur simulate runs/raw_random --days 16 --planes 31 --size 2048x1536 --randomize --seed 4000
 [ -f runs/data_mixed/index.json ] || microdeblur prepare runs/raw_train runs/raw_random runs/data_mixed
-[ -d runs/val/ref ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
-[ -d runs/val/random ] || microdeblur simulate runs/val/random --days 2 --planes 31 --size 2048x1536 --randomize --seed 5001
+[ -d runs/val/ref/day01 ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
+[ -d runs/val/random/day02 ] || microdeblur simulate runs/val/random --days 2 --planes 31 --size 2048x1536 --randomize --seed 5001
 # more validation days for the gate's ramp only (session 10): two reference days, one sparse, two randomised
-[ -d runs/val/ref_more ] || microdeblur simulate runs/val/ref_more --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 5100
-[ -d runs/val/ref_sparse ] || microdeblur simulate runs/val/ref_sparse --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5200 --cells 320
-[ -d runs/val/random_more ] || microdeblur simulate runs/val/random_more --days 2 --planes 31 --size 2048x1536 --randomize --seed 5300
+[ -d runs/val/ref_more/day02 ] || microdeblur simulate runs/val/ref_more --days 2 --planes 31 --z-step 2 --size 2048x1536 --seed 5100
+[ -d runs/val/ref_sparse/day01 ] || microdeblur simulate runs/val/ref_sparse --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5200 --cells 320
+[ -d runs/val/random_more/day02 ] || microdeblur simulate runs/val/random_more --days 2 --planes 31 --size 2048x1536 --randomize --seed 5300
 OUT=runs/${NAME}.safetensors
 RESUME=()
 [ -f "runs/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && RESUME=(--resume "runs/${NAME}.ckpt")

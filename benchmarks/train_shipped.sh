@@ -21,10 +21,11 @@ cd "$(dirname "$0")/.."
 STEPS=${1:-5000}
 NAME=${2:-manifold-1d}
 shift $(( $# > 2 ? 2 : $# ))
-[ -d runs/raw_train ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
+# a simulated folder is done when its last day is there (a killed simulate leaves only its staging folder)
+[ -d runs/raw_train/day16 ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000
 [ -f runs/data_train/index.json ] || microdeblur prepare runs/raw_train runs/data_train
 # the whole-frame validation day that --val-frames runs/val/ref reads (seed never used in training or testing)
-[ -d runs/val/ref ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
+[ -d runs/val/ref/day01 ] || microdeblur simulate runs/val/ref --days 1 --planes 31 --z-step 2 --size 2048x1536 --seed 5000
 OUT=runs/${NAME}.safetensors
 RESUME=()
 [ -f "runs/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && RESUME=(--resume "runs/${NAME}.ckpt")
