@@ -2,9 +2,9 @@
 # How much does fine-tuning on a lab's own days lift that microscope's figures? A simulated lab stands in for a
 # real one (the real stacks in shared/data/real are smaller than one 128-px tile): PRESET's microscope gives
 # TRAIN_DAYS training days (seeds 90...) and the 2 test days of optics_transfer_bench.py (seeds 77, 78, never
-# trained on). The shipped weights are fine-tuned as the README tells a lab to (prepare with the lab's optics,
-# train --init shipped), and both weights are scored on the test days: focus (optics_transfer_bench.py) and
-# whole frames (frame_quality_bench.py).
+# trained on). The shipped weights are fine-tuned much as the README tells a lab to (prepare with the lab's optics,
+# train --init shipped --lr 3e-4; the README's command adds stage 2's loss weights and EMA, not measured here), and
+# both weights are scored on the test days: focus (optics_transfer_bench.py) and whole frames (frame_quality_bench.py).
 #   bash benchmarks/finetune_lab.sh [PRESET] [Z_STEP] [TRAIN_DAYS] [STEPS]
 #   bash benchmarks/finetune_lab.sh mammalian-10x 2 2 500
 # Writes runs/lab_PRESET/ (raw, data, mine.safetensors, *.txt, *.md).

@@ -7,4 +7,4 @@ import os
 # Effective only when microdeblur is imported before torch, as it is for the command line.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
