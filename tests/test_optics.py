@@ -354,7 +354,7 @@ def test_pixel_size_drives_the_resize(tmp_path, ref_weights, scales, pixel, opti
 
 def test_pixel_size_far_from_the_networks_is_an_error_before_writing(tmp_path, ref_weights):
     src = write_tiff(tmp_path / "in.tif", _texture((48, 64)), "YX", pixel_size_um=20.0)  # factor 30.8
-    one_error(run_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights), "20 um", "outside (0, 8]", "--scale")
+    one_error(run_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights), "20 um", "outside [1/64, 8]", "--scale")
     assert not (tmp_path / "o.tif").exists()
     assert run_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights, "--scale", "1").exit_code == 0
 

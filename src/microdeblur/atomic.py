@@ -61,11 +61,15 @@ def check_output_names(path: str | Path) -> Path:
     return p
 
 
-def check_output_path(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
-    """Refuse an input file, a folder, a path below a file, a too long name, or an existing file without overwrite."""
+def check_output_path(path: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = (),
+                      others: Iterable[str | Path] = ()) -> Path:
+    """Refuse an input file, another output of the run (`others`), a folder, a path below a file, a too long name,
+    or an existing file without overwrite."""
     p = check_output_names(path)
     if any(_same_file(p, Path(i)) for i in inputs):
         raise UserError(f"{p}: refusing to overwrite an input file; choose another output")
+    if any(_same_file(p, Path(o)) for o in others):
+        raise UserError(f"{p}: named for two of this run's outputs; choose another name")
     if p.is_dir():
         raise UserError(f"{p}: is a folder, expected a file name")
     if p.exists() and not overwrite:

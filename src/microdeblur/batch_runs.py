@@ -60,14 +60,15 @@ def has_header(path: Path, columns: Sequence[str]) -> bool:
         return False
 
 
-def check_replaceable(path: Path, columns: Sequence[str], files: Sequence[Path], overwrite: bool, what: str) -> None:
+def check_replaceable(path: Path, columns: Sequence[str], files: Sequence[Path], overwrite: bool, what: str,
+                      others: Sequence[Path] = ()) -> None:
     """A run log (manifest, or a CSV carried over) may replace an earlier one of its kind; anything else needs
     --overwrite."""
     from .atomic import check_output_path
 
     if Path(path).is_file() and not overwrite and not has_header(Path(path), columns):
         raise UserError(f"{path}: exists and is not a {what} written by microdeblur (use --overwrite to replace it)")
-    check_output_path(path, True, files)
+    check_output_path(path, True, files, others)
 
 
 def shard_pairs(files: list[Path], outs: list[Path], batch: Batch, overwrite: bool) -> list[tuple[Path, Path]]:
@@ -83,7 +84,7 @@ def shard_pairs(files: list[Path], outs: list[Path], batch: Batch, overwrite: bo
         if not (batch.skip_existing and o.is_file()):
             check_output_path(o, overwrite, files)
     if batch.manifest is not None:
-        check_replaceable(batch.manifest, MANIFEST_COLUMNS, files + outs, overwrite, "manifest")
+        check_replaceable(batch.manifest, MANIFEST_COLUMNS, files, overwrite, "manifest", others=outs)
     if not pairs:
         log.info(f"shard {batch.shard}: nothing to do ({len(files)} input(s) over {batch.shard.count} shards)")
         if batch.manifest is not None:

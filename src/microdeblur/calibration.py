@@ -220,6 +220,19 @@ def _knots(cal: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(k["code"], dtype=np.float64), np.asarray(k["dz_um"], dtype=np.float64)
 
 
+def check_calibration(cal: dict) -> dict:
+    """A stored calibration after checking it (ValueError when malformed): at least two finite knots, codes rising."""
+    try:
+        code_k, dz_k = _knots(cal)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"calibration without code/dz_um knots ({e})") from None
+    if code_k.ndim != 1 or code_k.shape != dz_k.shape or len(code_k) < 2:
+        raise ValueError("calibration needs two or more code/dz_um knots of one length")
+    if not (np.isfinite(code_k).all() and np.isfinite(dz_k).all()) or np.any(np.diff(code_k) <= 0):
+        raise ValueError("calibration knots must be finite with rising codes")
+    return cal
+
+
 def code_to_dz(cal: dict, codes: np.ndarray) -> np.ndarray:
     """dz (um) of 1-D blur codes; monotone, clipped to the fitted range ('abs': |dz|)."""
     code_k, dz_k = _knots(cal)

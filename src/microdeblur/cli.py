@@ -32,6 +32,25 @@ class _Group(TyperGroup):
     def get_params(self, ctx):  # noqa: ANN001, ANN201 - click signature
         return _no_flag_metavars(super().get_params(ctx))
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # noqa: ANN002, ANN003, ANN201 - click signature
+        """A usage error (unknown or missing option, a value of the wrong type) is one `error:` line, exit 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            log.console.print("error: interrupted", markup=False, style="red")
+            sys.exit(130)
+        except Exception as e:  # click's (or Typer's own copy of click's) usage and parameter errors
+            if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+                raise
+            ctx, message = getattr(e, "ctx", None), e.format_message()
+            if message:  # none when a group without its command printed its help
+                where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                log.console.print(f"error: {message}{where}", markup=False, style="red")
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 class _Typer(typer.Typer):
     """Typer whose commands show no metavar for flags."""
@@ -51,7 +70,7 @@ app = _Typer(
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace existing outputs.")
 WeightsOpt = typer.Option(None, "--weights", "-w", help="Weights file (default: shipped manifold-1d).")
-ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network, in (0, 8]; wins over the pixel size "
+ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network, in [1/64, 8]; wins over the pixel size "
                         "(default: pixel size / the weights' working pixel size, else the weights' factor; "
                         "1 = already at working pixel size).")
 NaOpt = typer.Option(None, "--na", help="Objective NA, in (0, 1.6] (default: the file's OME LensNA, else the reference "
@@ -187,7 +206,7 @@ def simulate(
     days: int = typer.Option(1, "--days", help="Number of days (fields) to simulate."),
     planes: int = typer.Option(100, "--planes", help="Planes per day."),
     size: str = typer.Option("2048x1536", "--size", help="Frame size WIDTHxHEIGHT in camera pixels."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed (same seed, same files)."),
     z_step: float | None = typer.Option(None, "--z-step", help="Plane spacing in um (default: the preset's, 1.0 for reference; drawn per day with --randomize)."),
     cells: int | None = typer.Option(None, "--cells", help="Cells per field (default: crowded, scaled to the area)."),
     preset: str | None = typer.Option(None, "--preset", help="Microscope and specimen: reference (default), yeast-40x, budding-yeast-60x, mammalian-10x, bacteria-100x-like or confluent-20x (docs/simulator.md)."),
@@ -225,7 +244,7 @@ def train(
     p_focus: float = typer.Option(0.5, "--p-focus", help="Probability that a same-identity pair's partner is the in-focus plane."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate at step 0."),
     lr_halflife: int = typer.Option(6000, "--lr-halflife", help="Steps over which the learning rate halves."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (sampling, initialisation, split)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed (sampling, initialisation, split)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of identities held out."),
     dz_range: float | None = typer.Option(30.0, "--dz-range", help="Use planes with |dz| <= this (um, or planes if z-step unknown)."),
     widths: str = typer.Option("32,48,64,96", "--widths", help="Channels per pyramid level (each level halves the resolution)."),
@@ -306,15 +325,13 @@ def deblur(
     Batch mode (--shard, --skip-existing or --manifest): each output is moved into place as soon as it is
     complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
     from .calibration import OpticsOptions
-    from .inference import deblur_paths
+    from .inference import check_truth, deblur_paths
     from .inputs import expand_inputs
 
     optics = OpticsOptions(na, wavelength, pixel_size).checked()  # fail before any work
     if truth is not None:
         if shard is not None:
             raise UserError("--truth cannot be combined with --shard")
-        from .metrics import check_truth  # scipy: only when asked for
-
         check_truth(expand_inputs(inputs), truth)  # fail before any work
     outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
                         batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,

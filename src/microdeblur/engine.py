@@ -28,7 +28,7 @@ from .errors import UserError
 from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, neighbourhood_window, tile_defocus
 from .model_config import ModelConfig
 from .normalize import NormalizationSpec, Normalizer, frame_median, frame_normalizer
-from .resizing import rescale, resize_to
+from .resizing import SCALE_RANGE, rescale, resize_to, scale_ok
 from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_contrast, tile_grid, upsample_tile_values
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
@@ -145,8 +145,8 @@ class Deblurrer:
         self.tta = int(tta)
         self.smooth_codes = bool(smooth_codes)  # source_codes: neighbourhood medians, else each tile's own code
         self.scale = float(meta.scale if scale is None else scale)
-        if not 0 < self.scale <= 8:
-            raise UserError(f"--scale must be in (0, 8], got {self.scale:g}")
+        if not scale_ok(self.scale):
+            raise UserError(f"--scale must be in {SCALE_RANGE}, got {self.scale:g}")
         self.scale_given = scale is not None  # an explicit --scale wins over every input's pixel size
         from .weights import training_optics
 
@@ -176,9 +176,9 @@ class Deblurrer:
         if self.scale_given or not pixel_um or not self.optics.working_pixel_um:
             return self.scale
         scale = float(f"{pixel_um / self.optics.working_pixel_um:.10g}")  # 0.325 / 0.65 -> exactly 0.5
-        if not 0 < scale <= 8:
+        if not scale_ok(scale):
             raise UserError(f"{source}: its pixel size {pixel_um:g} um gives a resize factor of {scale:g} to the "
-                            f"network's {self.optics.working_pixel_um:g} um pixels, outside (0, 8]; check "
+                            f"network's {self.optics.working_pixel_um:g} um pixels, outside {SCALE_RANGE}; check "
                             "--pixel-size or the file's metadata, or give --scale")
         return scale
 
@@ -186,8 +186,8 @@ class Deblurrer:
         """This Deblurrer resizing by `scale` (a shallow copy sharing the model and tile grids; self if equal)."""
         if scale == self.scale:
             return self
-        if not 0 < scale <= 8:
-            raise UserError(f"resize factor must be in (0, 8], got {scale:g}")
+        if not scale_ok(scale):
+            raise UserError(f"resize factor must be in {SCALE_RANGE}, got {scale:g}")
         other = copy.copy(self)
         other.scale = float(scale)
         return other
@@ -465,17 +465,18 @@ def normalization_spec(meta) -> NormalizationSpec:
 # ---------------------------------------------------------------- checks of planes and weights (every front end)
 
 
+LARGEST_VALUE = 1e30  # float pixels beyond this overflow float32 sums (binning, percentile ranges); no camera gets near
+
+
 def check_finite(plane: np.ndarray, source: Path | str, index: int | None = None) -> np.ndarray:
     """The plane, or a UserError naming its source (a file, a napari layer) and plane when it holds NaN, inf or
-    values beyond float32."""
+    values beyond ±LARGEST_VALUE."""
     if plane.dtype.kind == "f":
-        bad = ~np.isfinite(plane)
-        if plane.dtype.itemsize > 4:
-            bad |= np.abs(np.nan_to_num(plane)) > np.finfo(np.float32).max
+        bad = ~(np.abs(plane) <= LARGEST_VALUE)  # NaN compares False
         n = int(np.count_nonzero(bad))
         if n:
             where = "" if index is None else f" plane {index}"
-            raise UserError(f"{source}{where}: {n} pixel(s) are NaN, infinite or beyond float32; "
+            raise UserError(f"{source}{where}: {n} pixel(s) are NaN, infinite or beyond ±{LARGEST_VALUE:g}; "
                             "replace them (e.g. with the image median) before processing")
     return plane
 

@@ -178,14 +178,14 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
         if csv is not None:
             if batch.skip_existing:
                 columns = FOCUS_COLUMNS_UNSIGNED if has_header(Path(csv), FOCUS_COLUMNS_UNSIGNED) else FOCUS_COLUMNS
-                check_replaceable(Path(csv), columns, files + outs, overwrite, "focus table")
+                check_replaceable(Path(csv), columns, files, overwrite, "focus table", others=outs)
             else:
-                _check_outputs([Path(csv)], files + outs, overwrite)
+                _check_outputs([Path(csv)], files, overwrite, others=outs)
     else:
         _check_outputs(outs, files, overwrite)
-        _check_outputs(conf_outs, files + outs, overwrite)
+        _check_outputs(conf_outs, files, overwrite, others=outs)
         if csv is not None:
-            _check_outputs([Path(csv)], files + outs + conf_outs, overwrite)
+            _check_outputs([Path(csv)], files, overwrite, others=outs + conf_outs)
     db, meta = load_deblurrer(weights, device, backend, precision, scale=scale, overlap=overlap, batch_size=batch_size)
     cal = require_calibration(meta, weights, "focus")
     if cal["kind"] == "abs":

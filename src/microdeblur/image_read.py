@@ -114,6 +114,9 @@ def _reading(path: Path) -> Iterator[_TiffGuard]:
         logger.propagate = propagate
 
 
+_SERIES_WARNED: set[str] = set()
+
+
 def _uniform_plane_series(tif: tifffile.TiffFile) -> bool:
     """True when a file holds several 2-D series of one shape (single pages appended one by one)."""
     ss = tif.series
@@ -129,6 +132,10 @@ def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
     if _uniform_plane_series(tif):
         axes, shape = "Z" + axes, (len(tif.series),) + shape
         full_axes, full_shape = axes, shape
+    elif len(tif.series) > 1 and str(path) not in _SERIES_WARNED:  # said once per file, however often it is read
+        _SERIES_WARNED.add(str(path))
+        log.warn(f"{path}: holds {len(tif.series)} image series of different shapes; only the first "
+                 f"({'x'.join(map(str, s.shape))}, axes {s.axes}) is read")
     if _is_colour(axes, shape):
         i, j = axes.index("S"), full_axes.index("S")
         axes, shape = axes[:i] + axes[i + 1:], shape[:i] + shape[i + 1:]

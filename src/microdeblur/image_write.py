@@ -58,15 +58,19 @@ def _compression_kwargs(compression: int | None, predictor: bool, dtype: np.dtyp
     return kw
 
 
-def _storable(dtype: np.dtype) -> np.dtype:
-    """The dtype a TIFF gets for data of this dtype (half floats → float32, bool → uint8, 64-bit ints → 32-bit)."""
+def _storable(dtype: np.dtype, path: str | Path) -> np.dtype:
+    """The dtype a TIFF at `path` gets for data of this dtype (half floats → float32, bool → uint8, 64-bit ints →
+    32-bit, which ImageJ and OME readers take: said once as a warning)."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
     if dtype.kind == "b":
         return np.dtype(np.uint8)
     if dtype.kind in "iu" and dtype.itemsize == 8:
-        return np.dtype(np.int32 if dtype.kind == "i" else np.uint32)
+        stored = np.dtype(np.int32 if dtype.kind == "i" else np.uint32)
+        log.warn(f"{Path(path).name}: {dtype} stored as {stored} (ImageJ and OME readers take no 64-bit integers; "
+                 "values beyond its range are clipped)")
+        return stored
     return dtype
 
 
@@ -118,10 +122,8 @@ def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: 
     data = np.asarray(data)
     if len(axes) != data.ndim:
         raise ValueError(f"axes {axes!r} do not match data shape {data.shape}")
-    dtype = _storable(data.dtype)
+    dtype = _storable(data.dtype, path)
     if dtype != data.dtype:
-        if data.dtype.kind in "iu":
-            log.warn(f"{Path(path).name}: {data.dtype} stored as {dtype} (values clipped)")
         data = to_dtype(data, dtype)
     kw = _tiff_kwargs(dtype, axes, pixel_size_um, z_step_um, unit, metadata, ome or _is_ome_name(Path(path)))
     with atomic_path(path, overwrite, inputs) as tmp:
@@ -159,7 +161,7 @@ class StackWriter(Transaction):
         self._own = not isinstance(path, AtomicFile)
         self._file = AtomicFile(path, overwrite, inputs) if self._own else path
         self.path = self._file.path
-        self.shape, self.dtype = tuple(shape), _storable(dtype)
+        self.shape, self.dtype = tuple(shape), _storable(dtype, self.path)
         if len(axes) != len(self.shape):
             raise ValueError(f"axes {axes!r} do not match shape {self.shape}")
         self.n_planes = int(np.prod(self.shape[:-2], dtype=np.int64))

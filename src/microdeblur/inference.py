@@ -38,8 +38,10 @@ def _infos(paths: Iterable[Path]) -> list:
         channel = next((a for a in "CS" if a in info.axes), None)
         if channel is not None:
             raise UserError(f"{p}: has a channel axis {channel} (shape {info.shape}, axes {info.axes}); only "
-                            "single-channel bright-field images are deblurred: split the channels first "
+                            "single-channel bright-field images are processed: split the channels first "
                             "(e.g. Fiji: Image > Color > Split Channels) and pass the bright-field one")
+        if 0 in info.shape:
+            raise UserError(f"{p}: holds no pixels (shape {info.shape})")
         if len(info.shape) not in (2, 3):
             raise UserError(f"{p}: cannot interpret an array of shape {info.shape} (axes {info.axes}); "
                             "accepted are 2-D images (YX) and stacks with one plane axis (ZYX or TYX)")
@@ -49,6 +51,25 @@ def _infos(paths: Iterable[Path]) -> list:
                             "(integer or float)")
         infos.append(info)
     return infos
+
+
+def check_truth(inputs: list[Path], truth: Path) -> None:
+    """Refuse a --truth image that cannot be scored against (before any work): the inputs' checks, a first plane of
+    the inputs' size, at least 7 px a side (SSIM's window), finite and not constant."""
+    from .image_read import read_image, read_info
+
+    ref = _infos([Path(truth)])[0]
+    for p in inputs:
+        info = read_info(p)
+        if tuple(info.plane_shape) != tuple(ref.plane_shape):
+            raise UserError(f"--truth {truth} is {ref.plane_shape[1]}x{ref.plane_shape[0]} but {p} is "
+                            f"{info.plane_shape[1]}x{info.plane_shape[0]}")
+    if min(ref.plane_shape) < 7:
+        raise UserError(f"--truth {truth}: {ref.plane_shape[1]}x{ref.plane_shape[0]} is too small to score (at least 7x7)")
+    data = read_image(truth).data
+    plane = check_finite(data.reshape(-1, *data.shape[-2:])[0], Path(truth))
+    if plane.min() == plane.max():
+        raise UserError(f"--truth {truth}: its (first) plane is constant, so there is nothing to score against")
 
 
 def _require_finite(option: str, value: float | None) -> None:
@@ -98,12 +119,12 @@ def _output_paths(files: list[Path], output: Path, name_for: Callable[[Path], st
     return outs
 
 
-def _check_outputs(outs: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
+def _check_outputs(outs: Sequence[Path], files: Sequence[Path], overwrite: bool, others: Sequence[Path] = ()) -> None:
     """Every output must be writable under the rules (no input, no folder, overwrite needed)."""
     from .atomic import check_output_path
 
     for o in outs:
-        check_output_path(o, overwrite, files)
+        check_output_path(o, overwrite, files, others)
 
 
 def _load(weights: Path | None, device: str):
@@ -345,7 +366,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
     if save_comparison is not None:
         if Path(save_comparison).suffix.lower() != ".png":
             raise UserError(f"{save_comparison}: --save-comparison must name a .png file")
-        _check_outputs([Path(save_comparison)], files + outs, overwrite)
+        _check_outputs([Path(save_comparison)], files, overwrite, others=outs)
     if focus_gate and (dz is not None or reference is not None):
         raise UserError("--focus-gate applies when deblurring to focus; it cannot be combined with --dz or --reference")
     if reference is not None:

@@ -162,19 +162,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def check_truth(inputs: list[Path], truth: Path) -> None:
-    """Refuse a --truth image that cannot be compared with the inputs (before any work is done)."""
-    from .errors import UserError
-    from .image_read import read_info
-
-    ref = read_info(truth)
-    for p in inputs:
-        info = read_info(p)
-        if tuple(info.plane_shape) != tuple(ref.plane_shape):
-            raise UserError(f"--truth {truth} is {ref.plane_shape[1]}x{ref.plane_shape[0]} but {p} is "
-                            f"{info.plane_shape[1]}x{info.plane_shape[0]}")
-
-
 def frame_scores(image: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """PSNR and SSIM of a whole plane against an in-focus plane, each normalised by its own 1st-99.8th
     percentiles (data range 1, as `evaluate`); what `deblur --truth` prints."""

@@ -23,6 +23,7 @@ from .image_read import iter_planes, read_image, read_info
 from .image_write import to_dtype, write_tiff
 from .inputs import IMAGE_SUFFIXES, TIFF_SUFFIXES, images_in, natural_key
 from .normalize import frame_normalizer
+from .resizing import SCALE_RANGE, scale_ok
 
 INDEX_NAME = "index.json"
 FORMAT, VERSION = "microdeblur-prepared", 1
@@ -465,8 +466,8 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
     from .calibration import OpticsOptions
 
     start = time.perf_counter()
-    if scale is not None and not 0 < scale <= 8:  # also refuses NaN
-        raise UserError(f"--scale must be in (0, 8], got {scale}")
+    if scale is not None and not scale_ok(scale):  # also refuses NaN
+        raise UserError(f"--scale must be in {SCALE_RANGE}, got {scale}")
     if not (math.isfinite(working_pixel_um) and PIXEL_RANGE_UM[0] < working_pixel_um <= PIXEL_RANGE_UM[1]):
         raise UserError(f"--working-pixel must be a pixel size in um, got {working_pixel_um:g}")
     if tile < 1:
@@ -480,9 +481,9 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
     for day in find_days(raw):
         day = _with_optics(_with_z_step(_with_focus(day, focus_plane), z_step_um), options)
         scales[day.name] = _day_scale(day, scale, working_pixel_um)
-        if not 0 < scales[day.name] <= 8:
+        if not scale_ok(scales[day.name]):
             raise UserError(f"{day.name}: its pixel size {day.optics.pixel_um:g} um needs a resize of "
-                            f"{scales[day.name]:g} to {working_pixel_um:g} um pixels, outside (0, 8]; give --scale")
+                            f"{scales[day.name]:g} to {working_pixel_um:g} um pixels, outside {SCALE_RANGE}; give --scale")
         _check_day(day, scales[day.name], tile)
         days.append(day)
     _open_data(data, rule, tile, days, overwrite)  # refuse clashes before any work

@@ -6,6 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
+# resize factors to the working pixel: at 1/64 a 2048-px frame is 32 px (pixel sizes of 0.01 um at the shipped
+# 0.65 um working pixel: below any bright-field optics); beyond 8 the network would see 8x-interpolated pixels
+MIN_SCALE, MAX_SCALE = 1 / 64, 8.0
+SCALE_RANGE = "[1/64, 8]"
+
+
+def scale_ok(scale: float) -> bool:
+    """A usable resize factor (NaN is not)."""
+    return MIN_SCALE <= scale <= MAX_SCALE
+
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lower index, upper index, upper weight) per output pixel of a pixel-centre-aligned linear resize along one

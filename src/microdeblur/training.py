@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import log
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output_path
 from .calibration import fit_calibration, spearman
 from .dataset import LEVEL_UM, PairSampler, PreparedData
 from .devices import PRECISIONS, autocast, compute_dtype, torch_threads
@@ -34,7 +34,7 @@ from .normalize import IntensityModel, NormalizationSpec
 from .objectives import OBJECTIVES, StepOptions, TrainStep
 from .prepare import load_index
 from .provenance import software_versions
-from .weights import WeightsMeta, load_weights, optics_of_prepared, save_weights
+from .weights import WeightsMeta, default_weights_path, load_weights, optics_of_prepared, save_weights
 
 CKPT_VERSION = 2
 
@@ -153,6 +153,12 @@ def _finite(name: str, value: float, low: float | None = None, high: float | Non
         raise UserError(f"{name} must be a finite number {need}, got {value}")
 
 
+def _inputs(cfg: TrainConfig) -> list[Path]:
+    """The weights and checkpoint files a run reads (`--init shipped`: the packaged weights)."""
+    init = cfg.init if cfg.init is None or str(cfg.init) != "shipped" else default_weights_path()
+    return [p for p in (init, cfg.resume) if p is not None]
+
+
 def _check_config(cfg: TrainConfig, output: Path) -> None:
     if cfg.variant not in OBJECTIVES:
         raise UserError(f"unknown --variant {cfg.variant!r}: use manifold-1d, manifold or ml-vae")
@@ -162,9 +168,14 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError(f"output {output} is a folder")
     if output.exists() and not cfg.overwrite:
         raise UserError(f"output {output} exists (use --overwrite to replace it)")
-    ckpt = checkpoint_path(output)
-    if ckpt.exists() and cfg.resume is None and not cfg.overwrite:
-        raise UserError(f"{ckpt} holds an earlier run: continue it with --resume {ckpt}, or start again with --overwrite")
+    ckpt, log_csv = checkpoint_path(output), output.with_suffix(".log.csv")
+    for path in (output, log_csv):  # what the run writes may not be the weights or checkpoint it reads
+        check_output_path(path, overwrite=True, inputs=_inputs(cfg))
+    if cfg.resume is None and not cfg.overwrite:
+        for path in (ckpt, log_csv):
+            if path.exists():
+                raise UserError(f"{path} holds an earlier run: continue it with --resume {ckpt}, or start again "
+                                "with --overwrite")
     if output.parent.exists() and not output.parent.is_dir():
         raise UserError(f"cannot write {output}: {output.parent} is not a folder")
     for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--checkpoint-every", cfg.checkpoint_every),
@@ -263,7 +274,8 @@ def _load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Trai
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file problem
-        raise UserError(f"cannot read checkpoint {path}: {e}") from None
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {reason})") from None
     if not isinstance(ck, dict) or ck.get("version") != CKPT_VERSION:
         raise UserError(f"{path} is not a microdeblur training checkpoint")
     if ck["recipe"]["variant"] != cfg.variant:
@@ -492,6 +504,9 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     rng = np.random.default_rng(cfg.seed if w.size == 1 else [cfg.seed, w.rank])  # each rank samples its own pairs
     sampler = PairSampler(data, train_ids, rng)
+    if not val_ids:
+        log.warn("no identities are held out (--val-fraction 0, or one identity): the validation probe that picks "
+                 "the exported step scores training identities")
     probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
     frames = FrameProbe.build(cfg.val_frames) if cfg.val_frames and w.main else None
     tie_um = cfg.step_options().dz_scale if cfg.variant == "manifold-1d" and cfg.dz_tie > 0 else None

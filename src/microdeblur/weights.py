@@ -14,7 +14,7 @@ import numpy as np
 from safetensors import safe_open
 
 from .atomic import atomic_path, check_output_path
-from .calibration import REFERENCE, Microscope
+from .calibration import REFERENCE, Microscope, check_calibration
 from .errors import UserError
 from .model_config import ModelConfig
 from .normalize import NORMALIZATION
@@ -82,14 +82,20 @@ def meta_from_strings(md: dict[str, str]) -> WeightsMeta:
     def get(key: str) -> Any:
         return json.loads(md[PREFIX + key])
 
+    config = ModelConfig.from_dict(get("config"))
+    scale, code = get("scale"), np.asarray(get("focus_blur_code"), dtype=np.float32).reshape(-1)
+    if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if code.size and (code.shape != (config.blur_dim,) or not np.isfinite(code).all()):
+        raise ValueError(f"focus_blur_code must be {config.blur_dim} finite number(s), got {code.tolist()}")
     return WeightsMeta(
         variant=md[PREFIX + "variant"],
-        config=ModelConfig.from_dict(get("config")),
+        config=config,
         normalization=get("normalization"),
-        scale=get("scale"),
+        scale=scale,
         z_step_um=get("z_step_um"),
-        focus_blur_code=np.asarray(get("focus_blur_code"), dtype=np.float32),
-        calibration=get("calibration"),
+        focus_blur_code=code,
+        calibration=None if get("calibration") is None else check_calibration(get("calibration")),
         training=get("training"),
         optics=_checked_optics(get("optics")) if PREFIX + "optics" in md else None,
         focus_gate=_checked_gate(get("focus_gate")) if PREFIX + "focus_gate" in md else None,
@@ -255,4 +261,7 @@ def load_weights(
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise UserError(f"{path}: tensors do not match the {meta.variant} architecture in its metadata") from e
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise UserError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values (e.g. {bad[0]}; a diverged training run?)")
     return model.to(device).eval(), meta

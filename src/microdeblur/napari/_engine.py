@@ -109,7 +109,7 @@ class LayerImage:
         return tuple(int(v) for v in np.unravel_index(i, self.lead)) if self.lead else ()
 
     def plane(self, i: int) -> np.ndarray:
-        """Plane i as a numpy array, refused (CLI message) when it holds NaN, inf or values beyond float32."""
+        """Plane i as a numpy array, refused (CLI message) when it holds NaN, inf or values beyond ±1e30."""
         from ..engine import check_finite
 
         plane = np.asarray(self.data[self.index(i)])

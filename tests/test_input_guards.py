@@ -1,0 +1,148 @@
+"""Inputs that once passed silently or ended in an 'unexpected' error (session-22 audit): usage errors, weights
+that cannot work, absurd pixel sizes and values, --truth, outputs named twice, train's own inputs and logs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from cli_helpers import one_error, run_cli, tiny_weights
+from safetensors.numpy import load_file, save_file
+
+from microdeblur.calibration import fit_calibration
+from microdeblur.simulate import simulate_days
+
+TINY_TRAIN = ["--max-steps", "1", "--widths", "4,8,8", "--id-channels", "2,3,4", "--batch-size", "2", "--crop", "32",
+              "--workers", "1", "--eval-every", "1", "--checkpoint-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    dz = np.linspace(-20, 20, 41)
+    return tiny_weights(tmp_path_factory.mktemp("w") / "tiny.safetensors", fit_calibration(0.05 * dz, dz))
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(500, 4000, (96, 128)).astype(np.uint16))
+    return path
+
+
+def _damaged(weights, tmp_path, name, tensors=None, **meta):
+    """A copy of `weights` with some metadata entries (JSON text) or all tensors replaced."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "np") as f:
+        md = dict(f.metadata())
+    md.update({f"microdeblur.{k}": v for k, v in meta.items()})
+    t = load_file(str(weights))
+    if tensors is not None:
+        t = {k: tensors(v) for k, v in t.items()}
+    save_file(t, str(tmp_path / name), metadata=md)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("args, words", [
+    (["deblur"], ["Missing argument", "deblur --help"]),
+    (["deblur", "x.tif"], ["Missing option", "--output"]),
+    (["deblur", "x.tif", "-o", "y.tif", "--overlap", "abc"], ["Invalid value for '--overlap'"]),
+    (["deblur", "x.tif", "-o", "y.tif", "--bogus"], ["No such option: --bogus"]),
+    (["nocommand"], ["No such command"]),
+    (["simulate", "s", "--seed", "-1"], ["--seed"]),
+])
+def test_usage_errors_are_one_error_line(args, words):
+    res = run_cli(*args)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("nan.safetensors", dict(tensors=lambda v: np.full_like(v, np.nan)), ["NaN or infinite", "diverged"]),
+    ("code.safetensors", dict(focus_blur_code="[NaN]"), ["damaged", "focus_blur_code"]),
+    ("length.safetensors", dict(focus_blur_code="[1, 2, 3]"), ["damaged", "focus_blur_code"]),
+    ("scale.safetensors", dict(scale="-1"), ["damaged", "scale"]),
+    ("cal.safetensors", dict(calibration=json.dumps({"kind": "signed", "knots": {"code": [], "dz": []}})),
+     ["damaged", "calibration"]),
+])
+def test_weights_that_cannot_work_are_refused(weights, image, tmp_path, name, change, words):
+    bad = _damaged(weights, tmp_path, name, **change)
+    out = tmp_path / "out.tif"
+    one_error(run_cli("deblur", image, "-o", out, "-w", bad, "--backend", "torch"), str(bad), *words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value", [("--scale", "0.01"), ("--pixel-size", "1e-9")])
+def test_absurd_resize_factors_are_refused(weights, image, tmp_path, option, value):
+    one_error(run_cli("deblur", image, "-o", tmp_path / "o.tif", "-w", weights, option, value), "[1/64, 8]")
+
+
+def test_huge_float_pixels_and_empty_images_are_refused(weights, tmp_path):
+    huge, empty = tmp_path / "huge.tif", tmp_path / "empty.tif"
+    tifffile.imwrite(huge, np.random.default_rng(1).random((64, 64)).astype(np.float32) * 3e38)
+    with pytest.warns(UserWarning):  # tifffile: a zero-size array is a nonconformant TIFF
+        tifffile.imwrite(empty, np.zeros((0, 10), np.uint16))
+    one_error(run_cli("deblur", huge, "-o", tmp_path / "o.tif", "-w", weights), "beyond ±1e+30")
+    one_error(run_cli("focus", empty, "-o", tmp_path / "f.tif", "-w", weights), "holds no pixels")
+
+
+def test_truth_is_checked_before_any_work(weights, image, tmp_path):
+    nan, tiny, flat = tmp_path / "nan.tif", tmp_path / "tiny.tif", tmp_path / "flat.tif"
+    t = np.random.default_rng(2).random((96, 128)).astype(np.float32)
+    t[5, 5] = np.nan
+    tifffile.imwrite(nan, t)
+    tifffile.imwrite(flat, np.full((96, 128), 7, np.uint16))
+    tifffile.imwrite(tiny, np.ones((1, 1), np.uint16))
+    out = tmp_path / "out.tif"
+    one_error(run_cli("deblur", image, "-o", out, "-w", weights, "--truth", nan), "NaN")
+    one_error(run_cli("deblur", image, "-o", out, "-w", weights, "--truth", flat), "constant")
+    one_error(run_cli("deblur", tiny, "-o", out, "-w", weights, "--truth", tiny), "too small")
+    assert not out.exists()
+
+
+def test_one_name_for_two_outputs_is_named_as_such(weights, image, tmp_path):
+    png, tif, conf = tmp_path / "a.png", tmp_path / "m.tif", tmp_path / "c.tif"
+    one_error(run_cli("deblur", image, "-o", png, "-w", weights, "--save-comparison", png), "two of this run's outputs")
+    one_error(run_cli("focus", image, "-o", tif, "-w", weights, "--csv", tif), "two of this run's outputs")
+    one_error(run_cli("focus", image, "-o", tif, "-w", weights, "--confidence", conf, "--csv", conf),
+              "two of this run's outputs")
+    assert not any(p.exists() for p in (png, tif, conf))
+
+
+def test_series_of_other_shapes_are_said_and_64_bit_ints_warned(weights, tmp_path):
+    mixed, wide = tmp_path / "mixed.tif", tmp_path / "i64.tif"
+    a = np.random.default_rng(3).integers(500, 4000, (64, 96)).astype(np.uint16)
+    with tifffile.TiffWriter(mixed) as w:
+        w.write(a)
+        w.write(a[:32, :32])
+    tifffile.imwrite(wide, a.astype(np.int64))
+    res = run_cli("deblur", mixed, "-o", tmp_path / "m_out.tif", "-w", weights)
+    assert res.exit_code == 0 and res.output.count("only the first (64x96") == 1, res.output
+    res = run_cli("deblur", wide, "-o", tmp_path / "w_out.tif", "-w", weights)
+    assert res.exit_code == 0 and "int64 stored as int32" in res.output, res.output
+    assert tifffile.imread(tmp_path / "w_out.tif").dtype == np.int32
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guards")
+    simulate_days(root / "raw", days=1, planes=5, size=(256, 256), seed=3, z_step_um=2.0)
+    assert run_cli("-q", "prepare", root / "raw", root / "data", "--tile", "64").exit_code == 0
+    return root / "data"
+
+
+def test_train_keeps_its_inputs_and_an_earlier_log(prepared, tmp_path):
+    w = tmp_path / "w.safetensors"
+    assert run_cli("-q", "train", prepared, "-o", w, *TINY_TRAIN).exit_code == 0
+    before = w.read_bytes()
+    one_error(run_cli("train", prepared, "-o", w, "--init", w, "--overwrite", *TINY_TRAIN), "input file")
+    assert w.read_bytes() == before
+    log = tmp_path / "v.log.csv"
+    log.write_text("an earlier run's log\n")
+    one_error(run_cli("train", prepared, "-o", tmp_path / "v.safetensors", *TINY_TRAIN), "v.log.csv", "--resume")
+    assert log.read_text() == "an earlier run's log\n"
+    res = run_cli("-q", "train", prepared, "-o", tmp_path / "x.safetensors", "--resume", log, *TINY_TRAIN)
+    one_error(res, "not a readable training checkpoint")
