@@ -142,7 +142,7 @@ def test_train_keeps_its_inputs_and_an_earlier_log(prepared, tmp_path):
     assert w.read_bytes() == before
     log = tmp_path / "v.log.csv"
     log.write_text("an earlier run's log\n")
-    one_error(run_cli("train", prepared, "-o", tmp_path / "v.safetensors", *TINY_TRAIN), "v.log.csv", "--resume")
+    one_error(run_cli("train", prepared, "-o", tmp_path / "v.safetensors", *TINY_TRAIN), "v.log.csv", "--overwrite")
     assert log.read_text() == "an earlier run's log\n"
     res = run_cli("-q", "train", prepared, "-o", tmp_path / "x.safetensors", "--resume", log, *TINY_TRAIN)
     one_error(res, "not a readable training checkpoint")

@@ -19,7 +19,8 @@ def make(variant: str = "manifold-1d"):
     model = DisentangledAE(cfg)
     model.train()(torch.rand(4, 1, 32, 32))  # move BN running stats away from their defaults
     meta = WeightsMeta(variant=variant, config=cfg, scale=0.5, z_step_um=1.0,
-                       focus_blur_code=np.array([0.25], np.float32), calibration={"slope": 2.0},
+                       focus_blur_code=np.full(cfg.blur_dim, 0.25, np.float32),
+                       calibration={"kind": "signed", "knots": {"code": [-1.0, 1.0], "dz_um": [-20.0, 20.0]}},
                        training={"steps": 10})
     return model.eval(), meta
 

@@ -172,10 +172,12 @@ def _check_config(cfg: TrainConfig, output: Path) -> None:
     for path in (output, log_csv):  # what the run writes may not be the weights or checkpoint it reads
         check_output_path(path, overwrite=True, inputs=_inputs(cfg))
     if cfg.resume is None and not cfg.overwrite:
-        for path in (ckpt, log_csv):
-            if path.exists():
-                raise UserError(f"{path} holds an earlier run: continue it with --resume {ckpt}, or start again "
-                                "with --overwrite")
+        if ckpt.exists():
+            raise UserError(f"{ckpt} holds an earlier run: continue it with --resume {ckpt}, or start again with "
+                            "--overwrite")
+        if log_csv.exists():
+            raise UserError(f"{log_csv} holds an earlier run's log: start again with --overwrite, or choose another "
+                            "output")
     if output.parent.exists() and not output.parent.is_dir():
         raise UserError(f"cannot write {output}: {output.parent} is not a folder")
     for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size), ("--checkpoint-every", cfg.checkpoint_every),
