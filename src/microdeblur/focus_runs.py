@@ -166,8 +166,6 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
         for c in conf_outs:
             if c.suffix.lower() not in TIFF_SUFFIXES:
                 raise UserError(f"{c}: confidence maps are written as .tif or .tiff")
-            if c in outs:
-                raise UserError(f"{c}: the confidence map would replace a defocus map; choose another name")
     for o in outs:
         if o.suffix.lower() not in TIFF_SUFFIXES:
             raise UserError(f"{o}: defocus maps are written as .tif or .tiff")
