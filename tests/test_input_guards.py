@@ -4,6 +4,8 @@ that cannot work, absurd pixel sizes and values, --truth, outputs named twice, t
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import tifffile
 from cli_helpers import one_error, run_cli, tiny_weights
 from safetensors.numpy import load_file, save_file
 
+from microdeblur import atomic
 from microdeblur.calibration import fit_calibration
 from microdeblur.simulate import simulate_days
 
@@ -146,3 +149,37 @@ def test_train_keeps_its_inputs_and_an_earlier_log(prepared, tmp_path):
     assert log.read_text() == "an earlier run's log\n"
     res = run_cli("-q", "train", prepared, "-o", tmp_path / "x.safetensors", "--resume", log, *TINY_TRAIN)
     one_error(res, "not a readable training checkpoint")
+
+
+@pytest.fixture
+def locked(tmp_path, monkeypatch):
+    """A folder nobody may write in; as root (where permissions do not bind) os.access is told so."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        real = os.access
+        monkeypatch.setattr(atomic.os, "access", lambda p, mode: real(p, mode) and Path(p) != folder)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_unwritable_output_folders_are_refused_before_any_work(weights, image, prepared, locked, tmp_path):
+    one_error(run_cli("deblur", image, "-o", locked / "o.tif", "-w", weights), "cannot write in", str(locked))
+    one_error(run_cli("focus", image, "-o", tmp_path / "f.tif", "-w", weights, "--csv", locked / "f.csv"),
+              "cannot write in")
+    one_error(run_cli("train", prepared, "-o", locked / "sub" / "w.safetensors", *TINY_TRAIN), "cannot write in")
+    one_error(run_cli("evaluate", prepared, "-o", locked / "report", "-w", weights), "cannot write in")
+    assert list(locked.iterdir()) == [] and not (tmp_path / "f.tif").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["simulate", "{tmp}/s", "--planes", "20000"], ["--planes must be 1 to 10,000"]),
+    (["simulate", "{tmp}/s", "--cells", "1000000"], ["--cells must be 0 to 100,000"]),
+    (["interpolate", "{image}", "-o", "{tmp}/i.tif", "--dz-from", "-2", "--dz-to", "2", "--steps", "5000",
+      "-w", "{weights}"], ["--steps must be 2 to 1,000"]),
+])
+def test_huge_requests_are_refused(weights, image, tmp_path, args, words):
+    filled = [a.format(tmp=tmp_path, image=image, weights=weights) for a in args]
+    one_error(run_cli(*filled), *words)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "i.tif").exists()

@@ -44,12 +44,19 @@ def _exists(p: Path) -> bool:
         return False
 
 
+def check_writable_folder(folder: Path, output: Path) -> None:
+    """Refuse an output whose nearest existing folder cannot take new entries (permissions, read-only mount)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{output}: cannot write in {folder} (permission denied or read-only)")
+
+
 def check_output_names(path: str | Path) -> Path:
     """Refuse an output below an existing file, or a name the file system cannot hold (with temp suffixes)."""
     p = Path(path)
     existing = next((q for q in p.parents if _exists(q)), Path("."))
     if not existing.is_dir():
         raise UserError(f"{p}: {existing} is a file, not a folder")
+    check_writable_folder(existing, p)
     try:
         name_max = os.pathconf(existing, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):

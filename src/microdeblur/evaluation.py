@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import frame_eval, log
+from .atomic import check_writable_folder
 from .baselines import RL_ITERATIONS, load_unet
 from .dataset import PreparedData
 from .devices import resolve_device
@@ -120,6 +121,8 @@ def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: i
     existing = next((p for p in (report_dir.absolute(), *report_dir.absolute().parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise UserError(f"report folder {report_dir}: {existing} is a file")
+    if existing is not None:
+        check_writable_folder(existing, report_dir)
     report, prepared = report_dir.resolve(), data.resolve()
     if report == prepared or prepared in report.parents:
         where = "is" if report == prepared else "is inside"

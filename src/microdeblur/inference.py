@@ -412,6 +412,9 @@ def _deblur_batch(targets: _Targets, pairs: list[tuple[Path, Path]], batch: Batc
 # ---------------------------------------------------------------- interpolate
 
 
+MAX_INTERPOLATE_STEPS = 1_000  # the output stack is held in memory (1,000 2048x1536 planes: 12 GB as float32)
+
+
 def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, dz_from: float | None = None,
                       dz_to: float | None = None, weights: Path | None = None, scale: float | None = None,
                       overlap: int = OVERLAP, batch_size: int | None = None, precision: str = "auto", device: str = "auto",
@@ -423,8 +426,8 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
 
     output = Path(output)
     optics = optics.checked()
-    if steps < 2:
-        raise UserError(f"--steps must be at least 2, got {steps}")
+    if not 2 <= steps <= MAX_INTERPOLATE_STEPS:
+        raise UserError(f"--steps must be 2 to {MAX_INTERPOLATE_STEPS:,}, got {steps}")
     _require_finite("--dz-from", dz_from)
     _require_finite("--dz-to", dz_to)
     if (dz_from is None) != (dz_to is None):

@@ -140,20 +140,24 @@ def simulate_day(folder: Path, name: str, *, planes: int, size: tuple[int, int],
     return truth
 
 
+MAX_PLANES = 10_000  # a through-focus day longer than this is a typo, not an experiment
+MAX_CELLS = 100_000  # per field; a crowded 2048x1536 reference field holds a few hundred
+
+
 def _check_args(out: Path, days: int, planes: int, size: tuple[int, int], z_step_um: float | None,
                 cells: int | None, overwrite: bool) -> None:
     if days < 1:
         raise UserError(f"--days must be at least 1, got {days}")
-    if planes < 1:
-        raise UserError(f"--planes must be at least 1, got {planes}")
+    if not 1 <= planes <= MAX_PLANES:
+        raise UserError(f"--planes must be 1 to {MAX_PLANES:,}, got {planes}")
     if min(size) < MIN_SIZE:
         raise UserError(f"--size {size[0]}x{size[1]} is too small: both sides must be at least {MIN_SIZE} px")
     if max(size) > 8192:
         raise UserError(f"--size {size[0]}x{size[1]} is too large (at most 8192 px a side)")
     if z_step_um is not None and not (z_step_um > 0 and math.isfinite(z_step_um)):
         raise UserError(f"--z-step must be a positive number of um, got {z_step_um}")
-    if cells is not None and cells < 0:
-        raise UserError(f"--cells must be zero or more, got {cells}")
+    if cells is not None and not 0 <= cells <= MAX_CELLS:
+        raise UserError(f"--cells must be 0 to {MAX_CELLS:,}, got {cells}")
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
