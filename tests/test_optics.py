@@ -169,7 +169,8 @@ def test_optics_of_a_prepared_folder_from_ground_truth_and_index(tmp_path):
 def test_training_writes_the_optics_entry(tmp_path):
     """Days prepared with their optics train in reference-microscope um: the weights record the reference NA and
     wavelength (u = dz NA^2 / wavelength carries over) and the working pixel size."""
-    from microdeblur.training import TrainConfig, train
+    from microdeblur.train_config import TrainConfig
+    from microdeblur.training import train
 
     for day in ("d1", "d2"):
         _raw_day(tmp_path / "raw" / day, {"na": 0.75, "wavelength_um": 0.6, "pixel_um": 0.1625}, 0.1625)

@@ -15,7 +15,8 @@ from microdeblur.dataset import PairSampler, PreparedData
 from microdeblur.errors import UserError
 from microdeblur.prepare import load_index
 from microdeblur.simulate import simulate_days
-from microdeblur.training import TrainConfig, data_hash, note_data, train
+from microdeblur.train_config import TrainConfig
+from microdeblur.training import data_hash, note_data, train
 from microdeblur.weights import load_weights
 
 runner = CliRunner()
@@ -177,7 +178,7 @@ def test_training_with_the_deblur_term_logs_it(tmp_path, data):
 
 
 def test_deblur_all_reaches_the_recipe_needs_the_term_and_old_recipes_read_it_as_off(tmp_path, data):
-    from microdeblur.training import _with_defaults
+    from microdeblur.checkpoints import with_defaults
 
     out = tmp_path / "w.safetensors"
     args = ["-q", "train", str(data), "-o", str(out), "--max-steps", "2", "--widths", "4,8,8", "--id-channels", "2,3,4",
@@ -189,14 +190,14 @@ def test_deblur_all_reaches_the_recipe_needs_the_term_and_old_recipes_read_it_as
     _, meta = load_weights(out)
     assert meta.training["recipe"]["deblur_all"] is True and meta.training["last"]["deblur"] > 0
     assert TrainConfig(deblur_weight=1.0, deblur_all=True).step_options().deblur_all
-    assert _with_defaults({"lr": 1e-3})["deblur_all"] is False
+    assert with_defaults({"lr": 1e-3})["deblur_all"] is False
 
 
 def test_l2_deblur_term_is_the_rms_error_and_resumes_from_old_recipes(tmp_path, data):
     """--deblur-loss l2 makes the term the root mean squared error (the MSE's minimiser); the option is recorded,
     and a recipe written before it existed reads back as l1."""
     from microdeblur.losses import DEBLUR_LOSSES
-    from microdeblur.training import _with_defaults
+    from microdeblur.checkpoints import with_defaults
 
     a, b = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
     b[0, 0, 0, :2] = 4.0  # errors 4, 4 and 30 zeros: L1 0.25, RMS sqrt(32/32) = 1
@@ -209,7 +210,7 @@ def test_l2_deblur_term_is_the_rms_error_and_resumes_from_old_recipes(tmp_path, 
     assert res.exit_code == 0, res.output
     _, meta = load_weights(out)
     assert meta.training["recipe"]["deblur_loss"] == "l2" and meta.training["last"]["deblur"] > 0
-    assert _with_defaults({"lr": 1e-3})["deblur_loss"] == "l1"
+    assert with_defaults({"lr": 1e-3})["deblur_loss"] == "l1"
 
 
 def test_full_resolution_first_level_trains_and_deblurs(tmp_path, data):

@@ -278,7 +278,7 @@ def train(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Train a disentangling autoencoder on a prepared folder and write safetensors weights."""
-    from .training import TrainConfig
+    from .train_config import TrainConfig
     from .training import train as run_train
 
     cfg = TrainConfig(
