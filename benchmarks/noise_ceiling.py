@@ -17,7 +17,7 @@ import scipy.fft as sfft
 from microdeblur.metrics import psnr_batch, ssim_batch
 from microdeblur.microscope import Camera, Imager, Optics, expose, illumination
 from microdeblur.normalize import frame_normalizer
-from microdeblur.prepare import rescale_frame
+from microdeblur.resizing import rescale
 from microdeblur.specimens import make_specimen
 
 
@@ -27,7 +27,7 @@ def tiles(frame: np.ndarray, t: int = 128) -> np.ndarray:
 
 
 def prep(frame: np.ndarray) -> np.ndarray:
-    small = rescale_frame(frame.astype(np.float32), 0.5)
+    small = rescale(frame.astype(np.float32), 0.5)
     return tiles(frame_normalizer(small).before(small))
 
 

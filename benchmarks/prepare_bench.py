@@ -21,7 +21,8 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from microdeblur import log
-from microdeblur.prepare import prepare_days, rescale_frame
+from microdeblur.prepare import prepare_days
+from microdeblur.resizing import rescale
 
 SHAPE = (1536, 2048)
 
@@ -42,7 +43,7 @@ def make_day(folder: Path, planes: int, seed: int = 0) -> None:
 def time_downsizers(frame: np.ndarray, repeats: int) -> dict[str, float]:
     """Seconds per frame of the two resize paths at scale 0.5."""
     out = {}
-    for name, fn in [("binning 2x2 (used)", lambda: rescale_frame(frame, 0.5)),
+    for name, fn in [("binning 2x2 (used)", lambda: rescale(frame, 0.5)),
                      ("skimage resize, anti_aliasing", lambda: resize(frame, (SHAPE[0] // 2, SHAPE[1] // 2),
                                                                      anti_aliasing=True, preserve_range=True))]:
         runs = []

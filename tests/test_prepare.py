@@ -17,6 +17,7 @@ from microdeblur.errors import UserError
 from microdeblur.image_read import read_image
 from microdeblur.image_write import to_dtype, write_tiff
 from microdeblur.normalize import frame_normalizer
+from microdeblur.resizing import rescale
 
 
 def bf_stack(n: int, focus: int, shape=(64, 96), seed: int = 0) -> np.ndarray:
@@ -62,7 +63,7 @@ def test_folder_day_layout_tiles_and_index(tmp_path: Path):
     assert len(day["crops"]) == 2 * 3 and day["n_planes"] == 6
     assert (day["focus_plane"], day["focus_method"], day["z_step_um"]) == (2, "marker", 1.5)
     assert day["dz_planes"] == [-2, -1, 0, 1, 2, 3]
-    small = [to_dtype(prep.rescale_frame(p, 0.5), np.uint16) for p in stack]
+    small = [to_dtype(rescale(p, 0.5), np.uint16) for p in stack]
     assert day["lo"][3] == frame_normalizer(small[3]).lo and day["hi"][3] == frame_normalizer(small[3]).hi
     crop = day["crops"][4]
     assert crop == {"file": "day1/r1_c1.tif", "row": 1, "col": 1, "y": 32, "x": 32}
@@ -76,11 +77,11 @@ def test_binning_matches_skimage_resize_closely():
     from skimage.transform import resize
 
     frame = bf_stack(1, 5, shape=(96, 128))[0].astype(np.float32)
-    ours = prep.rescale_frame(frame, 0.5)
+    ours = rescale(frame, 0.5)
     ref = resize(frame, (48, 64), anti_aliasing=True, preserve_range=True)
     assert ours.shape == (48, 64) and np.abs(ours - ref).mean() < 0.05 * frame.std()
-    assert prep.rescale_frame(frame, 0.75).shape == (72, 96)
-    assert np.array_equal(prep.rescale_frame(frame, 1.0), frame)
+    assert rescale(frame, 0.75).shape == (72, 96)
+    assert np.array_equal(rescale(frame, 1.0), frame)
 
 
 def test_stack_file_with_marker_and_metadata_z_step(tmp_path: Path):
@@ -128,7 +129,7 @@ def test_auto_focus_on_real_yeast_stacks(real_stack_paths, name, expected):
     stack = tifffile.imread(real_stack_paths[name])
     est = prep.detect_focus(stack)
     assert est.plane in expected and est.reliable
-    binned = np.stack([prep.rescale_frame(p[: p.shape[0] // 2 * 2, : p.shape[1] // 2 * 2], 0.5) for p in stack])
+    binned = np.stack([rescale(p[: p.shape[0] // 2 * 2, : p.shape[1] // 2 * 2], 0.5) for p in stack])
     assert prep.detect_focus(binned).plane in expected
     assert stack[est.plane].std() < stack[0].std()  # max-variance would pick an edge plane
 

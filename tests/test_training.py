@@ -196,8 +196,8 @@ def test_deblur_all_reaches_the_recipe_needs_the_term_and_old_recipes_read_it_as
 def test_l2_deblur_term_is_the_rms_error_and_resumes_from_old_recipes(tmp_path, data):
     """--deblur-loss l2 makes the term the root mean squared error (the MSE's minimiser); the option is recorded,
     and a recipe written before it existed reads back as l1."""
-    from microdeblur.losses import DEBLUR_LOSSES
     from microdeblur.checkpoints import with_defaults
+    from microdeblur.losses import DEBLUR_LOSSES
 
     a, b = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
     b[0, 0, 0, :2] = 4.0  # errors 4, 4 and 30 zeros: L1 0.25, RMS sqrt(32/32) = 1

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.transform import resize
 
 from . import log
 from .atomic import StagedFolder
@@ -23,7 +22,7 @@ from .image_read import iter_planes, read_image, read_info
 from .image_write import to_dtype, write_tiff
 from .inputs import IMAGE_SUFFIXES, TIFF_SUFFIXES, images_in, natural_key
 from .normalize import frame_normalizer
-from .resizing import SCALE_RANGE, scale_ok
+from .resizing import SCALE_RANGE, rescale, scale_ok, scaled_shape
 
 INDEX_NAME = "index.json"
 FORMAT, VERSION = "microdeblur-prepared", 1
@@ -35,31 +34,6 @@ _PROJECTION = re.compile(r"projection", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------- frames
-
-
-def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, int]:
-    """(Y, X) of a frame after resizing by `scale` (rounded, at least 1 px)."""
-    return max(1, round(shape[-2] * scale)), max(1, round(shape[-1] * scale))
-
-
-def _bin(frame: np.ndarray, k: int) -> np.ndarray:
-    """Mean over k x k blocks (camera-style binning), float32."""
-    h, w = frame.shape[0] // k, frame.shape[1] // k
-    rows = sum(frame[i::k][:h] for i in range(k))
-    return sum(rows[:, j::k][:, :w] for j in range(k)) / np.float32(k * k)
-
-
-def rescale_frame(frame: np.ndarray, scale: float) -> np.ndarray:
-    """Resize a 2-D frame by `scale` to float32: exact k x k binning when 1/scale is an integer k, else
-    skimage resize (bilinear, anti-aliased)."""
-    f = np.asarray(frame, dtype=np.float32)
-    out = scaled_shape(f.shape, scale)
-    if out == f.shape:
-        return f
-    k = round(1 / scale)
-    if scale < 1 and (out[0] * k, out[1] * k) == f.shape:
-        return _bin(f, k)
-    return resize(f, out, order=1, anti_aliasing=scale < 1, preserve_range=True).astype(np.float32)
 
 
 def crop_grid(shape: Sequence[int], tile: int) -> tuple[int, int, list[int]]:
@@ -362,7 +336,7 @@ def _prepare_day(day: Day, stage: Path, scale: float, tile: int) -> dict:
     with log.progress(day.name, total=day.n_planes + rows * cols) as bar:
         bar.set("reading planes")
         for i, plane in enumerate(_day_planes(day)):
-            stack[i] = to_dtype(rescale_frame(plane, scale), dtype)
+            stack[i] = to_dtype(rescale(plane, scale), dtype)
             norm = frame_normalizer(stack[i])
             lo.append(norm.lo)
             hi.append(norm.hi)
