@@ -111,3 +111,26 @@ def test_backend_errors_are_one_line(exported, tmp_path):
               "float32")
     one_error(run_cli("deblur", u16, "-o", out, "--weights", bare, "--backend", "onnx"), "no ONNX graphs", "export onnx")
     assert not out.exists()
+
+
+def test_ctrl_c_while_onnxruntime_imports_is_an_interrupt(tmp_path, monkeypatch):
+    """onnxruntime turns a KeyboardInterrupt during its import into an ImportError ('unexpected ImportError', exit 2);
+    the import is shielded, so the Ctrl-C arrives after it as itself."""
+    import sys
+
+    from microdeblur import onnx_runner
+
+    fake = tmp_path / "onnxruntime"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os, signal, time\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.05)\n"
+        "except KeyboardInterrupt as e:\n"
+        "    raise ImportError('onnxruntime import interrupted') from e\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_runner.session(tmp_path / "missing.onnx")
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .engine import cpu_batch_size
 from .errors import UserError
+from .interrupts import shielded
 from .model_config import ModelConfig
 
 SUFFIXES = (".encoder.onnx", ".decoder.onnx")
@@ -50,7 +51,8 @@ def _recorded_digest(session) -> str | None:
 
 def session(path: Path, threads: int = 0):
     """An ONNX Runtime CPU session on a graph file (`threads` 0: all cores), or a UserError for a damaged one."""
-    import onnxruntime as ort
+    with shielded():  # onnxruntime turns a Ctrl-C during its import into an ImportError: hold it until after
+        import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
