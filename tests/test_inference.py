@@ -217,7 +217,8 @@ def test_lossless_network_at_half_scale_only_loses_the_resize(tmp_path):
     err = np.abs(img.astype(np.float64) - data)[4:-4, 4:-4]
     assert err.mean() < 0.01 * 15000 and np.corrcoef(img.ravel(), data.ravel())[0, 1] > 0.99
     model, meta = load_weights(weights)
-    identity, blur, grid = Deblurrer(model, meta, device="cpu").encode_plane(data)
+    enc = Deblurrer(model, meta, device="cpu").encode(data)
+    identity, blur, grid = enc.identity, enc.blur, enc.grid
     assert grid.shape == (38, 50) and identity.shape == (len(grid), model.config.id_dim) and blur.shape == (len(grid), 1)
 
 

@@ -153,7 +153,7 @@ def test_singleton_axes_remembered(tmp_path: Path):
     tifffile.imwrite(tmp_path / "s.tif", _ramp((1, 4, 1, 6, 5), np.uint16), imagej=True, metadata={"axes": "TZCYX"})
     img = read_image(tmp_path / "s.tif")
     assert img.axes == "ZYX" and img.shape == (4, 6, 5)
-    assert img.unsqueeze(img.data).shape == img.full_shape and img.full_axes.startswith("TZC")
+    assert img.data.reshape(img.full_shape).ndim == len(img.full_axes) and img.full_axes.startswith("TZC")
 
 
 def test_real_stack_metadata(real_stack_paths):

@@ -127,10 +127,10 @@ def test_auto_focus_on_synthetic_day(tmp_path: Path):
 @pytest.mark.parametrize("name,expected", [("bfseg_pombe", range(14, 18)), ("bfautofocus_pombe", range(15, 19))])
 def test_auto_focus_on_real_yeast_stacks(real_stack_paths, name, expected):
     stack = tifffile.imread(real_stack_paths[name])
-    est = prep.detect_focus(stack)
+    est = prep.focus_from_contrast([prep.plane_contrast(p) for p in stack])
     assert est.plane in expected and est.reliable
     binned = np.stack([rescale(p[: p.shape[0] // 2 * 2, : p.shape[1] // 2 * 2], 0.5) for p in stack])
-    assert prep.detect_focus(binned).plane in expected
+    assert prep.focus_from_contrast([prep.plane_contrast(p) for p in binned]).plane in expected
     assert stack[est.plane].std() < stack[0].std()  # max-variance would pick an edge plane
 
 

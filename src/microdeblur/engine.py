@@ -271,11 +271,6 @@ class Deblurrer:
         source-code network, else the encoder's): decoding with them as the target reconstructs the plane."""
         return enc.identity[:, -self.config.source_dim:] if self.config.source_dim else enc.blur
 
-    def encode_plane(self, plane2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, TileGrid]:
-        """(identity codes [N,Di], blur codes [N,Db], tile grid) of a 2-D plane."""
-        enc = self.encode(plane2d)
-        return enc.identity, enc.blur, enc.grid
-
     def decode(self, enc: Encoded, blur: np.ndarray, norm: Normalizer | None = None) -> np.ndarray:
         """Decode `enc`'s identity codes with blur code(s) [Db] or [N,Db] into a plane of the input shape."""
         from .image_write import to_dtype

@@ -48,10 +48,6 @@ class ImageInfo:
         """Number of 2-D planes (product of all non-YX axes)."""
         return int(np.prod(self.shape[:-2], dtype=np.int64))
 
-    def unsqueeze(self, x: np.ndarray) -> np.ndarray:
-        """Re-insert the singleton axes removed on reading (x has `shape`)."""
-        return x.reshape(self.full_shape)
-
     def write_kwargs(self) -> dict:
         """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata."""
         return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, z_step_um=self.z_step_um,

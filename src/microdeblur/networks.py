@@ -19,7 +19,7 @@ class Codes(NamedTuple):
     """Encoder output: flat identity [B,Di] (the pyramid, then with source_code the tile's own blur code), blur
     [B,Db]; log-variances for ml-vae only.
 
-    For ml-vae `id_logvar` covers the deepest identity level only (its last `deep_dim` numbers)."""
+    For ml-vae `id_logvar` covers the deepest identity level only (the pyramid's last `level_shapes()[-1]` numbers)."""
 
     identity: Tensor
     blur: Tensor
@@ -168,11 +168,6 @@ class DisentangledAE(nn.Module):
         maps = self.split_identity(identity)
         parts = [torch.cat([m.mean(dim=(2, 3)), m.std(dim=(2, 3))], dim=1) for m in maps[:-1]]
         return torch.cat(parts + [maps[-1].reshape(maps[-1].shape[0], -1)], dim=1)
-
-    def deep_dim(self, side: int | None = None) -> int:
-        """Numbers of the deepest identity level (the ml-vae posterior) for a `side`-px input."""
-        c, s = self.level_shapes(side or self.config.tile)[-1]
-        return c * s * s
 
     # -- encode / decode
 

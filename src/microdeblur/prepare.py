@@ -78,11 +78,6 @@ def focus_from_contrast(contrast: Sequence[float]) -> FocusEstimate:
     return FocusEstimate(i, "lowest contrast, no contrast valley inside the stack (focus may lie outside)", False)
 
 
-def detect_focus(stack: np.ndarray) -> FocusEstimate:
-    """In-focus plane of a (Z, Y, X) bright-field stack: transparent cells have their lowest contrast at focus."""
-    return focus_from_contrast([plane_contrast(p) for p in stack])
-
-
 # ---------------------------------------------------------------- finding days
 
 
