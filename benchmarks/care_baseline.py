@@ -2,7 +2,7 @@
 baseline, exported as a tile-to-tile ONNX graph that `frame_quality_bench.py --onnx CARE=FILE` scores through
 `deblur`'s tiling and blending, beside every other method (issue 12).
 
-CAREamics cannot share the project's environment (reference/notes.md: its torchvision needs a CUDA torch build), so
+CAREamics cannot share the project's environment (the project's shared reference/notes.md: its torchvision needs a CUDA torch build), so
 this script runs in its own (careamics 0.3.5 with these pins, 2026-12-02; newer torch pins resolve to an old
 careamics 0.0.x, and careamics imports pkg_resources, which the fresh venv lacked):
 

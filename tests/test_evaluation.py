@@ -196,6 +196,55 @@ def test_evaluate_scores_whole_frames(prepared: Path, tmp_path: Path):
     assert len(f["rows"]) == 16 and "## Whole frames" in (tmp_path / "report" / "report.md").read_text()
 
 
+def _tile_graph(path: Path, input_name: str = "tiles") -> Path:
+    """A tile-to-tile ONNX graph [N,1,T,T] -> same that returns its input (a stand-in for CAREamics' CARE export)."""
+    import torch
+
+    class Same(torch.nn.Module):
+        def forward(self, t):
+            return t * 1.0
+
+    torch.onnx.export(Same(), (torch.zeros(2, 1, 64, 64),), str(path), input_names=[input_name], output_names=["out"],
+                      dynamic_axes={input_name: {0: "n"}, "out": {0: "n"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def test_evaluate_puts_onnx_peers_in_the_whole_frame_table(prepared: Path, tmp_path: Path):
+    """`--onnx CARE=FILE` scores a tile-to-tile graph through deblur's tiling beside the input: a graph that returns
+    its tiles scores as the input does."""
+    graph = _tile_graph(tmp_path / "same.onnx")
+    w = _tiny_weights(tmp_path / "one_d.safetensors", "manifold-1d", 0)
+    res = CliRunner().invoke(app, ["evaluate", str(prepared), "-o", str(tmp_path / "report"), "-w", str(w), "--split",
+                                   "all", "--quick", "--device", "cpu", "--frames", str(prepared.parent / "raw"),
+                                   "--frames-dz-max", "5", "--onnx", f"CARE={graph}"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    f = m["frames"]["methods"]
+    assert list(f) == ["input", "unsharp mask", "Richardson-Lucy (5 it.)", "CARE", "one_d"]
+    from microdeblur import frame_eval
+    from microdeblur.dataset import PreparedData
+
+    days, scale = frame_eval.find_frame_days([prepared.parent / "raw"]), PreparedData.load(prepared).scale
+    same = frame_eval.score_frames(days, {"same": frame_eval.at_working_scale(lambda x, dz, px: x, scale)}, 5.0)
+    expect = frame_eval.summarise(same, 5.0)["methods"]["same"]["all"]["minmse_psnr"]  # resized there and back
+    assert f["CARE"]["all"]["minmse_psnr"] == pytest.approx(expect, abs=1e-3)
+    assert m["baselines"]["CARE"]["onnx"] == str(graph)
+
+
+@pytest.mark.parametrize("spec, frames, message", [
+    ("CARE", True, "NAME=FILE"), ("=x.onnx", True, "NAME=FILE"), ("CARE=missing.onnx", True, "no such file"),
+    ("input={graph}", True, "already taken"), ("CARE={graph}", False, "give --frames"),
+    ("CARE={bad}", True, "tile-to-tile"), ("CARE={junk}", True, "not a readable ONNX graph")])
+def test_evaluate_refuses_bad_onnx_peers_before_any_work(prepared: Path, tmp_path: Path, spec, frames, message):
+    graph, bad = _tile_graph(tmp_path / "same.onnx"), _tile_graph(tmp_path / "bad.onnx", input_name="image")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a graph")
+    args = ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "--onnx", spec.format(graph=graph, bad=bad, junk=junk)]
+    res = CliRunner().invoke(app, args + (["--frames", str(prepared.parent / "raw")] if frames else []))
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_evaluate_rejects_bad_split(prepared: Path, tmp_path: Path):
     result = CliRunner().invoke(app, ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "--split", "test"])
     assert result.exit_code == 1 and "--split" in result.output

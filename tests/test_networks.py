@@ -76,7 +76,7 @@ def test_mlvae_forward_uses_means():
     torch.testing.assert_close(model(x), model.decode(c.identity, c.blur))
 
 
-@pytest.mark.parametrize("variant", ["manifold-1d", "manifold"])
+@pytest.mark.parametrize("variant", ["manifold-1d", "manifold", "ml-vae"])
 def test_decoder_depends_on_blur_code_at_every_level(variant):
     torch.manual_seed(0)
     model = DisentangledAE(tiny(variant)).eval()
@@ -88,6 +88,47 @@ def test_decoder_depends_on_blur_code_at_every_level(variant):
         films = model.films(torch.full((2, d), 1.0))
     assert (a - b).abs().mean() > 1e-3
     assert len(films) == model.config.levels  # one modulation per decoder level
+    maps = model.split_identity(ident)
+    with torch.no_grad():
+        base = model.decode_maps(maps, films)
+        for k in range(len(films)):  # each level's own modulation reaches the output
+            moved = [(s + 0.5, t) if i == k else (s, t) for i, (s, t) in enumerate(films)]
+            # an unused modulation would change nothing at all; a deep one reaches the output attenuated
+            assert (model.decode_maps(maps, moved) - base).abs().mean() > 1e-7, f"FiLM of decoder level {k} unused"
+
+
+@pytest.mark.parametrize("head", [0, 16])
+def test_shipped_form_decoder_reads_the_blur_code(head):
+    """The shipped combination (input skip, source code; optionally a full-resolution level) once its correction is
+    non-zero: the target code and every FiLM'd level change the output."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**tiny("manifold-1d").to_dict(), "input_skip": True, "source_code": True, "unshuffle": 1,
+                         "head": head})
+    model = DisentangledAE(cfg).eval()
+    for conv in (model.out, *([model.fine_out] if head else [])):
+        torch.nn.init.normal_(conv.weight, std=0.1)
+    ident = model.encode(torch.rand(2, 1, 32, 32)).identity
+    with torch.no_grad():
+        a, b = model.decode(ident, torch.full((2, 1), -1.0)), model.decode(ident, torch.full((2, 1), 1.0))
+        films, maps = model.films(torch.zeros(2, 1), model.source_of(ident)), model.split_identity(ident)
+        base = model.decode_maps(maps, films)
+        for k in range(len(films)):
+            moved = [(s + 0.5, t) if i == k else (s, t) for i, (s, t) in enumerate(films)]
+            assert (model.decode_maps(maps, moved) - base).abs().mean() > 1e-7, f"FiLM {k} unused"
+    assert (a - b).abs().mean() > 1e-3 and len(films) == cfg.levels + bool(head)
+
+
+def test_every_variant_has_one_network_form_and_one_training_step():
+    from microdeblur.model_config import VARIANTS
+    from microdeblur.objectives import MLVAE, OBJECTIVES
+
+    assert set(OBJECTIVES) == set(VARIANTS)
+    for name, traits in VARIANTS.items():
+        cfg = tiny(name)
+        assert cfg.traits is traits and (cfg.blur_dim == 1) == traits.scalar_blur
+        assert isinstance(OBJECTIVES[name], MLVAE) == traits.variational
+        codes = DisentangledAE(cfg).encode(torch.rand(1, 1, 32, 32))
+        assert (codes.blur_logvar is not None) == traits.variational
 
 
 def test_fine_identity_level_reaches_the_output():

@@ -72,6 +72,7 @@ def test_quick_start_command_works(tmp_path):
     assert out.shape == inp.shape and out.dtype == inp.dtype and (tmp_path / "c.png").stat().st_size > 0
     before, after = _minmse_psnr(inp, ref), _minmse_psnr(out, ref)
     assert f"min-MSE PSNR {before:.2f} -> {after:.2f} dB" in " ".join(res.output.split())
+    assert after > before + 0.5  # what the README promises the command shows
     assert abs(float(np.median(out)) - float(np.median(inp))) < 0.1 * float(np.median(inp))
 
 

@@ -85,6 +85,24 @@ def test_with_focus_adds_the_in_focus_plane_of_x1s_identity_and_draws_the_same_p
         pytest.fail("no in-focus x1 drawn")
 
 
+def test_objective_sample_makes_the_in_focus_plane_the_swap_partner_at_p_focus(data):
+    """The operation `deblur` ships, D(id(x_dz), b_focus) -> x_focus, is a frequent cross-reconstruction target:
+    at p_focus 0.5 half of the second members are in focus (7 planes: 6/7 x (0.5 + 0.5/6) = 0.5), not the 1/7 of
+    uniform draws (the 0.1 sampler's few per cent)."""
+    from microdeblur.objectives import OBJECTIVES, StepOptions
+
+    d = PreparedData.load(data)
+    tr, _ = d.split(0.25)
+    share = {}
+    for p in (0.0, 0.5):
+        s = PairSampler(d, tr, np.random.default_rng(1), augment=False)
+        batch = OBJECTIVES["manifold-1d"].sample(s, StepOptions(batch_size=3000, crop=32, p_focus=p))
+        dz1, dz2 = batch["dz"].chunk(2)
+        assert not torch.any(dz1 == dz2)
+        share[p] = float((dz2 == 0).float().mean())
+    assert abs(share[0.5] - 0.5) < 0.03 and abs(share[0.0] - 1 / 7) < 0.03
+
+
 def _tiny_skip_model():
     """A tiny input-skip manifold network with a non-zero correction, so its decode depends on the blur code."""
     from microdeblur.model_config import ModelConfig

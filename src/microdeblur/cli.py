@@ -422,19 +422,18 @@ def evaluate(
     classifier_epochs: int = typer.Option(300, "--classifier-epochs", help="Epochs of the ML-VAE score classifiers."),
     frames: list[Path] = typer.Option([], "--frames", help="Folder of held-out simulated days: also score whole frames (repeatable)."),
     frames_dz_max: float = typer.Option(15.0, "--frames-dz-max", help="Whole frames with 0 < |dz| <= this (um) are scored."),
+    onnx: list[str] = typer.Option([], "--onnx", metavar="NAME=FILE", help="A tile-to-tile ONNX peer scored on whole "
+                                   "frames through deblur's tiling, e.g. CAREamics' CARE from benchmarks/care_baseline.py "
+                                   "(repeatable; needs --frames)."),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Measure reconstruction, deblurring and disentanglement against baselines (tiles, and whole frames with --frames)."""
-    import math
-
     from .evaluation import evaluate as run_evaluate
 
-    if not (math.isfinite(frames_dz_max) and frames_dz_max > 0):
-        raise UserError(f"--frames-dz-max must be a finite number > 0, got {frames_dz_max}")
     run_evaluate(data, report_dir, weights=weights, unet=unet, split=split, quick=quick,
                  classifier_epochs=classifier_epochs, device=device, overwrite=overwrite, identities=identities,
-                 frames=frames, frames_dz_max=frames_dz_max)
+                 frames=frames, frames_dz_max=frames_dz_max, onnx=onnx)
 
 
 export_app = _Typer(cls=_Group, no_args_is_help=True, help="Write the model for other tools (bioimage.io, ONNX Runtime).")

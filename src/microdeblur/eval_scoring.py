@@ -61,14 +61,17 @@ def baseline_methods(es: EvalSet, pixel_um: np.ndarray | None, unet: nn.Module |
 
 
 def score_whole_frames(days: list, models: list[LoadedModel], unet: nn.Module | None, scale: float,
-                       device: torch.device, rl_iterations: int, dz_max: float) -> dict[str, Any]:
-    """Whole-frame table (frame_eval): input, unsharp, Richardson-Lucy, the U-Net through deblur's tiling and
-    every model through the real deblur path, per |Δz| bin, min-MSE and own-percentile scores."""
+                       device: torch.device, rl_iterations: int, dz_max: float,
+                       peers: dict[str, frame_eval.Method] | None = None) -> dict[str, Any]:
+    """Whole-frame table (frame_eval): input, unsharp, Richardson-Lucy, the U-Net and tile-to-tile ONNX peers
+    (`peers`, e.g. CAREamics' CARE) through deblur's tiling, and every model through the real deblur path, per
+    |Δz| bin, min-MSE and own-percentile scores."""
     from .inference import Deblurrer
 
     methods = frame_eval.baseline_methods(scale, rl_iterations)
     if unet is not None:
         methods["U-Net"] = frame_eval.tiled_method(unet, scale, device)
+    methods |= peers or {}
     for m in models:
         methods[m.name] = frame_eval.model_method(Deblurrer(m.model, m.meta, device=device))
     log.info(f"whole frames: {len(days)} day(s), {len(methods)} methods")

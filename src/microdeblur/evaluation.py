@@ -8,6 +8,7 @@ is the command (checks, then each step in order); what is evaluated and how is `
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .errors import UserError
 from .eval_figures import write_figures
 from .eval_protocol import (
     DZ_RANGE,
+    INPUT,
     QUICK_CLASSIFIER_EPOCHS,
     QUICK_RL_ITERATIONS,
     SPLITS,
@@ -43,15 +45,18 @@ from .prepare import INDEX_NAME, load_index
 def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet: Path | None = None,
              split: str = "val", quick: bool = False, classifier_epochs: int = 300, device: str = "auto",
              overwrite: bool = False, identities: int | None = None, frames: Sequence[Path] = (),
-             frames_dz_max: float = 15.0) -> dict[str, Any]:
+             frames_dz_max: float = 15.0, onnx: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate models and baselines on a prepared folder (tiles) and, with `frames`, on whole frames of
-    simulated days (frame_eval); write the report folder and return the metrics."""
+    simulated days (frame_eval), with tile-to-tile ONNX peers given as NAME=FILE; write the report folder and
+    return the metrics."""
     data, report_dir = Path(data), Path(report_dir)
-    _check_inputs(data, report_dir, split, classifier_epochs, overwrite, identities)
+    _check_inputs(data, report_dir, split, classifier_epochs, overwrite, identities, frames_dz_max)
+    peer_files = onnx_peers(onnx, bool(frames))
     frame_days = frame_eval.find_frame_days(frames) if frames else []
     index = load_index(data)
     dev = resolve_device(device)
     prepared = PreparedData.load(data, dz_range=DZ_RANGE)
+    peers = {name: frame_eval.onnx_tiled_method(path, prepared.scale) for name, path in peer_files.items()}
     es = build_eval_set(prepared, split, quick, identities)
     models = load_models(weights, dev, prepared)
     unet_model, unet_info = load_unet(unet, dev) if unet is not None else (None, None)
@@ -88,12 +93,13 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
         reconstruction[m.name], disentanglement[m.name], codes[m.name] = score_model(m, es, dev, epochs, record)
 
     whole = score_whole_frames(frame_days, models, unet_model, prepared.scale, dev,
-                               QUICK_RL_ITERATIONS if quick else RL_ITERATIONS, frames_dz_max) if frame_days else None
+                               QUICK_RL_ITERATIONS if quick else RL_ITERATIONS, frames_dz_max, peers) if frame_days else None
     metrics = json_safe({
         "format": "microdeblur-evaluation", "version": 2, "frames": whole,
         "protocol": protocol(data, prepared, es, split, quick, unit, pixel_um, assumed, rl_iterations),
         "models": {m.name: model_info(m) for m in models},
-        "baselines": baseline_info(rl_iterations, unit, unet, unet_model, unet_info),
+        "baselines": baseline_info(rl_iterations, unit, unet, unet_model, unet_info)
+                     | {name: {"onnx": str(path), "scored": "whole frames"} for name, path in peer_files.items()},
         "reconstruction": reconstruction, "deblurring": deblur, "disentanglement": disentanglement,
     })
 
@@ -108,10 +114,30 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
 # ----------------------------------------------------------------------------- inputs
 
 
+def onnx_peers(specs: Sequence[str], with_frames: bool) -> dict[str, Path]:
+    """NAME=FILE tile-to-tile ONNX peers -> {name: file}, checked (they are scored on whole frames only)."""
+    peers: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise UserError(f"--onnx takes NAME=FILE (e.g. CARE=runs/care.onnx), got {spec!r}")
+        if name in peers or name in (INPUT, "U-Net", "unsharp mask", "Richardson-Lucy"):
+            raise UserError(f"--onnx name {name!r} is already taken: give each peer its own name")
+        if not Path(path).is_file():
+            raise UserError(f"--onnx {name}: no such file {path}")
+        peers[name] = Path(path)
+    if peers and not with_frames:
+        raise UserError("--onnx peers are scored on whole frames: give --frames too")
+    return peers
+
+
 def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: int, overwrite: bool,
-                  identities: int | None = None) -> None:
+                  identities: int | None = None, frames_dz_max: float = 15.0) -> None:
     """Fail early on a bad option, a report folder that is or holds prepared data or an earlier report, or
     missing optional packages."""
+    if not (math.isfinite(frames_dz_max) and frames_dz_max > 0):
+        raise UserError(f"--frames-dz-max must be a finite number > 0, got {frames_dz_max}")
     if split not in SPLITS:
         raise UserError(f"--split must be {', '.join(SPLITS[:-1])} or {SPLITS[-1]}, got {split!r}")
     if identities is not None and identities < 2:

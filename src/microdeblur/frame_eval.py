@@ -164,11 +164,17 @@ def tiled_method(net, scale: float, device="cpu", tile: int = 128, views: int = 
 
 def onnx_tiled_method(path, scale: float, tile: int = 128, views: int = 1) -> Method:
     """A tile-to-tile ONNX graph (input `tiles` [N,1,T,T] normalised -> same; e.g. benchmarks/care_baseline.py's
-    CAREamics export) on ONNX Runtime, through deblur's tiling and blending like `tiled_method`."""
+    CAREamics export) on ONNX Runtime, through deblur's tiling and blending like `tiled_method` (on the graph's own
+    tile side where it fixes one)."""
     from .engine import BATCH_SIZE, OVERLAP, averaged_views, predict_tiled
     from .onnx_runner import session as onnx_session
 
     session = onnx_session(path)
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != "tiles" or len(inputs[0].shape) != 4:
+        raise UserError(f"{path}: not a tile-to-tile graph (needs one input `tiles` [N,1,T,T]; "
+                        f"has {', '.join(f'{i.name} {i.shape}' for i in inputs) or 'none'})")
+    tile = inputs[0].shape[-1] if isinstance(inputs[0].shape[-1], int) else tile  # a graph with a fixed tile side
 
     def fn(t: np.ndarray) -> np.ndarray:
         return session.run(None, {"tiles": np.ascontiguousarray(t, np.float32)})[0]

@@ -6,7 +6,20 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-VARIANTS = ("manifold-1d", "manifold", "ml-vae")
+
+@dataclass(frozen=True)
+class VariantTraits:
+    """What sets a variant's network apart (its training step is `objectives.OBJECTIVES[name]`, built from these)."""
+
+    scalar_blur: bool  # a 1-D blur code: the dz tie and the supervised deblurring term apply to it
+    variational: bool  # ml-vae: posterior means and log-variances on the deepest identity level and the blur code
+
+
+VARIANTS: dict[str, VariantTraits] = {
+    "manifold-1d": VariantTraits(scalar_blur=True, variational=False),
+    "manifold": VariantTraits(scalar_blur=False, variational=False),
+    "ml-vae": VariantTraits(scalar_blur=False, variational=True),
+}
 ARCH = "pyramid-1"  # stored in every weights file; files of the single-scale 0.1 network lack it
 
 
@@ -42,12 +55,17 @@ class ModelConfig:
             raise ValueError("stem must be 0 or positive, and needs the input skip (its head refines input + correction)")
         if self.head < 0 or (self.head and (not self.input_skip or self.stem)):
             raise ValueError("head must be 0 or positive, and needs the input skip and no stem (which has a head of its own)")
-        if self.source_code and self.variant == "ml-vae":
+        if self.source_code and self.traits.variational:
             raise ValueError("source_code needs a manifold variant (ml-vae averages and samples its identity)")
         if min(self.widths + self.id_channels) < 1 or self.blur_width < 1 or self.unshuffle < 1 or self.vector_blur_dim < 1:
             raise ValueError("widths, id_channels, blur_width, vector_blur_dim and unshuffle must be positive")
         if self.tile % self.downsample != 0 or self.tile < self.downsample:
             raise ValueError(f"tile {self.tile} must be a positive multiple of {self.downsample}")
+
+    @property
+    def traits(self) -> VariantTraits:
+        """The variant's network traits."""
+        return VARIANTS[self.variant]
 
     @property
     def levels(self) -> int:
@@ -96,7 +114,7 @@ class ModelConfig:
     @property
     def blur_dim(self) -> int:
         """Length of the blur code: 1 for manifold-1d, else `vector_blur_dim`."""
-        return 1 if self.variant == "manifold-1d" else self.vector_blur_dim
+        return 1 if self.traits.scalar_blur else self.vector_blur_dim
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of the stored fields."""

@@ -90,7 +90,7 @@ class DisentangledAE(nn.Module):
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
-        vae = cfg.variant == "ml-vae"
+        vae = cfg.traits.variational
         ids = list(cfg.id_channels)
         enc, cin = [], cfg.unshuffle**2 * (1 + cfg.stem)
         if cfg.stem:  # full-resolution features, space-to-depth'd beside the input pixels into level 0
@@ -199,7 +199,7 @@ class DisentangledAE(nn.Module):
         """Identity maps (finest first; ml-vae: posterior means) and blur codes (means) of images of any H, W."""
         feats, maps = self._features(x)
         blur = self._blur(feats)
-        if self.config.variant == "ml-vae":
+        if self.config.traits.variational:
             maps[-1], blur = maps[-1].chunk(2, dim=1)[0], blur.chunk(2, dim=1)[0]
         return maps, blur
 
@@ -207,7 +207,7 @@ class DisentangledAE(nn.Module):
         """Images [B,1,S,S] -> Codes (posterior means and log-variances for ml-vae)."""
         feats, maps = self._features(x)
         blur = self._blur(feats)
-        if self.config.variant != "ml-vae":
+        if not self.config.traits.variational:
             return Codes(self.flatten_identity(maps, blur), blur)
         mu, lv = maps[-1].chunk(2, dim=1)
         b_mu, b_lv = blur.chunk(2, dim=1)

@@ -22,6 +22,7 @@ from .losses import (
     kl_standard_normal,
     reparameterize,
 )
+from .model_config import VARIANTS
 from .networks import DisentangledAE
 
 DEBLUR_CODE = 0.0  # the 1-D blur code the dz tie gives an in-focus plane: the deblurring term decodes with it
@@ -222,5 +223,5 @@ def mlvae_terms(model: DisentangledAE, groups: Tensor, *, rec_fn: RecFn,
             "kl_blur": kl_standard_normal(codes.blur, codes.blur_logvar).sum() / (g * per_pixel)}
 
 
-OBJECTIVES: dict[str, Objective] = {"manifold-1d": Manifold(scalar_blur=True), "manifold": Manifold(scalar_blur=False),
-                                    "ml-vae": MLVAE()}
+OBJECTIVES: dict[str, Objective] = {name: MLVAE() if t.variational else Manifold(scalar_blur=t.scalar_blur)
+                                    for name, t in VARIANTS.items()}

@@ -10,7 +10,8 @@ from .atomic import check_output_path
 from .devices import PRECISIONS
 from .errors import UserError
 from .losses import DEBLUR_LOSSES
-from .objectives import OBJECTIVES, StepOptions
+from .model_config import VARIANTS, VariantTraits
+from .objectives import StepOptions
 from .weights import default_weights_path
 
 
@@ -71,16 +72,21 @@ class TrainConfig:
             self.beta_ramp = 0 if self.init is not None else 600
 
     @property
+    def traits(self) -> VariantTraits:
+        """The variant's network traits (check_config refuses an unknown variant first)."""
+        return VARIANTS[self.variant]
+
+    @property
     def uses_input_skip(self) -> bool:
         """Whether the network's identity includes its input pixels (decoder output = input + correction)."""
-        return self.variant != "ml-vae" if self.input_skip is None else self.input_skip
+        return not self.traits.variational if self.input_skip is None else self.input_skip
 
     @property
     def dz_tie(self) -> float:
         """Weight of the dz tie actually used."""
         if self.dz_weight is not None:
             return self.dz_weight
-        return 0.1 if self.variant == "manifold-1d" else 0.0
+        return 0.1 if self.traits.scalar_blur else 0.0
 
     def step_options(self) -> StepOptions:
         """The settings a training step needs."""
@@ -122,8 +128,8 @@ def _inputs(cfg: TrainConfig) -> list[Path]:
 
 
 def check_config(cfg: TrainConfig, output: Path) -> None:
-    if cfg.variant not in OBJECTIVES:
-        raise UserError(f"unknown --variant {cfg.variant!r}: use manifold-1d, manifold or ml-vae")
+    if cfg.variant not in VARIANTS:
+        raise UserError(f"unknown --variant {cfg.variant!r}: use {', '.join(VARIANTS)}")
     if output.suffix != ".safetensors":
         raise UserError(f"output {output} must end in .safetensors")
     if output.exists() and output.is_dir():
@@ -173,9 +179,9 @@ def check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError(f"--stem must be 0 or positive and needs the input skip (not ml-vae, not --no-input-skip), got {cfg.stem}")
     if cfg.head < 0 or (cfg.head and (not cfg.uses_input_skip or cfg.stem)):
         raise UserError(f"--head must be 0 or positive and needs the input skip and no --stem, got {cfg.head}")
-    if cfg.source_code and cfg.variant == "ml-vae":
+    if cfg.source_code and cfg.traits.variational:
         raise UserError("--source-code needs a manifold variant (ml-vae averages and samples its identity)")
-    if cfg.deblur_weight and (cfg.variant != "manifold-1d" or cfg.dz_tie <= 0):
+    if cfg.deblur_weight and (not cfg.traits.scalar_blur or cfg.dz_tie <= 0):
         raise UserError("--deblur-weight needs manifold-1d with a dz tie (--dz-weight > 0): the term decodes with "
                         "the code the tie gives an in-focus plane")
     if cfg.deblur_all and not cfg.deblur_weight:
@@ -192,8 +198,8 @@ def check_config(cfg: TrainConfig, output: Path) -> None:
         _finite("--dz-weight", cfg.dz_weight, 0)
     if cfg.beta_delay < 0 or cfg.beta_ramp < 0:
         raise UserError(f"--beta-delay and --beta-ramp are step counts >= 0, got {cfg.beta_delay} and {cfg.beta_ramp}")
-    if cfg.dz_weight and cfg.variant != "manifold-1d":
-        raise UserError("--dz-weight only applies to --variant manifold-1d")
+    if cfg.dz_weight and not cfg.traits.scalar_blur:
+        raise UserError("--dz-weight only applies to a 1-D blur code (--variant manifold-1d)")
 
 
 def checkpoint_path(output: Path) -> Path:

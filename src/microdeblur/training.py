@@ -240,7 +240,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
                  "the exported step scores training identities")
     probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
     frames = FrameProbe.build(cfg.val_frames) if cfg.val_frames and w.main else None
-    tie_um = cfg.step_options().dz_scale if cfg.variant == "manifold-1d" and cfg.dz_tie > 0 else None
+    tie_um = cfg.step_options().dz_scale if cfg.traits.scalar_blur and cfg.dz_tie > 0 else None
     best_by = (GATED_SCORE if tie_um else FRAME_SCORE) if cfg.val_frames else "val_deblur_minmse"
     index = load_index(Path(data_dir))
     norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
