@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, log
-from .errors import UserError
+from .errors import UserError, one_line
 from .interrupts import raise_on_sigterm
 
 
@@ -39,7 +39,7 @@ class _Group(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except typer.Abort:
-            log.console.print("error: interrupted", markup=False, style="red")
+            log.error("interrupted")
             sys.exit(130)
         except Exception as e:  # click's (or Typer's own copy of click's) usage and parameter errors
             if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
@@ -47,7 +47,7 @@ class _Group(TyperGroup):
             ctx, message = getattr(e, "ctx", None), e.format_message()
             if message:  # none when a group without its command printed its help
                 where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-                log.console.print(f"error: {message}{where}", markup=False, style="red")
+                log.error(f"{message}{where}")
             sys.exit(e.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -113,7 +113,7 @@ def main(
 
 
 def _fail(message: str, code: int = 1) -> None:
-    log.console.print(f"error: {message}", markup=False, style="red")
+    log.error(message)
     raise typer.Exit(code)
 
 
@@ -137,18 +137,14 @@ def _guarded(fn, *args, **kwargs):
     try:
         raise_on_sigterm()
         return fn(*args, **kwargs)
-    except UserError as e:
-        _fail(str(e))
-    except OSError as e:
-        _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-    except MemoryError:
-        _fail("out of memory (try a smaller --batch-size or smaller images)")
+    except (UserError, OSError, MemoryError) as e:
+        _fail(one_line(e))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through interrupts.Interrupted
         _fail("interrupted", getattr(e, "exit_code", 130))
     except Exception as e:  # noqa: BLE001 - last resort: never a bare traceback for users
         if log.verbosity() >= 2:
             raise
-        _fail(f"unexpected {type(e).__name__}: {e} (run with --verbose for the traceback; please report it)", 2)
+        _fail(f"{one_line(e)} (run with --verbose for the traceback; please report it)", 2)
 
 
 def _user_errors(fn):

@@ -59,6 +59,11 @@ def warn(msg: str) -> None:
         console.print(f"warning: {msg}", markup=False, style="yellow")
 
 
+def error(msg: str) -> None:
+    """The one `error:` line of a failed command (shown at every verbosity)."""
+    console.print(f"error: {msg}", markup=False, style="red")
+
+
 @contextmanager
 def progress(description: str, total: int | None) -> Iterator[Bar]:
     """Progress bar context; yields a Bar with advance(n) and set(text)."""
