@@ -315,11 +315,12 @@ def test_float16_is_computed_and_written_as_float32(tmp_path, identity_net, cal_
 
 def test_interpolate_end_points_reproduce_a_and_b(tmp_path, blur_is_tile_net, cal_weights):
     a, b = _image((60, 150), np.uint16, 3), _image((60, 150), np.uint16, 4)
-    pa, pb = write_tiff(tmp_path / "a.tif", a, "YX", pixel_size_um=0.2), write_tiff(tmp_path / "b.tif", b, "YX")
+    pa = write_tiff(tmp_path / "a.tif", a, "YX", pixel_size_um=0.2, metadata={"finterval": 0.5})
+    pb = write_tiff(tmp_path / "b.tif", b, "YX")
     out = interpolate_paths(pa, pb, tmp_path / "walk.tif", steps=4, weights=cal_weights, device="cpu", scale=1.0)
     img = read_image(out)
     assert img.axes == "ZYX" and img.shape == (4, 60, 150) and img.dtype == np.uint16
-    assert img.pixel_size_um == pytest.approx(0.2)
+    assert img.pixel_size_um == pytest.approx(0.2) and img.metadata == {"finterval": 0.5}  # A's own entries kept
     assert np.abs(img.data[0].astype(int) - a).max() <= 1 and np.abs(img.data[-1].astype(int) - b).max() <= 1
     mid = img.data[1].astype(float)  # blend of normalised tiles, reverted with interpolated lo/hi
     assert np.corrcoef(mid.ravel(), (2 * a.astype(float) + b).ravel())[0, 1] > 0.999
@@ -571,6 +572,6 @@ def test_interpolation_starts_at_the_reconstruction_for_a_source_code_network(tm
     db = _source_code_deblurrer(tmp_path)
     a, b = _image((300, 420), np.uint16, seed=9), _image((300, 420), np.uint16, seed=10)
     enc = db.encode(a)
-    first = walk_codes(db, a, b, 3)[0]
+    first = next(walk_codes(db, a, b, 3))
     assert np.array_equal(first, db.decode(enc, enc.identity[:, -1:]))
     assert not np.array_equal(first, db.decode(enc, enc.blur))

@@ -176,8 +176,8 @@ def test_unwritable_output_folders_are_refused_before_any_work(weights, image, p
 @pytest.mark.parametrize("args, words", [
     (["simulate", "{tmp}/s", "--planes", "20000"], ["--planes must be 1 to 10,000"]),
     (["simulate", "{tmp}/s", "--cells", "1000000"], ["--cells must be 0 to 100,000"]),
-    (["interpolate", "{image}", "-o", "{tmp}/i.tif", "--dz-from", "-2", "--dz-to", "2", "--steps", "5000",
-      "-w", "{weights}"], ["--steps must be 2 to 1,000"]),
+    (["interpolate", "{image}", "-o", "{tmp}/i.tif", "--dz-from", "-2", "--dz-to", "2", "--steps", "20000",
+      "-w", "{weights}"], ["--steps must be 2 to 10,000"]),
 ])
 def test_huge_requests_are_refused(weights, image, tmp_path, args, words):
     filled = [a.format(tmp=tmp_path, image=image, weights=weights) for a in args]

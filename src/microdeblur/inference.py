@@ -412,7 +412,7 @@ def _deblur_batch(targets: _Targets, pairs: list[tuple[Path, Path]], batch: Batc
 # ---------------------------------------------------------------- interpolate
 
 
-MAX_INTERPOLATE_STEPS = 1_000  # the output stack is held in memory (1,000 2048x1536 planes: 12 GB as float32)
+MAX_INTERPOLATE_STEPS = 10_000  # a sanity limit: planes are written as they are decoded, not held
 
 
 def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, dz_from: float | None = None,
@@ -422,7 +422,7 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
     """Z-stack walking the blur code from A's to B's (per tile) or between two dz (um of A's microscope), with A's
     identity code. B is encoded at A's resize factor (the same field at the same size)."""
     from .image_read import read_image
-    from .image_write import write_tiff
+    from .image_write import StackWriter
 
     output = Path(output)
     optics = optics.checked()
@@ -456,20 +456,25 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
         run.microscope(info_b)  # B's metadata must agree with the options too
     plane_a = check_finite(read_image(a).data, Path(a))
     if by_dz:
-        planes, z_step = _walk_dz(db, plane_a, require_calibration(meta, weights, "--dz-from/--dz-to"),
-                                  dz_from, dz_to, steps, factor)
+        planes = _walk_dz(db, plane_a, require_calibration(meta, weights, "--dz-from/--dz-to"), dz_from, dz_to, steps,
+                          factor)
+        z_step = abs(dz_to - dz_from) / (steps - 1) or None  # um of A's microscope
     else:
         planes, z_step = walk_codes(db, plane_a, check_finite(read_image(b).data, Path(b)), steps), None
-    write_tiff(output, np.stack(planes), "ZYX", pixel_size_um=info_a.pixel_size_um, z_step_um=z_step,
-               unit=info_a.unit, compression=info_a.compression, predictor=info_a.predictor, ome=info_a.ome,
-               overwrite=overwrite, inputs=inputs)
+    kwargs = info_a.write_kwargs() | {"axes": "ZYX", "z_step_um": z_step}
+    with StackWriter(output, (steps, *info_a.shape), info_a.dtype, **kwargs, overwrite=overwrite, inputs=inputs) as out, \
+            log.progress("interpolate", total=steps) as bar:
+        for plane in planes:
+            out.write(plane)
+            bar.advance()
     run.report()
     log.info(f"wrote {steps} interpolated planes to {output}")
     return output
 
 
-def walk_codes(db: Deblurrer, plane_a: np.ndarray, plane_b: np.ndarray, steps: int) -> list[np.ndarray]:
-    """Planes decoded with A's identity and blur codes going linearly, per tile, from A's to B's.
+def walk_codes(db: Deblurrer, plane_a: np.ndarray, plane_b: np.ndarray, steps: int) -> Iterator[np.ndarray]:
+    """Planes decoded with A's identity and blur codes going linearly, per tile, from A's to B's (one at a time;
+    both are encoded before the first is given).
 
     Intensities are reverted with lo/hi interpolated from A's to B's, so the end planes are A's
     reconstruction and (when A and B share identity codes) B's reconstruction.
@@ -478,27 +483,21 @@ def walk_codes(db: Deblurrer, plane_a: np.ndarray, plane_b: np.ndarray, steps: i
     if enc_a.grid.shape != enc_b.grid.shape:
         raise UserError("A and B must have the same size")
     code_a, code_b = db.read_codes(enc_a), db.read_codes(enc_b)
-    out = []
-    with log.progress("interpolate", total=steps) as bar:
+
+    def planes() -> Iterator[np.ndarray]:
         for r in np.linspace(0.0, 1.0, steps):
             blur = (1 - r) * code_a + r * code_b
             norm = Normalizer((1 - r) * enc_a.norm.lo + r * enc_b.norm.lo, (1 - r) * enc_a.norm.hi + r * enc_b.norm.hi)
-            out.append(db.decode(enc_a, blur, norm))
-            bar.advance()
-    return out
+            yield db.decode(enc_a, blur, norm)
+
+    return planes()
 
 
 def _walk_dz(db: Deblurrer, plane_a: np.ndarray, cal: dict, dz_from: float, dz_to: float,
-             steps: int, factor: float = 1.0) -> tuple[list[np.ndarray], float | None]:
+             steps: int, factor: float = 1.0) -> Iterator[np.ndarray]:
     """Planes at evenly spaced dz from dz_from to dz_to (um of A's microscope: `factor` x the network's um), each
-    reverted for its dz, and their spacing (um of A's microscope)."""
+    reverted for its dz (one at a time; A is encoded before the first is given)."""
     dzs = np.linspace(dz_from, dz_to, steps) / factor  # the network's (training microscope's) um
     codes = _dz_code(cal, dzs, factor)
     enc = db.encode(plane_a)
-    out = []
-    with log.progress("interpolate", total=steps) as bar:
-        for c, d in zip(codes, dzs):
-            out.append(db.decode(enc, np.atleast_1d(c), db.revert_for(enc, float(d))))
-            bar.advance()
-    step = abs(dz_to - dz_from) / (steps - 1)
-    return out, step if step > 0 else None
+    return (db.decode(enc, np.atleast_1d(c), db.revert_for(enc, float(d))) for c, d in zip(codes, dzs))
