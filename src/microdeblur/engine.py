@@ -228,7 +228,10 @@ class Deblurrer:
         plane = np.asarray(plane)
         if plane.ndim != 2:
             raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
-        work, norm, median = self._working(plane)
+        return self._encode_working(plane, *self._working(plane))
+
+    def _encode_working(self, plane: np.ndarray, work: np.ndarray, norm: Normalizer, median: float | None) -> Encoded:
+        """`encode` of a plane already resized and normalised by `_working`."""
         grid = self.grid(work.shape)
         tiles = extract_tiles(work, grid)[:, None]
         identity, blur = self._encode_batches(tiles)
@@ -397,10 +400,14 @@ class Deblurrer:
         cal = getattr(self.meta, "calibration", None)
         if not cal:
             raise UserError("focus maps need weights with a blur-code calibration")
-        enc = self.encode(plane2d)
-        if enc.blur.shape[1] != 1:
+        plane = np.asarray(plane2d)
+        if plane.ndim != 2:
+            raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
+        if self.config.blur_dim != 1:
             raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
-        usable = tile_contrast(rescale(np.asarray(plane2d), self.scale), enc.grid) >= MIN_TILE_CONTRAST
+        work, norm, median = self._working(plane)  # resized once: the codes and the contrast read the same plane
+        enc = self._encode_working(plane, work, norm, median)
+        usable = tile_contrast(norm.after(work), enc.grid) >= MIN_TILE_CONTRAST
         return TileFocus(calibration.code_to_dz(cal, enc.blur[:, 0]), usable, enc.grid, enc.shape)
 
     def focus_maps(self, plane2d: np.ndarray, dz_factor: float = 1.0, *, signed: bool = True,
