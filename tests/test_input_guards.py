@@ -103,6 +103,8 @@ def test_truth_is_checked_before_any_work(weights, image, tmp_path):
     one_error(run_cli("deblur", image, "-o", out, "-w", weights, "--truth", nan), "NaN")
     one_error(run_cli("deblur", image, "-o", out, "-w", weights, "--truth", flat), "constant")
     one_error(run_cli("deblur", tiny, "-o", out, "-w", weights, "--truth", tiny), "too small")
+    for batch in (["--skip-existing"], ["--shard", "1/2"]):  # a batch run's outputs need not pair with its inputs
+        one_error(run_cli("deblur", image, "-o", out, "-w", weights, "--truth", image, *batch), "--truth cannot be combined")
     assert not out.exists()
 
 

@@ -321,22 +321,13 @@ def deblur(
     Batch mode (--shard, --skip-existing or --manifest): each output is moved into place as soon as it is
     complete, and an input that fails is reported and skipped; the exit code is 1 if any input failed."""
     from .calibration import OpticsOptions
-    from .inference import check_truth, deblur_paths
-    from .inputs import expand_inputs
+    from .inference import deblur_paths
 
-    optics = OpticsOptions(na, wavelength, pixel_size).checked()  # fail before any work
-    if truth is not None:
-        if shard is not None:
-            raise UserError("--truth cannot be combined with --shard")
-        check_truth(expand_inputs(inputs), truth)  # fail before any work
-    outs = deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
-                        batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device, overwrite=overwrite,
-                        shard=shard, skip_existing=skip_existing, manifest=manifest, optics=optics,
-                        focus_gate=focus_gate, backend=backend, tta=tta)
-    if truth is not None:
-        from .metrics import compare_to_truth
-
-        compare_to_truth(expand_inputs(inputs), outs, truth)
+    deblur_paths(inputs, output, weights=weights, reference=reference, scale=scale, overlap=overlap,
+                 batch_size=batch_size, precision=precision, dz=dz, save_comparison=save_comparison, device=device,
+                 overwrite=overwrite, shard=shard, skip_existing=skip_existing, manifest=manifest,
+                 optics=OpticsOptions(na, wavelength, pixel_size), focus_gate=focus_gate, backend=backend, tta=tta,
+                 truth=truth)
 
 
 @app.command()

@@ -53,23 +53,26 @@ def _infos(paths: Iterable[Path]) -> list:
     return infos
 
 
-def check_truth(inputs: list[Path], truth: Path) -> None:
-    """Refuse a --truth image that cannot be scored against (before any work): the inputs' checks, a first plane of
-    the inputs' size, at least 7 px a side (SSIM's window), finite and not constant."""
-    from .image_read import read_image, read_info
+def _truth_plane(truth: Path, files: list[Path], infos: list) -> np.ndarray:
+    """The first plane of a --truth image (float32), or a UserError before any work: the inputs' checks, the
+    inputs' plane size, at least 7 px a side (SSIM's window), finite and not constant."""
+    from .image_read import iter_planes
 
-    ref = _infos([Path(truth)])[0]
-    for p in inputs:
-        info = read_info(p)
+    ref = _infos([truth])[0]
+    for p, info in zip(files, infos):
         if tuple(info.plane_shape) != tuple(ref.plane_shape):
             raise UserError(f"--truth {truth} is {ref.plane_shape[1]}x{ref.plane_shape[0]} but {p} is "
                             f"{info.plane_shape[1]}x{info.plane_shape[0]}")
     if min(ref.plane_shape) < 7:
         raise UserError(f"--truth {truth}: {ref.plane_shape[1]}x{ref.plane_shape[0]} is too small to score (at least 7x7)")
-    data = read_image(truth).data
-    plane = check_finite(data.reshape(-1, *data.shape[-2:])[0], Path(truth))
+    planes = iter_planes(truth)
+    try:
+        plane = check_finite(next(planes)[1], truth)
+    finally:
+        planes.close()
     if plane.min() == plane.max():
         raise UserError(f"--truth {truth}: its (first) plane is constant, so there is nothing to score against")
+    return plane.astype(np.float32)
 
 
 def _require_finite(option: str, value: float | None) -> None:
@@ -342,20 +345,22 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
                  device: str = "auto", overwrite: bool = False, shard: Shard | str | None = None,
                  skip_existing: bool = False, manifest: Path | None = None,
                  optics: OpticsOptions = OpticsOptions(), focus_gate: bool | None = None, backend: str = "auto",
-                 tta: int = 1) -> list[Path]:
+                 tta: int = 1, truth: Path | None = None) -> list[Path]:
     """Deblur images/stacks into `output` (a file for one input; a folder for several or 'name/'); returns outputs.
 
     `dz` is in um of the inputs' microscope (`optics` and metadata; see OpticsRun). With `shard`, `skip_existing`
     or `manifest` the run is a batch run (see `run_batch`): it returns the outputs of its shard that exist at the
-    end."""
+    end. With `truth` (an in-focus image of the same field) each input's and output's first plane are scored
+    against it and logged (metrics.compare_to_truth)."""
     t0 = time.perf_counter()
     optics = optics.checked()
     batch = Batch(shard, skip_existing, manifest)
     _require_finite("--dz", dz)
     files, infos, outs = _plan(inputs, output, _deblur_name, batch)
     if batch.active:
-        if save_comparison is not None:
-            raise UserError("--save-comparison cannot be combined with --shard, --skip-existing or --manifest")
+        for option, value in (("--save-comparison", save_comparison), ("--truth", truth)):
+            if value is not None:
+                raise UserError(f"{option} cannot be combined with --shard, --skip-existing or --manifest")
         pairs = shard_pairs(files, outs, batch, overwrite)
         if not pairs:
             return []
@@ -367,6 +372,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
         if Path(save_comparison).suffix.lower() != ".png":
             raise UserError(f"{save_comparison}: --save-comparison must name a .png file")
         _check_outputs([Path(save_comparison)], files, overwrite, others=outs)
+    ref_plane = _truth_plane(Path(truth), files, infos) if truth is not None else None
     if focus_gate and (dz is not None or reference is not None):
         raise UserError("--focus-gate applies when deblurring to focus; it cannot be combined with --dz or --reference")
     if reference is not None:
@@ -388,6 +394,10 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
             _write_png(written.add(save_comparison).tmp, np.concatenate([_display(plane), _display(out)], axis=1))
     targets.optics.report()
     log.info(f"deblurred {len(files)} file(s), {n_planes} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")
+    if ref_plane is not None:
+        from .metrics import compare_to_truth
+
+        compare_to_truth([(f.name, plane, out) for f, (plane, out) in zip(files, firsts)], ref_plane, Path(truth).name)
     return outs
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -191,25 +190,16 @@ def truth_scores(image: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"psnr": p, "ssim": s, "minmse_psnr": mp, "minmse_ssim": ms, "sharpness_ratio": sharpness(image) / max(sharpness(truth), 1e-12)}
 
 
-def compare_to_truth(inputs: list[Path], outputs: list[Path], truth: Path) -> list[dict[str, float]]:
-    """Scores of each input and its output against an in-focus image of the same field (first plane of a
-    stack), logged: min-MSE PSNR/SSIM (the field's convention), own-percentile PSNR/SSIM and sharpness."""
+def compare_to_truth(firsts: list[tuple[str, np.ndarray, np.ndarray]], ref: np.ndarray,
+                     truth_name: str) -> list[dict[str, float]]:
+    """Scores of each (name, input's first plane, output's first plane) against an in-focus plane of the same
+    field, logged: min-MSE PSNR/SSIM (the field's convention), own-percentile PSNR/SSIM and sharpness."""
     from . import log
-    from .errors import UserError
-    from .image_read import read_image
 
-    def plane(p: Path) -> np.ndarray:
-        d = read_image(p).data
-        return d.reshape(-1, *d.shape[-2:])[0].astype(np.float32)
-
-    ref = plane(Path(truth))
     rows = []
-    for i, o in zip(inputs, outputs):
-        a, b = plane(Path(i)), plane(Path(o))
-        if a.shape != ref.shape:
-            raise UserError(f"--truth {truth} is {ref.shape[1]}x{ref.shape[0]} but {i} is {a.shape[1]}x{a.shape[0]}")
-        before, after = truth_scores(a, ref), truth_scores(b, ref)
-        log.info(f"{Path(i).name} vs {Path(truth).name} (before -> after): min-MSE PSNR {before['minmse_psnr']:.2f} -> "
+    for name, a, b in firsts:
+        before, after = truth_scores(np.asarray(a, np.float32), ref), truth_scores(np.asarray(b, np.float32), ref)
+        log.info(f"{name} vs {truth_name} (before -> after): min-MSE PSNR {before['minmse_psnr']:.2f} -> "
                  f"{after['minmse_psnr']:.2f} dB, SSIM {before['minmse_ssim']:.3f} -> {after['minmse_ssim']:.3f}; "
                  f"own-percentile PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, SSIM {before['ssim']:.3f} -> "
                  f"{after['ssim']:.3f}; sharpness {before['sharpness_ratio']:.2f} -> {after['sharpness_ratio']:.2f} of focus")
