@@ -8,7 +8,6 @@ is the command (checks, then each step in order); what is evaluated and how is `
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from .atomic import check_writable_folder
 from .baselines import RL_ITERATIONS, load_unet
 from .dataset import PreparedData
 from .devices import resolve_device
-from .errors import UserError
+from .errors import UserError, require_number
 from .eval_figures import write_figures
 from .eval_protocol import (
     DZ_RANGE,
@@ -136,8 +135,7 @@ def _check_inputs(data: Path, report_dir: Path, split: str, classifier_epochs: i
                   identities: int | None = None, frames_dz_max: float = 15.0) -> None:
     """Fail early on a bad option, a report folder that is or holds prepared data or an earlier report, or
     missing optional packages."""
-    if not (math.isfinite(frames_dz_max) and frames_dz_max > 0):
-        raise UserError(f"--frames-dz-max must be a finite number > 0, got {frames_dz_max}")
+    require_number("--frames-dz-max", frames_dz_max, 0, open_low=True)
     if split not in SPLITS:
         raise UserError(f"--split must be {', '.join(SPLITS[:-1])} or {SPLITS[-1]}, got {split!r}")
     if identities is not None and identities < 2:

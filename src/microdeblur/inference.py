@@ -7,7 +7,6 @@ with --shard, --skip-existing or --manifest the run goes through `batch_runs.run
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +19,7 @@ from .atomic import Outputs
 from .batch_runs import Batch, run_batch, shard_pairs
 from .calibration import OpticsOptions
 from .engine import OVERLAP, Deblurrer, check_finite, require_calibration
-from .errors import UserError
+from .errors import UserError, require_number
 from .inputs import TIFF_SUFFIXES, Shard
 from .normalize import Normalizer, frame_normalizer
 from .optics import OpticsRun
@@ -73,12 +72,6 @@ def _truth_plane(truth: Path, files: list[Path], infos: list) -> np.ndarray:
     if plane.min() == plane.max():
         raise UserError(f"--truth {truth}: its (first) plane is constant, so there is nothing to score against")
     return plane.astype(np.float32)
-
-
-def _require_finite(option: str, value: float | None) -> None:
-    """UserError naming the option when a given number is NaN or infinite."""
-    if value is not None and not math.isfinite(value):
-        raise UserError(f"{option} must be a finite number, got {value}")
 
 
 def _warn_half(info) -> None:
@@ -355,7 +348,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
     t0 = time.perf_counter()
     optics = optics.checked()
     batch = Batch(shard, skip_existing, manifest)
-    _require_finite("--dz", dz)
+    require_number("--dz", dz, optional=True)
     files, infos, outs = _plan(inputs, output, _deblur_name, batch)
     if batch.active:
         for option, value in (("--save-comparison", save_comparison), ("--truth", truth)):
@@ -438,8 +431,8 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
     optics = optics.checked()
     if not 2 <= steps <= MAX_INTERPOLATE_STEPS:
         raise UserError(f"--steps must be 2 to {MAX_INTERPOLATE_STEPS:,}, got {steps}")
-    _require_finite("--dz-from", dz_from)
-    _require_finite("--dz-to", dz_to)
+    require_number("--dz-from", dz_from, optional=True)
+    require_number("--dz-to", dz_to, optional=True)
     if (dz_from is None) != (dz_to is None):
         raise UserError("--dz-from and --dz-to must be given together")
     by_dz = dz_from is not None

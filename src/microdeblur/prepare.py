@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 from . import log
 from .atomic import StagedFolder
 from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value, dz_factor
-from .errors import UserError
+from .errors import UserError, require_number
 from .image_meta import ImageInfo
 from .image_read import iter_planes, read_image, read_info
 from .image_write import to_dtype, write_tiff
@@ -441,8 +441,7 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
         raise UserError(f"--working-pixel must be a pixel size in um, got {working_pixel_um:g}")
     if tile < 1:
         raise UserError(f"--tile must be a positive number of pixels, got {tile}")
-    if z_step_um is not None and not (z_step_um > 0 and math.isfinite(z_step_um)):
-        raise UserError(f"--z-step must be a positive number of um, got {z_step_um}")
+    require_number("--z-step", z_step_um, 0, open_low=True, optional=True)
     options = (optics or OpticsOptions()).checked()
     data = Path(data)
     rule = _resize_rule(scale, working_pixel_um)

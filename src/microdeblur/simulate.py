@@ -17,7 +17,7 @@ import scipy.fft as sfft
 
 from . import log
 from . import specimens as _specimens
-from .errors import UserError
+from .errors import UserError, require_number
 from .labs import REFERENCE, Lab, draw_lab, lab_for
 from .microscope import Camera, DustShadow, Imager, Optics, cis, dust_map, expose, illumination
 from .provenance import software_versions
@@ -154,8 +154,7 @@ def _check_args(out: Path, days: int, planes: int, size: tuple[int, int], z_step
         raise UserError(f"--size {size[0]}x{size[1]} is too small: both sides must be at least {MIN_SIZE} px")
     if max(size) > 8192:
         raise UserError(f"--size {size[0]}x{size[1]} is too large (at most 8192 px a side)")
-    if z_step_um is not None and not (z_step_um > 0 and math.isfinite(z_step_um)):
-        raise UserError(f"--z-step must be a positive number of um, got {z_step_um}")
+    require_number("--z-step", z_step_um, 0, open_low=True, optional=True)
     if cells is not None and not 0 <= cells <= MAX_CELLS:
         raise UserError(f"--cells must be 0 to {MAX_CELLS:,}, got {cells}")
     if out.exists() and not out.is_dir():

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .atomic import check_output_path
 from .devices import PRECISIONS
-from .errors import UserError
+from .errors import UserError, require_number
 from .losses import DEBLUR_LOSSES
 from .model_config import VARIANTS, VariantTraits
 from .objectives import StepOptions
@@ -107,20 +106,6 @@ class TrainConfig:
 
 
 
-def _finite(name: str, value: float, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> None:
-    """UserError unless value is a finite number inside [low, high] (or (low, high] with open_low)."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if open_low else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        lo = "" if low is None else (f"> {low:g}" if open_low else f">= {low:g}")
-        hi = "" if high is None else f"<= {high:g}"
-        need = " and ".join(p for p in (lo, hi) if p) or "finite"
-        raise UserError(f"{name} must be a finite number {need}, got {value}")
-
-
 def _inputs(cfg: TrainConfig) -> list[Path]:
     """The weights and checkpoint files a run reads (`--init shipped`: the packaged weights)."""
     init = cfg.init if cfg.init is None or str(cfg.init) != "shipped" else default_weights_path()
@@ -162,15 +147,15 @@ def check_config(cfg: TrainConfig, output: Path) -> None:
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {cfg.max_steps}")
     if cfg.max_minutes is not None:
-        _finite("--max-minutes", cfg.max_minutes, 0, open_low=True)
+        require_number("--max-minutes", cfg.max_minutes, 0, open_low=True)
     if cfg.crop % 16:
         raise UserError(f"--crop must be a multiple of 16 (the network's size step), got {cfg.crop}")
-    _finite("--lr", cfg.lr, 0, 1, open_low=True)
-    _finite("--p-focus", cfg.p_focus, 0, 1)
-    _finite("--margin", cfg.margin, 0, open_low=True)
-    _finite("--distance-weight", cfg.distance_weight, 0)
-    _finite("--cycle-weight", cfg.cycle_weight, 0)
-    _finite("--deblur-weight", cfg.deblur_weight, 0)
+    require_number("--lr", cfg.lr, 0, 1, open_low=True)
+    require_number("--p-focus", cfg.p_focus, 0, 1)
+    require_number("--margin", cfg.margin, 0, open_low=True)
+    require_number("--distance-weight", cfg.distance_weight, 0)
+    require_number("--cycle-weight", cfg.cycle_weight, 0)
+    require_number("--deblur-weight", cfg.deblur_weight, 0)
     if cfg.deblur_loss not in DEBLUR_LOSSES:
         raise UserError(f"unknown --deblur-loss {cfg.deblur_loss!r}: use {', '.join(DEBLUR_LOSSES)}")
     if cfg.unshuffle not in (1, 2, 4):
@@ -188,14 +173,14 @@ def check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError("--deblur-all needs --deblur-weight > 0")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown --precision {cfg.precision!r}: use {', '.join(PRECISIONS)}")
-    _finite("--val-fraction", cfg.val_fraction, 0, 0.9)
-    _finite("--ema", cfg.ema, 0)
+    require_number("--val-fraction", cfg.val_fraction, 0, 0.9)
+    require_number("--ema", cfg.ema, 0)
     if cfg.ema >= 1:
         raise UserError(f"--ema is a decay below 1 (0 turns it off; 0.999 averages about the last 1,000 steps), got {cfg.ema}")
     if cfg.dz_range is not None:
-        _finite("--dz-range", cfg.dz_range, 0, open_low=True)
+        require_number("--dz-range", cfg.dz_range, 0, open_low=True)
     if cfg.dz_weight is not None:
-        _finite("--dz-weight", cfg.dz_weight, 0)
+        require_number("--dz-weight", cfg.dz_weight, 0)
     if cfg.beta_delay < 0 or cfg.beta_ramp < 0:
         raise UserError(f"--beta-delay and --beta-ramp are step counts >= 0, got {cfg.beta_delay} and {cfg.beta_ramp}")
     if cfg.dz_weight and not cfg.traits.scalar_blur:
