@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -36,9 +37,9 @@ class Tile:
         """Source/destination slice into the padded image."""
         return slice(self.y, self.y + len(self.wy)), slice(self.x, self.x + len(self.wx))
 
-    @property
+    @cached_property
     def weight(self) -> np.ndarray:
-        """(T, T) float32 blend weight window."""
+        """(T, T) float32 blend weight window (built once per tile: grids are reused plane after plane)."""
         return np.outer(self.wy, self.wx)
 
 
@@ -62,6 +63,17 @@ class TileGrid:
     def rows_cols(self) -> tuple[int, int]:
         """Number of tile rows and columns."""
         return len(self.ys), len(self.xs)
+
+    @cached_property
+    def weight_sum(self) -> np.ndarray:
+        """Sum of all tile weights over the padded image (separable: outer product of 1-D sums)."""
+        sy = np.zeros(self.padded_shape[0], dtype=np.float32)
+        sx = np.zeros(self.padded_shape[1], dtype=np.float32)
+        for t in self.tiles[:: len(self.xs)]:
+            sy[t.slices[0]] += t.wy
+        for t in self.tiles[: len(self.xs)]:
+            sx[t.slices[1]] += t.wx
+        return np.outer(sy, sx)
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -188,18 +200,7 @@ class Blend:
         """sum(w*y) / sum(w) over the unpadded image (float32)."""
         (t0, _), (l0, _) = self.grid.pad
         h, w = self.grid.shape
-        return self.acc[t0:t0 + h, l0:l0 + w] / _weight_sum(self.grid)[t0:t0 + h, l0:l0 + w]
-
-
-def _weight_sum(grid: TileGrid) -> np.ndarray:
-    """Sum of all tile weights over the padded image (separable: outer product of 1-D sums)."""
-    sy = np.zeros(grid.padded_shape[0], dtype=np.float32)
-    sx = np.zeros(grid.padded_shape[1], dtype=np.float32)
-    for t in grid.tiles[:: len(grid.xs)]:
-        sy[t.slices[0]] += t.wy
-    for t in grid.tiles[: len(grid.xs)]:
-        sx[t.slices[1]] += t.wx
-    return np.outer(sy, sx)
+        return self.acc[t0:t0 + h, l0:l0 + w] / self.grid.weight_sum[t0:t0 + h, l0:l0 + w]
 
 
 def tile_centres(grid: TileGrid, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
