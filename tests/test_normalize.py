@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from microdeblur.image_write import to_dtype
-from microdeblur.normalize import EXACT_PIXELS, Normalizer, frame_median, frame_normalizer
+from microdeblur.normalize import EXACT_PIXELS, Normalizer, frame_normalizer, frame_statistics
 
 
 def test_percentiles_and_exact_round_trip():
@@ -51,15 +51,17 @@ def test_non_finite_frames_are_refused(bad):
     with pytest.raises(ValueError, match="1 NaN or infinite"):
         frame_normalizer(frame)
     with pytest.raises(ValueError):
-        frame_median(frame)
+        frame_statistics(frame)
 
 
-def test_frame_median():
+def test_frame_statistics_are_the_normalizer_and_the_median():
     rng = np.random.default_rng(2)
     small = rng.normal(1000, 100, (48, 64)).astype(np.float32)
-    assert frame_median(small) == float(np.median(small))
+    norm, median = frame_statistics(small)
+    assert norm == frame_normalizer(small) and median == pytest.approx(float(np.median(small)), rel=1e-6)
     big = rng.normal(1000, 100, (1536, 2048)).astype(np.float32)
-    assert abs(frame_median(big) - float(np.median(big))) < 2
+    norm, median = frame_statistics(big)
+    assert norm == frame_normalizer(big) and abs(median - float(np.median(big))) < 2
 
 
 def test_intensity_model_and_spec_round_trip_and_validate():

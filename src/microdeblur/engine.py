@@ -27,7 +27,7 @@ from . import calibration, log
 from .errors import UserError
 from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, neighbourhood_window, tile_defocus
 from .model_config import ModelConfig
-from .normalize import NormalizationSpec, Normalizer, frame_median, frame_normalizer
+from .normalize import NormalizationSpec, Normalizer, frame_normalizer, frame_statistics
 from .resizing import SCALE_RANGE, rescale, resize_to, scale_ok
 from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_contrast, tile_grid, upsample_tile_values
 
@@ -219,8 +219,10 @@ class Deblurrer:
     def _working(self, plane: np.ndarray) -> tuple[np.ndarray, Normalizer, float | None]:
         """Resized, normalised float32 plane, its normaliser and (with focus ratios) its raw median."""
         work = rescale(plane, self.scale)
-        norm = frame_normalizer(work, self.pmin, self.pmax)
-        median = frame_median(work) if self.focus_ratios is not None else None
+        if self.focus_ratios is None:
+            norm, median = frame_normalizer(work, self.pmin, self.pmax), None
+        else:
+            norm, median = frame_statistics(work, self.pmin, self.pmax)
         return norm.before(work), norm, median
 
     def encode(self, plane: np.ndarray) -> Encoded:

@@ -44,13 +44,19 @@ NORMALIZATION = {"method": "frame-percentile", "pmin": PMIN, "pmax": PMAX}  # wh
 def frame_normalizer(frame: np.ndarray, pmin: float = PMIN, pmax: float = PMAX) -> Normalizer:
     """Normalizer from the frame's pmin/pmax percentiles (strided subsample above EXACT_PIXELS)."""
     lo, hi = (float(v) for v in np.percentile(_sample(frame), [pmin, pmax]))
-    span = 1e-6 * max(1.0, abs(lo))  # smallest span float32 still resolves at this magnitude
+    return _spanned(lo, hi)
+
+
+def _spanned(lo: float, hi: float) -> Normalizer:
+    """Normalizer lo..hi, widened to the smallest span float32 still resolves at this magnitude."""
+    span = 1e-6 * max(1.0, abs(lo))
     return Normalizer(lo, hi if hi - lo > span else lo + span)
 
 
-def frame_median(frame: np.ndarray) -> float:
-    """Median of the frame, sampled as frame_normalizer samples it."""
-    return float(np.median(_sample(frame)))
+def frame_statistics(frame: np.ndarray, pmin: float = PMIN, pmax: float = PMAX) -> tuple[Normalizer, float]:
+    """`frame_normalizer` and the frame's median, both from one pass over the same sample of the frame."""
+    lo, hi, median = (float(v) for v in np.percentile(_sample(frame), [pmin, pmax, 50.0]))
+    return _spanned(lo, hi), median
 
 
 @dataclass(frozen=True)
