@@ -10,6 +10,10 @@
 #   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_shipped.sh 18000 \
 #       m1dsc18 --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999 --val-frames runs/val/ref
 # (the same with 9000 m1dsc is the stage 1 of the weights shipped before, m1dscr10)
+# The full-resolution candidate in training (model card ¹⁴; its stage 2 is train_randomised.sh ... m1dfscr
+# runs/m1dfsc.safetensors with the same options; benchmarks/ship.sh 15000 10000 m1dfsc --unshuffle 1 runs both):
+#   ... bash benchmarks/train_shipped.sh 15000 m1dfsc --unshuffle 1 --deblur-weight 1 --dz-weight 1 --source-code \
+#       --ema 0.999 --val-frames runs/val/ref
 # The plain recipe (shipped until 2026-12-02): bash benchmarks/train_shipped.sh 10000 m1d
 # Editing the source tree while a run trains can end it: modules imported late (the frame probe's) are read then.
 # To keep working, run it from a snapshot: git archive HEAD src | tar -x -C /path/snap; PYTHONPATH=/path/snap/src bash ...
