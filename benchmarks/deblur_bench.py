@@ -373,7 +373,7 @@ def section_f(weights: Path, n: int = 64) -> None:
 STAGES_CHILD = """
 import sys, time
 t0 = time.perf_counter()
-from microdeblur.inference import load_deblurrer
+from microdeblur.backends import load_deblurrer
 from microdeblur.image_read import read_image
 from microdeblur.image_write import write_tiff
 t1 = time.perf_counter()

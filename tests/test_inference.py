@@ -22,7 +22,8 @@ from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
 from microdeblur.image_read import read_image
 from microdeblur.image_write import write_tiff
-from microdeblur.inference import deblur_paths, interpolate_paths
+from microdeblur.inference import deblur_paths
+from microdeblur.interpolation import interpolate_paths
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.normalize import NORMALIZATION as DEFAULT_NORMALIZATION
 from microdeblur.normalize import Normalizer, frame_normalizer
@@ -567,7 +568,7 @@ def test_interleaved_encode_decode_equals_encode_then_decode(tmp_path, shape, ba
 
 def test_interpolation_starts_at_the_reconstruction_for_a_source_code_network(tmp_path):
     """The walk's first target is the code the identity carries, so plane 0 decodes each tile with target = source."""
-    from microdeblur.inference import walk_codes
+    from microdeblur.interpolation import walk_codes
 
     db = _source_code_deblurrer(tmp_path)
     a, b = _image((300, 420), np.uint16, seed=9), _image((300, 420), np.uint16, seed=10)

@@ -20,7 +20,8 @@ from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
 from microdeblur.image_read import read_image, read_info
 from microdeblur.image_write import write_tiff
-from microdeblur.inference import deblur_paths, interpolate_paths
+from microdeblur.inference import deblur_paths
+from microdeblur.interpolation import interpolate_paths
 from microdeblur.networks import DisentangledAE, ModelConfig
 from microdeblur.optics import OpticsRun
 from microdeblur.weights import (

@@ -353,7 +353,7 @@ def interpolate(
 ) -> None:
     """Walk the blur code from A's focus level to B's (or between two dz) and write the stack."""
     from .calibration import OpticsOptions
-    from .inference import interpolate_paths
+    from .interpolation import interpolate_paths
 
     interpolate_paths(a, b, output, steps=steps, dz_from=dz_from, dz_to=dz_to, weights=weights, scale=scale,
                       overlap=overlap, batch_size=batch_size, precision=precision, device=device, overwrite=overwrite,

@@ -11,23 +11,23 @@ import numpy as np
 
 from . import calibration, log
 from .atomic import Outputs
+from .backends import load_deblurrer
 from .batch_runs import Batch, check_replaceable, has_header, run_batch, shard_pairs
 from .calibration import OpticsOptions
 from .engine import IN_FOCUS_UM, NO_CONTRAST, OVERLAP, Deblurrer, require_calibration
 from .errors import UserError
-from .inference import (
-    _check_outputs,
-    _checked_planes,
-    _info_or_raise,
-    _is_folder_name,
-    _output_paths,
-    _plan,
-    _planes_to_do,
-    _tolerant_infos,
-    load_deblurrer,
-)
 from .inputs import TIFF_SUFFIXES, Shard
 from .optics import OpticsRun
+from .run_plan import (
+    check_outputs,
+    checked_planes,
+    info_or_raise,
+    is_folder_name,
+    output_paths,
+    plan_run,
+    planes_to_do,
+    tolerant_infos,
+)
 
 FOCUS_COLUMNS = ("file", "plane", "median_dz_um", "frac_in_focus", "n_tiles", "n_tiles_used")
 # the table of an unsigned run (--sign unsigned, or auto without a reliable sign): the median is of |dz|
@@ -60,7 +60,7 @@ def _focus_file(db: Deblurrer, path: Path, info, out, bar, factor: float = 1.0, 
         writer = stack.enter_context(StackWriter(out, info.shape, np.float32, **kw))
         conf_writer = None if conf_out is None else stack.enter_context(
             StackWriter(conf_out, info.shape, np.float32, **kw))
-        planes = _checked_planes(path, info)
+        planes = checked_planes(path, info)
         try:
             for i, plane in planes:
                 dmap, cmap, s = db.focus_maps(plane, factor, signed=signed, confidence=conf_writer is not None)
@@ -159,10 +159,10 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
     batch = Batch(shard, skip_existing, manifest)
     if confidence is not None and batch.active:
         raise UserError("--confidence cannot be combined with --shard, --skip-existing or --manifest")
-    files, infos, outs = _plan(inputs, output, _focus_name, batch)
+    files, infos, outs = plan_run(inputs, output, _focus_name, batch)
     conf_outs: list[Path] = []
     if confidence is not None:
-        conf_outs = _output_paths(files, Path(confidence), _confidence_name, _is_folder_name(confidence))
+        conf_outs = output_paths(files, Path(confidence), _confidence_name, is_folder_name(confidence))
         for c in conf_outs:
             if c.suffix.lower() not in TIFF_SUFFIXES:
                 raise UserError(f"{c}: confidence maps are written as .tif or .tiff")
@@ -178,12 +178,12 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
                 columns = FOCUS_COLUMNS_UNSIGNED if has_header(Path(csv), FOCUS_COLUMNS_UNSIGNED) else FOCUS_COLUMNS
                 check_replaceable(Path(csv), columns, files, overwrite, "focus table", others=outs)
             else:
-                _check_outputs([Path(csv)], files, overwrite, others=outs)
+                check_outputs([Path(csv)], files, overwrite, others=outs)
     else:
-        _check_outputs(outs, files, overwrite)
-        _check_outputs(conf_outs, files, overwrite, others=outs)
+        check_outputs(outs, files, overwrite)
+        check_outputs(conf_outs, files, overwrite, others=outs)
         if csv is not None:
-            _check_outputs([Path(csv)], files, overwrite, others=outs + conf_outs)
+            check_outputs([Path(csv)], files, overwrite, others=outs + conf_outs)
     db, meta = load_deblurrer(weights, device, backend, precision, scale=scale, overlap=overlap, batch_size=batch_size)
     cal = require_calibration(meta, weights, "focus")
     if cal["kind"] == "abs":
@@ -191,7 +191,7 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
     run = OpticsRun(db, optics, True)
     if batch.active:
         # one choice over every input of the run (all shards alike), from the headers that can be read
-        signed, notes = _sign_notes(sign, cal, weights, optics, _tolerant_infos(files).values(), confidence)
+        signed, notes = _sign_notes(sign, cal, weights, optics, tolerant_infos(files).values(), confidence)
         if csv is not None and batch.skip_existing:
             _check_table_sign(Path(csv), signed)
         return _focus_batch(run, pairs, batch, csv, overwrite=overwrite, files=files, outs=outs, signed=signed,
@@ -235,18 +235,18 @@ def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, c
     the rows an earlier CSV of the same name held for the inputs skipped now."""
     from .atomic import AtomicFile
 
-    infos = _tolerant_infos(f for f, o in pairs if not (batch.skip_existing and o.is_file()))
+    infos = tolerant_infos(f for f, o in pairs if not (batch.skip_existing and o.is_file()))
     rows: dict[Path, list[dict]] = {}
 
     def process(path: Path, out) -> None:
-        info = _info_or_raise(infos, path)
+        info = info_or_raise(infos, path)
         db, factor = run.resolve(info)
         file_rows = list(_focus_file(db, path, info, out, bar, factor, signed))
         rows[path] = file_rows
         _report_focus(path, file_rows)
 
     try:
-        with log.progress("focus", total=_planes_to_do(pairs, infos, batch.skip_existing)) as bar:
+        with log.progress("focus", total=planes_to_do(pairs, infos, batch.skip_existing)) as bar:
             done = run_batch(pairs, process, batch, overwrite=overwrite, files=files, what="focus")
         run.report()
         _say(list(notes))

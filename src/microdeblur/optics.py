@@ -4,6 +4,8 @@ docs/inference.md, "Units, optics and resizing")."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import calibration, log
 from .calibration import (
     NA_RANGE,
@@ -77,3 +79,14 @@ class OpticsRun:
         log.debug(f"{info.path}: pixel {m.pixel_um} um, resize factor {db.scale:g}, NA {m.na:g}, "
                   f"wavelength {m.wavelength_um:g} um, dz factor {factor:.6g}")
         return db, factor
+
+
+def dz_code_in_range(cal: dict, dz: np.ndarray | float, factor: float = 1.0) -> np.ndarray:
+    """Blur code(s) at dz (um of the training microscope), warning when dz lies outside the calibrated range
+    (named in um of the input's microscope: `factor` = calibration.dz_factor)."""
+    lo, hi = calibration.dz_range(cal)
+    dzs = np.atleast_1d(np.asarray(dz, dtype=np.float64))
+    probe = np.abs(dzs) if cal["kind"] == "abs" else dzs
+    if np.any(probe < lo - 1e-9) or np.any(probe > hi + 1e-9):
+        log.warn(f"dz outside the calibrated range [{lo * factor:.4g}, {hi * factor:.4g}] um is clipped to it")
+    return calibration.dz_to_code(cal, dz)

@@ -46,14 +46,10 @@ def weights_path(value: Any) -> Path | None:
 
 @lru_cache(maxsize=2)
 def _load(path: str | None, stamp: int, device: str):
-    """Deblurrer for one weights file version (cached: the three widgets share it)."""
-    from ..devices import resolve_device
-    from ..engine import Deblurrer
-    from ..weights import load_weights
+    """Deblurrer for one weights file version on PyTorch (cached: the three widgets share it)."""
+    from ..backends import load_deblurrer
 
-    dev = resolve_device(device)
-    model, meta = load_weights(path, device=str(dev))
-    return Deblurrer(model, meta, device=dev)
+    return load_deblurrer(None if path is None else Path(path), device, backend="torch")[0]
 
 
 def deblurrer(weights: Any = None, device: str = "auto"):
