@@ -191,11 +191,12 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
     run = OpticsRun(db, optics, True)
     if batch.active:
         # one choice over every input of the run (all shards alike), from the headers that can be read
-        signed, notes = _sign_notes(sign, cal, weights, optics, tolerant_infos(files).values(), confidence)
+        headers = tolerant_infos(files)
+        signed, notes = _sign_notes(sign, cal, weights, optics, headers.values(), confidence)
         if csv is not None and batch.skip_existing:
             _check_table_sign(Path(csv), signed)
-        return _focus_batch(run, pairs, batch, csv, overwrite=overwrite, files=files, outs=outs, signed=signed,
-                            notes=notes)
+        return _focus_batch(run, pairs, batch, csv, headers, overwrite=overwrite, files=files, outs=outs,
+                            signed=signed, notes=notes)
     signed, notes = _sign_notes(sign, cal, weights, optics, infos, confidence)
     rows = []
     per_file = [run.resolve(info) for info in infos]  # every input's optics checked before anything is written
@@ -228,14 +229,14 @@ def _check_table_sign(csv: Path, signed: bool) -> None:
                         "run that wrote it, or another --csv")
 
 
-def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, csv: Path | None, *, overwrite: bool,
-                 files: list[Path], outs: list[Path], signed: bool = True,
+def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, csv: Path | None, infos: dict, *,
+                 overwrite: bool, files: list[Path], outs: list[Path], signed: bool = True,
                  notes: Sequence[tuple[Callable, str]] = ()) -> list[Path]:
-    """Batch-mode focus maps; the CSV holds the rows of the inputs this run mapped, plus (with --skip-existing)
-    the rows an earlier CSV of the same name held for the inputs skipped now."""
+    """Batch-mode focus maps (`infos`: every input's header or the error refusing it, read once for the run); the
+    CSV holds the rows of the inputs this run mapped, plus (with --skip-existing) the rows an earlier CSV of the
+    same name held for the inputs skipped now."""
     from .atomic import AtomicFile
 
-    infos = tolerant_infos(f for f, o in pairs if not (batch.skip_existing and o.is_file()))
     rows: dict[Path, list[dict]] = {}
 
     def process(path: Path, out) -> None:
