@@ -18,8 +18,9 @@ from microdeblur.calibration import (
     sign_confidence,
     sign_reliability,
     sign_table,
+    tile_sign_confidence,
 )
-from microdeblur.engine import Deblurrer, tile_sign_confidence
+from microdeblur.engine import Deblurrer
 from microdeblur.focus_runs import focus_paths
 from microdeblur.image_read import read_image
 from microdeblur.image_write import write_tiff

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .engine import OVERLAP, normalization_spec
+from .engine import OVERLAP
 from .errors import UserError
 from .focus_gate import WINDOW_TILES
-from .normalize import EXACT_PIXELS
+from .normalize import EXACT_PIXELS, NormalizationSpec
 
 EXTRA_HINT = "pip install 'microdeblur[bioimageio]'"
 THESIS = ("Ritsema, S. (2023). A Disentangled Representation Learning Approach for Deblurring Microscopy Images. "
@@ -233,7 +233,7 @@ def package_model(model: nn.Module, meta) -> torch.jit.ScriptModule:
     if code.size != model.config.blur_dim:
         raise UserError("the weights hold no in-focus blur code: there is nothing to deblur with")
     k = working_factor(float(meta.scale))
-    spec = normalization_spec(meta)
+    spec = NormalizationSpec.of_weights(meta)
     ratios = [] if spec.intensity is None else [spec.intensity.normalizer(0.0, 1.0).lo, spec.intensity.normalizer(0.0, 1.0).hi]
     cfg = model.config
     model = model.float().eval().requires_grad_(False)
@@ -312,7 +312,7 @@ microdeblur's shipped weights): a smoother, more in-focus-like picture, not rest
 def write_documentation(path: Path, meta, k: int, model: nn.Module) -> Path:
     """README.md: package notes with a Validation section, then the model card (docs/model-card.md of a source
     checkout; a pointer to it when that is not available)."""
-    spec = normalization_spec(meta)
+    spec = NormalizationSpec.of_weights(meta)
     revert = ("the in-focus intensity range, stored as ratios to the image median" if spec.intensity is not None
               else "the input's own percentile range")
     notes = PACKAGE_NOTES.format(k=k, pmin=spec.pmin, pmax=spec.pmax,
@@ -342,7 +342,7 @@ def describe(files: dict[str, Path], meta, k: int, model: nn.Module):
     from . import __version__
 
     tile, step = k * model.config.tile, k * model.config.downsample
-    norm_spec = normalization_spec(meta)
+    norm_spec = NormalizationSpec.of_weights(meta)
     pmin, pmax = norm_spec.pmin, norm_spec.pmax
 
     def space_in(axis: str):

@@ -323,3 +323,17 @@ def sign_confidence(table: dict | None, abs_dz) -> np.ndarray:
     conf = np.clip(2.0 * np.asarray(table["fraction_correct"], dtype=np.float64) - 1.0, 0.0, 1.0)
     out = np.interp(a, np.asarray(table["abs_dz_um"], dtype=np.float64), conf)
     return np.where(np.isfinite(a), out, np.nan)
+
+
+def tile_sign_confidence(cal: dict, dz_train_um: np.ndarray) -> np.ndarray:
+    """Confidence (0..1) in the sign of each tile's dz (um of the training microscope) from the calibration's
+    measured `sign_reliability` table (sign_confidence); 0 for an 'abs' calibration (the code holds no
+    sign); NaN for weights without the table (written before it was measured) or with a malformed one."""
+    dz_train_um = np.asarray(dz_train_um, dtype=np.float64)
+    if cal.get("kind") == "abs":
+        return np.zeros(dz_train_um.shape)
+    try:
+        table = sign_table(cal)
+    except ValueError:
+        table = None
+    return sign_confidence(table, dz_train_um)

@@ -8,10 +8,10 @@ each tile's own code replaced by its neighbourhood's median -> decode with the t
 (`resize_to`, bilinear) -> when deblurring to focus with a focus gate, input + weight x correction (focus_gate.py)
 -> cast to the input dtype (clip, round). Also here: per-tile defocus maps (`Deblurrer.focus_map`, from
 `tiling.tile_contrast` and `tiling.upsample_tile_values`) and the checks every front end applies to a plane and to the weights (`check_finite`,
-`require_calibration`, `normalization_spec`).
+`require_calibration`).
 The network itself is a runner on numpy tiles (`torch_runner.TorchRunner`, the reference, or
-`onnx_runner.OnnxRunner`), so this module never imports torch. The path-level commands are in `inference.py` and
-`focus_runs.py`, batch-run bookkeeping in `batch_runs.py`.
+`onnx_runner.OnnxRunner`), so this module never imports torch. The path-level commands are in `inference.py`,
+`interpolation.py` and `focus_runs.py`, batch-run bookkeeping in `batch_runs.py`.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Deblurrer:
 
         self.optics = training_optics(meta)  # the microscope the weights were trained for (calibration's µm)
         self.overlap, self.batch_size, self.meta = overlap, batch_size, meta
-        self.spec = normalization_spec(meta)
+        self.spec = NormalizationSpec.of_weights(meta)
         self.pmin, self.pmax = self.spec.pmin, self.spec.pmax
         self.focus_ratios = self.spec.intensity
         self._median_warned = False
@@ -423,7 +423,7 @@ class Deblurrer:
 
         Unsigned (`signed` False): every tile's |dz| is interpolated (no false in-focus band where neighbouring
         tiles' signs differ) and the summary's median is `median_abs_dz_um` instead of `median_dz_um`. The
-        confidence map (with `confidence`) holds each tile's `tile_sign_confidence`, interpolated like the dz map,
+        confidence map (with `confidence`) holds each tile's `calibration.tile_sign_confidence`, interpolated like the dz map,
         NaN where the dz map is NaN."""
         rows, cols = tf.grid.rows_cols
         dz = (tf.dz_um * float(dz_factor)).astype(np.float32)
@@ -433,7 +433,7 @@ class Deblurrer:
         dmap = upsample_tile_values(dz, tf.grid, tf.shape)
         cmap = None
         if confidence:
-            conf = tile_sign_confidence(self.meta.calibration, tf.dz_um)
+            conf = calibration.tile_sign_confidence(self.meta.calibration, tf.dz_um)
             conf = np.where(tf.usable, conf, np.nan).astype(np.float32)
             cmap = upsample_tile_values(conf.reshape(rows, cols), tf.grid, tf.shape)
             cmap = np.where(np.isfinite(dmap), np.clip(cmap, 0.0, 1.0), np.nan).astype(np.float32)
@@ -443,27 +443,6 @@ class Deblurrer:
                    "frac_in_focus": float(np.mean(np.abs(known) <= IN_FOCUS_UM)) if known.size else float("nan"),
                    "n_tiles": int(dz.size), "n_tiles_used": int(tf.usable.sum())}
         return dmap, cmap, summary
-
-
-def tile_sign_confidence(cal: dict, dz_train_um: np.ndarray) -> np.ndarray:
-    """Confidence (0..1) in the sign of each tile's dz (um of the training microscope) from the calibration's
-    measured `sign_reliability` table (calibration.sign_confidence); 0 for an 'abs' calibration (the code holds no
-    sign); NaN for weights without the table (written before it was measured) or with a malformed one."""
-    dz_train_um = np.asarray(dz_train_um, dtype=np.float64)
-    if cal.get("kind") == "abs":
-        return np.zeros(dz_train_um.shape)
-    try:
-        table = calibration.sign_table(cal)
-    except ValueError:
-        table = None
-    return calibration.sign_confidence(table, dz_train_um)
-
-def normalization_spec(meta) -> NormalizationSpec:
-    """The weights' typed normalisation spec, or a UserError naming what is wrong with it."""
-    try:
-        return NormalizationSpec.from_dict(getattr(meta, "normalization", None))
-    except ValueError as e:
-        raise UserError(f"the weights' normalization metadata is inconsistent: {e}") from None
 
 
 # ---------------------------------------------------------------- checks of planes and weights (every front end)

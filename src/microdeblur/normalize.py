@@ -101,6 +101,16 @@ class NormalizationSpec:
     intensity: IntensityModel | None = None
 
     @classmethod
+    def of_weights(cls, meta) -> NormalizationSpec:
+        """The spec a weights file's metadata records, or a UserError naming what is wrong with it."""
+        from .errors import UserError
+
+        try:
+            return cls.from_dict(getattr(meta, "normalization", None))
+        except ValueError as e:
+            raise UserError(f"the weights' normalization metadata is inconsistent: {e}") from None
+
+    @classmethod
     def from_dict(cls, value: dict | None) -> NormalizationSpec:
         """Read `WeightsMeta.normalization` (files written by 0.1 and 0.2 alike); ValueError when malformed."""
         d = dict(value or {})
