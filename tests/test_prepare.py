@@ -234,8 +234,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
         "duplicate day names": ([good, good, out], "good"),
         "bad scale": ([good, out, "--scale", "0"], "--scale"),
         "only projections": ([tmp_path / "proj", out], "projection"),
-        "NaN pixel in a plane file": ([tmp_path / "nan", out], "nan_z002.tif: holds NaN"),
-        "inf pixel in a stack": ([tmp_path / "inf.tif", out], "(plane 2): holds NaN or infinite"),
+        "NaN pixel in a plane file": ([tmp_path / "nan", out], "nan_z002.tif: 1 pixel(s) are NaN"),
+        "inf pixel in a stack": ([tmp_path / "inf.tif", out], "(plane 2): 1 pixel(s) are NaN, infinite"),
     }
 
 

@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 from . import log
 from .atomic import StagedFolder
 from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value, dz_factor
+from .engine import check_finite
 from .errors import UserError, require_number
 from .image_meta import ImageInfo
 from .image_read import iter_planes, read_image, read_info
@@ -308,9 +309,7 @@ def _day_planes(day: Day) -> Iterator[np.ndarray]:
             y, x = day.info.plane_shape
             raise UserError(f"{where}: frame size {plane.shape[1]}x{plane.shape[0]} differs from {x}x{y} "
                             f"of {day.files[0].name} (all planes of a day must match)")
-        if plane.dtype.kind in "fc" and not np.isfinite(plane).all():
-            raise UserError(f"{where}: holds NaN or infinite pixel values; prepare needs finite frames")
-        yield plane
+        yield check_finite(plane, where)
 
 
 def _single_plane(path: Path) -> np.ndarray:
