@@ -196,7 +196,7 @@ def test_evaluate_scores_whole_frames(prepared: Path, tmp_path: Path):
     assert len(f["rows"]) == 16 and "## Whole frames" in (tmp_path / "report" / "report.md").read_text()
 
 
-def _tile_graph(path: Path, input_name: str = "tiles") -> Path:
+def _tile_graph(path: Path, input_name: str = "tiles", dynamic: bool = True) -> Path:
     """A tile-to-tile ONNX graph [N,1,T,T] -> same that returns its input (a stand-in for CAREamics' CARE export)."""
     import torch
 
@@ -204,8 +204,9 @@ def _tile_graph(path: Path, input_name: str = "tiles") -> Path:
         def forward(self, t):
             return t * 1.0
 
+    axes = {input_name: {0: "n"}, "out": {0: "n"}} if dynamic else None
     torch.onnx.export(Same(), (torch.zeros(2, 1, 64, 64),), str(path), input_names=[input_name], output_names=["out"],
-                      dynamic_axes={input_name: {0: "n"}, "out": {0: "n"}}, opset_version=17, dynamo=False)
+                      dynamic_axes=axes, opset_version=17, dynamo=False)
     return path
 
 
@@ -234,12 +235,17 @@ def test_evaluate_puts_onnx_peers_in_the_whole_frame_table(prepared: Path, tmp_p
 @pytest.mark.parametrize("spec, frames, message", [
     ("CARE", True, "NAME=FILE"), ("=x.onnx", True, "NAME=FILE"), ("CARE=missing.onnx", True, "no such file"),
     ("input={graph}", True, "already taken"), ("CARE={graph}", False, "give --frames"),
-    ("CARE={bad}", True, "tile-to-tile"), ("CARE={junk}", True, "not a readable ONNX graph")])
+    ("CARE={bad}", True, "tile-to-tile"), ("CARE={junk}", True, "not a readable ONNX graph"),
+    ("Richardson-Lucy (5 it.)={graph}", True, "already taken"), ("one_d={graph}", True, "also a model's name"),
+    ("CARE={fixed}", True, "free batch axis")])
 def test_evaluate_refuses_bad_onnx_peers_before_any_work(prepared: Path, tmp_path: Path, spec, frames, message):
     graph, bad = _tile_graph(tmp_path / "same.onnx"), _tile_graph(tmp_path / "bad.onnx", input_name="image")
+    fixed = _tile_graph(tmp_path / "fixed.onnx", dynamic=False)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a graph")
-    args = ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "--onnx", spec.format(graph=graph, bad=bad, junk=junk)]
+    w = _tiny_weights(tmp_path / "one_d.safetensors", "manifold-1d", 0)
+    args = ["evaluate", str(prepared), "-o", str(tmp_path / "r"), "-w", str(w),
+            "--onnx", spec.format(graph=graph, bad=bad, junk=junk, fixed=fixed)]
     res = CliRunner().invoke(app, args + (["--frames", str(prepared.parent / "raw")] if frames else []))
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "r").exists()

@@ -185,3 +185,18 @@ def test_huge_requests_are_refused(weights, image, tmp_path, args, words):
     filled = [a.format(tmp=tmp_path, image=image, weights=weights) for a in args]
     one_error(run_cli(*filled), *words)
     assert not (tmp_path / "s").exists() and not (tmp_path / "i.tif").exists()
+
+
+def test_require_number_takes_numpy_scalars_and_names_the_option():
+    from microdeblur.errors import UserError, require_number
+
+    require_number("--dz", np.int64(3))
+    require_number("--z-step", np.float32(2.5), 0, open_low=True)
+    require_number("--dz", None, optional=True)
+    with pytest.raises(UserError, match=r"^--dz must be a finite number, got nan$"):
+        require_number("--dz", float("nan"))
+    with pytest.raises(UserError, match=r"--z-step must be a finite number > 0, got 0.0"):
+        require_number("--z-step", 0.0, 0, open_low=True)
+    for bad in (True, "3", None):
+        with pytest.raises(UserError):
+            require_number("--x", bad)

@@ -122,7 +122,9 @@ def test_every_variant_has_one_network_form_and_one_training_step():
     from microdeblur.model_config import VARIANTS
     from microdeblur.objectives import MLVAE, OBJECTIVES
 
-    assert set(OBJECTIVES) == set(VARIANTS)
+    assert set(OBJECTIVES) == set(VARIANTS) == {"manifold-1d", "manifold", "ml-vae"}
+    assert [n for n, t in VARIANTS.items() if t.scalar_blur] == ["manifold-1d"]  # the thesis's 1-D blur code
+    assert [n for n, t in VARIANTS.items() if t.variational] == ["ml-vae"]  # the baseline's group posterior
     for name, traits in VARIANTS.items():
         cfg = tiny(name)
         assert cfg.traits is traits and (cfg.blur_dim == 1) == traits.scalar_blur

@@ -35,6 +35,7 @@ IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 # Tile overlap (px at working scale). With tiles aligned to the network's stride, 32 px keeps the difference to a
 # whole-image pass at a quarter of what 48 px unaligned gave, with 25 % fewer tiles (docs/benchmarks.md, issue 14).
 OVERLAP = 32
+GRIDS_KEPT = 4  # tile grids kept per Deblurrer (one per plane shape; the oldest goes first)
 BATCH_SIZE = 32  # tiles per network call on a CPU for the shipped network's size (cpu_batch_size)
 # A tile's contrast: std of its band-passed working-scale plane (Gaussian sigma 1 px minus sigma 8 px) over the
 # local mean level, raw units. Below this a tile shows nothing to estimate defocus from: measured 0.0026-0.0031
@@ -213,6 +214,8 @@ class Deblurrer:
         """The tile grid of a working-scale plane shape (built once per shape)."""
         shape = tuple(int(v) for v in shape)
         if shape not in self._grids:
+            if len(self._grids) >= GRIDS_KEPT:  # a grid holds its tiles' blend weights (~9 MB at 1024x768)
+                self._grids.pop(next(iter(self._grids)))
             self._grids[shape] = tile_grid(shape, self.tile, self.overlap, self.align)
         return self._grids[shape]
 

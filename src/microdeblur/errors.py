@@ -1,6 +1,7 @@
 """The one exception type the CLI turns into a one-line message and a non-zero exit, and the checks that raise it."""
 
 import math
+import numbers
 
 
 class UserError(Exception):
@@ -25,7 +26,7 @@ def require_number(name: str, value: float | None, low: float | None = None, hig
     open_low); with `optional` None passes (the option was not given)."""
     if optional and value is None:
         return
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)  # numpy scalars too
     if ok and low is not None:
         ok = value > low if open_low else value >= low
     if ok and high is not None:
@@ -33,5 +34,5 @@ def require_number(name: str, value: float | None, low: float | None = None, hig
     if not ok:
         lo = "" if low is None else (f"> {low:g}" if open_low else f">= {low:g}")
         hi = "" if high is None else f"<= {high:g}"
-        need = " and ".join(p for p in (lo, hi) if p) or "finite"
-        raise UserError(f"{name} must be a finite number {need}, got {value}")
+        need = " and ".join(p for p in (lo, hi) if p)
+        raise UserError(f"{name} must be a finite number{' ' + need if need else ''}, got {value}")

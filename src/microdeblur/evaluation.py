@@ -56,8 +56,11 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
     dev = resolve_device(device)
     prepared = PreparedData.load(data, dz_range=DZ_RANGE)
     peers = {name: frame_eval.onnx_tiled_method(path, prepared.scale) for name, path in peer_files.items()}
-    es = build_eval_set(prepared, split, quick, identities)
     models = load_models(weights, dev, prepared)
+    clash = sorted(set(peers) & {m.name for m in models})
+    if clash:
+        raise UserError(f"--onnx name {clash[0]!r} is also a model's name: give the peer another name")
+    es = build_eval_set(prepared, split, quick, identities)
     unet_model, unet_info = load_unet(unet, dev) if unet is not None else (None, None)
     if unet_model is not None and prepared.tile % 2**unet_model.config.depth:
         raise UserError(f"the U-Net needs tiles divisible by {2**unet_model.config.depth}; the data has {prepared.tile}-px tiles")
@@ -121,7 +124,7 @@ def onnx_peers(specs: Sequence[str], with_frames: bool) -> dict[str, Path]:
         name = name.strip()
         if not sep or not name or not path:
             raise UserError(f"--onnx takes NAME=FILE (e.g. CARE=runs/care.onnx), got {spec!r}")
-        if name in peers or name in (INPUT, "U-Net", "unsharp mask", "Richardson-Lucy"):
+        if name in peers or name in (INPUT, "U-Net", "unsharp mask") or name.startswith("Richardson-Lucy"):
             raise UserError(f"--onnx name {name!r} is already taken: give each peer its own name")
         if not Path(path).is_file():
             raise UserError(f"--onnx {name}: no such file {path}")

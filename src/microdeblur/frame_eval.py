@@ -174,7 +174,11 @@ def onnx_tiled_method(path, scale: float, tile: int = 128, views: int = 1) -> Me
     if len(inputs) != 1 or inputs[0].name != "tiles" or len(inputs[0].shape) != 4:
         raise UserError(f"{path}: not a tile-to-tile graph (needs one input `tiles` [N,1,T,T]; "
                         f"has {', '.join(f'{i.name} {i.shape}' for i in inputs) or 'none'})")
-    tile = inputs[0].shape[-1] if isinstance(inputs[0].shape[-1], int) else tile  # a graph with a fixed tile side
+    batch, side = inputs[0].shape[0], inputs[0].shape[-1]
+    tile = side if isinstance(side, int) else tile  # a graph with a fixed tile side
+    if isinstance(batch, int) or tile <= OVERLAP:
+        raise UserError(f"{path}: needs a free batch axis and tiles larger than the {OVERLAP}-px overlap "
+                        f"(input `tiles` is {inputs[0].shape})")
 
     def fn(t: np.ndarray) -> np.ndarray:
         return session.run(None, {"tiles": np.ascontiguousarray(t, np.float32)})[0]
