@@ -13,9 +13,12 @@
 # INIT for the shipped run: the stage-1 export, committed; its command in train_shipped.sh rebuilds it from scratch
 # (m1dsc18, 18,000 steps). Shipped before it: m1dscr10, the same command on models/checkpoints/m1dsc.safetensors
 # (9,000 steps; its gated file is models/checkpoints/m1dscr10_gated.safetensors). Before that (2026-12-02):
+# (m1dsc and m1dz1 left the tree on 2026-12-07: git show 09448fb:models/checkpoints/m1dz1.safetensors, or m1dsc)
 #   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
 #       --deblur-weight 1 --dz-weight 1 --source-code
 # on `bash benchmarks/train_shipped.sh 9000 m1dz1 --deblur-weight 1 --dz-weight 1` (exported step 8,250).
+# The full-resolution candidate (model card ¹⁴): ... 10000 m1dfscr models/checkpoints/m1dfsc.safetensors with the same
+# options (benchmarks/ship.sh 15000 10000 m1dfsc --unshuffle 1 runs both stages).
 # Re-running continues an interrupted run from runs/NAME.ckpt. LAUNCH runs it data-parallel, e.g. two one-thread
 # processes (1.3x the tiles/s of one two-thread process on 2 cores, docs/benchmarks.md):
 #   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_randomised.sh ...
@@ -40,8 +43,9 @@ RESUME=()
 [ -f "runs/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && RESUME=(--resume "runs/${NAME}.ckpt")
 [ ${#RESUME[@]} -eq 0 ] && [ -f "models/checkpoints/${NAME}.ckpt" ] && [ ! -f "$OUT" ] && {
   cp "models/checkpoints/${NAME}.ckpt" "runs/${NAME}.ckpt"; RESUME=(--resume "runs/${NAME}.ckpt"); }
-${LAUNCH:-microdeblur} -v train runs/data_mixed -o "$OUT" --init "$INIT" --epochs 100000 --max-steps "$STEPS" \
-  --lr 3e-4 --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 \
+# a finished run (its export there) goes straight to the gate fit, so a re-run completes a gate fit that failed
+[ -f "$OUT" ] || ${LAUNCH:-microdeblur} -v train runs/data_mixed -o "$OUT" --init "$INIT" --epochs 100000 \
+  --max-steps "$STEPS" --lr 3e-4 --dz-range 30 --seed 0 --workers "${WORKERS:-0}" --checkpoint-every 200 \
   --val-frames runs/val/ref --val-frames runs/val/random "${RESUME[@]}" "$@"
 [ "runs/${NAME}_gated.safetensors" -nt "$OUT" ] || python benchmarks/fit_focus_gate.py "$OUT" runs/val/ref runs/val/random \
   runs/val/ref_more runs/val/ref_sparse runs/val/random_more -o "runs/${NAME}_gated.safetensors" --overwrite

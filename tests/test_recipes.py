@@ -13,11 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAND_IN = """#!/usr/bin/env bash
-# record the call; make the file named by -o, as the real tool would
+# record the call; make the file named by -o, refusing an existing one without --overwrite as the real tools do
 echo "$(basename "$0") $*" >> "$CALLS"
 prev=""
 for a in "$@"; do
-  if [ "$prev" = "-o" ]; then mkdir -p "$(dirname "$a")"; touch "$a"; fi
+  if [ "$prev" = "-o" ]; then
+    if [ -e "$a" ] && [[ " $* " != *" --overwrite "* ]]; then echo "error: $a exists" >&2; exit 1; fi
+    mkdir -p "$(dirname "$a")"; touch "$a"
+  fi
   prev="$a"
 done
 """
@@ -78,3 +81,13 @@ def test_ship_defaults_to_the_shipped_weights_names(project):
     calls = _run(project)
     assert any("-o runs/m1dsc18.safetensors" in c and "--max-steps 18000" in c for c in calls)
     assert any("--init runs/m1dsc18.safetensors" in c and "-o runs/m1dsc18r.safetensors" in c for c in calls)
+
+
+def test_ship_rerun_completes_a_gate_fit_that_did_not_finish(project):
+    """Stage 2 exported but its gate fit failed (or was killed): a re-run fits the gate and exports, nothing retrains."""
+    root, _ = project
+    for done in ("m1dfsc.safetensors", "m1dfscr.safetensors"):
+        (root / "runs" / done).touch()
+    calls = _run(project, "15000", "10000", "m1dfsc", "--unshuffle", "1")
+    assert not [c for c in calls if c.startswith("fake-launch")], calls
+    assert [c.split()[1] for c in calls] == ["benchmarks/fit_focus_gate.py", "export"]
