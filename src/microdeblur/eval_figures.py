@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .dataset import PreparedData
-from .eval_protocol import INPUT, SEED, EvalSet, LoadedModel, spread
+from .eval_protocol import SEED, EvalSet, LoadedModel, spread
+from .frame_eval import INPUT
 from .metrics import bin_labels
 from .networks import decode_batched, encode_batched
 

@@ -17,6 +17,7 @@ from . import log
 from .baselines import UNSHARP_AMOUNT, UNSHARP_RADIUS, WIENER_BALANCE
 from .dataset import PreparedData
 from .errors import UserError
+from .frame_eval import RL, UNET, UNSHARP, WIENER
 from .metrics import BIN_EDGES, DATA_RANGE, NEAR_FOCUS, PSNR_CAP_DB, bin_labels
 from .microscope import Optics
 from .networks import count_parameters
@@ -30,7 +31,6 @@ QUICK_PLANES = 7
 QUICK_CLASSIFIER_EPOCHS = 30
 QUICK_RL_ITERATIONS = 5
 N_EXAMPLES = 4
-INPUT = "input"
 
 
 @dataclass
@@ -174,11 +174,11 @@ def model_info(m: LoadedModel) -> dict[str, Any]:
 def baseline_info(rl_iterations: int, unit: str, unet: Path | None, unet_model: nn.Module | None,
                   unet_info: dict[str, Any] | None) -> dict[str, Any]:
     """Settings of each baseline."""
-    info: dict[str, Any] = {"unsharp mask": {"radius_px": UNSHARP_RADIUS, "amount": UNSHARP_AMOUNT}}
+    info: dict[str, Any] = {UNSHARP: {"radius_px": UNSHARP_RADIUS, "amount": UNSHARP_AMOUNT}}
     if unit == "um":
         psf = "microscope.defocus_psf, reference objective, pixel size protocol.pixel_um"
-        info["Richardson-Lucy"] = {"iterations": rl_iterations, "psf": psf}
-        info["Wiener"] = {"balance": WIENER_BALANCE, "psf": psf}
+        info[RL] = {"iterations": rl_iterations, "psf": psf}
+        info[WIENER] = {"balance": WIENER_BALANCE, "psf": psf}
     if unet_model is not None:
-        info["U-Net"] = {"weights": str(unet), "parameters": count_parameters(unet_model), "training": unet_info}
+        info[UNET] = {"weights": str(unet), "parameters": count_parameters(unet_model), "training": unet_info}
     return info

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import frame_eval
 from .errors import UserError
-from .eval_protocol import INPUT
+from .frame_eval import INPUT
 from .microscope import Optics
 
 REPORT_FILES = ("metrics.json", "report.md", "deblur_examples.png", "deblur_by_dz.png", "interpolation.png",
@@ -83,7 +83,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         f"{p['n_tiles']} tiles, {p['n_blurry']} blurry tiles deblurred. Metrics on normalised tiles, data range "
         f"{p['data_range']:g}, PSNR capped at {p['psnr_cap_db']:g} dB; deblurring compares with the in-focus tile of "
         "the same identity. See docs/evaluation.md.\n",
-        *([psf_note(p)] if "Richardson-Lucy" in metrics["baselines"] else []),
+        *([psf_note(p)] if frame_eval.RL in metrics["baselines"] else []),
         *(["## Whole frames (held-out simulated days)\n",
            f"Days {', '.join(metrics['frames']['days'])}: every frame with 0 < |Δz| ≤ {metrics['frames']['dz_max']:g} µm "
            "through each method whole (models: the real `deblur` path), scored against the day's in-focus frame. "

@@ -14,7 +14,8 @@ from torch import nn
 
 from . import frame_eval, log
 from .baselines import deconvolve, richardson_lucy_tiles, unsharp, wiener_tiles
-from .eval_protocol import INPUT, SEED, EvalSet, LoadedModel, stored_focus_code
+from .eval_protocol import SEED, EvalSet, LoadedModel, stored_focus_code
+from .frame_eval import INPUT, UNSHARP
 from .metrics import mlvae_score, psnr_batch, ssim_batch, summary
 from .networks import run_batched, summarise_batched, swap_batched
 
@@ -48,15 +49,15 @@ def baseline_methods(es: EvalSet, pixel_um: np.ndarray | None, unet: nn.Module |
     """Deblurring baselines on the blurry tiles, as lazily evaluated outputs; deconvolution needs Δz in µm and
     each blurry tile's pixel size (µm, None skips it)."""
     x, dz = es.tiles[es.blurry], es.dz[es.blurry]
-    methods: dict[str, Callable[[], np.ndarray]] = {INPUT: lambda: x, "unsharp mask": lambda: unsharp(x)}
+    methods: dict[str, Callable[[], np.ndarray]] = {INPUT: lambda: x, UNSHARP: lambda: unsharp(x)}
     if pixel_um is not None:
         rl = partial(richardson_lucy_tiles, iterations=rl_iterations)
-        methods["Richardson-Lucy"] = lambda: deconvolve(x, dz, pixel_um, rl)
-        methods["Wiener"] = lambda: deconvolve(x, dz, pixel_um, wiener_tiles)
+        methods[frame_eval.RL] = lambda: deconvolve(x, dz, pixel_um, rl)
+        methods[frame_eval.WIENER] = lambda: deconvolve(x, dz, pixel_um, wiener_tiles)
     else:
         log.warn("z step unknown (Δz in planes): Richardson-Lucy and Wiener baselines skipped")
     if unet is not None:
-        methods["U-Net"] = lambda: run_batched(lambda t: unet(t[:, None])[:, 0], x, device=device)[0]
+        methods[frame_eval.UNET] = lambda: run_batched(lambda t: unet(t[:, None])[:, 0], x, device=device)[0]
     return methods
 
 
@@ -70,7 +71,7 @@ def score_whole_frames(days: list, models: list[LoadedModel], unet: nn.Module | 
 
     methods = frame_eval.baseline_methods(scale, rl_iterations)
     if unet is not None:
-        methods["U-Net"] = frame_eval.tiled_method(unet, scale, device)
+        methods[frame_eval.UNET] = frame_eval.tiled_method(unet, scale, device)
     methods |= peers or {}
     for m in models:
         methods[m.name] = frame_eval.model_method(Deblurrer(m.model, m.meta, device=device))

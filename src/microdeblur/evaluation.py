@@ -23,7 +23,6 @@ from .errors import UserError, require_number
 from .eval_figures import write_figures
 from .eval_protocol import (
     DZ_RANGE,
-    INPUT,
     QUICK_CLASSIFIER_EPOCHS,
     QUICK_RL_ITERATIONS,
     SPLITS,
@@ -124,7 +123,7 @@ def onnx_peers(specs: Sequence[str], with_frames: bool) -> dict[str, Path]:
         name = name.strip()
         if not sep or not name or not path:
             raise UserError(f"--onnx takes NAME=FILE (e.g. CARE=runs/care.onnx), got {spec!r}")
-        if name in peers or name in (INPUT, "U-Net", "unsharp mask") or name.startswith("Richardson-Lucy"):
+        if name in peers or frame_eval.is_baseline_row(name):
             raise UserError(f"--onnx name {name!r} is already taken: give each peer its own name")
         if not Path(path).is_file():
             raise UserError(f"--onnx {name}: no such file {path}")

@@ -26,7 +26,8 @@ from .metrics import frame_scores, minmse_scores
 from .normalize import frame_normalizer
 
 FRAME_BINS = ((0.0, 2.0), (2.0, 5.0), (5.0, 10.0), (10.0, 15.0), (15.0, 20.0), (20.0, 30.0))
-INPUT = "input"
+# Row names of the evaluation tables (tiles and whole frames); --onnx peers may not take them.
+INPUT, UNSHARP, UNET, WIENER, RL = "input", "unsharp mask", "U-Net", "Wiener", "Richardson-Lucy"
 Method = Callable[[np.ndarray, float, float], np.ndarray]  # (raw plane, dz um, camera pixel um) -> output plane
 
 
@@ -113,8 +114,13 @@ def baseline_methods(scale: float, rl_iterations: int | Sequence[int] = 10, by_p
 
     counts = [rl_iterations] if isinstance(rl_iterations, int) else list(rl_iterations)
     return {INPUT: lambda plane, dz, px: np.asarray(plane, np.float32),
-            "unsharp mask": at_working_scale(lambda x, dz, px: unsharp(x[None])[0], scale, by_pixel),
-            **{f"Richardson-Lucy ({n} it.)": rl(n) for n in counts}}
+            UNSHARP: at_working_scale(lambda x, dz, px: unsharp(x[None])[0], scale, by_pixel),
+            **{f"{RL} ({n} it.)": rl(n) for n in counts}}
+
+
+def is_baseline_row(name: str) -> bool:
+    """Whether `name` is (or, for Richardson-Lucy's iteration counts, could be) a baseline's row name."""
+    return name in (INPUT, UNSHARP, UNET, WIENER) or name.startswith(RL)
 
 
 def linear_filter_method(fit_days: Sequence[FrameDay], scale: float, dz_max: float = 15.0) -> Method:
