@@ -9,7 +9,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -224,76 +224,160 @@ def train(data_dir: Path, output: Path, cfg: TrainConfig) -> Path:
             return _train(data_dir, output, cfg, w)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The prepared data one run trains on, its split, and what the weights record of it."""
+
+    folder: Path
+    data: PreparedData
+    train_ids: list[int]
+    val_ids: list[int]
+    index: dict
+    normalization: dict  # NormalizationSpec.to_dict() of the training identities
+    optics: object  # the microscope trained for (reference where unknown)
+
+    @classmethod
+    def load(cls, folder: Path, cfg: TrainConfig) -> _Run:
+        data = PreparedData.load(folder, cfg.dz_range)
+        if cfg.crop > data.tile or cfg.crop % 16:
+            raise UserError(f"--crop must be a multiple of 16 no larger than the {data.tile}-px tiles, got {cfg.crop}")
+        train_ids, val_ids = data.split(cfg.val_fraction, cfg.seed)
+        log.info(f"data: {len(data.identities)} identities ({len(train_ids)} train, {len(val_ids)} val), "
+                 f"{len(data.tiles)} tiles, dz in {'um' if data.z_step_um else 'planes'}")
+        if not val_ids:
+            log.warn("no identities are held out (--val-fraction 0, or one identity): the validation probe that picks "
+                     "the exported step scores training identities")
+        index = load_index(Path(folder))
+        norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
+        return cls(Path(folder), data, train_ids, val_ids, index, norm, optics_of_prepared(index, data.scale))
+
+    def meta(self, cfg: TrainConfig, model: DisentangledAE, **fields) -> WeightsMeta:
+        """Weights metadata for `model` trained on this run's data."""
+        return WeightsMeta(variant=cfg.variant, config=model.config, normalization=self.normalization,
+                           scale=self.data.scale, optics=self.optics, **fields)
+
+
+@dataclass
+class _Optimiser:
+    """One step's machinery: the variant's objective and options, Adam, the (DDP-wrapped) step module, the EMA."""
+
+    objective: object
+    opts: object
+    opt: torch.optim.Optimizer
+    step_module: torch.nn.Module
+    ema: AveragedModel | None
+    device: torch.device
+    amp: torch.dtype | None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, model: DisentangledAE, w: World) -> _Optimiser:
+        objective = OBJECTIVES[cfg.variant]
+        opts = replace(cfg.step_options(), batch_size=cfg.batch_size // w.size)  # --batch-size is the global batch
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        rec_fn = reconstruction_loss(cfg.perceptual_weights)
+        if isinstance(rec_fn, torch.nn.Module):
+            rec_fn = rec_fn.to(w.device)
+        step_module = TrainStep(model, objective, opts, rec_fn)
+        amp = compute_dtype(w.device, cfg.precision)
+        if w.size > 1:
+            step_module = DistributedDataParallel(step_module, device_ids=[w.device] if w.device.type == "cuda" else None,
+                                                  process_group=w.group)
+        return cls(objective, opts, opt, step_module, weight_average(model, cfg.ema), w.device, amp)
+
+    def step(self, model: DisentangledAE, batch: dict, beta: float, lr: float) -> dict[str, torch.Tensor]:
+        """One optimisation step on `batch` at learning rate `lr`; returns the loss terms."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with autocast(self.device, self.amp):
+            parts = self.step_module(batch, beta)
+        self.opt.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+        return parts
+
+
+@dataclass
+class _Window:
+    """Loss terms summed over the steps since the last probe (for the log row and the progress bar)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+    t: float = field(default_factory=time.perf_counter)
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        self.n += 1
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+
+    def tiles_per_s(self, tiles_per_step: int) -> float:
+        return self.n * tiles_per_step / max(time.perf_counter() - self.t, 1e-9)
+
+    def summary(self, beta: float, tiles_per_step: int) -> str:
+        terms = " ".join(f"{k} {v / self.n:.3f}" for k, v in self.sums.items() if k != "total")
+        return f"loss {self.sums['total'] / self.n:.4f} ({terms}) β {beta:.2f} {self.tiles_per_s(tiles_per_step):.0f} tiles/s"
+
+    def means(self) -> dict[str, float]:
+        return {k: round(v / max(self.n, 1), 5) for k, v in self.sums.items()}
+
+
+def _probe_row(run: _Run, cfg: TrainConfig, scored: DisentangledAE, probe: Probe, frames: FrameProbe | None,
+               tie_um: float | None, device) -> dict[str, float]:
+    """Validation metrics of the weights being scored: the tile probe, and with --val-frames whole frames through
+    the deblur path (the in-focus code taken from the training tiles, as the export will)."""
+    row = {k: round(v, 4) for k, v in probe.metrics(scored, device).items()}
+    if frames is not None:
+        live = run.meta(cfg, scored, focus_blur_code=probe.focus_code(scored, device))
+        db = Deblurrer(scored, live, device=device, overlap=min(OVERLAP, run.data.tile // 4))
+        row |= {k: round(v, 4) for k, v in frames.metrics(db, tie_um).items()}
+        scored.train()
+    return row
+
+
 def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     device = w.device
-    data = PreparedData.load(data_dir, cfg.dz_range)
-    if cfg.crop > data.tile or cfg.crop % 16:
-        raise UserError(f"--crop must be a multiple of 16 no larger than the {data.tile}-px tiles, got {cfg.crop}")
-    train_ids, val_ids = data.split(cfg.val_fraction, cfg.seed)
-    log.info(f"data: {len(data.identities)} identities ({len(train_ids)} train, {len(val_ids)} val), "
-             f"{len(data.tiles)} tiles, dz in {'um' if data.z_step_um else 'planes'}")
+    run = _Run.load(data_dir, cfg)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     rng = np.random.default_rng(cfg.seed if w.size == 1 else [cfg.seed, w.rank])  # each rank samples its own pairs
-    sampler = PairSampler(data, train_ids, rng)
-    if not val_ids:
-        log.warn("no identities are held out (--val-fraction 0, or one identity): the validation probe that picks "
-                 "the exported step scores training identities")
-    probe = Probe.build(data, val_ids, train_ids, np.random.default_rng(cfg.seed + 1))
+    sampler = PairSampler(run.data, run.train_ids, rng)
+    probe = Probe.build(run.data, run.val_ids, run.train_ids, np.random.default_rng(cfg.seed + 1))
     frames = FrameProbe.build(cfg.val_frames) if cfg.val_frames and w.main else None
     tie_um = cfg.step_options().dz_scale if cfg.traits.scalar_blur and cfg.dz_tie > 0 else None
     best_by = (GATED_SCORE if tie_um else FRAME_SCORE) if cfg.val_frames else "val_deblur_minmse"
-    index = load_index(Path(data_dir))
-    norm = NormalizationSpec(intensity=intensity_model(data, train_ids)).to_dict()
-    optics = optics_of_prepared(index, data.scale)  # the microscope trained for, reference where unknown
-    model, cfg = _build_model(cfg, data.tile, device)
-    objective = OBJECTIVES[cfg.variant]
-    opts = replace(cfg.step_options(), batch_size=cfg.batch_size // w.size)  # --batch-size is the global batch
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    rec_fn = reconstruction_loss(cfg.perceptual_weights)
-    if isinstance(rec_fn, torch.nn.Module):
-        rec_fn = rec_fn.to(device)
-    step_module = TrainStep(model, objective, opts, rec_fn)
-    amp = compute_dtype(device, cfg.precision)
-    if w.size > 1:
-        step_module = DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None,
-                                              process_group=w.group)
+    model, cfg = _build_model(cfg, run.data.tile, device)
+    tr = _Optimiser.build(cfg, model, w)
     ckpt = checkpoint_path(output)
-    ema = weight_average(model, cfg.ema)
-    scored = model if ema is None else ema.module  # what the probes score and the export writes
-    state = (load_checkpoint(cfg.resume, model, opt, rng, cfg, w, best_by, ema) if cfg.resume
+    scored = model if tr.ema is None else tr.ema.module  # what the probes score and the export writes
+    state = (load_checkpoint(cfg.resume, model, tr.opt, rng, cfg, w, best_by, tr.ema) if cfg.resume
              else TrainState(best_by=best_by))
-    steps_per_epoch = max(1, math.ceil(len(train_ids) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(run.train_ids) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch, cfg.max_steps)
     budget_s = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     log_csv = output.with_suffix(".log.csv")
-    run = {"sums": {}, "n": 0, "t": time.perf_counter()}
+    tiles_per_step = tr.objective.tiles_per_step(tr.opts)
+    window = _Window()
     t_start = time.perf_counter() - state.elapsed_s
     if state.step:
         log.info(f"resuming at step {state.step} of {total}")
-    state.data_hashes = note_data(state.data_hashes, data_hash(index))
+    state.data_hashes = note_data(state.data_hashes, data_hash(run.index))
 
     def evaluate_now(beta: float) -> None:
-        n = max(run["n"], 1)
+        nonlocal window
         row = {"epoch": round(state.step / steps_per_epoch, 2), "step": state.step, "minutes": round(state.elapsed_s / 60, 2),
                "lr": learning_rate(cfg, state.step), "beta": round(beta, 4)}
-        row |= {k: round(v / n, 5) for k, v in run["sums"].items()}
-        row["tiles_per_s"] = round(run["n"] * objective.tiles_per_step(opts) * w.size / max(time.perf_counter() - run["t"], 1e-9), 1)
+        row |= window.means() | {"tiles_per_s": round(window.tiles_per_s(tiles_per_step) * w.size, 1)}
         if not w.main:  # rank 0 alone probes, logs and keeps the best state
-            run.update(sums={}, n=0, t=time.perf_counter())
+            window = _Window()
             return
-        row |= {k: round(v, 4) for k, v in probe.metrics(scored, device).items()}
-        if frames is not None:
-            live = WeightsMeta(variant=cfg.variant, config=scored.config, normalization=norm, scale=data.scale,
-                               focus_blur_code=probe.focus_code(scored, device), optics=optics)
-            row |= {k: round(v, 4) for k, v in frames.metrics(Deblurrer(scored, live, device=device, overlap=min(OVERLAP, data.tile // 4)), tie_um).items()}
-            scored.train()
+        row |= _probe_row(run, cfg, scored, probe, frames, tie_um, device)
+        window = _Window()  # the probe's time does not count against the training rate
         if row[state.best_by] > state.best_score:
             state.best_score, state.best_step = row[state.best_by], state.step
             state.best_model = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         state.history.append(row)
         _write_log(log_csv, state.history)
         log.debug(json.dumps(row))
-        run.update(sums={}, n=0, t=time.perf_counter())
 
     beta = beta_schedule(state.step, cfg.beta_delay, cfg.beta_ramp)
     with deferred() as stop, log.progress(f"train {cfg.variant}", total) as bar:
@@ -305,60 +389,53 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
                 if over_budget:
                     log.info(f"time budget of {cfg.max_minutes} min reached at step {state.step}")
                 break
-            for g in opt.param_groups:
-                g["lr"] = learning_rate(cfg, state.step)
             beta = beta_schedule(state.step, cfg.beta_delay, cfg.beta_ramp)
-            batch = {k: v.to(device) for k, v in objective.sample(sampler, opts).items()}
-            with autocast(device, amp):
-                parts = step_module(batch, beta)
-            opt.zero_grad(set_to_none=True)
-            parts["total"].backward()
-            opt.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            batch = {k: v.to(device) for k, v in tr.objective.sample(sampler, tr.opts).items()}
+            window.add(tr.step(model, batch, beta, learning_rate(cfg, state.step)))
             state.step += 1
-            run["n"] += 1
-            for k, v in parts.items():
-                run["sums"][k] = run["sums"].get(k, 0.0) + float(v.detach())
             bar.advance()
             if state.step % 10 == 0:
-                rate = run["n"] * objective.tiles_per_step(opts) / max(time.perf_counter() - run["t"], 1e-9)
-                terms = " ".join(f"{k} {v / run['n']:.3f}" for k, v in run["sums"].items() if k != "total")
-                bar.set(f"loss {run['sums']['total'] / run['n']:.4f} ({terms}) β {beta:.2f} {rate:.0f} tiles/s")
+                bar.set(window.summary(beta, tiles_per_step))
             if state.step % cfg.eval_every == 0 or state.step == total:
                 state.elapsed_s = time.perf_counter() - t_start
                 evaluate_now(beta)
             if state.step % cfg.checkpoint_every == 0:
                 state.elapsed_s = time.perf_counter() - t_start
-                save_checkpoint(ckpt, model, opt, rng, state, cfg, w, ema)
+                save_checkpoint(ckpt, model, tr.opt, rng, state, cfg, w, tr.ema)
     state.elapsed_s = time.perf_counter() - t_start
     if state.step < total and not (budget_s is not None and state.elapsed_s >= budget_s):  # stopped by a signal
-        save_checkpoint(ckpt, model, opt, rng, state, cfg, w, ema)
+        save_checkpoint(ckpt, model, tr.opt, rng, state, cfg, w, tr.ema)
         log.info(f"interrupted at step {state.step}; checkpoint saved, continue with --resume {ckpt}")
         raise SystemExit(stop.exit_code if stop else 130)
     if not state.history or state.history[-1]["step"] != state.step:
         evaluate_now(beta)
-    save_checkpoint(ckpt, model, opt, rng, state, cfg, w, ema)
+    save_checkpoint(ckpt, model, tr.opt, rng, state, cfg, w, tr.ema)
     if not w.main:  # the other ranks are done: rank 0 alone exports (no collective calls after this point)
         return output
+    _export(output, model, state, cfg, run, w, tr.amp)
+    return output
+
+
+def _export(output: Path, model: DisentangledAE, state: TrainState, cfg: TrainConfig, run: _Run, w: World,
+            amp: torch.dtype | None) -> None:
+    """Write the best validation step's weights (the last step's without a probe score) with the in-focus code,
+    the calibration and the training summary."""
     if state.best_model is not None:
         model.load_state_dict(state.best_model)
         log.info(f"exporting the best validation step {state.best_step} ({state.best_by} {state.best_score:.2f} dB)")
-    focus_code, cal = finalize(model, data, train_ids, cfg.seed, device)
+    focus_code, cal = finalize(model, run.data, run.train_ids, cfg.seed, w.device)
     summary = {"recipe": cfg.recipe(), "recipe_hash": _hash(cfg.recipe()), "data_hash": state.data_hashes[-1],
                "data_hashes": state.data_hashes,
-               "data": str(data_dir), "identities": {"train": len(train_ids), "val": len(val_ids)},
+               "data": str(run.folder), "identities": {"train": len(run.train_ids), "val": len(run.val_ids)},
                "steps": state.step, "exported_step": state.best_step if state.best_model is not None else state.step,
                "selected_by": state.best_by,
                "minutes": round(state.elapsed_s / 60, 2), "threads": torch.get_num_threads(), "world_size": w.size,
-               "device": str(device), "precision": str(amp or torch.float32).replace("torch.", ""),
+               "device": str(w.device), "precision": str(amp or torch.float32).replace("torch.", ""),
                "software": software_versions(), "last": state.history[-1] if state.history else {}}
-    meta = WeightsMeta(variant=cfg.variant, config=model.config, normalization=norm, scale=data.scale,
-                       z_step_um=data.z_step_um, focus_blur_code=focus_code, calibration=cal, training=summary,
-                       optics=optics)
+    meta = run.meta(cfg, model, z_step_um=run.data.z_step_um, focus_blur_code=focus_code, calibration=cal,
+                    training=summary)
     save_weights(output, model.to("cpu").to(memory_format=torch.contiguous_format).eval(), meta,
                  overwrite=cfg.overwrite)
     log.info(f"trained {cfg.variant} for {state.step} steps in {state.elapsed_s / 60:.1f} min -> {output}")
     if cal is not None:
         log.info(f"blur code vs dz: {cal['kind']} relation, spearman {cal['spearman_rho']:.3f}, median error {cal['mae_um']:.2f}")
-    return output
