@@ -273,6 +273,18 @@ def test_focus_ratios_set_the_output_intensity_range(tmp_path, identity_net):
         np.testing.assert_allclose(plane, Normalizer(lo * med, hi * med).after(decoded), rtol=1e-4)
 
 
+@pytest.mark.parametrize("offset", [-2000.0, -1999.0, -3000.0])  # median 0, just above 0, below 0
+def test_offset_or_signed_data_keep_their_intensity_range(tmp_path, identity_net, offset, capsys):
+    """Background-subtracted (signed) data cannot be reverted by ratios to the median: the input's range is kept."""
+    ratios = {"dz_um": [-10.0, 0.0, 10.0], "lo": [0.5, 0.9, 0.7], "hi": [2.0, 1.1, 1.6]}
+    w = _save(tmp_path / "r.safetensors", True, focus_ratios=ratios)
+    data = np.random.default_rng(7).uniform(1000, 3000, (60, 90)).astype(np.float32) + offset
+    src = write_tiff(tmp_path / "in.tif", data, "YX")
+    out = read_image(deblur_paths([str(src)], tmp_path / "o.tif", weights=w, device="cpu")[0]).data
+    np.testing.assert_allclose(np.percentile(out, [1, 99.8]), np.percentile(data, [1, 99.8]), rtol=1e-3, atol=0.5)
+    assert "keeps the input's intensity range" in capsys.readouterr().err
+
+
 def test_failure_leaves_no_partial_outputs(tmp_path, cal_weights):
     write_tiff(tmp_path / "a.tif", _image((40, 50), np.uint16), "YX")
     (tmp_path / "b.tif").write_bytes(b"II*\x00" + b"\x00" * 50)

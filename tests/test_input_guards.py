@@ -150,7 +150,13 @@ def test_train_keeps_its_inputs_and_an_earlier_log(prepared, tmp_path):
     one_error(run_cli("train", prepared, "-o", tmp_path / "v.safetensors", *TINY_TRAIN), "v.log.csv", "--overwrite")
     assert log.read_text() == "an earlier run's log\n"
     res = run_cli("-q", "train", prepared, "-o", tmp_path / "x.safetensors", "--resume", log, *TINY_TRAIN)
-    one_error(res, "not a readable training checkpoint")
+    one_error(res, "not a readable microdeblur training checkpoint")
+    import torch
+
+    foreign = tmp_path / "foreign.ckpt"  # a pickle of other objects: torch's message would advise running it
+    torch.save({"where": Path("x")}, foreign)
+    res = run_cli("-q", "train", prepared, "-o", tmp_path / "y.safetensors", "--resume", foreign, *TINY_TRAIN)
+    assert "weights_only" not in one_error(res, "not a readable microdeblur training checkpoint")
 
 
 @pytest.fixture
@@ -200,3 +206,35 @@ def test_require_number_takes_numpy_scalars_and_names_the_option():
     for bad in (True, "3", None):
         with pytest.raises(UserError):
             require_number("--x", bad)
+
+
+@pytest.mark.parametrize("command", ["deblur", "focus"])
+def test_empty_paths_are_refused_not_read_as_this_folder(weights, image, tmp_path, monkeypatch, command):
+    """An unset shell variable gives "": never the current folder's images, never an output named ''."""
+    monkeypatch.chdir(image.parent)
+    one_error(run_cli(command, "", "-o", tmp_path / "out/", "-w", weights), "input path is empty")
+    one_error(run_cli(command, image, "-o", "", "-w", weights), "output path (-o) is empty")
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_skip_existing_into_the_input_folder_is_refused(weights, tmp_path):
+    """Outputs named as the inputs are inputs, also when --skip-existing would skip them as done."""
+    folder = tmp_path / "day"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(folder / name, np.random.default_rng(1).integers(500, 4000, (64, 80)).astype(np.uint16))
+    one_error(run_cli("deblur", folder, "-o", f"{folder}/", "--skip-existing", "-w", weights),
+              "refusing to overwrite an input")
+
+
+def test_float16_planes_are_checked_without_overflow_warnings():
+    import warnings
+
+    from microdeblur.engine import check_finite
+    from microdeblur.errors import UserError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_finite(np.full((8, 8), 60000, np.float16), "half.tif")
+        with pytest.raises(UserError, match="half.tif: 1 pixel"):
+            check_finite(np.array([[1, np.inf]], np.float16), "half.tif")

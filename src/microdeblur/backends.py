@@ -59,7 +59,8 @@ def load_deblurrer(weights: Path | None, device: str = "auto", backend: str = "a
             log.debug(f"backend: ONNX Runtime ({why})")
             return Deblurrer(runner, meta, **options), meta
         if backend == "onnx":
-            raise UserError(f"--backend onnx: {why}; export them with: microdeblur export onnx --weights {path}")
+            again = " --overwrite" if any(p.exists() for p in onnx_runner.graph_paths(path)) else ""
+            raise UserError(f"--backend onnx: {why}; export them with: microdeblur export onnx --weights {path}{again}")
         log.debug(f"backend: PyTorch ({why})")
     model, meta, dev = _load(weights, device)
     return Deblurrer(model, meta, device=dev, precision=precision, **options), meta

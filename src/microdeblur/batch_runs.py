@@ -80,9 +80,8 @@ def shard_pairs(files: list[Path], outs: list[Path], batch: Batch, overwrite: bo
         raise UserError("--skip-existing and --overwrite cannot be combined (keep finished outputs, or replace them)")
     idx = shard_indices(files, batch.shard) if batch.shard is not None else range(len(files))
     pairs = [(files[i], outs[i]) for i in idx]
-    for _, o in pairs:
-        if not (batch.skip_existing and o.is_file()):
-            check_output_path(o, overwrite, files)
+    for _, o in pairs:  # a skipped output need not be new, but it may never be an input
+        check_output_path(o, overwrite or (batch.skip_existing and o.is_file()), files)
     if batch.manifest is not None:
         check_replaceable(batch.manifest, MANIFEST_COLUMNS, files, overwrite, "manifest", others=outs)
     if not pairs:

@@ -193,7 +193,7 @@ class DeblurPackageModel(nn.Module):
         y = self.core(x_n, films)
         out_lo, out_hi = lo, hi
         if self.use_ratios:
-            ok = med > 0  # a plane whose median is not positive keeps its own range (Deblurrer.revert_for)
+            ok = (med > 0) & (lo >= 0)  # otherwise the plane keeps its own range (normalize.is_positive_intensity)
             out_lo = torch.where(ok, self.r_lo * med, lo)
             out_hi = torch.where(ok, self.r_hi * med, hi)
         out = y * (out_hi - out_lo) + out_lo

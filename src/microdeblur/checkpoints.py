@@ -70,8 +70,8 @@ def load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Train
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file problem
-        reason = (str(e).strip().splitlines() or [""])[0]
-        raise UserError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {reason})") from None
+        # (never torch's own text: for a foreign pickle it suggests weights_only=False, which runs its code)
+        raise UserError(f"{path}: not a readable microdeblur training checkpoint ({type(e).__name__})") from None
     if not isinstance(ck, dict) or ck.get("version") != CKPT_VERSION:
         raise UserError(f"{path} is not a microdeblur training checkpoint")
     if ck["recipe"]["variant"] != cfg.variant:

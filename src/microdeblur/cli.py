@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import __version__, log
+from . import __version__, interrupts, log
 from .errors import UserError, one_line
 from .interrupts import raise_on_sigterm
 
@@ -39,6 +39,8 @@ class _Group(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except typer.Abort:
+            if interrupts.run_complete():  # Ctrl-C after every output was in place: the run did finish
+                sys.exit(0)
             log.error("interrupted")
             sys.exit(130)
         except Exception as e:  # click's (or Typer's own copy of click's) usage and parameter errors
@@ -74,11 +76,12 @@ ScaleOpt = typer.Option(None, "--scale", help="Resize factor before the network,
                         "(default: pixel size / the weights' working pixel size, else the weights' factor; "
                         "1 = already at working pixel size).")
 NaOpt = typer.Option(None, "--na", help="Objective NA, in (0, 1.6] (default: the file's OME LensNA, else the reference "
-                     "microscope's 0.40); dz values are converted by NA^2/wavelength.")
+                     "microscope's 0.40; a value more than 5 % from the file's is refused); dz values are converted by NA^2/wavelength.")
 WavelengthOpt = typer.Option(None, "--wavelength", help="Illumination wavelength in um, in (0.2, 2] (default: the file's "
                              "OME channel wavelength, else 0.55).")
 PixelSizeOpt = typer.Option(None, "--pixel-size", help="Pixel size at the sample in um, in (0, 100] (default: the file's "
-                            "OME/ImageJ/TIFF metadata); sets the resize factor to the network's working pixel size.")
+                            "OME/ImageJ/TIFF metadata; for files without one, as a value more than 5 % from it is refused: --scale "
+                            "overrides the resize outright); sets the resize factor to the network's working pixel size.")
 OverlapOpt = typer.Option(32, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
                           "tiles start on multiples of the network's stride).")
 BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default: 32 on CPU for the shipped network, fewer for larger ones; sized to free memory on a GPU).")
@@ -134,12 +137,15 @@ def _with_verbosity_options(wrapper, fn) -> None:
 
 def _guarded(fn, *args, **kwargs):
     """Run a command: one line on stderr and a non-zero exit for every failure; the traceback only with -v."""
+    interrupts.start_run()
     try:
         raise_on_sigterm()
         return fn(*args, **kwargs)
     except (UserError, OSError, MemoryError) as e:
         _fail(one_line(e))
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through interrupts.Interrupted
+        if interrupts.run_complete():  # it landed after the last commit: the outputs are complete, exit 0
+            return None
         _fail("interrupted", getattr(e, "exit_code", 130))
     except Exception as e:  # noqa: BLE001 - last resort: never a bare traceback for users
         if log.verbosity() >= 2:
@@ -438,6 +444,7 @@ def export_bioimageio(
     from .bioimageio import export_bioimageio as write_package
 
     out = write_package(output, weights=weights, overwrite=overwrite)
+    interrupts.mark_complete()
     log.info(f"wrote {out}; check it with: bioimageio test {out}")
 
 
@@ -453,6 +460,7 @@ def export_onnx(
     from .weights import resolve_weights_path
 
     enc, dec = export_graphs(resolve_weights_path(weights), overwrite=overwrite)
+    interrupts.mark_complete()
     log.info(f"wrote {enc} and {dec}")
 
 

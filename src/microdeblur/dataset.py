@@ -131,7 +131,8 @@ class PairSampler:
 
     def __init__(self, data: PreparedData, identities: list[int], rng: np.random.Generator, augment: bool = True) -> None:
         if len(identities) < 2:
-            raise UserError("training needs at least two identities (crops); prepare more data")
+            raise UserError(f"training needs at least two training identities (crops), got {len(identities)} after "
+                            "the validation split; prepare more data (or use --val-fraction 0)")
         self.data, self.rng, self.augment = data, rng, augment
         self.ids = np.asarray(identities)
         idx = data.tile_indices(identities)

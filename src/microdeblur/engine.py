@@ -27,7 +27,7 @@ from . import calibration, log
 from .errors import UserError
 from .focus_gate import DEFAULT_RAMP_UM, Ramp, neighbourhood_median, neighbourhood_window, tile_defocus
 from .model_config import ModelConfig
-from .normalize import NormalizationSpec, Normalizer, frame_normalizer, frame_statistics
+from .normalize import NormalizationSpec, Normalizer, frame_normalizer, frame_statistics, is_positive_intensity
 from .resizing import SCALE_RANGE, rescale, resize_to, scale_ok
 from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_contrast, tile_grid, upsample_tile_values
 
@@ -42,7 +42,9 @@ BATCH_SIZE = 32  # tiles per network call on a CPU for the shipped network's siz
 # on the simulator's empty background, >= 0.035 on every tile of the real yeast and THP-1 stacks at any plane
 # (docs/reliability.md has the measurement and its command).
 MIN_TILE_CONTRAST = 0.01
-NO_CONTRAST = "no tile has enough contrast to estimate defocus"
+MIN_FOCUS_PX = 32  # a plane narrower than this at working scale is mostly padding in every tile: no estimate
+NO_CONTRAST = (f"no tile has enough contrast, or the image is under {MIN_FOCUS_PX} px a side at working scale, "
+               "to estimate defocus")
 TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the other mirror and both, + transposes
 
 
@@ -295,9 +297,10 @@ class Deblurrer:
         """Normaliser back to raw units for a decode targeting dz (um): focus ratios x median, else the input's."""
         if dz is None or self.focus_ratios is None:
             return enc.norm
-        if not (enc.median is not None and enc.median > 0):
+        if not is_positive_intensity(enc.norm, enc.median):
             if not self._median_warned:
-                log.warn("a plane's median is not positive: its output keeps the input's intensity range")
+                log.warn("a plane holds values below zero or a median that is not positive (offset, signed or "
+                         "background-subtracted data): its output keeps the input's intensity range")
                 self._median_warned = True
             return enc.norm
         return self.focus_ratios.normalizer(dz, enc.median)
@@ -412,7 +415,7 @@ class Deblurrer:
             raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
         work, norm, median = self._working(plane)  # resized once: the codes and the contrast read the same plane
         enc = self._encode_working(plane, work, norm, median)
-        usable = tile_contrast(norm.after(work), enc.grid) >= MIN_TILE_CONTRAST
+        usable = (tile_contrast(norm.after(work), enc.grid) >= MIN_TILE_CONTRAST) & (min(work.shape) >= MIN_FOCUS_PX)
         return TileFocus(calibration.code_to_dz(cal, enc.blur[:, 0]), usable, enc.grid, enc.shape)
 
     def focus_maps(self, plane2d: np.ndarray, dz_factor: float = 1.0, *, signed: bool = True,
@@ -458,7 +461,8 @@ def check_finite(plane: np.ndarray, source: Path | str, index: int | None = None
     """The plane, or a UserError naming its source (a file, a napari layer) and plane when it holds NaN, inf or
     values beyond ±LARGEST_VALUE."""
     if plane.dtype.kind == "f":
-        bad = ~(np.abs(plane) <= LARGEST_VALUE)  # NaN compares False
+        limit = min(LARGEST_VALUE, float(np.finfo(plane.dtype).max))  # 1e30 is inf in float16
+        bad = ~(np.abs(plane) <= limit)  # NaN compares False
         n = int(np.count_nonzero(bad))
         if n:
             where = "" if index is None else f" plane {index}"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import frame_eval, log
+from . import frame_eval, interrupts, log
 from .atomic import check_writable_folder
 from .baselines import RL_ITERATIONS, load_unet
 from .dataset import PreparedData
@@ -108,6 +108,7 @@ def evaluate(data: Path, report_dir: Path, *, weights: Sequence[Path] = (), unet
         return write_figures(folder, prepared, es, models, codes, shown, metrics, quick, dev)
 
     write_report(report_dir, metrics, figures, overwrite)
+    interrupts.mark_complete()
     log.info(f"report written to {report_dir}")
     return metrics
 

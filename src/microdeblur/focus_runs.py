@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import calibration, log
+from . import calibration, interrupts, log
 from .atomic import Outputs
 from .backends import load_deblurrer
 from .batch_runs import Batch, check_replaceable, has_header, run_batch, shard_pairs
@@ -209,6 +209,7 @@ def focus_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | No
             _report_focus(f, file_rows)
         if csv is not None:
             _write_csv(written.add(csv).tmp, rows, signed)
+    interrupts.mark_complete()
     run.report()
     _say(notes)
     log.info(f"focus maps for {len(files)} file(s), {len(rows)} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")

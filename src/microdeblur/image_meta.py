@@ -4,6 +4,7 @@ NA, wavelength) parsed from OME-XML, ImageJ entries and TIFF resolution tags."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import tifffile
 
 _UNIT_UM = {"um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _TIFFFILE_IJ_VERSION = "1.11a"  # tifffile signs the ImageJ files it writes with this version
+_IJ_KEPT = ("finterval", "Info", "Labels")  # ImageJ entries kept on write (not min/max/Ranges: intensities change)
+# children of an OME Image that still hold for an output (in schema order, all before Pixels)
+_OME_IMAGE_KEPT = ("AcquisitionDate", "Description", "InstrumentRef", "ObjectiveSettings", "ImagingEnvironment",
+                   "StageLabel")
 
 
 @dataclass(kw_only=True)
@@ -26,10 +31,12 @@ class ImageInfo:
     na: float | None = None  # objective NA (OME Objective LensNA), None when the file does not say
     wavelength_um: float | None = None  # OME channel emission (else excitation) wavelength, µm
     unit: str = "um"
-    metadata: dict = field(default_factory=dict)  # extra ImageJ entries kept on write (e.g. finterval)
+    metadata: dict = field(default_factory=dict)  # extra ImageJ entries kept on write (finterval, Info, Labels)
     compression: int | None = None  # lossless TIFF compression code kept on write (None: uncompressed)
     predictor: bool = False  # the input used a TIFF predictor with that compression
     ome: bool = False  # the input was an OME-TIFF: outputs are written as OME-TIFF too
+    imagej: bool = False  # the input was an ImageJ TIFF: outputs stay ImageJ where the dtype allows, whatever their name
+    ome_xml: str = ""  # the input's OME-XML: what still holds for an output is carried into it
     path: Path | None = None
     full_axes: str = ""  # before squeezing singleton axes (grey: no 'S')
     full_shape: tuple[int, ...] = ()
@@ -52,7 +59,7 @@ class ImageInfo:
         """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata."""
         return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, z_step_um=self.z_step_um,
                     unit=self.unit, metadata=dict(self.metadata), compression=self.compression,
-                    predictor=self.predictor, ome=self.ome)
+                    predictor=self.predictor, ome=self.ome, imagej=self.imagej, ome_xml=self.ome_xml)
 
 
 @dataclass(kw_only=True)
@@ -131,6 +138,53 @@ def ome_optics(xml: str) -> tuple[float | None, float | None]:
     return na, wavelength
 
 
+def _plain_copy(element: ET.Element) -> ET.Element:
+    """A deep copy with namespace-free tags and without AnnotationRefs (annotations are not carried)."""
+    copy = deepcopy(element)
+    for e in list(copy.iter()):
+        e.tag, e.tail = _local(e.tag), None
+        for ref in [c for c in e if _local(c.tag) == "AnnotationRef"]:
+            e.remove(ref)
+    return copy
+
+
+def _children(element: ET.Element | None, name: str) -> list[ET.Element]:
+    """Direct children of an element with this local name."""
+    return [] if element is None else [e for e in element if _local(e.tag) == name]
+
+
+def carry_ome(source: str, target: str) -> str:
+    """The OME-XML `target` (tifffile's, of one output image) with what still holds of the input's `source` (its first
+    image): Name, AcquisitionDate, Description, instruments and objective settings, channel attributes and settings,
+    and, where the Z and T sizes are unchanged, TimeIncrement and the Plane elements."""
+    try:
+        src = ET.fromstring(source)
+    except ET.ParseError:
+        return target
+    image_in = next(iter(_children(src, "Image")), None)
+    if image_in is None:
+        return target
+    out = ET.fromstring(target)
+    root = _plain_copy(out)
+    root.attrib = {"xmlns": out.tag[1:].split("}")[0], **root.attrib}  # namespace-free tags: tifffile's by default
+    image = root.find("Image")
+    pixels, pixels_in = image.find("Pixels"), next(iter(_children(image_in, "Pixels")), None)
+    if image_in.get("Name"):
+        image.set("Name", image_in.get("Name"))
+    image[:0] = [_plain_copy(e) for e in image_in if _local(e.tag) in _OME_IMAGE_KEPT]
+    at = list(root).index(image)
+    root[at:at] = [_plain_copy(e) for e in _children(src, "Instrument")]
+    for channel, channel_in in zip(pixels.findall("Channel"), _children(pixels_in, "Channel")):
+        kept = _plain_copy(channel_in)
+        kept.attrib.pop("SamplesPerPixel", None)
+        kept.attrib.update({k: v for k, v in channel.attrib.items() if k in ("ID", "SamplesPerPixel")})
+        pixels[list(pixels).index(channel)] = kept
+    if pixels_in is not None and all(pixels_in.get(f"Size{a}") == pixels.get(f"Size{a}") for a in "ZT"):
+        pixels.attrib.update({k: v for k, v in pixels_in.attrib.items() if k.startswith("TimeIncrement")})
+        pixels.extend(_plain_copy(e) for e in _children(pixels_in, "Plane"))
+    return ET.tostring(root, encoding="unicode")
+
+
 def tidy(value: float | None) -> float | None:
     """Drop float noise from rational resolution tags (0.2999999999999998 → 0.3)."""
     return None if value is None else float(f"{value:.10g}")
@@ -151,15 +205,18 @@ def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | No
     xres = page.resolution[0] if "XResolution" in page.tags else 0.0
     ij = tif.imagej_metadata or {}
     if tif.is_imagej:
+        extra = {k: ij[k] for k in _IJ_KEPT if ij.get(k)}
         unit = unit_factor(ij.get("unit"))
+        zunit = unit_factor(ij.get("zunit")) or unit  # a z step without a pixel size has a zunit only
+        dz = abs(float(ij["spacing"])) * zunit[1] if ij.get("spacing") and zunit else None
+        if ij.get("spacing") and zunit is None:  # uncalibrated: a spacing in pixels is kept as it is
+            extra["spacing"] = ij["spacing"]
         if unit is None:
-            return None, None, "um", {}
+            return None, dz, zunit[0] if zunit else "um", extra
         name, f = unit
         # tifffile writes XResolution 1/1 when given none; ImageJ writes no tag when uncalibrated
         unset = xres == 1 and str(ij.get("ImageJ", "")) == _TIFFFILE_IJ_VERSION
         px = f / xres if xres > 0 and not unset else None
-        dz = abs(float(ij["spacing"])) * f if ij.get("spacing") else None
-        extra = {"finterval": float(ij["finterval"])} if ij.get("finterval") else {}
         return px, dz, name, extra
     if page.resolutionunit == tifffile.RESUNIT.CENTIMETER and xres > 0:
         return 1e4 / xres, None, "um", {}

@@ -148,6 +148,7 @@ def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
                      z_step_um=dz, na=tidy(na), wavelength_um=tidy(wavelength), unit=unit, metadata=extra,
                      path=path, compression=compression,
                      predictor=compression is not None and page.predictor != 1, ome=bool(tif.is_ome),
+                     imagej=bool(tif.is_imagej), ome_xml=(tif.ome_metadata or "") if tif.is_ome else "",
                      full_axes=rename_sequence_axes(full_axes), full_shape=full_shape)
 
 

@@ -13,7 +13,7 @@ import tifffile
 
 from . import log
 from .atomic import AtomicFile, Transaction, atomic_path, temp_path
-from .image_meta import rename_sequence_axes, unit_factor
+from .image_meta import carry_ome, rename_sequence_axes, unit_factor
 
 _IMAGEJ_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32")}
 _OME_DTYPES = {np.dtype(t) for t in ("int8", "int32", "uint32", "float64")}
@@ -80,52 +80,79 @@ def _ijorder(axes: str) -> bool:
     return axes.rstrip("S").endswith("YX") and all(a in it for a in axes) and len(set(axes)) == len(axes)
 
 
-def _is_ome_name(path: Path) -> bool:
-    """True for a name ending in .ome.tif or .ome.tiff."""
-    return path.name.lower().endswith((".ome.tif", ".ome.tiff"))
+def _as_ome(path: Path, ome: bool, imagej: bool) -> bool:
+    """OME-TIFF when asked (an OME input), or for a name ending in .ome.tif(f) unless the input was ImageJ."""
+    return ome or (path.name.lower().endswith((".ome.tif", ".ome.tiff")) and not imagej)
 
 
-def _tiff_kwargs(dtype: np.dtype, axes: str, pixel_size_um: float | None, z_step_um: float | None,
-                 unit: str, metadata: dict | None, ome: bool = False) -> dict:
-    """tifffile keyword arguments: ImageJ hyperstack when dtype/axes allow and OME is not asked for, else OME-TIFF.
-
-    Physical sizes are written only when known: without a pixel size an ImageJ file gets no unit (tifffile's
-    1/1 resolution then reads as uncalibrated, not as 1 µm pixels) and an OME file no PhysicalSize."""
+def _tiff_kwargs(dtype: np.dtype, shape: Sequence[int], axes: str, pixel_size_um: float | None,
+                 z_step_um: float | None, unit: str, metadata: dict | None, ome: bool = False,
+                 ome_xml: str = "") -> dict:
+    """tifffile keyword arguments: ImageJ hyperstack when dtype/axes allow and OME is not asked for, else OME-TIFF."""
     axes = rename_sequence_axes(axes)
     if not ome and dtype in _IMAGEJ_DTYPES and _ijorder(axes):
-        name, f = unit_factor(unit) or ("um", 1.0)
-        md = dict(metadata or {}, axes=axes)
-        if pixel_size_um or (z_step_um and "Z" in axes):
-            md["unit"] = name
-        if z_step_um and "Z" in axes:
-            md["spacing"] = z_step_um / f
-        kw: dict = {"imagej": True, "metadata": md}
-        if pixel_size_um:
-            kw["resolution"] = (f / pixel_size_um, f / pixel_size_um)
-        return kw
+        return _imagej_kwargs(int(np.prod(shape[:-2], dtype=np.int64)), axes, pixel_size_um, z_step_um, unit,
+                              metadata)
     if dtype not in _IMAGEJ_DTYPES | _OME_DTYPES:
         raise ValueError(f"cannot store dtype {dtype} in a TIFF")
-    md: dict = {"axes": axes}
+    return _ome_kwargs(dtype, shape, axes, pixel_size_um, z_step_um, ome_xml)
+
+
+def _imagej_kwargs(n_planes: int, axes: str, pixel_size_um: float | None, z_step_um: float | None, unit: str,
+                   metadata: dict | None) -> dict:
+    """tifffile arguments of an ImageJ hyperstack with the kept ImageJ entries (slice labels only while they count
+    the planes). A `unit` only with a known pixel size: without one, tifffile's 1/1 resolution reads as uncalibrated,
+    not as 1 µm pixels, and a z step gets a `zunit` alone (which leaves ImageJ's x/y, and z, uncalibrated)."""
+    md = dict(metadata or {}, axes=axes)
+    if len(md.get("Labels", ())) != n_planes:
+        md.pop("Labels", None)
+    kw: dict = {"imagej": True, "metadata": md}
+    name, f = unit_factor(unit) or ("um", 1.0)
+    if pixel_size_um:
+        md["unit"] = name
+        kw["resolution"] = (f / pixel_size_um, f / pixel_size_um)
+    if z_step_um and "Z" in axes:
+        md["spacing"] = z_step_um / f
+        if not pixel_size_um:
+            md["zunit"] = name
+    return kw
+
+
+def _ome_kwargs(dtype: np.dtype, shape: Sequence[int], axes: str, pixel_size_um: float | None,
+                z_step_um: float | None, ome_xml: str) -> dict:
+    """tifffile arguments of an OME-TIFF: tifffile's OME-XML with what still holds of the input's `ome_xml`;
+    physical sizes only when known, the pixel size also in the resolution tags (pixels per cm)."""
+    md: dict = {}
     sizes = {"X": pixel_size_um, "Y": pixel_size_um, "Z": z_step_um if "Z" in axes else None}
     for axis, size in sizes.items():
         if size:
             md.update({f"PhysicalSize{axis}": size, f"PhysicalSize{axis}Unit": "µm"})
-    return {"ome": True, "metadata": md}
+    omexml = tifffile.OmeXml()
+    omexml.addimage(dtype, tuple(shape), (int(np.prod(shape[:-2], dtype=np.int64)), 1, 1, *shape[-2:], 1),
+                    axes=axes, **md)
+    xml = carry_ome(ome_xml, omexml.tostring()) if ome_xml else omexml.tostring()
+    kw: dict = {"ome": False, "metadata": None, "photometric": "minisblack",  # one page per plane, also for 3 or 4
+                "description": f'<?xml version="1.0" encoding="UTF-8"?>{xml}'.encode()}
+    if pixel_size_um:
+        kw.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um), resolutionunit=tifffile.RESUNIT.CENTIMETER)
+    return kw
 
 
 def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: float | None = None,
                z_step_um: float | None = None, unit: str = "um", metadata: dict | None = None,
-               compression: int | None = None, predictor: bool = False, ome: bool = False,
-               overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
-    """Write a TIFF atomically: ImageJ hyperstack, or OME-TIFF when asked (`ome`, an .ome.tif name) or when
-    ImageJ cannot hold the dtype (int8/int32/uint32/float64); float16 → float32."""
+               compression: int | None = None, predictor: bool = False, ome: bool = False, imagej: bool = False,
+               ome_xml: str = "", overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
+    """Write a TIFF atomically: ImageJ hyperstack, or OME-TIFF when asked (`ome`, an .ome.tif name unless `imagej`)
+    or when ImageJ cannot hold the dtype (int8/int32/uint32/float64); float16 → float32. `ome_xml`: the input's
+    OME-XML, whose still valid parts an OME output keeps."""
     data = np.asarray(data)
     if len(axes) != data.ndim:
         raise ValueError(f"axes {axes!r} do not match data shape {data.shape}")
     dtype = _storable(data.dtype, path)
     if dtype != data.dtype:
         data = to_dtype(data, dtype)
-    kw = _tiff_kwargs(dtype, axes, pixel_size_um, z_step_um, unit, metadata, ome or _is_ome_name(Path(path)))
+    kw = _tiff_kwargs(dtype, data.shape, axes, pixel_size_um, z_step_um, unit, metadata,
+                      _as_ome(Path(path), ome, imagej), ome_xml)
     with atomic_path(path, overwrite, inputs) as tmp:
         tifffile.imwrite(tmp, data, **kw, **_compression_kwargs(compression, predictor, dtype))
     return Path(path)
@@ -156,8 +183,8 @@ class StackWriter(Transaction):
     def __init__(self, path: str | Path | AtomicFile, shape: Sequence[int], dtype: np.dtype | type | str,
                  axes: str, *, pixel_size_um: float | None = None, z_step_um: float | None = None,
                  unit: str = "um", metadata: dict | None = None, compression: int | None = None,
-                 predictor: bool = False, ome: bool = False, overwrite: bool = False,
-                 inputs: Iterable[str | Path] = ()) -> None:
+                 predictor: bool = False, ome: bool = False, imagej: bool = False, ome_xml: str = "",
+                 overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
         self._own = not isinstance(path, AtomicFile)
         self._file = AtomicFile(path, overwrite, inputs) if self._own else path
         self.path = self._file.path
@@ -165,8 +192,8 @@ class StackWriter(Transaction):
         if len(axes) != len(self.shape):
             raise ValueError(f"axes {axes!r} do not match shape {self.shape}")
         self.n_planes = int(np.prod(self.shape[:-2], dtype=np.int64))
-        self._kw = _tiff_kwargs(self.dtype, axes, pixel_size_um, z_step_um, unit, metadata,
-                                ome or _is_ome_name(self.path))
+        self._kw = _tiff_kwargs(self.dtype, self.shape, axes, pixel_size_um, z_step_um, unit, metadata,
+                                _as_ome(self.path, ome, imagej), ome_xml)
         self._compress = _compression_kwargs(compression, predictor, self.dtype)
         self._raw = temp_path(self.path) if self._compress else self._file.tmp
         self._out = None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import log
+from . import interrupts, log
 from .atomic import Outputs
 from .backends import load_deblurrer
 from .batch_runs import Batch, run_batch, shard_pairs
@@ -199,6 +199,7 @@ def deblur_paths(inputs: Sequence[str], output: str | Path, *, weights: Path | N
         if save_comparison is not None:
             plane, out = firsts[0]
             _write_png(written.add(save_comparison).tmp, np.concatenate([_display(plane), _display(out)], axis=1))
+    interrupts.mark_complete()
     targets.optics.report()
     log.info(f"deblurred {len(files)} file(s), {n_planes} plane(s) in {time.perf_counter() - t0:.1f} s -> {output}")
     if ref_plane is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from . import log
 from .errors import UserError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -43,11 +44,16 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
     """Files, folders (their images, natural order) and globs → unique image paths; UserError if none."""
     out: list[Path] = []
     for item in items:
+        if not str(item).strip():
+            raise UserError("an input path is empty (an unset shell variable?); name files, folders or globs")
         p = Path(item)
         if p.is_file():
             found = [p]
         elif p.is_dir():
             found = images_in(p)
+            subs = sum(q.is_dir() and not q.name.startswith(".") for q in p.iterdir())
+            if subs:
+                log.info(f"{p}: {subs} subfolder(s) not searched (name them, or a glob such as '{p / '*' / '*.tif'}', as inputs)")
             if not found:
                 raise UserError(f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
         elif glob.has_magic(str(item)):

@@ -28,6 +28,26 @@ def raise_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_interrupted)
 
 
+class _Completion:
+    """Whether the running command has put every output in place (then a late Ctrl-C no longer fails it)."""
+
+    done = False
+
+
+def start_run() -> None:
+    """A command starts: nothing is complete yet."""
+    _Completion.done = False
+
+
+def mark_complete() -> None:
+    """Every output of the command is committed: an interrupt from now on leaves a finished run (the CLI exits 0)."""
+    _Completion.done = True
+
+
+def run_complete() -> bool:
+    return _Completion.done
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM inside `deferred()`; the loop checks it between steps."""
 

@@ -53,6 +53,12 @@ def _spanned(lo: float, hi: float) -> Normalizer:
     return Normalizer(lo, hi if hi - lo > span else lo + span)
 
 
+def is_positive_intensity(norm: Normalizer, median: float | None) -> bool:
+    """Whether a frame reads as transmitted light (median above 0, no negative values at its low percentile), the
+    only frames the intensity model's ratios to the median can revert; offset or signed data keep their range."""
+    return median is not None and median > 0 and norm.lo >= 0
+
+
 def frame_statistics(frame: np.ndarray, pmin: float = PMIN, pmax: float = PMAX) -> tuple[Normalizer, float]:
     """`frame_normalizer` and the frame's median, both from one pass over the same sample of the frame."""
     lo, hi, median = (float(v) for v in np.percentile(_sample(frame), [pmin, pmax, 50.0]))

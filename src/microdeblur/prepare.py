@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import log
+from . import interrupts, log
 from .atomic import StagedFolder
 from .calibration import NA_RANGE, PIXEL_RANGE_UM, REFERENCE, WAVELENGTH_RANGE_UM, Microscope, agreed_value, dz_factor
 from .engine import check_finite
@@ -466,6 +466,7 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
             index["days"] = {k: index["days"][k] for k in sorted(index["days"], key=natural_key)}
             stage.path(INDEX_NAME, replace=True).write_text(json.dumps(index, indent=1))
             stage.commit()
+    interrupts.mark_complete()
     _report_defaults(days, scale)  # after success: a failed run shows its one error line only
     planes = sum(d.n_planes for d in days)
     crops = sum(len(index["days"][d.name]["crops"]) for d in days)

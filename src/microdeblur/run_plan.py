@@ -133,6 +133,8 @@ def plan_run(inputs: Sequence[str], output: str | Path, name_for: Callable[[Path
     on `output` means a folder; always planned over the whole input list, so every shard names outputs alike)."""
     from .inputs import expand_inputs
 
+    if not str(output).strip():
+        raise UserError("the output path (-o) is empty (an unset shell variable?)")
     files = expand_inputs(inputs)
     infos = [] if batch is not None and batch.active else read_infos(files)
     return files, infos, output_paths(files, Path(output), name_for, is_folder_name(output))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.fft as sfft
 
-from . import log
+from . import interrupts, log
 from . import specimens as _specimens
 from .errors import UserError, require_number
 from .labs import REFERENCE, Lab, draw_lab, lab_for
@@ -192,5 +192,6 @@ def simulate_days(out: Path, *, days: int, planes: int, size: tuple[int, int], s
             lab = draw_lab(np.random.default_rng([day_seed, 1]), family=specimen) if randomize else base
             simulate_day(folder, name, planes=planes, size=size, seed=day_seed,
                          z_step_um=lab.z_step_um if z_step_um is None else z_step_um, cells=cells, lab=lab)
+    interrupts.mark_complete()
     log.info(f"simulated {days} day(s) x {planes} planes of {size[0]}x{size[1]} in {time.perf_counter() - t0:.1f} s -> {out}")
     return [out / n for n in names]

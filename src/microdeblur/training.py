@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import log
+from . import interrupts, log
 from .atomic import atomic_path
 from .calibration import fit_calibration, spearman
 from .checkpoints import TrainState, load_checkpoint, save_checkpoint
@@ -436,6 +436,7 @@ def _export(output: Path, model: DisentangledAE, state: TrainState, cfg: TrainCo
                     training=summary)
     save_weights(output, model.to("cpu").to(memory_format=torch.contiguous_format).eval(), meta,
                  overwrite=cfg.overwrite)
+    interrupts.mark_complete()
     log.info(f"trained {cfg.variant} for {state.step} steps in {state.elapsed_s / 60:.1f} min -> {output}")
     if cal is not None:
         log.info(f"blur code vs dz: {cal['kind']} relation, spearman {cal['spearman_rho']:.3f}, median error {cal['mae_um']:.2f}")
