@@ -317,7 +317,7 @@ def test_signals_during_a_commit_wait_for_it_then_undo_it(tmp_path: Path, monkey
         signal.signal(signal.SIGTERM, before)
 
 
-@pytest.mark.parametrize("command", ["deblur", "focus"])
+@pytest.mark.parametrize("command", ["deblur", "focus", "interpolate"])
 def test_ctrl_c_after_the_last_commit_leaves_a_finished_run(tmp_path: Path, weights: Path, monkeypatch, command):
     """An interrupt after every output is in place exits 0 (the outputs are complete); one before the commit
     exits 130 and leaves none."""
@@ -329,10 +329,11 @@ def test_ctrl_c_after_the_last_commit_leaves_a_finished_run(tmp_path: Path, weig
         raise KeyboardInterrupt
 
     monkeypatch.setattr(optics.OpticsRun, "report", interrupt)  # runs just after the commit
-    res = run_cli(command, src, "-o", tmp_path / "late.tif", "-w", weights)
+    extra = ["--dz-from", "-4", "--dz-to", "4", "--steps", "3"] if command == "interpolate" else []
+    res = run_cli(command, src, "-o", tmp_path / "late.tif", "-w", weights, *extra)
     assert res.exit_code == 0 and "error" not in res.output and (tmp_path / "late.tif").is_file(), res.output
     monkeypatch.setattr(log, "progress", interrupt)  # before anything is written
-    res = run_cli(command, src, "-o", tmp_path / "early.tif", "-w", weights)
+    res = run_cli(command, src, "-o", tmp_path / "early.tif", "-w", weights, *extra)
     assert res.exit_code == 130 and "error: interrupted" in res.output and not (tmp_path / "early.tif").exists()
 
 

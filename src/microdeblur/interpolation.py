@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import log
+from . import interrupts, log
 from .backends import load_deblurrer
 from .calibration import OpticsOptions
 from .engine import OVERLAP, Deblurrer, check_finite, require_calibration
@@ -72,6 +72,7 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
         for plane in planes:
             out.write(plane)
             bar.advance()
+    interrupts.mark_complete()
     run.report()
     log.info(f"wrote {steps} interpolated planes to {output}")
     return output
