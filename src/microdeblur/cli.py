@@ -80,8 +80,8 @@ NaOpt = typer.Option(None, "--na", help="Objective NA, in (0, 1.6] (default: the
 WavelengthOpt = typer.Option(None, "--wavelength", help="Illumination wavelength in um, in (0.2, 2] (default: the file's "
                              "OME channel wavelength, else 0.55).")
 PixelSizeOpt = typer.Option(None, "--pixel-size", help="Pixel size at the sample in um, in (0, 100] (default: the file's "
-                            "OME/ImageJ/TIFF metadata; for files without one, as a value more than 5 % from it is refused: --scale "
-                            "overrides the resize outright); sets the resize factor to the network's working pixel size.")
+                            "OME/ImageJ/TIFF metadata; a value more than 5 % from the file's is refused, --scale overrides the "
+                            "resize outright); sets the resize factor to the network's working pixel size.")
 OverlapOpt = typer.Option(32, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
                           "tiles start on multiples of the network's stride).")
 BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default: 32 on CPU for the shipped network, fewer for larger ones; sized to free memory on a GPU).")
