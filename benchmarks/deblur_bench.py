@@ -16,7 +16,7 @@ With --before SRC (a `src` folder of another version, e.g. from `git archive`) t
 are repeated with that code (PYTHONPATH), interleaved, so before/after share the machine's load.
 
 Usage: python benchmarks/deblur_bench.py [--weights W] [--before DIR/src] [--planes 100] [--skip-stack] [--only a,b,...]
-    [--backends torch,onnx] [--scale S]
+    [--backends torch,onnx] [--scale S] [--overlap PX]
 """
 
 from __future__ import annotations
@@ -232,11 +232,11 @@ def section_c(weights: Path, repeats: int) -> None:
 
 
 def section_d(work: Path, weights: Path, before: Path | None, planes: int, backends: tuple[str, ...] = BACKENDS,
-              scale: float | None = None) -> None:
-    """A big stack through the CLI (at `scale`, default the weights'): wall, CPU and peak RSS."""
+              scale: float | None = None, overlap: int | None = None) -> None:
+    """A big stack through the CLI (at `scale` and `overlap`, default the CLI's): wall, CPU and peak RSS."""
     stack = work / "stack.tif"
     make_stack(stack, planes)
-    at = [] if scale is None else ["--scale", f"{scale:g}"]
+    at = ([] if scale is None else ["--scale", f"{scale:g}"]) + ([] if overlap is None else ["--overlap", str(overlap)])
     print(f"(d) {planes}-plane 2048x1536 uint16 stack through the CLI{' ' + ' '.join(at) if at else ''}, {load()}")
     for name, src, extra in variants(weights, before, backends):
         cmd = ["/usr/bin/time", "-v", *cli(["deblur", str(stack), "-o", str(work / f"stack_{name}.tif"),
@@ -436,6 +436,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--backends", default=",".join(BACKENDS), help="backends the stack (d) runs on")
     ap.add_argument("--scale", type=float, default=None, help="deblur --scale of the stack (d); default the weights'")
+    ap.add_argument("--overlap", type=int, default=None, help="deblur --overlap of the stack (d); default the CLI's")
     args = ap.parse_args()
     if not set(args.backends.split(",")) <= set(BACKENDS):
         ap.error(f"--backends takes a comma-separated subset of {','.join(BACKENDS)}, got {args.backends}")
@@ -457,7 +458,8 @@ def main() -> None:
         if "e" in only:
             section_e(work, weights)
         if "d" in only and not args.skip_stack:
-            section_d(work, weights, args.before, args.planes, tuple(args.backends.split(",")), args.scale)
+            section_d(work, weights, args.before, args.planes, tuple(args.backends.split(",")), args.scale,
+                      args.overlap)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -256,6 +256,17 @@ def test_reference_and_dz_pick_the_blur_code(tmp_path, cal_weights):
     assert np.array_equal(read_image(tmp_path / "z.tif").data, expected)
 
 
+@pytest.mark.parametrize("ref", [np.full((70, 60), 1000, np.uint16), np.full((1, 1), 1000, np.uint16)],
+                         ids=["blank", "one-pixel"])
+def test_a_reference_without_contrast_is_refused(tmp_path, cal_weights, ref):
+    src = write_tiff(tmp_path / "in.tif", _image((64, 80), np.uint16, 1), "YX")
+    refp = write_tiff(tmp_path / "ref.tif", ref, "YX")
+    res = CliRunner().invoke(app, ["deblur", str(src), "-o", str(tmp_path / "o.tif"), "-w", str(cal_weights),
+                                   "--reference", str(refp), "--device", "cpu"])
+    assert res.exit_code != 0 and "error: --reference" in res.output and "contrast" in res.output
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_focus_ratios_set_the_output_intensity_range(tmp_path, identity_net):
     ratios = {"dz_um": [-10.0, 0.0, 10.0], "lo": [0.5, 0.9, 0.7], "hi": [2.0, 1.1, 1.6]}
     w = _save(tmp_path / "r.safetensors", True, focus_ratios=ratios)
@@ -337,6 +348,16 @@ def test_interpolate_end_points_reproduce_a_and_b(tmp_path, blur_is_tile_net, ca
     assert np.abs(img.data[0].astype(int) - a).max() <= 1 and np.abs(img.data[-1].astype(int) - b).max() <= 1
     mid = img.data[1].astype(float)  # blend of normalised tiles, reverted with interpolated lo/hi
     assert np.corrcoef(mid.ravel(), (2 * a.astype(float) + b).ravel())[0, 1] > 0.999
+
+
+def test_interpolate_warns_when_b_has_another_dtype(tmp_path, cal_weights):
+    pa = write_tiff(tmp_path / "a.tif", _image((50, 70), np.uint16, 5), "YX")
+    pb = write_tiff(tmp_path / "b.tif", _image((50, 70), np.uint8, 6), "YX")
+    res = CliRunner().invoke(app, ["interpolate", str(pa), str(pb), "-o", str(tmp_path / "w.tif"), "--steps", "3",
+                                   "-w", str(cal_weights), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output and "uint8" in res.output and "written as A's uint16" in res.output
+    assert read_image(tmp_path / "w.tif").dtype == np.uint16
 
 
 def test_interpolate_real_model_start_is_a_reconstruction(tmp_path, cal_weights):

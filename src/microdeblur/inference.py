@@ -131,7 +131,8 @@ class _Targets:
 
             ref = read_image(reference)
             db_ref, _ = optics.resolve(ref)
-            self.code = db.as_code(db_ref.mean_blur_code(check_finite(ref.data, Path(reference))))
+            self.code = db.as_code(db_ref.mean_blur_code(check_finite(ref.data, Path(reference)),
+                                                            f"--reference {reference}"))
             log.debug(f"reference blur code from {reference}")
         if dz is None and self.code is None and db.target is None:
             raise UserError(f"{weights or 'the default weights'} hold no in-focus blur code; use --reference or --dz")

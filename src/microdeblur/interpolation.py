@@ -52,6 +52,8 @@ def interpolate_paths(a: Path, b: Path | None, output: Path, *, steps: int = 6, 
         if info_b.shape != info_a.shape:
             raise UserError(f"A and B must show the same field at the same size: {a} is "
                             f"{info_a.shape[1]}x{info_a.shape[0]}, {b} is {info_b.shape[1]}x{info_b.shape[0]}")
+        if info_b.dtype != info_a.dtype:
+            log.warn(f"{b} is {info_b.dtype}, {a} is {info_a.dtype}: the planes are written as A's {info_a.dtype}")
     inputs = [Path(a)] + ([Path(b)] if b is not None else [])
     check_outputs([output], inputs, overwrite)
     db, meta = load_deblurrer(weights, device, backend, precision, scale=scale, overlap=overlap, batch_size=batch_size)
