@@ -216,6 +216,7 @@ def section_c(weights: Path, repeats: int) -> None:
     grids = [(48, False, default, "torch"), (48, True, default, "torch")]
     grids += [(32, True, bs, "torch") for bs in sizes] + [(32, True, 2 * max(sizes), "torch")]
     grids += [(32, True, bs, "onnx") for bs in sizes] if runner is not None else []
+    grids += [(16, True, default, "torch")] + ([(16, True, default, "onnx")] if runner is not None else [])
     for overlap, align, bs, backend in grids:
         db = Deblurrer(model if backend == "torch" else runner, meta, device="cpu", overlap=overlap, batch_size=bs)
         if not align:

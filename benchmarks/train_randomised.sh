@@ -7,26 +7,27 @@
 # then the focus gate's ramp is fitted on those validation days and five more (benchmarks/fit_focus_gate.py) and
 # written into runs/NAME_gated.safetensors, the file that ships.
 #   bash benchmarks/train_randomised.sh STEPS NAME INIT [TRAIN OPTIONS...]
-#   bash benchmarks/train_randomised.sh 10000 m1dsc18r models/checkpoints/m1dsc18.safetensors \
-#       --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999     # shipped manifold-1d (2026-12-06, session 15)
+#   bash benchmarks/train_randomised.sh 5500 m1dfscr models/checkpoints/m1dfsc.safetensors \
+#       --deblur-weight 1 --dz-weight 1 --source-code --ema 0.999     # shipped manifold-1d (2026-12-08, session 26)
+# (its stage 1, m1dfsc, is the full-resolution network: train_shipped.sh 15000 m1dfsc --unshuffle 1 ...; ship.sh runs both)
+# Shipped before it (2026-12-06, session 15): 10000 m1dsc18r models/checkpoints/m1dsc18.safetensors, the same options
+# (its gated file is models/checkpoints/m1dsc18r_gated.safetensors).
 # (the train options are part of the shipped recipe: without them the run is the plain fine-tune)
-# INIT for the shipped run: the stage-1 export, committed; its command in train_shipped.sh rebuilds it from scratch
-# (m1dsc18, 18,000 steps). Shipped before it: m1dscr10, the same command on models/checkpoints/m1dsc.safetensors
+# INIT: the stage-1 export, committed; its command in train_shipped.sh rebuilds it from scratch
+# (m1dsc18, 18,000 steps, for m1dsc18r). Shipped before m1dsc18r: m1dscr10, the same command on models/checkpoints/m1dsc.safetensors
 # (9,000 steps; its gated file is models/checkpoints/m1dscr10_gated.safetensors). Before that (2026-12-02):
 # (m1dsc and m1dz1 left the tree on 2026-12-07: git show 09448fb:models/checkpoints/m1dz1.safetensors, or m1dsc)
 #   bash benchmarks/train_randomised.sh 4000 m1dz1rs models/checkpoints/m1dz1.safetensors \
 #       --deblur-weight 1 --dz-weight 1 --source-code
 # on `bash benchmarks/train_shipped.sh 9000 m1dz1 --deblur-weight 1 --dz-weight 1` (exported step 8,250).
-# The full-resolution candidate (model card ¹⁴): ... 10000 m1dfscr models/checkpoints/m1dfsc.safetensors with the same
-# options (benchmarks/ship.sh 15000 10000 m1dfsc --unshuffle 1 runs both stages).
 # Re-running continues an interrupted run from runs/NAME.ckpt. LAUNCH runs it data-parallel, e.g. two one-thread
 # processes (1.3x the tiles/s of one two-thread process on 2 cores, docs/benchmarks.md):
 #   LAUNCH="torchrun --standalone --nproc-per-node 2 -m microdeblur" WORKERS=1 bash benchmarks/train_randomised.sh ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${1:-10000}
-NAME=${2:-m1dsc18r}
-INIT=${3:-models/checkpoints/m1dsc18.safetensors}
+STEPS=${1:-5500}
+NAME=${2:-m1dfscr}
+INIT=${3:-models/checkpoints/m1dfsc.safetensors}
 shift $(( $# > 3 ? 3 : $# ))
 # a simulated folder is done when its last day is there (a killed simulate leaves only its staging folder)
 [ -d runs/raw_train/day16 ] || microdeblur simulate runs/raw_train --days 16 --planes 31 --z-step 2 --size 2048x1536 --seed 1000

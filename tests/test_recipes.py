@@ -79,8 +79,9 @@ def test_ship_runs_both_stages_the_gate_fit_and_the_export_with_the_recipe(proje
 
 def test_ship_defaults_to_the_shipped_weights_names(project):
     calls = _run(project)
-    assert any("-o runs/m1dsc18.safetensors" in c and "--max-steps 18000" in c for c in calls)
-    assert any("--init runs/m1dsc18.safetensors" in c and "-o runs/m1dsc18r.safetensors" in c for c in calls)
+    assert any("-o runs/m1dfsc.safetensors" in c and "--max-steps 15000" in c and "--unshuffle 1" in c for c in calls)
+    assert any("--init runs/m1dfsc.safetensors" in c and "-o runs/m1dfscr.safetensors" in c
+               and "--max-steps 5500" in c for c in calls)
 
 
 def test_ship_rerun_completes_a_gate_fit_that_did_not_finish(project):
