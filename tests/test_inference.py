@@ -16,8 +16,9 @@ from cli_helpers import tiny_weights
 from typer.testing import CliRunner
 
 from microdeblur.calibration import dz_to_code, fit_calibration
+from microdeblur.cli import OverlapOpt as CLI_OVERLAP
 from microdeblur.cli import app
-from microdeblur.engine import Deblurrer
+from microdeblur.engine import OVERLAP, Deblurrer
 from microdeblur.errors import UserError
 from microdeblur.focus_runs import focus_paths
 from microdeblur.image_read import read_image
@@ -504,7 +505,8 @@ def test_deblur_tiles_start_on_the_network_stride(cal_weights):
     model, meta = load_weights(cal_weights)
     db = Deblurrer(model, meta, device="cpu")
     grid = db.grid((300, 500))
-    assert db.overlap == 32 and np.all(grid.ys % model.config.downsample == 0)
+    assert db.overlap == OVERLAP == 16 and np.all(grid.ys % model.config.downsample == 0)
+    assert CLI_OVERLAP.default == OVERLAP  # the CLI repeats the constant rather than import the engine at start-up
     assert np.all(grid.xs % model.config.downsample == 0) and db.grid((300, 500)) is grid  # built once per shape
 
 

@@ -82,7 +82,8 @@ WavelengthOpt = typer.Option(None, "--wavelength", help="Illumination wavelength
 PixelSizeOpt = typer.Option(None, "--pixel-size", help="Pixel size at the sample in um, in (0, 100] (default: the file's "
                             "OME/ImageJ/TIFF metadata; a value more than 5 % from the file's is refused, --scale overrides the "
                             "resize outright); sets the resize factor to the network's working pixel size.")
-OverlapOpt = typer.Option(32, "--overlap", help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
+OverlapOpt = typer.Option(16, "--overlap",  # engine.OVERLAP (not imported: start-up)
+                          help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
                           "tiles start on multiples of the network's stride).")
 BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default: 32 on CPU for the shipped network, fewer for larger ones; sized to free memory on a GPU).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bfloat16 autocast on CUDA GPUs that support it, else float32), float32 or bfloat16.")

@@ -32,9 +32,10 @@ from .resizing import SCALE_RANGE, rescale, resize_to, scale_ok
 from .tiling import Blend, TileGrid, extract_tiles, stitch, tile_contrast, tile_grid, upsample_tile_values
 
 IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
-# Tile overlap (px at working scale). With tiles aligned to the network's stride, 32 px keeps the difference to a
-# whole-image pass at a quarter of what 48 px unaligned gave, with 25 % fewer tiles (docs/benchmarks.md, issue 14).
-OVERLAP = 32
+# Tile overlap (px at working scale), the narrowest band two tiles share on the stride-aligned grid. 16 px: on the
+# shipped network a 1024x768 working plane needs 63 tiles instead of 88 at 32 px (-28 % time), for a mean seam 10 %
+# larger and 0.01 dB less min-MSE PSNR than 32 px (docs/benchmarks.md "Seams", session 26). cli.py repeats it.
+OVERLAP = 16
 GRIDS_KEPT = 4  # tile grids kept per Deblurrer (one per plane shape; the oldest goes first)
 BATCH_SIZE = 32  # tiles per network call on a CPU for the shipped network's size (cpu_batch_size)
 # A tile's contrast: std of its band-passed working-scale plane (Gaussian sigma 1 px minus sigma 8 px) over the

@@ -24,7 +24,7 @@ from .checkpoints import TrainState, load_checkpoint, save_checkpoint
 from .dataset import LEVEL_UM, PairSampler, PreparedData
 from .devices import autocast, compute_dtype, torch_threads
 from .distributed import World, any_rank, world
-from .engine import OVERLAP, Deblurrer
+from .engine import Deblurrer
 from .errors import UserError
 from .frame_probe import GATED_SCORE, FrameProbe
 from .frame_probe import SCORE as FRAME_SCORE
@@ -92,6 +92,8 @@ class Probe:
             out["code_absdz_rho"] = spearman(blur[:, 0], np.abs(self.dz))
         return out
 
+
+PROBE_OVERLAP = 32  # the whole-frame probe's tile overlap (px), fixed so logged runs stay comparable
 
 def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, TrainConfig]:
     """The model to train and the config it implies (`--init` weights bring their own architecture)."""
@@ -329,7 +331,8 @@ def _probe_row(run: _Run, cfg: TrainConfig, scored: DisentangledAE, probe: Probe
     row = {k: round(v, 4) for k, v in probe.metrics(scored, device).items()}
     if frames is not None:
         live = run.meta(cfg, scored, focus_blur_code=probe.focus_code(scored, device))
-        db = Deblurrer(scored, live, device=device, overlap=min(OVERLAP, run.data.tile // 4))
+        # the probe keeps the 32-px grid every logged run was scored on (comparable across runs)
+        db = Deblurrer(scored, live, device=device, overlap=min(PROBE_OVERLAP, run.data.tile // 4))
         row |= {k: round(v, 4) for k, v in frames.metrics(db, tie_um).items()}
         scored.train()
     return row
