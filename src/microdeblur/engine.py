@@ -391,16 +391,16 @@ class Deblurrer:
     def mean_blur_code(self, plane2d: np.ndarray, source: str = "the reference") -> np.ndarray:
         """Mean blur code over the tiles of a plane (e.g. an in-focus reference image) with enough contrast to
         show their focus; a UserError naming `source` when none has."""
-        plane = np.asarray(plane2d)
-        if plane.ndim != 2:
-            raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
-        enc, usable = self._encode_with_contrast(plane)
+        enc, usable = self._encode_with_contrast(plane2d)
         if not usable.any():
             raise UserError(f"{source}: {NO_CONTRAST}")
         return enc.blur[usable].mean(0)
 
-    def _encode_with_contrast(self, plane: np.ndarray) -> tuple[Encoded, np.ndarray]:
+    def _encode_with_contrast(self, plane2d: np.ndarray) -> tuple[Encoded, np.ndarray]:
         """A 2-D plane's encoding and which tiles have the contrast to show their focus (MIN_TILE_CONTRAST, MIN_FOCUS_PX)."""
+        plane = np.asarray(plane2d)
+        if plane.ndim != 2:
+            raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
         work, norm, median = self._working(plane)  # resized once: the codes and the contrast read the same plane
         enc = self._encode_working(plane, work, norm, median)
         usable = (tile_contrast(norm.after(work), enc.grid) >= MIN_TILE_CONTRAST) & (min(work.shape) >= MIN_FOCUS_PX)
@@ -423,12 +423,9 @@ class Deblurrer:
         cal = getattr(self.meta, "calibration", None)
         if not cal:
             raise UserError("focus maps need weights with a blur-code calibration")
-        plane = np.asarray(plane2d)
-        if plane.ndim != 2:
-            raise ValueError(f"expected a 2-D plane, got shape {plane.shape}")
         if self.config.blur_dim != 1:
             raise UserError("focus maps need a 1-D blur code (manifold-1d weights)")
-        enc, usable = self._encode_with_contrast(plane)
+        enc, usable = self._encode_with_contrast(plane2d)
         return TileFocus(calibration.code_to_dz(cal, enc.blur[:, 0]), usable, enc.grid, enc.shape)
 
     def focus_maps(self, plane2d: np.ndarray, dz_factor: float = 1.0, *, signed: bool = True,

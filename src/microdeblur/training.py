@@ -39,6 +39,8 @@ from .provenance import software_versions
 from .train_config import TrainConfig, check_config, checkpoint_path
 from .weights import WeightsMeta, load_weights, optics_of_prepared, save_weights
 
+PROBE_OVERLAP = 32  # the whole-frame probe's tile overlap (px), fixed so logged runs stay comparable
+
 
 @dataclass
 class Probe:
@@ -92,8 +94,6 @@ class Probe:
             out["code_absdz_rho"] = spearman(blur[:, 0], np.abs(self.dz))
         return out
 
-
-PROBE_OVERLAP = 32  # the whole-frame probe's tile overlap (px), fixed so logged runs stay comparable
 
 def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, TrainConfig]:
     """The model to train and the config it implies (`--init` weights bring their own architecture)."""
@@ -331,7 +331,6 @@ def _probe_row(run: _Run, cfg: TrainConfig, scored: DisentangledAE, probe: Probe
     row = {k: round(v, 4) for k, v in probe.metrics(scored, device).items()}
     if frames is not None:
         live = run.meta(cfg, scored, focus_blur_code=probe.focus_code(scored, device))
-        # the probe keeps the 32-px grid every logged run was scored on (comparable across runs)
         db = Deblurrer(scored, live, device=device, overlap=min(PROBE_OVERLAP, run.data.tile // 4))
         row |= {k: round(v, 4) for k, v in frames.metrics(db, tie_um).items()}
         scored.train()
