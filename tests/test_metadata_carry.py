@@ -39,15 +39,17 @@ def _ome_xml(planes: int, *, second_image: bool = False) -> str:
              'SamplesPerPixel="1" EmissionWavelength="600" EmissionWavelengthUnit="nm" ExcitationWavelength="480"/>'
              f'<TiffData IFD="{{ifd}}" PlaneCount="{planes}"/>'
              + "".join(f'<Plane TheZ="{z}" TheC="0" TheT="0" PositionZ="{10 + 2 * z}"/>' for z in range(planes))
-             + '</Pixels><AnnotationRef ID="Annotation:0"/></Image>')
+             + '</Pixels><AnnotationRef ID="Annotation:{i}"/><AnnotationRef ID="Annotation:9"/></Image>')
     images = image.format(i=0, name="MyField_A01", ch="BF", ifd=0)
     if second_image:
         images += image.format(i=1, name="Other", ch="GFP", ifd=planes)
     return ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
             '<Instrument ID="Instrument:0"><Objective ID="Objective:0:0" LensNA="0.75" NominalMagnification="40">'
             '<AnnotationRef ID="Annotation:0"/></Objective></Instrument>' + images +
-            '<StructuredAnnotations><CommentAnnotation ID="Annotation:0"><Value>c</Value></CommentAnnotation>'
-            '</StructuredAnnotations></OME>')
+            '<StructuredAnnotations><CommentAnnotation ID="Annotation:0"><AnnotationRef ID="Annotation:2"/>'
+            '<Value>c</Value></CommentAnnotation><CommentAnnotation ID="Annotation:1"><Value>other</Value>'
+            '</CommentAnnotation><XMLAnnotation ID="Annotation:2"><Value><lab:well xmlns:lab="urn:lab">A01</lab:well>'
+            '</Value></XMLAnnotation></StructuredAnnotations></OME>')
 
 
 def _write_ome(path: Path, data: np.ndarray) -> Path:
@@ -71,7 +73,7 @@ def _one(root: ET.Element, tag: str) -> ET.Element:
 
 
 def _assert_image_kept(root: ET.Element) -> None:
-    """The input image's name, date, description, objective (with its reference) and channel are in `root`."""
+    """The input image's name, date, description, objective (with its reference), channel and annotations are in `root`."""
     image = _one(root, "Image")
     assert image.get("Name") == "MyField_A01"
     assert _one(root, "AcquisitionDate").text == "2024-01-02T03:04:05" and _one(root, "Description").text == "sample 42"
@@ -80,7 +82,22 @@ def _assert_image_kept(root: ET.Element) -> None:
     channel = _one(root, "Channel")
     assert (channel.get("Name"), channel.get("EmissionWavelength"), channel.get("EmissionWavelengthUnit"),
             channel.get("ExcitationWavelength")) == ("BF", "600", "nm", "480")
-    assert not root.findall(f".//{NS}AnnotationRef")  # the annotations are not carried: no reference to them
+    _assert_annotations_kept(root)
+
+
+def _assert_annotations_kept(root: ET.Element) -> None:
+    """The first image's annotations (and the one its comment names) are carried with their content; the second
+    image's and the dangling reference (Annotation:9) are not, and every reference resolves."""
+    kept = {e.get("ID"): e for e in _one(root, "StructuredAnnotations")}
+    assert sorted(kept) == ["Annotation:0", "Annotation:2"]
+    assert kept["Annotation:0"].find(f"{NS}Value").text == "c"
+    assert kept["Annotation:2"].find(f"{NS}Value/{{urn:lab}}well").text == "A01"  # foreign namespace untouched
+    refs = [(parent.tag, r.get("ID")) for parent in root.iter() for r in parent if r.tag == f"{NS}AnnotationRef"]
+    assert sorted(refs) == [(f"{NS}CommentAnnotation", "Annotation:2"), (f"{NS}Image", "Annotation:0"),
+                            (f"{NS}Objective", "Annotation:0")]
+    image = _one(root, "Image")
+    assert [e.tag for e in image][-2:] == [f"{NS}Pixels", f"{NS}AnnotationRef"]  # schema order: refs after Pixels
+    assert list(root)[-1].tag == f"{NS}StructuredAnnotations"
 
 
 def test_deblur_and_focus_outputs_keep_the_input_ome_metadata(tmp_path: Path, weights: Path):

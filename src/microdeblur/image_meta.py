@@ -17,6 +17,7 @@ _IJ_KEPT = ("finterval", "Info", "Labels")  # ImageJ entries kept on write (not 
 # children of an OME Image that still hold for an output (in schema order, all before Pixels)
 _OME_IMAGE_KEPT = ("AcquisitionDate", "Description", "InstrumentRef", "ObjectiveSettings", "ImagingEnvironment",
                    "StageLabel")
+_OME_NS_PREFIX = "{http://www.openmicroscopy.org/Schemas/"
 
 
 @dataclass(kw_only=True)
@@ -138,14 +139,39 @@ def ome_optics(xml: str) -> tuple[float | None, float | None]:
     return na, wavelength
 
 
+def _ome_local(tag: str) -> str:
+    """An OME tag without its namespace; a tag of another namespace (inside an XMLAnnotation) stays as it is."""
+    return _local(tag) if not tag.startswith("{") or tag.startswith(_OME_NS_PREFIX) else tag
+
+
 def _plain_copy(element: ET.Element) -> ET.Element:
-    """A deep copy with namespace-free tags and without AnnotationRefs (annotations are not carried)."""
+    """A deep copy with namespace-free OME tags."""
     copy = deepcopy(element)
-    for e in list(copy.iter()):
-        e.tag, e.tail = _local(e.tag), None
-        for ref in [c for c in e if _local(c.tag) == "AnnotationRef"]:
-            e.remove(ref)
+    for e in copy.iter():
+        e.tag, e.tail = _ome_local(e.tag), None
     return copy
+
+
+def _carry_annotations(root: ET.Element, src: ET.Element) -> None:
+    """Append the input's structured annotations that `root` references (and those they reference, in the input's
+    order); references to annotations the input lacks are dropped."""
+    known = [e for block in _children(src, "StructuredAnnotations") for e in block if e.get("ID")]
+    by_id = {e.get("ID"): e for e in known}
+    wanted, todo = set(), [r.get("ID") for r in root.iter("AnnotationRef")]
+    while todo:
+        ref = todo.pop()
+        if ref in by_id and ref not in wanted:
+            wanted.add(ref)
+            todo += [r.get("ID") for r in by_id[ref].iter() if _local(r.tag) == "AnnotationRef"]
+    for parent in list(root.iter()):
+        for ref in [c for c in parent if c.tag == "AnnotationRef" and c.get("ID") not in wanted]:
+            parent.remove(ref)
+    if wanted:
+        block = root.find("StructuredAnnotations")
+        if block is None:
+            block = ET.Element("StructuredAnnotations")
+            root.insert(max(i for i, e in enumerate(root) if e.tag == "Image") + 1, block)
+        block.extend(_plain_copy(e) for e in known if e.get("ID") in wanted)
 
 
 def _children(element: ET.Element | None, name: str) -> list[ET.Element]:
@@ -156,7 +182,7 @@ def _children(element: ET.Element | None, name: str) -> list[ET.Element]:
 def carry_ome(source: str, target: str) -> str:
     """The OME-XML `target` (tifffile's, of one output image) with what still holds of the input's `source` (its first
     image): Name, AcquisitionDate, Description, instruments and objective settings, channel attributes and settings,
-    and, where the Z and T sizes are unchanged, TimeIncrement and the Plane elements."""
+    where the Z and T sizes are unchanged TimeIncrement and the Plane elements, and the annotations these reference."""
     try:
         src = ET.fromstring(source)
     except ET.ParseError:
@@ -182,6 +208,8 @@ def carry_ome(source: str, target: str) -> str:
     if pixels_in is not None and all(pixels_in.get(f"Size{a}") == pixels.get(f"Size{a}") for a in "ZT"):
         pixels.attrib.update({k: v for k, v in pixels_in.attrib.items() if k.startswith("TimeIncrement")})
         pixels.extend(_plain_copy(e) for e in _children(pixels_in, "Plane"))
+    image.extend(_plain_copy(e) for e in _children(image_in, "AnnotationRef"))  # after Pixels, in schema order
+    _carry_annotations(root, src)
     return ET.tostring(root, encoding="unicode")
 
 
