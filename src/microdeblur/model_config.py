@@ -52,9 +52,9 @@ class ModelConfig:
         if not self.widths or len(self.id_channels) != len(self.widths):
             raise ValueError("widths and id_channels need one positive number per pyramid level each")
         if self.stem < 0 or (self.stem and not self.input_skip):
-            raise ValueError("stem must be 0 or positive, and needs the input skip (its head refines input + correction)")
+            raise ValueError("stem must be 0 or positive, and needs the input skip: its head refines input + correction")
         if self.head < 0 or (self.head and (not self.input_skip or self.stem)):
-            raise ValueError("head must be 0 or positive, and needs the input skip and no stem (which has a head of its own)")
+            raise ValueError("head must be 0 or positive, and needs the input skip and no stem, which has a head of its own")
         if self.source_code and self.traits.variational:
             raise ValueError("source_code needs a manifold variant (ml-vae averages and samples its identity)")
         if min(self.widths + self.id_channels) < 1 or self.blur_width < 1 or self.unshuffle < 1 or self.vector_blur_dim < 1:

@@ -9,7 +9,7 @@ from .atomic import check_output_path
 from .devices import PRECISIONS
 from .errors import UserError, require_number
 from .losses import DEBLUR_LOSSES
-from .model_config import VARIANTS, VariantTraits
+from .model_config import VARIANTS, ModelConfig, VariantTraits
 from .objectives import StepOptions
 from .weights import default_weights_path
 
@@ -95,6 +95,12 @@ class TrainConfig:
                            distance_weight=self.distance_weight, cycle_weight=self.cycle_weight,
                            deblur_weight=self.deblur_weight, deblur_loss=self.deblur_loss, deblur_all=self.deblur_all)
 
+    def model_config(self, tile: int) -> ModelConfig:
+        """The network these options describe, for data tiles of `tile` px (ValueError where the options clash)."""
+        return ModelConfig(variant=self.variant, tile=tile, widths=self.widths, id_channels=self.id_channels,
+                           input_skip=self.uses_input_skip, unshuffle=self.unshuffle, stem=self.stem,
+                           source_code=self.source_code, head=self.head)
+
     def recipe(self) -> dict:
         """The settings that define the result (paths and run controls left out)."""
         skip = {"resume", "init", "val_frames", "workers", "device", "precision", "overwrite", "checkpoint_every",
@@ -160,12 +166,10 @@ def check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError(f"unknown --deblur-loss {cfg.deblur_loss!r}: use {', '.join(DEBLUR_LOSSES)}")
     if cfg.unshuffle not in (1, 2, 4):
         raise UserError(f"--unshuffle must be 1, 2 or 4, got {cfg.unshuffle}")
-    if cfg.stem < 0 or (cfg.stem and not cfg.uses_input_skip):
-        raise UserError(f"--stem must be 0 or positive and needs the input skip (not ml-vae, not --no-input-skip), got {cfg.stem}")
-    if cfg.head < 0 or (cfg.head and (not cfg.uses_input_skip or cfg.stem)):
-        raise UserError(f"--head must be 0 or positive and needs the input skip and no --stem, got {cfg.head}")
-    if cfg.source_code and cfg.traits.variational:
-        raise UserError("--source-code needs a manifold variant (ml-vae averages and samples its identity)")
+    try:  # the network's own rules (stem, head, source code), on a tile every allowed depth and unshuffle divides
+        cfg.model_config(tile=128)
+    except ValueError as e:
+        raise UserError(_as_options(str(e))) from None
     if cfg.deblur_weight and (not cfg.traits.scalar_blur or cfg.dz_tie <= 0):
         raise UserError("--deblur-weight needs manifold-1d with a dz tie (--dz-weight > 0): the term decodes with "
                         "the code the tie gives an in-focus plane")
@@ -185,6 +189,13 @@ def check_config(cfg: TrainConfig, output: Path) -> None:
         raise UserError(f"--beta-delay and --beta-ramp are step counts >= 0, got {cfg.beta_delay} and {cfg.beta_ramp}")
     if cfg.dz_weight and not cfg.traits.scalar_blur:
         raise UserError("--dz-weight only applies to a 1-D blur code (--variant manifold-1d)")
+
+
+def _as_options(message: str) -> str:
+    """A ModelConfig message in the train options' names."""
+    for field, option in (("source_code", "--source-code"), ("stem", "--stem"), ("head", "--head")):
+        message = message.replace(field, option, 1) if message.startswith(field) else message
+    return message.replace("no stem", "no --stem").replace("input skip", "input skip (ml-vae and --no-input-skip have none)")
 
 
 def checkpoint_path(output: Path) -> Path:

@@ -31,7 +31,7 @@ from .frame_probe import SCORE as FRAME_SCORE
 from .interrupts import deferred
 from .losses import beta_schedule, reconstruction_loss
 from .metrics import psnr_batch, psnr_minmse
-from .networks import DisentangledAE, ModelConfig, blur_batched, run_batched, with_head, with_source_code
+from .networks import DisentangledAE, blur_batched, run_batched, with_head, with_source_code
 from .normalize import IntensityModel, NormalizationSpec
 from .objectives import OBJECTIVES, TrainStep
 from .prepare import load_index
@@ -98,9 +98,7 @@ class Probe:
 def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, TrainConfig]:
     """The model to train and the config it implies (`--init` weights bring their own architecture)."""
     try:
-        mc = ModelConfig(variant=cfg.variant, tile=tile, widths=cfg.widths, id_channels=cfg.id_channels,
-                         input_skip=cfg.uses_input_skip, unshuffle=cfg.unshuffle, stem=cfg.stem,
-                         source_code=cfg.source_code, head=cfg.head)
+        mc = cfg.model_config(tile)
     except ValueError as e:
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
