@@ -361,6 +361,18 @@ def test_pixel_size_far_from_the_networks_is_an_error_before_writing(tmp_path, r
     assert run_cli("deblur", src, "-o", tmp_path / "o.tif", "-w", ref_weights, "--scale", "1").exit_code == 0
 
 
+def test_a_plane_too_small_at_the_working_pixel_size_is_warned_about_once(tmp_path, ref_weights):
+    small = write_tiff(tmp_path / "small.tif", _texture((2, 96, 128)), "ZYX", pixel_size_um=0.13)  # 19x26 px working
+    large = write_tiff(tmp_path / "large.tif", _texture((96, 128)), "YX", pixel_size_um=0.325)  # 48x64 px working
+    res = run_cli("deblur", small, large, "-o", tmp_path / "out", "-w", ref_weights, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if "working pixel size" in line]
+    assert warned == [f"warning: {small}: only 26x19 px at the network's working pixel size (resize factor 0.2), "
+                      "under 32 px a side: the network sees a sliver of one 128-px tile, focus readings are left out "
+                      "and a deblurred output is that small image enlarged back (check the pixel size, or give --scale)"]
+    assert read_image(tmp_path / "out" / "small.tif").shape == (2, 96, 128)
+
+
 def test_weights_trained_at_another_pixel_size_resize_to_it(tmp_path, scales):
     entry = {**Microscope(0.75, 0.55, 0.1625, 0.325).to_dict(), "assumed": []}
     w = _save(tmp_path / "w40.safetensors", optics=entry)

@@ -16,7 +16,8 @@ from .calibration import (
     OpticsOptions,
     agreed_value,
 )
-from .engine import Deblurrer
+from .engine import MIN_FOCUS_PX, Deblurrer
+from .resizing import scaled_shape
 
 
 class OpticsRun:
@@ -67,6 +68,12 @@ class OpticsRun:
             self._once("pixel", f"no pixel size given (--pixel-size) or in the metadata: resized by the weights' "
                        f"factor {self.db.scale:g}, as for {self.db.optics.working_pixel_um * self.db.scale:g} um pixels",
                        log.debug, info.path)  # as before the pixel size counted
+        h, w = scaled_shape(info.plane_shape, db.scale)
+        if min(h, w) < MIN_FOCUS_PX:
+            self._once(("small", w, h), f"only {w}x{h} px at the network's working pixel size (resize factor "
+                       f"{db.scale:g}), under {MIN_FOCUS_PX} px a side: the network sees a sliver of one {db.tile}-px "
+                       "tile, focus readings are left out and a deblurred output is that small image enlarged back "
+                       "(check the pixel size, or give --scale)", log.warn, info.path)
         factor = calibration.dz_factor(self.db.optics, m)
         if self.dz and abs(factor - 1) > 1e-9:
             t = self.db.optics
