@@ -85,7 +85,7 @@ PixelSizeOpt = typer.Option(None, "--pixel-size", help="Pixel size at the sample
 OverlapOpt = typer.Option(16, "--overlap",  # engine.OVERLAP (not imported: start-up)
                           help="Tile overlap in pixels at working scale (0 to 63 for 128-px tiles; "
                           "tiles start on multiples of the network's stride).")
-BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default: 32 on CPU for the shipped network, fewer for larger ones; sized to free memory on a GPU).")
+BatchOpt = typer.Option(None, "--batch-size", help="Tiles per network call (default on CPU: 32 for the default-size network, proportionally fewer for larger ones, 8 for the shipped one; sized to free memory on a GPU).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bfloat16 autocast on CUDA GPUs that support it, else float32), float32 or bfloat16.")
 BackendOpt = typer.Option("auto", "--backend", help="auto (ONNX Runtime on the CPU when graphs exported from the weights "
                           "lie beside them, see export onnx; else PyTorch), torch or onnx.")

@@ -37,7 +37,7 @@ IN_FOCUS_UM = 2.0  # |dz| within this counts as in focus in focus summaries
 # larger and 0.01 dB less min-MSE PSNR than 32 px (docs/benchmarks.md "Seams", session 26). cli.py repeats it.
 OVERLAP = 16
 GRIDS_KEPT = 4  # tile grids kept per Deblurrer (one per plane shape; the oldest goes first)
-BATCH_SIZE = 32  # tiles per network call on a CPU for the shipped network's size (cpu_batch_size)
+BATCH_SIZE = 32  # tiles per network call on a CPU for the default ModelConfig's size (cpu_batch_size; shipped: 8)
 # A tile's contrast: std of its band-passed working-scale plane (Gaussian sigma 1 px minus sigma 8 px) over the
 # local mean level, raw units. Below this a tile shows nothing to estimate defocus from: measured 0.0026-0.0031
 # on the simulator's empty background, >= 0.035 on every tile of the real yeast and THP-1 stacks at any plane
@@ -53,13 +53,13 @@ TTA_CHOICES = (1, 2, 4, 8)  # views averaged per tile: none, + mirror, + the oth
 
 
 def memory_ratio(config: ModelConfig) -> float:
-    """How many times the shipped architecture's largest feature map per tile `config`'s is."""
+    """How many times the default ModelConfig's largest feature map per tile `config`'s is."""
     return config.largest_feature_map / ModelConfig().largest_feature_map
 
 
 def cpu_batch_size(config: ModelConfig) -> int:
-    """Tiles per network call on a CPU: BATCH_SIZE for the shipped network's size, proportionally fewer (at
-    least 4) for a larger largest feature map, so that a call's memory stays the same (ONNX Runtime keeps its
+    """Tiles per network call on a CPU: BATCH_SIZE for the default ModelConfig's size, proportionally fewer (at
+    least 4; 8 for the shipped full-resolution network) for a larger largest feature map, so that a call's memory stays the same (ONNX Runtime keeps its
     peak allocation; docs/benchmarks.md "Deblur speed")."""
     return int(np.clip(BATCH_SIZE / memory_ratio(config), 4, BATCH_SIZE))
 

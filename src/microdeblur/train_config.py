@@ -16,7 +16,7 @@ from .weights import default_weights_path
 
 @dataclass
 class TrainConfig:
-    """Every option of `microdeblur train` (defaults = the shipped recipe)."""
+    """Every option of `microdeblur train` (from-scratch defaults; the shipped recipe's options are in benchmarks/ship.sh)."""
 
     variant: str = "manifold-1d"
     epochs: int = 1000
