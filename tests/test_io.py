@@ -156,6 +156,39 @@ def test_singleton_axes_remembered(tmp_path: Path):
     assert img.data.reshape(img.full_shape).ndim == len(img.full_axes) and img.full_axes.startswith("TZC")
 
 
+@pytest.mark.parametrize("shape,axes", [((12, 10, 1), "YX"), ((2, 1, 12, 10), "ZYX"), ((1, 12, 10), "YX"),
+                                        ((1, 1, 12, 10), "YX")])
+def test_singleton_axes_of_a_plain_tifffile_write_are_squeezed(tmp_path: Path, shape, axes):
+    """`tifffile.imwrite(path, array)` keeps singleton axes in its shaped series (not squeezed on read)."""
+    x = _ramp(shape, np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", x)
+    squeezed = tuple(n for n in shape if n > 1)
+    info, img = read_info(tmp_path / "s.tif"), read_image(tmp_path / "s.tif")
+    assert (info.axes, info.shape, img.axes, img.data.shape) == (axes, squeezed, axes, squeezed)
+    assert np.array_equal(img.data, x.reshape(squeezed))
+    assert np.array_equal(np.stack([p for _, p in iter_planes(tmp_path / "s.tif")]).reshape(shape), x)
+
+
+def test_grey_samples_are_channels_unless_colour_or_alpha(tmp_path: Path):
+    """Several grey samples per pixel (MINISBLACK) are channels, refused; RGB and grey + alpha become grey."""
+    from microdeblur.run_plan import read_infos
+
+    x = _ramp((12, 10), np.uint16)
+    tifffile.imwrite(tmp_path / "three.tif", np.stack([x, x // 2, x // 3]), photometric="minisblack",
+                     planarconfig="separate")
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([x, x // 2], -1), photometric="minisblack",
+                     extrasamples=["unspecified"])
+    tifffile.imwrite(tmp_path / "alpha.tif", np.stack([x, x // 2], -1), photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([x, x, x], -1), photometric="rgb")
+    for name in ("three", "two"):
+        with pytest.raises(UserError, match="has a channel axis S"):
+            read_infos([tmp_path / f"{name}.tif"])
+    assert np.array_equal(read_image(tmp_path / "alpha.tif").data, x)
+    assert np.array_equal(read_image(tmp_path / "rgb.tif").data, x)  # luminance of a grey RGB is the grey
+    assert read_infos([tmp_path / "rgb.tif"])[0].axes == "YX"
+
+
 def test_real_stack_metadata(real_stack_paths):
     info = read_info(real_stack_paths["bfseg_pombe"])
     assert (info.axes, info.shape, info.dtype) == ("ZYX", (34, 63, 60), np.uint16)

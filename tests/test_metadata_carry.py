@@ -179,6 +179,25 @@ def test_imagej_info_labels_and_a_spacing_without_unit_are_kept(tmp_path: Path, 
     assert read_info(tmp_path / "out_spacing_only.tif").z_step_um is None  # pixels, not um
 
 
+def test_imagej_time_unit_origins_and_properties_are_kept(tmp_path: Path, weights: Path):
+    src = tmp_path / "t.tif"
+    kept = {"finterval": 5.0, "tunit": "min", "xorigin": 10.0, "fps": 3.0, "Properties": {"Objective": "20x"}}
+    tifffile.imwrite(src, _texture((3, 64, 64)), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "TYX", "unit": "um", **kept})
+    assert run_cli("deblur", src, "-o", tmp_path / "out.tif", "-w", weights, "--device", "cpu").exit_code == 0
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert {k: tif.imagej_metadata.get(k) for k in kept} == kept  # a 5 min interval stays 5 min
+
+
+def test_a_one_micrometre_pixel_survives_the_round_trip(tmp_path: Path, weights: Path):
+    src = tmp_path / "p.tif"  # 1 um pixels in ImageJ's own spelling: resolution 1/1 (tifffile's "unset" too)
+    tifffile.imwrite(src, _texture((64, 64)), metadata=None, resolution=(1, 1),
+                     description="ImageJ=1.54f\nunit=micron\n")
+    assert read_info(src).pixel_size_um == 1.0
+    assert run_cli("deblur", src, "-o", tmp_path / "out.tif", "-w", weights, "--device", "cpu").exit_code == 0
+    assert read_info(tmp_path / "out.tif").pixel_size_um == 1.0  # before: read back as unknown
+
+
 def test_imagej_input_named_ome_tif_stays_imagej(tmp_path: Path, weights: Path):
     src = tmp_path / "stack.ome.tif"  # an ImageJ hyperstack, as some microscopes name them
     tifffile.imwrite(src, _texture((3, 64, 64)), imagej=True, resolution=(4.0, 4.0),

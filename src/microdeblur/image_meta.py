@@ -13,7 +13,8 @@ import tifffile
 
 _UNIT_UM = {"um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _TIFFFILE_IJ_VERSION = "1.11a"  # tifffile signs the ImageJ files it writes with this version
-_IJ_KEPT = ("finterval", "Info", "Labels")  # ImageJ entries kept on write (not min/max/Ranges: intensities change)
+_IJ_KEPT = ("finterval", "tunit", "fps", "loop", "xorigin", "yorigin", "zorigin", "Info", "Labels", "Properties", "Overlays",
+            "ROI")  # ImageJ entries kept on write (not min/max/Ranges: intensities change)
 # children of an OME Image that still hold for an output (in schema order, all before Pixels)
 _OME_IMAGE_KEPT = ("AcquisitionDate", "Description", "InstrumentRef", "ObjectiveSettings", "ImagingEnvironment",
                    "StageLabel")
@@ -242,8 +243,9 @@ def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | No
         if unit is None:
             return None, dz, zunit[0] if zunit else "um", extra
         name, f = unit
-        # tifffile writes XResolution 1/1 when given none; ImageJ writes no tag when uncalibrated
-        unset = xres == 1 and str(ij.get("ImageJ", "")) == _TIFFFILE_IJ_VERSION
+        # tifffile writes XResolution 1/1 when given none; ImageJ writes no tag when uncalibrated; image_write
+        # marks a true 1-unit pixel with a y unit
+        unset = xres == 1 and str(ij.get("ImageJ", "")) == _TIFFFILE_IJ_VERSION and not ij.get("yunit")
         px = f / xres if xres > 0 and not unset else None
         return px, dz, name, extra
     if page.resolutionunit == tifffile.RESUNIT.CENTIMETER and xres > 0:

@@ -124,19 +124,26 @@ def _uniform_plane_series(tif: tifffile.TiffFile) -> bool:
             and all(s.ndim == 2 and s.shape == ss[0].shape and s.dtype == ss[0].dtype for s in ss))
 
 
+def _squeezed(series) -> tuple[str, tuple[int, ...]]:
+    """A series' axes and shape without singleton axes (tifffile keeps them in files it wrote with a plain
+    `imwrite(path, array)`, e.g. (96, 96, 1))."""
+    return series.get_axes(True), tuple(series.get_shape(True))
+
+
 def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
     """ImageInfo of the first series (or of a run of uniform 2-D series), RGB counted as grey."""
     s = tif.series[0]
-    axes, shape = s.axes, tuple(s.shape)
+    axes, shape = _squeezed(s)
     full_axes, full_shape = s.get_axes(False), tuple(s.get_shape(False))
     if _uniform_plane_series(tif):
         axes, shape = "Z" + axes, (len(tif.series),) + shape
         full_axes, full_shape = axes, shape
     elif len(tif.series) > 1 and str(path) not in _SERIES_WARNED:  # said once per file, however often it is read
         _SERIES_WARNED.add(str(path))
-        log.warn(f"{path}: holds {len(tif.series)} image series of different shapes; only the first "
-                 f"({'x'.join(map(str, s.shape))}, axes {s.axes}) is read")
-    if _is_colour(axes, shape):
+        shapes = "" if len({tuple(x.shape) for x in tif.series}) == 1 else " of different shapes"
+        log.warn(f"{path}: holds {len(tif.series)} image series{shapes}; only the first "
+                 f"({'x'.join(map(str, shape))}, axes {axes}) is read")
+    if _is_colour(axes, shape, _colour_page(tif.pages.first)):
         i, j = axes.index("S"), full_axes.index("S")
         axes, shape = axes[:i] + axes[i + 1:], shape[:i] + shape[i + 1:]
         full_axes, full_shape = full_axes[:j] + full_axes[j + 1:], full_shape[:j] + full_shape[j + 1:]
@@ -168,9 +175,18 @@ def _kept_compression(page, path: Path) -> int | None:
     return int(page.compression)
 
 
-def _is_colour(axes: str, shape: Sequence[int]) -> bool:
-    """True for a samples axis of 2-4 channels (grey+alpha, RGB, RGBA)."""
-    return "S" in axes and 2 <= shape[axes.index("S")] <= 4
+def _is_colour(axes: str, shape: Sequence[int], colour: bool = True) -> bool:
+    """True for a samples axis of 2-4 channels (grey+alpha, RGB, RGBA) that are colour (`colour`: the file says so)."""
+    return colour and "S" in axes and 2 <= shape[axes.index("S")] <= 4
+
+
+def _colour_page(page) -> bool:
+    """True when a TIFF page's samples are colour (RGB, YCbCr) or grey + alpha; the samples of any other page
+    (several grey samples per pixel, e.g. channels stored as samples) are a channel axis."""
+    extra = tuple(page.extrasamples or ())
+    alpha = page.samplesperpixel == 2 and extra[:1] in ((tifffile.EXTRASAMPLE.ASSOCALPHA,),
+                                                          (tifffile.EXTRASAMPLE.UNASSALPHA,))
+    return page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR) or alpha
 
 
 def _to_grey(x: np.ndarray, path: Path) -> np.ndarray:
@@ -183,9 +199,9 @@ def _to_grey(x: np.ndarray, path: Path) -> np.ndarray:
     return to_dtype(x[..., :3].astype(np.float32) @ _LUMA.astype(np.float32), x.dtype)
 
 
-def _samples_last(x: np.ndarray, axes: str) -> np.ndarray:
+def _samples_last(x: np.ndarray, axes: str, colour: bool = True) -> np.ndarray:
     """Move a colour samples axis to the end (planar-separate TIFFs store it first)."""
-    return np.moveaxis(x, axes.index("S"), -1) if _is_colour(axes, x.shape) else x
+    return np.moveaxis(x, axes.index("S"), -1) if _is_colour(axes, x.shape, colour) else x
 
 
 def _page_yx(page) -> tuple[int, int]:
@@ -198,12 +214,13 @@ def _tiff_plane_getter(tif: tifffile.TiffFile, info: ImageInfo, path: Path) -> C
     n = info.n_planes
     if _uniform_plane_series(tif):
         return lambda i: tif.series[i].asarray()
-    s = tif.series[0]
+    s, colour = tif.series[0], _colour_page(tif.pages.first)  # frames after the first page keep only its tags
     pages = s.pages
     if len(pages) == n and all(p is not None and _page_yx(p) == info.plane_shape for p in pages):
-        return lambda i: _samples_last(pages[i].asarray(), pages[i].axes)
+        return lambda i: _samples_last(pages[i].asarray(), pages[i].axes, colour)
     whole = tifffile.memmap(path, mode="r") if s.dataoffset is not None else s.asarray()
-    whole = _samples_last(whole.reshape(s.shape), s.axes)
+    axes, shape = _squeezed(s)
+    whole = _samples_last(whole.reshape(shape), axes, colour)
     samples = whole.shape[-1:] if whole.ndim == len(info.shape) + 1 else ()
     flat = whole.reshape((n, *info.plane_shape, *samples))
     return lambda i: flat[i]
@@ -258,8 +275,8 @@ def read_image(path: str | Path) -> ImageData:
                 if _uniform_plane_series(tif):
                     data = np.stack([s.asarray() for s in tif.series])
                 else:
-                    s = tif.series[0]
-                    data = _samples_last(s.asarray(), s.axes)
+                    axes, shape = _squeezed(tif.series[0])
+                    data = _samples_last(tif.series[0].asarray().reshape(shape), axes, _colour_page(tif.pages.first))
         else:
             data = np.asarray(iio.imread(path, plugin="pillow"))
             info = ImageInfo(axes="YX", shape=data.shape[:2], dtype=data.dtype, path=path)

@@ -111,6 +111,8 @@ def _imagej_kwargs(n_planes: int, axes: str, pixel_size_um: float | None, z_step
     if pixel_size_um:
         md["unit"] = name
         kw["resolution"] = (f / pixel_size_um, f / pixel_size_um)
+        if kw["resolution"][0] == 1:  # 1 unit per pixel: the y unit marks it as set (image_meta reads 1/1 as unset)
+            md["yunit"] = name
     if z_step_um and "Z" in axes:
         md["spacing"] = z_step_um / f
         if not pixel_size_um:
