@@ -198,6 +198,22 @@ def test_a_one_micrometre_pixel_survives_the_round_trip(tmp_path: Path, weights:
     assert read_info(tmp_path / "out.tif").pixel_size_um == 1.0  # before: read back as unknown
 
 
+def test_non_square_pixels_are_kept_and_warned_about(tmp_path: Path, weights: Path):
+    ij, ome = tmp_path / "ij.tif", tmp_path / "o.ome.tif"
+    tifffile.imwrite(ij, _texture((2, 256, 256)), imagej=True, resolution=(1 / 0.2, 1 / 0.4),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 1.0})
+    tifffile.imwrite(ome, _texture((2, 256, 256)), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.4})
+    for src in (ij, ome):
+        res = run_cli("deblur", src, "-o", tmp_path / f"out_{src.name}", "-w", weights, "--device", "cpu")
+        assert res.exit_code == 0 and "not square (0.2 um along X, 0.4 um along Y)" in res.output, res.output
+        out = read_info(tmp_path / f"out_{src.name}")
+        assert (out.pixel_size_um, out.pixel_size_y_um) == (0.2, 0.4)  # before: Y became 0.2
+    with tifffile.TiffFile(tmp_path / "out_o.ome.tif") as tif:
+        assert _one(ET.fromstring(tif.ome_metadata), "Pixels").get("PhysicalSizeY") == "0.4"
+        assert tif.pages.first.resolution == pytest.approx((5e4, 2.5e4))
+
+
 def test_imagej_input_named_ome_tif_stays_imagej(tmp_path: Path, weights: Path):
     src = tmp_path / "stack.ome.tif"  # an ImageJ hyperstack, as some microscopes name them
     tifffile.imwrite(src, _texture((3, 64, 64)), imagej=True, resolution=(4.0, 4.0),

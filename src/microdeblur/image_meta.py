@@ -28,7 +28,8 @@ class ImageInfo:
     axes: str
     shape: tuple[int, ...] = ()
     dtype: np.dtype | None = None
-    pixel_size_um: float | None = None
+    pixel_size_um: float | None = None  # along X (the one the resize uses)
+    pixel_size_y_um: float | None = None  # along Y where it differs from X, else None
     z_step_um: float | None = None
     na: float | None = None  # objective NA (OME Objective LensNA), None when the file does not say
     wavelength_um: float | None = None  # OME channel emission (else excitation) wavelength, µm
@@ -59,7 +60,8 @@ class ImageInfo:
 
     def write_kwargs(self) -> dict:
         """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata."""
-        return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, z_step_um=self.z_step_um,
+        return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, pixel_size_y_um=self.pixel_size_y_um,
+                    z_step_um=self.z_step_um,
                     unit=self.unit, metadata=dict(self.metadata), compression=self.compression,
                     predictor=self.predictor, ome=self.ome, imagej=self.imagej, ome_xml=self.ome_xml)
 
@@ -101,17 +103,18 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _ome_physical(xml: str) -> tuple[float | None, float | None]:
-    """Pixel size (PhysicalSizeX, else PhysicalSizeY) and PhysicalSizeZ of the first OME image, in µm."""
+def _ome_physical(xml: str) -> tuple[float | None, float | None, float | None]:
+    """Pixel size along X and Y (each the other where one is missing) and PhysicalSizeZ of the first OME image,
+    in µm."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return None, None
+        return None, None, None
     pixels = next((e for e in root.iter() if _local(e.tag) == "Pixels"), None)
     if pixels is None:
-        return None, None
-    px = _ome_length(pixels, "PhysicalSizeX", "µm") or _ome_length(pixels, "PhysicalSizeY", "µm")
-    return px, _ome_length(pixels, "PhysicalSizeZ", "µm")
+        return None, None, None
+    x, y = _ome_length(pixels, "PhysicalSizeX", "µm"), _ome_length(pixels, "PhysicalSizeY", "µm")
+    return x or y, y or x, _ome_length(pixels, "PhysicalSizeZ", "µm")
 
 
 def ome_optics(xml: str) -> tuple[float | None, float | None]:
@@ -219,19 +222,28 @@ def tidy(value: float | None) -> float | None:
     return None if value is None else float(f"{value:.10g}")
 
 
-def tiff_physical(tif: tifffile.TiffFile) -> tuple[float | None, float | None, str, dict]:
-    """(pixel size µm, z step µm, unit, extra ImageJ metadata) from OME, ImageJ or resolution tags."""
-    px, dz, unit, extra = _tiff_physical_raw(tif)
-    return tidy(px), tidy(dz), unit, extra
+def tiff_physical(tif: tifffile.TiffFile) -> tuple[float | None, float | None, float | None, str, dict]:
+    """(pixel size µm along X, along Y, z step µm, unit, extra ImageJ metadata) from OME, ImageJ or resolution
+    tags."""
+    px, py, dz, unit, extra = _tiff_physical_raw(tif)
+    return tidy(px), tidy(py), tidy(dz), unit, extra
+
+
+def _sizes(factor: float, resolution: tuple[float, float]) -> tuple[float | None, float | None]:
+    """Pixel sizes along X and Y from a page's (X, Y) pixels per unit (Y as X where it is missing)."""
+    xres, yres = resolution
+    yres = yres if yres > 0 else xres
+    return (factor / xres, factor / yres) if xres > 0 else (None, None)
 
 
 def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | None, str, dict]:
     """Physical metadata as stored."""
     if tif.is_ome and tif.ome_metadata:
-        px, dz = _ome_physical(tif.ome_metadata)
-        return px, dz, "um", {}
+        return (*_ome_physical(tif.ome_metadata), "um", {})
     page = tif.pages.first
-    xres = page.resolution[0] if "XResolution" in page.tags else 0.0
+    res = (page.resolution[0] if "XResolution" in page.tags else 0.0,
+           page.resolution[1] if "YResolution" in page.tags else 0.0)
+    xres = res[0]
     ij = tif.imagej_metadata or {}
     if tif.is_imagej:
         extra = {k: ij[k] for k in _IJ_KEPT if ij.get(k)}
@@ -241,16 +253,16 @@ def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | No
         if ij.get("spacing") and zunit is None:  # uncalibrated: a spacing in pixels is kept as it is
             extra["spacing"] = ij["spacing"]
         if unit is None:
-            return None, dz, zunit[0] if zunit else "um", extra
+            return None, None, dz, zunit[0] if zunit else "um", extra
         name, f = unit
         # tifffile writes XResolution 1/1 when given none; ImageJ writes no tag when uncalibrated; image_write
         # marks a true 1-unit pixel with a y unit
         unset = xres == 1 and str(ij.get("ImageJ", "")) == _TIFFFILE_IJ_VERSION and not ij.get("yunit")
-        px = f / xres if xres > 0 and not unset else None
-        return px, dz, name, extra
+        px, py = _sizes(f, res) if not unset else (None, None)
+        return px, py, dz, name, extra
     if page.resolutionunit == tifffile.RESUNIT.CENTIMETER and xres > 0:
-        return 1e4 / xres, None, "um", {}
-    return None, None, "um", {}  # inch-based resolution is display dpi, not a physical size
+        return *_sizes(1e4, res), None, "um", {}
+    return None, None, None, "um", {}  # inch-based resolution is display dpi, not a physical size
 
 
 def rename_sequence_axes(axes: str) -> str:

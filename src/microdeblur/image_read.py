@@ -147,11 +147,12 @@ def _tiff_info(tif: tifffile.TiffFile, path: Path) -> ImageInfo:
         i, j = axes.index("S"), full_axes.index("S")
         axes, shape = axes[:i] + axes[i + 1:], shape[:i] + shape[i + 1:]
         full_axes, full_shape = full_axes[:j] + full_axes[j + 1:], full_shape[:j] + full_shape[j + 1:]
-    px, dz, unit, extra = tiff_physical(tif)
+    px, py, dz, unit, extra = tiff_physical(tif)
     na, wavelength = ome_optics(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else (None, None)
     page = tif.pages.first
     compression = _kept_compression(page, path)
     return ImageInfo(axes=rename_sequence_axes(axes), shape=shape, dtype=np.dtype(s.dtype), pixel_size_um=px,
+                     pixel_size_y_um=py if py and px and abs(py / px - 1) > 1e-6 else None,
                      z_step_um=dz, na=tidy(na), wavelength_um=tidy(wavelength), unit=unit, metadata=extra,
                      path=path, compression=compression,
                      predictor=compression is not None and page.predictor != 1, ome=bool(tif.is_ome),

@@ -87,19 +87,19 @@ def _as_ome(path: Path, ome: bool, imagej: bool) -> bool:
 
 def _tiff_kwargs(dtype: np.dtype, shape: Sequence[int], axes: str, pixel_size_um: float | None,
                  z_step_um: float | None, unit: str, metadata: dict | None, ome: bool = False,
-                 ome_xml: str = "") -> dict:
+                 ome_xml: str = "", pixel_size_y_um: float | None = None) -> dict:
     """tifffile keyword arguments: ImageJ hyperstack when dtype/axes allow and OME is not asked for, else OME-TIFF."""
     axes = rename_sequence_axes(axes)
     if not ome and dtype in _IMAGEJ_DTYPES and _ijorder(axes):
         return _imagej_kwargs(int(np.prod(shape[:-2], dtype=np.int64)), axes, pixel_size_um, z_step_um, unit,
-                              metadata)
+                              metadata, pixel_size_y_um)
     if dtype not in _IMAGEJ_DTYPES | _OME_DTYPES:
         raise ValueError(f"cannot store dtype {dtype} in a TIFF")
-    return _ome_kwargs(dtype, shape, axes, pixel_size_um, z_step_um, ome_xml)
+    return _ome_kwargs(dtype, shape, axes, pixel_size_um, z_step_um, ome_xml, pixel_size_y_um)
 
 
 def _imagej_kwargs(n_planes: int, axes: str, pixel_size_um: float | None, z_step_um: float | None, unit: str,
-                   metadata: dict | None) -> dict:
+                   metadata: dict | None, pixel_size_y_um: float | None = None) -> dict:
     """tifffile arguments of an ImageJ hyperstack with the kept ImageJ entries (slice labels only while they count
     the planes). A `unit` only with a known pixel size: without one, tifffile's 1/1 resolution reads as uncalibrated,
     not as 1 µm pixels, and a z step gets a `zunit` alone (which leaves ImageJ's x/y, and z, uncalibrated)."""
@@ -110,7 +110,7 @@ def _imagej_kwargs(n_planes: int, axes: str, pixel_size_um: float | None, z_step
     name, f = unit_factor(unit) or ("um", 1.0)
     if pixel_size_um:
         md["unit"] = name
-        kw["resolution"] = (f / pixel_size_um, f / pixel_size_um)
+        kw["resolution"] = (f / pixel_size_um, f / (pixel_size_y_um or pixel_size_um))
         if kw["resolution"][0] == 1:  # 1 unit per pixel: the y unit marks it as set (image_meta reads 1/1 as unset)
             md["yunit"] = name
     if z_step_um and "Z" in axes:
@@ -121,11 +121,12 @@ def _imagej_kwargs(n_planes: int, axes: str, pixel_size_um: float | None, z_step
 
 
 def _ome_kwargs(dtype: np.dtype, shape: Sequence[int], axes: str, pixel_size_um: float | None,
-                z_step_um: float | None, ome_xml: str) -> dict:
+                z_step_um: float | None, ome_xml: str, pixel_size_y_um: float | None = None) -> dict:
     """tifffile arguments of an OME-TIFF: tifffile's OME-XML with what still holds of the input's `ome_xml`;
     physical sizes only when known, the pixel size also in the resolution tags (pixels per cm)."""
     md: dict = {}
-    sizes = {"X": pixel_size_um, "Y": pixel_size_um, "Z": z_step_um if "Z" in axes else None}
+    pixel_y = pixel_size_y_um or pixel_size_um
+    sizes = {"X": pixel_size_um, "Y": pixel_y, "Z": z_step_um if "Z" in axes else None}
     for axis, size in sizes.items():
         if size:
             md.update({f"PhysicalSize{axis}": size, f"PhysicalSize{axis}Unit": "µm"})
@@ -136,12 +137,12 @@ def _ome_kwargs(dtype: np.dtype, shape: Sequence[int], axes: str, pixel_size_um:
     kw: dict = {"ome": False, "metadata": None, "photometric": "minisblack",  # one page per plane, also for 3 or 4
                 "description": f'<?xml version="1.0" encoding="UTF-8"?>{xml}'.encode()}
     if pixel_size_um:
-        kw.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um), resolutionunit=tifffile.RESUNIT.CENTIMETER)
+        kw.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_y), resolutionunit=tifffile.RESUNIT.CENTIMETER)
     return kw
 
 
 def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: float | None = None,
-               z_step_um: float | None = None, unit: str = "um", metadata: dict | None = None,
+               pixel_size_y_um: float | None = None, z_step_um: float | None = None, unit: str = "um", metadata: dict | None = None,
                compression: int | None = None, predictor: bool = False, ome: bool = False, imagej: bool = False,
                ome_xml: str = "", overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """Write a TIFF atomically: ImageJ hyperstack, or OME-TIFF when asked (`ome`, an .ome.tif name unless `imagej`)
@@ -154,7 +155,7 @@ def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: 
     if dtype != data.dtype:
         data = to_dtype(data, dtype)
     kw = _tiff_kwargs(dtype, data.shape, axes, pixel_size_um, z_step_um, unit, metadata,
-                      _as_ome(Path(path), ome, imagej), ome_xml)
+                      _as_ome(Path(path), ome, imagej), ome_xml, pixel_size_y_um)
     with atomic_path(path, overwrite, inputs) as tmp:
         tifffile.imwrite(tmp, data, **kw, **_compression_kwargs(compression, predictor, dtype))
     return Path(path)
@@ -183,8 +184,8 @@ class StackWriter(Transaction):
     """
 
     def __init__(self, path: str | Path | AtomicFile, shape: Sequence[int], dtype: np.dtype | type | str,
-                 axes: str, *, pixel_size_um: float | None = None, z_step_um: float | None = None,
-                 unit: str = "um", metadata: dict | None = None, compression: int | None = None,
+                 axes: str, *, pixel_size_um: float | None = None, pixel_size_y_um: float | None = None,
+                 z_step_um: float | None = None, unit: str = "um", metadata: dict | None = None, compression: int | None = None,
                  predictor: bool = False, ome: bool = False, imagej: bool = False, ome_xml: str = "",
                  overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
         self._own = not isinstance(path, AtomicFile)
@@ -195,7 +196,7 @@ class StackWriter(Transaction):
             raise ValueError(f"axes {axes!r} do not match shape {self.shape}")
         self.n_planes = int(np.prod(self.shape[:-2], dtype=np.int64))
         self._kw = _tiff_kwargs(self.dtype, self.shape, axes, pixel_size_um, z_step_um, unit, metadata,
-                                _as_ome(self.path, ome, imagej), ome_xml)
+                                _as_ome(self.path, ome, imagej), ome_xml, pixel_size_y_um)
         self._compress = _compression_kwargs(compression, predictor, self.dtype)
         self._raw = temp_path(self.path) if self._compress else self._file.tmp
         self._out = None

@@ -68,6 +68,11 @@ class OpticsRun:
             self._once("pixel", f"no pixel size given (--pixel-size) or in the metadata: resized by the weights' "
                        f"factor {self.db.scale:g}, as for {self.db.optics.working_pixel_um * self.db.scale:g} um pixels",
                        log.debug, info.path)  # as before the pixel size counted
+        py = getattr(info, "pixel_size_y_um", None)
+        if py and m.pixel_um and not self.db.scale_given and abs(py / m.pixel_um - 1) > 0.01:
+            self._once(("aspect", m.pixel_um, py), f"its pixels are not square ({m.pixel_um:g} um along X, {py:g} um "
+                       "along Y): both axes are resized by the X size, so the network sees the cells stretched "
+                       f"by {py / m.pixel_um:.3g} along Y (the output keeps both sizes)", log.warn, info.path)
         h, w = scaled_shape(info.plane_shape, db.scale)
         if min(h, w) < MIN_FOCUS_PX:
             self._once(("small", w, h), f"only {w}x{h} px at the network's working pixel size (resize factor "
