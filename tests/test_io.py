@@ -189,6 +189,22 @@ def test_grey_samples_are_channels_unless_colour_or_alpha(tmp_path: Path):
     assert read_infos([tmp_path / "rgb.tif"])[0].axes == "YX"
 
 
+def test_a_compressed_output_too_large_for_classic_tiff(tmp_path: Path, monkeypatch, capsys):
+    """Past 4 GiB a compressed OME output is BigTIFF, an ImageJ one uncompressed (limit shrunk to a few planes)."""
+    from microdeblur import image_write
+
+    monkeypatch.setattr(image_write, "CLASSIC_TIFF_BYTES", 1000)
+    x = _ramp((3, 16, 16), np.uint16)
+    for name, ome in (("big.ome.tif", True), ("big_ij.tif", False)):
+        with StackWriter(tmp_path / name, x.shape, x.dtype, "ZYX", compression=8, ome=ome, imagej=not ome) as w:
+            for plane in x:
+                w.write(plane)
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert np.array_equal(tif.asarray(), x)
+            assert (tif.is_bigtiff, tif.pages.first.compression == 8) == ((True, True) if ome else (False, False))
+    assert "more than a compressed ImageJ TIFF can hold" in capsys.readouterr().err
+
+
 def test_real_stack_metadata(real_stack_paths):
     info = read_info(real_stack_paths["bfseg_pombe"])
     assert (info.axes, info.shape, info.dtype) == ("ZYX", (34, 63, 60), np.uint16)

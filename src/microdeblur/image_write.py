@@ -43,6 +43,22 @@ def to_dtype(x: np.ndarray, dtype: np.dtype | type | str) -> np.ndarray:
     return np.rint(np.clip(y, lo, hi)).astype(dtype)
 
 
+CLASSIC_TIFF_BYTES = 2**32 - 2**25  # above this much pixel data tifffile needs BigTIFF (which it never picks itself
+# when compressing) or, for ImageJ, its uncompressed contiguous layout
+
+
+def _sized_compression(compress: dict, kw: dict, nbytes: int, path: Path) -> dict:
+    """The compression arguments for an output of `nbytes` pixel data: BigTIFF for a large OME-TIFF; none for a large
+    ImageJ TIFF (ImageJ reads no BigTIFF), said as a warning."""
+    if not compress or nbytes <= CLASSIC_TIFF_BYTES:
+        return compress
+    if kw.get("imagej"):
+        log.warn(f"{path.name}: {nbytes / 2**30:.1f} GiB of pixels is more than a compressed ImageJ TIFF can hold "
+                 "(4 GiB); written uncompressed")
+        return {}
+    return {**compress, "bigtiff": True}
+
+
 def _compression_kwargs(compression: int | None, predictor: bool, dtype: np.dtype) -> dict:
     """tifffile arguments for a kept compression (and predictor, where one exists here for the dtype)."""
     if compression is None:
@@ -157,7 +173,8 @@ def write_tiff(path: str | Path, data: np.ndarray, axes: str, *, pixel_size_um: 
     kw = _tiff_kwargs(dtype, data.shape, axes, pixel_size_um, z_step_um, unit, metadata,
                       _as_ome(Path(path), ome, imagej), ome_xml, pixel_size_y_um)
     with atomic_path(path, overwrite, inputs) as tmp:
-        tifffile.imwrite(tmp, data, **kw, **_compression_kwargs(compression, predictor, dtype))
+        tifffile.imwrite(tmp, data, **kw, **_sized_compression(_compression_kwargs(compression, predictor, dtype), kw,
+                                                                data.nbytes, Path(path)))
     return Path(path)
 
 
@@ -197,7 +214,9 @@ class StackWriter(Transaction):
         self.n_planes = int(np.prod(self.shape[:-2], dtype=np.int64))
         self._kw = _tiff_kwargs(self.dtype, self.shape, axes, pixel_size_um, z_step_um, unit, metadata,
                                 _as_ome(self.path, ome, imagej), ome_xml, pixel_size_y_um)
-        self._compress = _compression_kwargs(compression, predictor, self.dtype)
+        nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        self._compress = _sized_compression(_compression_kwargs(compression, predictor, self.dtype), self._kw, nbytes,
+                                            self.path)
         self._raw = temp_path(self.path) if self._compress else self._file.tmp
         self._out = None
         try:
