@@ -189,6 +189,18 @@ def test_imagej_time_unit_origins_and_properties_are_kept(tmp_path: Path, weight
         assert {k: tif.imagej_metadata.get(k) for k in kept} == kept  # a 5 min interval stays 5 min
 
 
+def test_imagej_value_calibration_stays_on_deblurred_planes_not_on_defocus_maps(tmp_path: Path, weights: Path):
+    src = tmp_path / "signed.tif"  # ImageJ's signed 16-bit: uint16 with c0 = -32768
+    calibration = {"cf": 0, "c0": -32768.0, "c1": 1.0, "vunit": "Gray Value"}
+    tifffile.imwrite(src, _texture((2, 64, 64)) + 30000, imagej=True, metadata={"axes": "ZYX", **calibration})
+    assert run_cli("deblur", src, "-o", tmp_path / "out.tif", "-w", weights, "--device", "cpu").exit_code == 0
+    assert run_cli("focus", src, "-o", tmp_path / "dz.tif", "-w", weights, "--device", "cpu").exit_code == 0
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert {k: tif.imagej_metadata.get(k) for k in calibration} == calibration  # before: shown 32768 too high
+    with tifffile.TiffFile(tmp_path / "dz.tif") as tif:
+        assert not set(calibration) & set(tif.imagej_metadata)  # the map holds um, not the input's values
+
+
 def test_a_one_micrometre_pixel_survives_the_round_trip(tmp_path: Path, weights: Path):
     src = tmp_path / "p.tif"  # 1 um pixels in ImageJ's own spelling: resolution 1/1 (tifffile's "unset" too)
     tifffile.imwrite(src, _texture((64, 64)), metadata=None, resolution=(1, 1),

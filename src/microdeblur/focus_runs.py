@@ -54,7 +54,7 @@ def _focus_file(db: Deblurrer, path: Path, info, out, bar, factor: float = 1.0, 
 
     from .image_write import StackWriter
 
-    kw = info.write_kwargs()
+    kw = info.write_kwargs(values=False)  # defocus in um: not the input's calibrated values
     key = "median_dz_um" if signed else "median_abs_dz_um"
     with ExitStack() as stack:
         writer = stack.enter_context(StackWriter(out, info.shape, np.float32, **kw))

@@ -13,8 +13,11 @@ import tifffile
 
 _UNIT_UM = {"um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 _TIFFFILE_IJ_VERSION = "1.11a"  # tifffile signs the ImageJ files it writes with this version
+# ImageJ entries kept on write (not min/max/Ranges: intensities change); the value calibration (signed 16-bit data
+# is stored as uint16 with c0 = -32768) only on outputs of the input's values, not on defocus maps
+_IJ_VALUE_KEYS = ("cf", "c0", "c1", "c2", "c3", "c4", "vunit")
 _IJ_KEPT = ("finterval", "tunit", "fps", "loop", "xorigin", "yorigin", "zorigin", "Info", "Labels", "Properties", "Overlays",
-            "ROI")  # ImageJ entries kept on write (not min/max/Ranges: intensities change)
+            "ROI", *_IJ_VALUE_KEYS)
 # children of an OME Image that still hold for an output (in schema order, all before Pixels)
 _OME_IMAGE_KEPT = ("AcquisitionDate", "Description", "InstrumentRef", "ObjectiveSettings", "ImagingEnvironment",
                    "StageLabel")
@@ -58,11 +61,13 @@ class ImageInfo:
         """Number of 2-D planes (product of all non-YX axes)."""
         return int(np.prod(self.shape[:-2], dtype=np.int64))
 
-    def write_kwargs(self) -> dict:
-        """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata."""
+    def write_kwargs(self, values: bool = True) -> dict:
+        """Keyword arguments for write_tiff / StackWriter that keep axes and physical metadata (and, with `values`,
+        the ImageJ calibration of the pixel values: for outputs of the same quantity as the input)."""
+        metadata = {k: v for k, v in self.metadata.items() if values or k not in _IJ_VALUE_KEYS}
         return dict(axes=self.axes, pixel_size_um=self.pixel_size_um, pixel_size_y_um=self.pixel_size_y_um,
                     z_step_um=self.z_step_um,
-                    unit=self.unit, metadata=dict(self.metadata), compression=self.compression,
+                    unit=self.unit, metadata=metadata, compression=self.compression,
                     predictor=self.predictor, ome=self.ome, imagej=self.imagej, ome_xml=self.ome_xml)
 
 
@@ -246,7 +251,7 @@ def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | No
     xres = res[0]
     ij = tif.imagej_metadata or {}
     if tif.is_imagej:
-        extra = {k: ij[k] for k in _IJ_KEPT if ij.get(k)}
+        extra = {k: ij[k] for k in _IJ_KEPT if ij.get(k) or (k in _IJ_VALUE_KEYS and ij.get(k) == 0)}  # cf=0: a line
         unit = unit_factor(ij.get("unit"))
         zunit = unit_factor(ij.get("zunit")) or unit  # a z step without a pixel size has a zunit only
         dz = abs(float(ij["spacing"])) * zunit[1] if ij.get("spacing") and zunit else None
