@@ -205,6 +205,22 @@ def test_a_compressed_output_too_large_for_classic_tiff(tmp_path: Path, monkeypa
     assert "more than a compressed ImageJ TIFF can hold" in capsys.readouterr().err
 
 
+def test_white_is_zero_and_grey_palettes_are_read_as_shown(tmp_path: Path):
+    """Planes are the grey levels a viewer shows (then written black-is-zero): MINISWHITE inverted, a grey palette
+    through its ramp; a colour palette's indices stay as stored."""
+    x, y = _ramp((2, 12, 10), np.uint16), _ramp((12, 10), np.uint8)
+    tifffile.imwrite(tmp_path / "mw.tif", x, photometric="miniswhite")
+    inverted = np.tile(np.arange(256, dtype=np.uint16)[::-1] * 257, (3, 1))
+    tifffile.imwrite(tmp_path / "grey.tif", y, photometric="palette", colormap=inverted)
+    colour = inverted.copy()
+    colour[1] = 0
+    tifffile.imwrite(tmp_path / "colour.tif", y, photometric="palette", colormap=colour)
+    assert np.array_equal(read_image(tmp_path / "mw.tif").data, 65535 - x)
+    assert np.array_equal(np.stack([p for _, p in iter_planes(tmp_path / "mw.tif")]), 65535 - x)
+    assert np.array_equal(read_image(tmp_path / "grey.tif").data, 255 - y)
+    assert np.array_equal(read_image(tmp_path / "colour.tif").data, y)
+
+
 def test_real_stack_metadata(real_stack_paths):
     info = read_info(real_stack_paths["bfseg_pombe"])
     assert (info.axes, info.shape, info.dtype) == ("ZYX", (34, 63, 60), np.uint16)

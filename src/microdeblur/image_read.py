@@ -205,13 +205,43 @@ def _samples_last(x: np.ndarray, axes: str, colour: bool = True) -> np.ndarray:
     return np.moveaxis(x, axes.index("S"), -1) if _is_colour(axes, x.shape, colour) else x
 
 
+def _shown_grey(page, path: Path) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The map from a page's stored values to the grey levels a viewer shows, where it is not the identity:
+    white-is-zero integers (max - x) and a grey palette (its ramp). Planes are processed, and written
+    black-is-zero, as shown. None for the identity (a colour palette's indices are kept as they are)."""
+    kind = page.photometric
+    if kind == tifffile.PHOTOMETRIC.MINISWHITE and np.dtype(page.dtype).kind in "iu":
+        top = np.iinfo(page.dtype).max
+
+        def shown(x: np.ndarray) -> np.ndarray:
+            return (top - x.astype(np.int64)).astype(x.dtype) if x.dtype.kind == "i" else top - x
+    elif kind == tifffile.PHOTOMETRIC.PALETTE and page.colormap is not None:
+        cmap = np.asarray(page.colormap)
+        if not (np.array_equal(cmap[0], cmap[1]) and np.array_equal(cmap[0], cmap[2])):
+            return None
+        ramp = (cmap[0] >> 8).astype(np.uint8) if np.dtype(page.dtype) == np.uint8 else cmap[0].astype(page.dtype)
+
+        def shown(x: np.ndarray) -> np.ndarray:
+            return ramp[x]
+    else:
+        return None
+    log.debug(f"{path}: stored as {kind.name.lower()}: processed and written as the grey levels it shows")
+    return shown
+
+
 def _page_yx(page) -> tuple[int, int]:
     """(Y, X) size of a TIFF page whatever its sample layout."""
     return page.shape[page.axes.index("Y")], page.shape[page.axes.index("X")]
 
 
 def _tiff_plane_getter(tif: tifffile.TiffFile, info: ImageInfo, path: Path) -> Callable[[int], np.ndarray]:
-    """Function returning raw plane i (Y, X[, S]) without loading the rest of the stack."""
+    """Function returning plane i (Y, X[, S]), as shown (`_shown_grey`), without loading the rest of the stack."""
+    get, shown = _stored_plane_getter(tif, info, path), _shown_grey(tif.pages.first, path)
+    return get if shown is None else (lambda i: shown(np.asarray(get(i))))
+
+
+def _stored_plane_getter(tif: tifffile.TiffFile, info: ImageInfo, path: Path) -> Callable[[int], np.ndarray]:
+    """Function returning stored plane i (Y, X[, S]) without loading the rest of the stack."""
     n = info.n_planes
     if _uniform_plane_series(tif):
         return lambda i: tif.series[i].asarray()
@@ -278,6 +308,8 @@ def read_image(path: str | Path) -> ImageData:
                 else:
                     axes, shape = _squeezed(tif.series[0])
                     data = _samples_last(tif.series[0].asarray().reshape(shape), axes, _colour_page(tif.pages.first))
+                shown = _shown_grey(tif.pages.first, path)
+                data = data if shown is None else shown(data)
         else:
             data = np.asarray(iio.imread(path, plugin="pillow"))
             info = ImageInfo(axes="YX", shape=data.shape[:2], dtype=data.dtype, path=path)
