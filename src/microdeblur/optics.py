@@ -73,7 +73,8 @@ class OpticsRun:
             self._once(("aspect", m.pixel_um, py), f"its pixels are not square ({m.pixel_um:g} um along X, {py:g} um "
                        "along Y): both axes are resized by the X size, so the network sees the cells stretched "
                        f"by {py / m.pixel_um:.3g} along Y (the output keeps both sizes)", log.warn, info.path)
-        h, w = scaled_shape(info.plane_shape, db.scale)
+        shape = getattr(info, "plane_shape", None)  # napari's layers come without one
+        h, w = scaled_shape(shape, db.scale) if shape is not None else (MIN_FOCUS_PX, MIN_FOCUS_PX)
         if min(h, w) < MIN_FOCUS_PX:
             self._once(("small", w, h), f"only {w}x{h} px at the network's working pixel size (resize factor "
                        f"{db.scale:g}), under {MIN_FOCUS_PX} px a side: the network sees a sliver of one {db.tile}-px "
