@@ -201,6 +201,18 @@ def test_imagej_value_calibration_stays_on_deblurred_planes_not_on_defocus_maps(
         assert not set(calibration) & set(tif.imagej_metadata)  # the map holds um, not the input's values
 
 
+def test_a_plain_tiff_description_becomes_the_imagej_info(tmp_path: Path, weights: Path):
+    note, plain, shaped = "Acquired by LabScope; exposure=12ms", tmp_path / "plain.tif", tmp_path / "shaped.tif"
+    tifffile.imwrite(plain, _texture((64, 64)), metadata=None, description=note)
+    tifffile.imwrite(shaped, _texture((64, 64)))  # tifffile's own JSON shape description is not a note
+    for src in (plain, shaped):
+        assert run_cli("deblur", src, "-o", tmp_path / f"out_{src.name}", "-w", weights, "--device", "cpu").exit_code == 0
+    with tifffile.TiffFile(tmp_path / "out_plain.tif") as tif:
+        assert tif.imagej_metadata["Info"] == note  # before: dropped
+    with tifffile.TiffFile(tmp_path / "out_shaped.tif") as tif:
+        assert "Info" not in tif.imagej_metadata
+
+
 def test_a_one_micrometre_pixel_survives_the_round_trip(tmp_path: Path, weights: Path):
     src = tmp_path / "p.tif"  # 1 um pixels in ImageJ's own spelling: resolution 1/1 (tifffile's "unset" too)
     tifffile.imwrite(src, _texture((64, 64)), metadata=None, resolution=(1, 1),

@@ -241,8 +241,8 @@ def _sizes(factor: float, resolution: tuple[float, float]) -> tuple[float | None
     return (factor / xres, factor / yres) if xres > 0 else (None, None)
 
 
-def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | None, str, dict]:
-    """Physical metadata as stored."""
+def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | None, float | None, str, dict]:
+    """Physical metadata as stored; a plain TIFF's description (a vendor's acquisition notes) as ImageJ `Info`."""
     if tif.is_ome and tif.ome_metadata:
         return (*_ome_physical(tif.ome_metadata), "um", {})
     page = tif.pages.first
@@ -265,9 +265,11 @@ def _tiff_physical_raw(tif: tifffile.TiffFile) -> tuple[float | None, float | No
         unset = xres == 1 and str(ij.get("ImageJ", "")) == _TIFFFILE_IJ_VERSION and not ij.get("yunit")
         px, py = _sizes(f, res) if not unset else (None, None)
         return px, py, dz, name, extra
+    text = (page.description or "").strip()
+    extra = {"Info": text} if text and not tif.is_shaped else {}  # tifffile's shaped JSON is not a note
     if page.resolutionunit == tifffile.RESUNIT.CENTIMETER and xres > 0:
-        return *_sizes(1e4, res), None, "um", {}
-    return None, None, None, "um", {}  # inch-based resolution is display dpi, not a physical size
+        return *_sizes(1e4, res), None, "um", extra
+    return None, None, None, "um", extra  # inch-based resolution is display dpi, not a physical size
 
 
 def rename_sequence_axes(axes: str) -> str:
