@@ -78,6 +78,35 @@ def test_shards_cover_every_input_exactly_once_in_any_order(n_inputs, n_shards):
     assert sorted(picked) == sorted(names)
 
 
+def test_names_equal_in_natural_order_are_split_alike_in_any_order():
+    names = ["/d/t1.tif", "/d/t01.tif", "/d/A.tif", "/d/a.tif"]  # natural order ties: t1 = t01, A = a
+    for order in (names, names[::-1]):
+        assert [[order[j] for j in shard_indices(order, Shard(i, 2))] for i in range(2)] in (
+            [["/d/A.tif", "/d/t01.tif"], ["/d/a.tif", "/d/t1.tif"]], [["/d/t01.tif", "/d/A.tif"], ["/d/t1.tif", "/d/a.tif"]])
+
+
+def test_one_file_named_twice_is_one_input(tmp_path, weights):
+    src = _inputs(tmp_path / "in", 2)
+    (tmp_path / "in" / "link.tif").symlink_to(src[1].name)
+    twice = [str(src[0]), str(tmp_path / "in" / ".." / "in" / src[0].name), str(tmp_path / "in")]
+    outs = deblur_paths(twice, str(tmp_path / "out") + "/", weights=weights, device="cpu")  # before: "rename one"
+    assert sorted(p.name for p in outs) == ["img0.tif", "img1.tif"]  # the link is img1 again: one output
+    for i in range(2):  # and the shards agree with the whole run
+        deblur_paths(twice, str(tmp_path / "sh") + "/", weights=weights, device="cpu", shard=f"{i}/2")
+    assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == ["img0.tif", "img1.tif"]
+
+
+def test_an_output_folder_the_inputs_also_match_gives_every_job_the_same_list(tmp_path, weights):
+    _inputs(tmp_path / "in", 3)
+    args = ("focus", tmp_path / "in", "-o", str(tmp_path / "in") + "/", "-w", weights, "--device", "cpu",
+            "--skip-existing")
+    first, again = _cli(*args), _cli(*args)  # the rerun finds in/img0_dz.tif ... among the inputs
+    assert first.exit_code == 0 and again.exit_code == 0, again.output  # before: "refusing to overwrite an input"
+    assert "are outputs of the other inputs and are left out" in again.output
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [
+        "img0.tif", "img0_dz.tif", "img1.tif", "img1_dz.tif", "img2.tif", "img2_dz.tif"]  # no img0_dz_dz.tif
+
+
 def test_shards_drop_duplicates_by_real_path(tmp_path):
     (tmp_path / "a.tif").write_bytes(b"x")
     paths = [tmp_path / "a.tif", tmp_path / "." / "a.tif", tmp_path / "sub" / ".." / "a.tif"]
@@ -247,6 +276,34 @@ def test_focus_shards_match_one_run_and_csv_carries_over_skipped_rows(tmp_path, 
                "--shard", "0/2", "--skip-existing", "--csv", tmp_path / "s0.csv")
     assert res.exit_code == 0, res.output
     assert sorted(_rows(tmp_path / "s0.csv"), key=key) == sorted(first, key=key)
+    # the same inputs spelled as absolute paths match the earlier rows by real path
+    res = _cli("focus", *sorted((tmp_path / "in").resolve().iterdir()), "-o", str(tmp_path / "sh") + "/", "-w",
+               weights, "--device", "cpu", "--shard", "0/2", "--skip-existing", "--csv", tmp_path / "s0.csv")
+    assert res.exit_code == 0 and "no rows for" not in res.output, res.output
+    assert len(_rows(tmp_path / "s0.csv")) == len(first)
+    (tmp_path / "s0.csv").unlink()  # no earlier table: the skipped inputs are named
+    res = _cli("focus", tmp_path / "in", "-o", str(tmp_path / "sh") + "/", "-w", weights, "--device", "cpu",
+               "--shard", "0/2", "--skip-existing", "--csv", tmp_path / "s0.csv")
+    assert res.exit_code == 0 and "no rows for 3 skipped input(s)" in res.output, res.output
+
+
+def test_a_job_stopped_before_its_first_input_leaves_no_stale_manifest(tmp_path, weights, monkeypatch):
+    from microdeblur import inference
+
+    _inputs(tmp_path / "in", 2)
+    manifest = tmp_path / "m.csv"
+    deblur_paths([str(tmp_path / "in")], str(tmp_path / "out") + "/", weights=weights, device="cpu",
+                 skip_existing=True, manifest=manifest)
+    assert len(_rows(manifest)) == 2
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "load_deblurrer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        deblur_paths([str(tmp_path / "in")], str(tmp_path / "out") + "/", weights=weights, device="cpu",
+                     skip_existing=True, manifest=manifest)
+    assert manifest.read_text().splitlines() == ["input,output,status,seconds,message"]  # not the first run's rows
 
 
 # ---------------------------------------------------------------- the read-ahead thread

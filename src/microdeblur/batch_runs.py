@@ -86,8 +86,8 @@ def shard_pairs(files: list[Path], outs: list[Path], batch: Batch, overwrite: bo
         check_replaceable(batch.manifest, MANIFEST_COLUMNS, files, overwrite, "manifest", others=outs)
     if not pairs:
         log.info(f"shard {batch.shard}: nothing to do ({len(files)} input(s) over {batch.shard.count} shards)")
-        if batch.manifest is not None:
-            _write_manifest(batch.manifest, [], files)
+    if batch.manifest is not None:  # begun empty now: a run that stops before its first input leaves no stale rows
+        _write_manifest(batch.manifest, [], files)
     return pairs
 
 

@@ -92,7 +92,8 @@ BackendOpt = typer.Option("auto", "--backend", help="auto (ONNX Runtime on the C
 ShardOpt = typer.Option(None, "--shard", metavar="I/N", help="Process only share I of N (I counts from 0) of the sorted "
                         "inputs, for job arrays: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT. Batch mode.")
 SkipExistingOpt = typer.Option(False, "--skip-existing", help="Leave outputs that exist already (they are complete: "
-                               "writes are atomic), so a rerun only does what is missing. Batch mode.")
+                               "writes are atomic), so a rerun only does what is missing. Outputs record no options: "
+                               "rerun with the same weights and options (else use a new output folder). Batch mode.")
 ManifestOpt = typer.Option(None, "--manifest", help="Write a CSV (input, output, status, seconds, message) of this run; "
                            "replaces an earlier manifest of the same name. Batch mode.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv as csvlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -254,7 +255,7 @@ def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, c
         _say(list(notes))
     finally:  # also after failed inputs: the table holds every input that was mapped
         if csv is not None:
-            kept = (_earlier_rows(Path(csv), {str(f) for f, o in pairs if f not in rows}, signed)
+            kept = (_earlier_rows(Path(csv), [f for f, o in pairs if f not in rows], signed)
                     if batch.skip_existing else [])
             table = kept + [r for f, _ in pairs for r in rows.get(f, [])]
             with AtomicFile(csv, overwrite or batch.skip_existing, files + outs) as f:
@@ -262,14 +263,22 @@ def _focus_batch(run: OpticsRun, pairs: list[tuple[Path, Path]], batch: Batch, c
     return [r.output for r in done if r.status != "failed"]
 
 
-def _earlier_rows(csv: Path, wanted: set[str], signed: bool = True) -> list[dict]:
-    """Rows of an existing focus table (of this sign mode) for the given input names (empty when there is none)."""
+def _earlier_rows(csv: Path, skipped: list[Path], signed: bool = True) -> list[dict]:
+    """Rows of an existing focus table (of this sign mode) for the skipped inputs, matched by real path; a warning
+    names the skipped inputs it has no rows for."""
     columns = FOCUS_COLUMNS if signed else FOCUS_COLUMNS_UNSIGNED
-    if not has_header(csv, columns):
-        return []
-    with open(csv, newline="") as fh:
-        return [{**r, columns[2]: float(r[columns[2]]), "frac_in_focus": float(r["frac_in_focus"])}
-                for r in csvlib.DictReader(fh) if r["file"] in wanted]
+    wanted = {os.path.realpath(f): f for f in skipped}
+    rows = []
+    if has_header(csv, columns):
+        with open(csv, newline="") as fh:
+            rows = [{**r, columns[2]: float(r[columns[2]]), "frac_in_focus": float(r["frac_in_focus"])}
+                    for r in csvlib.DictReader(fh) if os.path.realpath(r["file"]) in wanted]
+    missing = set(wanted) - {os.path.realpath(r["file"]) for r in rows}
+    if missing:
+        first = wanted[next(iter(sorted(missing)))]
+        log.warn(f"{csv}: no rows for {len(missing)} skipped input(s) (e.g. {first}): the table lacks them; "
+                 "rerun those without --skip-existing, or give another --csv")
+    return rows
 
 
 def _report_focus(path: Path, rows: list[dict]) -> None:

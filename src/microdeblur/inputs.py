@@ -65,7 +65,13 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
         out.extend(found)
     if not out:
         raise UserError("no input images given")
-    return list(dict.fromkeys(out))
+    unique: dict[str, Path] = {}
+    for p in out:  # one file named twice (relative and absolute, through '..' or a link) is one input
+        unique.setdefault(os.path.realpath(p), p)
+    if len(unique) < len(dict.fromkeys(out)):
+        log.info(f"{len(dict.fromkeys(out)) - len(unique)} input(s) name a file already given (by another path or "
+                 "link): each file is processed once")
+    return list(unique.values())
 
 
 # ---------------------------------------------------------------- shards of a batch
@@ -105,7 +111,7 @@ def shard_indices(paths: Sequence[str | Path], shard: Shard) -> list[int]:
     first: dict[str, int] = {}
     for i, p in enumerate(paths):
         first.setdefault(os.path.realpath(p), i)
-    ordered = sorted(first, key=natural_key)
+    ordered = sorted(first, key=lambda r: (natural_key(r), r))  # names equal in natural order (t1, t01) still sort
     return sorted(first[r] for r in ordered[shard.index::shard.count])
 
 

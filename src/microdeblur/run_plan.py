@@ -127,6 +127,17 @@ def checked_planes(path: Path, info) -> Iterator[tuple[int, np.ndarray]]:
     return prefetch(read())
 
 
+def _without_earlier_outputs(files: list[Path], output: Path, name_for: Callable[[Path], str]) -> list[Path]:
+    """The inputs less those that are another input's output (an output folder the inputs' folder or glob also
+    matches, on a rerun or a later shard), so every job and rerun works on the same list."""
+    planned = {os.path.realpath(output / name_for(f)): f for f in files}
+    kept = [f for f in files if planned.get(os.path.realpath(f), f) == f]
+    if len(kept) < len(files):
+        log.info(f"{len(files) - len(kept)} input(s) in {output} are outputs of the other inputs and are left out "
+                 f"(e.g. {next(f for f in files if f not in kept)})")
+    return kept
+
+
 def plan_run(inputs: Sequence[str], output: str | Path, name_for: Callable[[Path], str],
           batch: Batch | None = None) -> tuple[list[Path], list, list[Path]]:
     """Input files, their infos (none in batch mode: read per input) and their output paths (a trailing separator
@@ -135,6 +146,6 @@ def plan_run(inputs: Sequence[str], output: str | Path, name_for: Callable[[Path
 
     if not str(output).strip():
         raise UserError("the output path (-o) is empty (an unset shell variable?)")
-    files = expand_inputs(inputs)
+    files = _without_earlier_outputs(expand_inputs(inputs), Path(output), name_for)
     infos = [] if batch is not None and batch.active else read_infos(files)
     return files, infos, output_paths(files, Path(output), name_for, is_folder_name(output))
