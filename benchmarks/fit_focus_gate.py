@@ -4,7 +4,9 @@ validation days and write weights that carry it (microdeblur.focus_gate).
     python benchmarks/fit_focus_gate.py W.safetensors runs/val/ref runs/val/random -o W_gated.safetensors
 
 VAL: simulated days (`microdeblur simulate`) with seeds used neither for training nor for any reported test
-figure. Every frame with 0 < |dz| <= 15 um is deblurred once (no gate); each candidate ramp is then scored by the
+figure, or days of your own in the same layout: a folder per day holding DAY_z000.tif, DAY_z001.tif, ... (one
+2-D plane each) and a ground_truth.json with "z_um" (each plane's z, um), "focus_plane" (its index) and
+{"optics": {"pixel_um": ...}} (the camera pixel at the sample, um). Every frame with 0 < |dz| <= 15 um is deblurred once (no gate); each candidate ramp is then scored by the
 whole-frame min-MSE PSNR of input + weight x correction, the weight taken from each tile's neighbourhood defocus
 exactly as `deblur` does. The best mean over all frames wins. Prints the candidates' means and the per-bin
 figures of input, ungated and gated deblurring on the validation frames.
@@ -21,6 +23,7 @@ import numpy as np
 from microdeblur import frame_eval
 from microdeblur.devices import torch_threads
 from microdeblur.engine import Deblurrer
+from microdeblur.errors import UserError
 from microdeblur.focus_gate import GateFrame, fit_ramp, gate_frame, score
 from microdeblur.weights import load_weights, save_weights
 
@@ -32,6 +35,14 @@ def frames(db: Deblurrer, days, dz_max: float) -> list[GateFrame]:
 
 
 def main() -> None:
+    """Fit, print, write; a bad input is one `error:` line."""
+    try:
+        _fit()
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _fit() -> None:
     """Fit, print, write."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", type=Path)

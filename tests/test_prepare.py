@@ -211,6 +211,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
     nan = bf_stack(3, 1, shape=(32, 32)).astype(np.float32)
     nan[2, 5, 5] = np.nan
     write_day(tmp_path / "nan", nan)
+    gap = write_day(tmp_path / "gap", bf_stack(4, 1, shape=(32, 32)), focus=1)
+    (gap / "gap_z002.tif").unlink()  # planes 0, 1, 3: a missing plane would shift the dz of plane 3
     inf = nan.copy()
     inf[2, 5, 5] = np.inf
     tifffile.imwrite(tmp_path / "inf.tif", inf, photometric="minisblack")
@@ -236,6 +238,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
         "only projections": ([tmp_path / "proj", out], "projection"),
         "NaN pixel in a plane file": ([tmp_path / "nan", out], "nan_z002.tif: 1 pixel(s) are NaN"),
         "inf pixel in a stack": ([tmp_path / "inf.tif", out], "(plane 2): 1 pixel(s) are NaN, infinite"),
+        "missing plane number": ([tmp_path / "gap", out], "jump from 1 (gap_z001.tif) to 3 (gap_z003.tif)"),
     }
 
 
@@ -272,6 +275,18 @@ def test_load_index_one_line_errors(tmp_path: Path):
     (tmp_path / "ok").mkdir()
     (tmp_path / "ok" / "index.json").write_text(json.dumps(good))
     assert prep.load_index(tmp_path / "ok") == good
+
+
+def test_a_day_without_z_step_is_warned_about_and_init_weights_in_um_refuse_it(tmp_path: Path):
+    raw = tmp_path / "day.tif"
+    tifffile.imwrite(raw, bf_stack(5, 2, shape=(256, 256)))  # no metadata: z step unknown
+    (tmp_path / "day.focus.txt").write_text("2\n")
+    res = run("prepare", raw, tmp_path / "data", "--scale", "1")
+    assert res.exit_code == 0 and "z step unknown, so dz is counted in planes" in res.output, res.output
+    res = run("train", tmp_path / "data", "-o", tmp_path / "mine.safetensors", "--init", "shipped", "--max-steps", "1",
+              "--val-fraction", "0")
+    assert res.exit_code == 1 and "no z step, so their dz is counted in planes" in res.output, res.output
+    assert not (tmp_path / "mine.safetensors").exists()
 
 
 def test_crop_grid_drops_partial_crops():

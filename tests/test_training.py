@@ -514,7 +514,7 @@ def test_checkpoint_of_an_earlier_run_is_not_clobbered(tmp_path, data):
     with pytest.raises(UserError, match="--resume"):
         train(data, out, TrainConfig(max_steps=2, **TINY))
     assert (tmp_path / "sub" / "w.ckpt").read_bytes() == before
-    with pytest.raises(UserError, match="trained with"):
+    with pytest.raises(UserError, match=r"trained with --batch-size \d+: resume with the run's whole command"):
         train(data, out, TrainConfig(max_steps=2, resume=tmp_path / "sub" / "w.ckpt", **(TINY | {"batch_size": 3})))
 
 

@@ -80,8 +80,9 @@ def load_checkpoint(path: Path, model, opt, rng: np.random.Generator, cfg: Train
     was_run = with_defaults(ck["recipe"])
     diff = sorted(k for k in now if k not in RUN_CONTROLS and was_run.get(k) != now[k])
     if diff:
-        was = ", ".join(f"{k}={was_run.get(k)}" for k in diff)
-        raise UserError(f"checkpoint {path} was trained with {was}: resume with the same options")
+        was = ", ".join(f"--{k.replace('_', '-')} {was_run.get(k)}" for k in diff)
+        raise UserError(f"checkpoint {path} was trained with {was}: resume with the run's whole command (its "
+                        "--init included: an --init file brings its own architecture) plus --resume")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     if ema is not None:

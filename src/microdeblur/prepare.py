@@ -153,8 +153,25 @@ def _folder_day(folder: Path, files: list[Path]) -> Day:
                         "no through-focus planes")
     if skipped:
         log.info(f"{folder.name}: skipping {', '.join(f.name for f in skipped)} (projection, not a plane)")
+    _check_plane_numbers(folder, files)
     return Day(folder.resolve().name, folder, False, files, read_info(files[0]), len(files),
                folder / FOCUS_MARKER, folder / GROUND_TRUTH)
+
+
+def _check_plane_numbers(folder: Path, files: list[Path]) -> None:
+    """Refuse a plane folder whose file names end in plane numbers that rise in unequal steps (a missing plane):
+    the planes are counted by position, so every dz after the gap would be wrong."""
+    found = [re.search(r"(\d+)$", f.stem) for f in files]
+    if len(files) < 3 or not all(found):
+        return
+    numbers = [int(m[1]) for m in found]
+    steps = np.diff(numbers)
+    if np.all(steps > 0) and np.any(steps != steps[0]):
+        at = int(np.argmax(steps != steps[0]))
+        raise UserError(f"{folder}: the plane numbers in the file names jump from {numbers[at]} "
+                        f"({files[at].name}) to {numbers[at + 1]} ({files[at + 1].name}); planes are counted by "
+                        "position, so a missing plane would shift every dz after it: add it, or prepare the planes "
+                        "before the gap as their own day")
 
 
 def _days_in_folder(folder: Path, nested: bool) -> list[Day]:
@@ -476,7 +493,13 @@ def prepare_days(raw: list[Path], data: Path, *, focus_plane: int | None, scale:
 
 
 def _report_defaults(days: list[Day], scale: float | None) -> None:
-    """Say once which days fall back to the reference microscope's pixel size, NA or wavelength."""
+    """Say once which days fall back to the reference microscope's pixel size, NA or wavelength, and warn about
+    days without a z step."""
+    no_step = [d.name for d in days if d.z_step_um is None]
+    if no_step:
+        log.warn(f"{', '.join(no_step[:4])}{f' and {len(no_step) - 4} more' if len(no_step) > 4 else ''}: z step "
+                 "unknown, so dz is counted in planes (give --z-step UM; `train --init` on the shipped weights, "
+                 "whose dz is in um, needs it)")
     for key, what, option in (("pixel_um", "pixel size", "--pixel-size"), ("na", "objective NA", "--na"),
                               ("wavelength_um", "wavelength", "--wavelength")):
         if key == "pixel_um" and scale is not None:

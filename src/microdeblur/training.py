@@ -95,8 +95,9 @@ class Probe:
         return out
 
 
-def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, TrainConfig]:
-    """The model to train and the config it implies (`--init` weights bring their own architecture)."""
+def _build_model(cfg: TrainConfig, tile: int, device, dz_in_planes: bool = False) -> tuple[DisentangledAE, TrainConfig]:
+    """The model to train and the config it implies (`--init` weights bring their own architecture); weights whose
+    dz is in um are refused for data whose dz is in planes (`dz_in_planes`: no z step)."""
     try:
         mc = cfg.model_config(tile)
     except ValueError as e:
@@ -105,6 +106,11 @@ def _build_model(cfg: TrainConfig, tile: int, device) -> tuple[DisentangledAE, T
     if cfg.init is not None:
         init = None if str(cfg.init) == "shipped" else cfg.init  # None: the weights shipped in the package
         src, init_meta = load_weights(init, device="cpu", expect_variant=cfg.variant)
+        cal = getattr(init_meta, "calibration", None) or {}
+        if dz_in_planes and cal and "in planes" not in cal.get("note", ""):
+            raise UserError("the prepared days have no z step, so their dz is counted in planes, but the --init "
+                            "weights count dz in um: prepare the days with --z-step UM (or keep the z step in "
+                            "their metadata), else the fine-tune would relabel the network's um as planes")
         if getattr(init_meta, "focus_gate", None):
             log.info("the --init weights carry a fitted focus gate; the trained weights will not (it belongs to the "
                      "old network): fit one on held-out days with benchmarks/fit_focus_gate.py, or deblur with "
@@ -345,7 +351,7 @@ def _train(data_dir: Path, output: Path, cfg: TrainConfig, w: World) -> Path:
     frames = FrameProbe.build(cfg.val_frames) if cfg.val_frames and w.main else None
     tie_um = cfg.step_options().dz_scale if cfg.traits.scalar_blur and cfg.dz_tie > 0 else None
     best_by = (GATED_SCORE if tie_um else FRAME_SCORE) if cfg.val_frames else "val_deblur_minmse"
-    model, cfg = _build_model(cfg, run.data.tile, device)
+    model, cfg = _build_model(cfg, run.data.tile, device, dz_in_planes=run.data.z_step_um is None)
     tr = _Optimiser.build(cfg, model, w)
     ckpt = checkpoint_path(output)
     scored = model if tr.ema is None else tr.ema.module  # what the probes score and the export writes
