@@ -287,6 +287,10 @@ def test_a_day_without_z_step_is_warned_about_and_init_weights_in_um_refuse_it(t
               "--val-fraction", "0")
     assert res.exit_code == 1 and "no z step, so their dz is counted in planes" in res.output, res.output
     assert not (tmp_path / "mine.safetensors").exists()
+    res = run("prepare", raw, tmp_path / "data_um", "--scale", "1", "--z-step", "2")  # +-4 um: narrower than the shipped +-30
+    res = run("train", tmp_path / "data_um", "-o", tmp_path / "mine.safetensors", "--init", "shipped", "--max-steps",
+              "1", "--val-fraction", "0")
+    assert res.exit_code == 0 and "(the --init weights spanned [-30, 30])" in res.output, res.output
 
 
 def test_crop_grid_drops_partial_crops():

@@ -446,3 +446,21 @@ def _export(output: Path, model: DisentangledAE, state: TrainState, cfg: TrainCo
     log.info(f"trained {cfg.variant} for {state.step} steps in {state.elapsed_s / 60:.1f} min -> {output}")
     if cal is not None:
         log.info(f"blur code vs dz: {cal['kind']} relation, spearman {cal['spearman_rho']:.3f}, median error {cal['mae_um']:.2f}")
+        if cfg.init is not None:
+            _warn_narrower_calibration(cal, cfg.init)
+
+
+def _warn_narrower_calibration(cal: dict, init) -> None:
+    """Warn when a fine-tune's dz calibration (fitted on its own days) spans less than the --init weights' did:
+    `focus` and `deblur --dz` clip beyond it."""
+    from .calibration import dz_range
+    from .weights import read_meta
+
+    before = getattr(read_meta(None if str(init) == "shipped" else init)[1], "calibration", None)
+    if not before:
+        return
+    (lo, hi), (lo0, hi0) = dz_range(cal), dz_range(before)
+    if lo > lo0 + 1 or hi < hi0 - 1:
+        log.warn(f"the dz calibration now spans [{lo:g}, {hi:g}] um, the training days' range (the --init weights "
+                 f"spanned [{lo0:g}, {hi0:g}]): focus readings and deblur --dz beyond it are clipped to its ends; "
+                 "train on days that reach as far as the defocus you will image")
