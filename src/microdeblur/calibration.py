@@ -116,13 +116,14 @@ def dz_factor(train: Microscope, user: Microscope) -> float:
 
 
 def agreed_value(path, option: str, what: str, unit: str, given: float | None, stored: float | None,
-            valid: tuple[float, float]) -> float | None:
-    """The file's value, else the option's; a UserError when both exist and differ by more than AGREE."""
+            valid: tuple[float, float], source: str = "the file's metadata") -> float | None:
+    """The file's value (read from `source`), else the option's; a UserError when both exist and differ by more
+    than AGREE."""
     if stored is not None and not valid[0] < stored <= valid[1]:
-        log.warn(f"{path}: its metadata's {what} {stored:g}{unit} is outside ({valid[0]:g}, {valid[1]:g}]: ignored")
+        log.warn(f"{path}: the {what} {stored:g}{unit} in {source} is outside ({valid[0]:g}, {valid[1]:g}]: ignored")
         stored = None
     if given is not None and stored is not None and abs(given - stored) > AGREE * stored:
-        raise UserError(f"{path}: {option} {given:g}{unit} contradicts the {what} in the file's metadata, "
+        raise UserError(f"{path}: {option} {given:g}{unit} contradicts the {what} in {source}, "
                         f"{stored:g}{unit} (more than {AGREE:.0%} apart); correct the option or the file")
     return stored if stored is not None else given
 

@@ -285,7 +285,8 @@ def _with_optics(day: Day, options) -> Day:
         given = getattr(options, "pixel_size_um" if key == "pixel_um" else key)
         from_truth = truth.get(key) if isinstance(truth.get(key), (int, float)) else None
         stored_value, stored_from = (stored, "metadata") if stored else (from_truth, GROUND_TRUTH)
-        value = agreed_value(day.source, option, what, unit, given, stored_value, valid)
+        value = agreed_value(day.source, option, what, unit, given, stored_value, valid,
+                             "the file's metadata" if stored_from == "metadata" else str(day.ground_truth))
         if value is not None:
             picked[key], sources[key] = float(value), stored_from if value == stored_value else option
         else:
