@@ -566,7 +566,7 @@ def test_checkpoint_from_before_an_option_existed_resumes_with_its_default(tmp_p
     ck = torch.load(ckpt, weights_only=True)
     del ck["recipe"]["cycle_weight"]
     torch.save(ck, ckpt)
-    with pytest.raises(UserError, match="cycle_weight=0.0"):
+    with pytest.raises(UserError, match="--cycle-weight 0.0"):
         train(data, tmp_path / "x.safetensors", TrainConfig(max_steps=4, cycle_weight=1.0, resume=ckpt, **TINY))
     train(data, tmp_path / "y.safetensors", TrainConfig(max_steps=4, resume=ckpt, **TINY))
     assert load_weights(tmp_path / "y.safetensors")[1].training["steps"] == 4
