@@ -65,12 +65,12 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
         out.extend(found)
     if not out:
         raise UserError("no input images given")
-    unique: dict[str, Path] = {}
-    for p in out:  # one file named twice (relative and absolute, through '..' or a link) is one input
+    distinct, unique = list(dict.fromkeys(out)), {}
+    for p in distinct:  # one file named twice (relative and absolute, through '..' or a link) is one input
         unique.setdefault(os.path.realpath(p), p)
-    if len(unique) < len(dict.fromkeys(out)):
-        log.info(f"{len(dict.fromkeys(out)) - len(unique)} input(s) name a file already given (by another path or "
-                 "link): each file is processed once")
+    if len(unique) < len(distinct):
+        log.info(f"{len(distinct) - len(unique)} input(s) name a file already given (by another path or link): "
+                 "each file is processed once")
     return list(unique.values())
 
 

@@ -95,6 +95,11 @@ class TrainConfig:
                            distance_weight=self.distance_weight, cycle_weight=self.cycle_weight,
                            deblur_weight=self.deblur_weight, deblur_loss=self.deblur_loss, deblur_all=self.deblur_all)
 
+    @property
+    def init_weights(self) -> Path | None:
+        """The --init weights file (None: the weights shipped in the package); only meaningful with --init."""
+        return None if str(self.init) == "shipped" else self.init
+
     def model_config(self, tile: int) -> ModelConfig:
         """The network these options describe, for data tiles of `tile` px (ValueError where the options clash)."""
         return ModelConfig(variant=self.variant, tile=tile, widths=self.widths, id_channels=self.id_channels,
@@ -114,7 +119,7 @@ class TrainConfig:
 
 def _inputs(cfg: TrainConfig) -> list[Path]:
     """The weights and checkpoint files a run reads (`--init shipped`: the packaged weights)."""
-    init = cfg.init if cfg.init is None or str(cfg.init) != "shipped" else default_weights_path()
+    init = None if cfg.init is None else cfg.init_weights or default_weights_path()
     return [p for p in (init, cfg.resume) if p is not None]
 
 

@@ -40,6 +40,7 @@ from .train_config import TrainConfig, check_config, checkpoint_path
 from .weights import WeightsMeta, load_weights, optics_of_prepared, save_weights
 
 PROBE_OVERLAP = 32  # the whole-frame probe's tile overlap (px), fixed so logged runs stay comparable
+PLANES_NOTE = "dz is in planes (z step unknown)"  # calibration note of weights trained without a z step
 
 
 @dataclass
@@ -104,10 +105,9 @@ def _build_model(cfg: TrainConfig, tile: int, device, dz_in_planes: bool = False
         raise UserError(f"{e} (data tiles are {tile} px; check --widths)") from None
     model = DisentangledAE(mc)
     if cfg.init is not None:
-        init = None if str(cfg.init) == "shipped" else cfg.init  # None: the weights shipped in the package
-        src, init_meta = load_weights(init, device="cpu", expect_variant=cfg.variant)
+        src, init_meta = load_weights(cfg.init_weights, device="cpu", expect_variant=cfg.variant)
         cal = getattr(init_meta, "calibration", None) or {}
-        if dz_in_planes and cal and "in planes" not in cal.get("note", ""):
+        if dz_in_planes and cal and PLANES_NOTE not in cal.get("note", ""):
             raise UserError("the prepared days have no z step, so their dz is counted in planes, but the --init "
                             "weights count dz in um: prepare the days with --z-step UM (or keep the z step in "
                             "their metadata), else the fine-tune would relabel the network's um as planes")
@@ -172,7 +172,7 @@ def finalize(model, data: PreparedData, train_ids: list[int], seed: int, device)
         cal["sign_reliability"] = calibration.sign_reliability(calibration.code_to_dz(cal, codes[:, 0]),
                                                                data.dz_all[idx])
         if data.z_step_um is None:
-            cal["note"] = (cal.get("note", "") + "; dz is in planes (z step unknown)").lstrip("; ")
+            cal["note"] = (cal.get("note", "") + "; " + PLANES_NOTE).lstrip("; ")
     return fb.mean(0).astype(np.float32), cal
 
 
@@ -447,16 +447,16 @@ def _export(output: Path, model: DisentangledAE, state: TrainState, cfg: TrainCo
     if cal is not None:
         log.info(f"blur code vs dz: {cal['kind']} relation, spearman {cal['spearman_rho']:.3f}, median error {cal['mae_um']:.2f}")
         if cfg.init is not None:
-            _warn_narrower_calibration(cal, cfg.init)
+            _warn_narrower_calibration(cal, cfg.init_weights)
 
 
-def _warn_narrower_calibration(cal: dict, init) -> None:
+def _warn_narrower_calibration(cal: dict, init: Path | None) -> None:
     """Warn when a fine-tune's dz calibration (fitted on its own days) spans less than the --init weights' did:
     `focus` and `deblur --dz` clip beyond it."""
     from .calibration import dz_range
     from .weights import read_meta
 
-    before = getattr(read_meta(None if str(init) == "shipped" else init)[1], "calibration", None)
+    before = getattr(read_meta(init)[1], "calibration", None)
     if not before:
         return
     (lo, hi), (lo0, hi0) = dz_range(cal), dz_range(before)
